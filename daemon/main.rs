@@ -1,1 +1,327 @@
-fn main() {}
+//! `orchd`: the orch daemon. Startup order: config → logging → state dir lock → store →
+//! recovery → socket → serve → READY=1; SIGTERM/SIGINT drain and exit 0.
+
+mod api;
+mod config;
+mod engine;
+mod model;
+mod runner;
+mod store;
+mod sys;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use orch_proto::v1::orchestrator_server::OrchestratorServer;
+
+/// The orch daemon: supervises AI agent processes and serves the orch gRPC API on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "orchd", version, about, long_about = None)]
+struct Cli {
+    /// Unix socket to serve on [env: ORCH_SOCKET] [default: $XDG_RUNTIME_DIR/orch/orchd.sock, /run/orch/orchd.sock for root]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// State directory (store and logs) [env: ORCH_STATE_DIR] [default: $XDG_STATE_HOME/orch, /var/lib/orch for root]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Config file [env: ORCH_CONFIG] [default: $XDG_CONFIG_HOME/orch/orchd.toml, /etc/orch/orchd.toml for root]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Agents running at once [env: ORCH_MAX_PARALLEL] [default: number of CPUs]
+    #[arg(long, value_name = "N")]
+    max_parallel: Option<u32>,
+    /// Limits backend: auto, cgroup-v2 or rlimit [env: ORCH_LIMITS_BACKEND]
+    #[arg(long, value_name = "BACKEND")]
+    limits_backend: Option<String>,
+    /// Time between SIGTERM and SIGKILL when stopping an agent [env: ORCH_GRACE_PERIOD] [default: 10s]
+    #[arg(long, value_name = "DUR")]
+    grace_period: Option<String>,
+    /// Log format on stderr: text or json [env: ORCH_LOG_FORMAT]
+    #[arg(long, value_name = "FORMAT", env = "ORCH_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// Print the effective config (defaults, file, environment and flags merged) as TOML and exit
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Plain words on stderr (journald captures stderr under systemd too).
+            eprintln!("orchd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (config_path, explicit) = config::config_path(cli.config.clone());
+    let file = config::read_file(&config_path, explicit)?;
+    let cfg = file.layer(&config::Overrides {
+        socket: cli.socket.clone(),
+        state_dir: cli.state_dir.clone(),
+        max_parallel: cli.max_parallel,
+        limits_backend: cli.limits_backend.clone(),
+        grace_period: cli.grace_period.clone(),
+    })?;
+    if cli.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    init_logging(&cli.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orchd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(cfg, config_path))
+}
+
+fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd (JOURNAL_STREAM set) log to journald when it answers; else stderr.
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(layer) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry().with(filter).with(layer).init();
+        return Ok(());
+    }
+    match format {
+        "json" => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .json()
+            .init(),
+        "text" => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        other => bail!("--log-format: `{other}` is not one of text, json"),
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))
+}
+
+/// Holds the state directory's lock for the daemon's lifetime.
+struct StateLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
+    let path = dir.join("orchd.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).ok();
+            let _ = writeln!(&mut *lock, "{}", std::process::id());
+            Ok(StateLock { _lock: lock })
+        }
+        Err((_, errno)) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                bail!(
+                    "another orchd{} is already running with state directory {}",
+                    if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+                    dir.display()
+                );
+            }
+            bail!("cannot lock {}: {errno}", path.display())
+        }
+    }
+}
+
+/// Binds the socket: refuses when a live daemon answers on it, removes a stale one.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                bail!("{} exists and is not a socket; refusing to replace it", path.display());
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another orchd is already running on socket {} (stop it first, or use --socket)",
+                    path.display()
+                );
+            }
+            tracing::info!(socket = %path.display(), "removing stale socket");
+            fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+    // Created with a restrictive umask so there is no window where it is wider than 0600.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.with_context(|| format!("cannot bind socket {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let socket = cfg.socket();
+    let state_dir = cfg.state_dir();
+    private_dir(&state_dir)?;
+    let _lock = lock_state_dir(&state_dir)?;
+    let store = store::Store::open(&state_dir.join("store"))?;
+    let limits_backend = "rlimit".to_string();
+    let limits_detail = "each attempt runs in its own process group and session".to_string();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        state_dir = %state_dir.display(),
+        limits_backend = %limits_backend,
+        max_parallel = cfg.max_parallel(),
+        "orchd starting"
+    );
+
+    let cfg = Arc::new(cfg);
+    let (events_tx, _) = broadcast::channel(4096);
+    let mut engine = engine::Engine::new(store.clone(), cfg.clone(), events_tx.clone())?;
+    let t = Instant::now();
+    let recovery = engine.recover().await?;
+    tracing::info!(
+        objectives = recovery.objectives,
+        interrupted_attempts = recovery.interrupted_attempts,
+        killed_trees = recovery.killed_trees,
+        ms = t.elapsed().as_millis() as u64,
+        "recovery done"
+    );
+
+    let listener = bind_socket(&socket)?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let (stop_engine, engine_stop_rx) = oneshot::channel();
+    let engine_task = tokio::spawn(engine.run(cmd_rx, engine_stop_rx));
+
+    let (_cfg_tx, cfg_rx) = watch::channel(cfg.clone());
+    let info = Arc::new(api::DaemonInfo {
+        socket: socket.clone(),
+        state_dir: state_dir.clone(),
+        config_path,
+        limits_backend,
+        limits_detail,
+        started,
+    });
+    let service = api::Api::new(cmd_tx.clone(), store.clone(), cfg_rx, info);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<OrchestratorServer<api::Api>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(orch_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(orch_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("cannot build the reflection service")?;
+
+    let (stop_server, server_stop_rx) = oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(OrchestratorServer::new(service).max_decoding_message_size(16 << 20))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = server_stop_rx.await;
+        });
+    let server_task = tokio::spawn(server);
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(socket = %socket.display(), "orchd ready");
+    spawn_watchdog(cmd_tx.clone());
+
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut engine_task = engine_task;
+    let engine_result = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }
+        _ = int.recv() => { tracing::info!("SIGINT: stopping"); None }
+        r = &mut engine_task => Some(r),
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    health_reporter
+        .set_not_serving::<OrchestratorServer<api::Api>>()
+        .await;
+    let engine_result = match engine_result {
+        Some(r) => r,
+        None => {
+            let _ = stop_engine.send(());
+            engine_task.await
+        }
+    };
+    // Streams held open by clients must not keep the daemon alive.
+    let _ = stop_server.send(());
+    drop(cmd_tx);
+    if tokio::time::timeout(Duration::from_secs(2), server_task).await.is_err() {
+        tracing::warn!("clients still connected at exit");
+    }
+    let _ = fs::remove_file(&socket);
+    store.flush_blocking()?;
+    match engine_result {
+        Ok(Ok(())) => {
+            tracing::info!("orchd stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e).context("the engine stopped on a store error"),
+        Err(e) => bail!("the engine task failed: {e}"),
+    }
+}
+
+/// Pings systemd's watchdog while the engine loop answers (only when WatchdogSec is set).
+fn spawn_watchdog(engine: mpsc::Sender<engine::Command>) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = timeout / 2;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let (tx, rx) = oneshot::channel();
+            if engine.send(engine::Command::Ping { reply: tx }).await.is_err() {
+                return;
+            }
+            if rx.await.is_ok() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    });
+}

@@ -1,0 +1,742 @@
+//! The gRPC edge: the only module that knows tonic/prost types. It checks the caller,
+//! validates and resolves specs into domain types, forwards commands to the engine
+//! (reserving channel capacity first) and maps errors to `Status`. Queries read the store.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::Stream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use orch_proto::v1 as pb;
+use orch_proto::v1::orchestrator_server::Orchestrator;
+use orch_proto::validate::{SpecError, check_env, parallel_groups, validate_spec};
+
+use crate::config::{Config, limits_of};
+use crate::engine::{Caller, Command, EngineError, NewObjective};
+use crate::model::{
+    Attempt, Budget, Limits, ObjState, Objective, Outcome, RetryPolicy, Step, StepPlan, StepState, Usage,
+};
+use crate::store::{Store, StoreError};
+
+/// Static facts about the running daemon, for `DaemonStatus`.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub limits_backend: String,
+    pub limits_detail: String,
+    pub started: Instant,
+}
+
+/// The `orch.v1.Orchestrator` service.
+pub struct Api {
+    engine: mpsc::Sender<Command>,
+    store: Store,
+    config: watch::Receiver<Arc<Config>>,
+    info: Arc<DaemonInfo>,
+}
+
+impl Api {
+    pub fn new(
+        engine: mpsc::Sender<Command>,
+        store: Store,
+        config: watch::Receiver<Arc<Config>>,
+        info: Arc<DaemonInfo>,
+    ) -> Api {
+        Api {
+            engine,
+            store,
+            config,
+            info,
+        }
+    }
+
+    /// Sends a command to the engine and waits for its reply.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
+        let permit = self
+            .engine
+            .reserve()
+            .await
+            .map_err(|_| Status::unavailable("orchd is stopping"))?;
+        let (tx, rx) = oneshot::channel();
+        permit.send(make(tx));
+        rx.await.map_err(|_| Status::unavailable("orchd is stopping"))
+    }
+}
+
+/// The caller's credentials from the Unix socket (SO_PEERCRED).
+pub fn caller<T>(req: &Request<T>) -> Caller {
+    req.extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| Caller {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid().unwrap_or(0),
+        })
+        .unwrap_or_default()
+}
+
+fn engine_status(e: EngineError) -> Status {
+    match e {
+        EngineError::NotFound(m) => Status::not_found(m),
+        EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
+        EngineError::Unavailable(m) => Status::unavailable(m),
+        EngineError::Store(e) => store_status(e),
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    tracing::error!(error = %e, "store error");
+    Status::internal(format!("store error: {e}"))
+}
+
+fn spec_status(e: SpecError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn later(what: &str, capability: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not available in this orchd yet; it arrives with the {capability} capability"
+    ))
+}
+
+// ---------------------------------------------------------------- spec resolution
+
+/// Validates a spec against the config and resolves it into the steps the daemon runs:
+/// agent commands expanded, defaults applied (step, then plan `[defaults]`, then the agent
+/// profile, then the daemon config), workdirs made absolute.
+pub fn resolve(spec: &pb::ObjectiveSpec, cfg: &Config, client_workdir: &str) -> Result<Vec<StepPlan>, SpecError> {
+    let agents: HashSet<String> = cfg.agents.keys().cloned().collect();
+    validate_spec(spec, Some(&agents))?;
+    let base_dir = if client_workdir.is_empty() {
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+    } else {
+        let p = PathBuf::from(client_workdir);
+        if !p.is_absolute() {
+            return Err(SpecError {
+                field: "workdir".into(),
+                problem: format!("`{client_workdir}` is not an absolute path"),
+            });
+        }
+        p
+    };
+    let defaults = spec.defaults.clone().unwrap_or_default();
+    let mut out = Vec::with_capacity(spec.steps.len());
+    for s in &spec.steps {
+        let profile = if s.agent.is_empty() {
+            None
+        } else {
+            cfg.agents.get(&s.agent)
+        };
+        let workdir = if s.workdir.is_empty() {
+            base_dir.clone()
+        } else {
+            base_dir.join(&s.workdir)
+        };
+        let workdir = normalize(&workdir);
+        let workdir_text = workdir.display().to_string();
+        let command = match profile {
+            Some(p) => p
+                .command
+                .iter()
+                .map(|a| a.replace("{prompt}", &s.prompt).replace("{workdir}", &workdir_text))
+                .collect(),
+            None => s.command.clone(),
+        };
+        let mut env: BTreeMap<String, String> = profile.map(|p| p.env.clone()).unwrap_or_default();
+        env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut retry = cfg.retry_policy();
+        overlay_retry(&mut retry, defaults.retry.as_ref());
+        overlay_retry(&mut retry, s.retry.as_ref());
+        let mut limits = cfg.limits();
+        if let Some(p) = profile {
+            overlay_limits(&mut limits, &limits_of(&p.limits));
+        }
+        if let Some(l) = &defaults.limits {
+            overlay_limits(&mut limits, &limits_from_pb(l));
+        }
+        if let Some(l) = &s.limits {
+            overlay_limits(&mut limits, &limits_from_pb(l));
+        }
+        let profile_timeout = profile.and_then(|p| p.timeout).map(|d| d.0);
+        let profile_idle = profile.and_then(|p| p.idle_timeout).map(|d| d.0);
+        out.push(StepPlan {
+            id: s.id.clone(),
+            agent: s.agent.clone(),
+            prompt: s.prompt.clone(),
+            command,
+            workdir: workdir_text,
+            env,
+            needs: s.needs.clone(),
+            timeout_ms: s
+                .timeout_ms
+                .or(defaults.timeout_ms)
+                .or(profile_timeout)
+                .or(cfg.defaults.timeout.map(|d| d.0)),
+            idle_timeout_ms: s
+                .idle_timeout_ms
+                .or(defaults.idle_timeout_ms)
+                .or(profile_idle)
+                .or(cfg.defaults.idle_timeout.map(|d| d.0)),
+            retry,
+            limits,
+            requires_approval: s.requires_approval,
+            fallback: s.fallback.clone(),
+            fallback_on_rate_limit: s.fallback_on_rate_limit,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes `.` and `..` components without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn overlay_retry(p: &mut RetryPolicy, r: Option<&pb::RetryPolicy>) {
+    let Some(r) = r else { return };
+    if let Some(v) = r.max_attempts {
+        p.max_attempts = v;
+    }
+    if let Some(v) = r.initial_backoff_ms {
+        p.initial_backoff_ms = v;
+    }
+    if let Some(v) = r.max_backoff_ms {
+        p.max_backoff_ms = v;
+    }
+    if let Some(v) = r.multiplier {
+        p.multiplier = v;
+    }
+    if let Some(v) = r.jitter {
+        p.jitter = v;
+    }
+    if !r.retry_on.is_empty() {
+        p.retry_on = r
+            .retry_on
+            .iter()
+            .filter_map(|o| pb::Outcome::try_from(*o).ok().and_then(outcome_from_pb))
+            .collect();
+    }
+    if !r.retry_exit_codes.is_empty() {
+        p.retry_exit_codes = r.retry_exit_codes.clone();
+    }
+    if p.max_backoff_ms < p.initial_backoff_ms {
+        p.max_backoff_ms = p.initial_backoff_ms;
+    }
+}
+
+fn overlay_limits(l: &mut Limits, o: &Limits) {
+    l.memory_bytes = o.memory_bytes.or(l.memory_bytes);
+    l.cpu_seconds = o.cpu_seconds.or(l.cpu_seconds);
+    l.pids = o.pids.or(l.pids);
+    l.open_files = o.open_files.or(l.open_files);
+    l.cpu_quota = o.cpu_quota.or(l.cpu_quota);
+}
+
+fn limits_from_pb(l: &pb::Limits) -> Limits {
+    Limits {
+        memory_bytes: l.memory_bytes,
+        cpu_seconds: l.cpu_seconds,
+        pids: l.pids,
+        open_files: l.open_files,
+        cpu_quota: l.cpu_quota,
+    }
+}
+
+// ---------------------------------------------------------------- domain → proto
+
+fn ts(ms: i64) -> Option<prost_types::Timestamp> {
+    Some(orch_proto::ts_from_ms(ms))
+}
+
+fn usage_pb(u: &Usage) -> pb::Usage {
+    pb::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cost_usd: u.cost_usd,
+    }
+}
+
+pub fn obj_state_pb(s: ObjState) -> pb::ObjectiveState {
+    match s {
+        ObjState::Pending => pb::ObjectiveState::Pending,
+        ObjState::Running => pb::ObjectiveState::Running,
+        ObjState::Paused => pb::ObjectiveState::Paused,
+        ObjState::AwaitingApproval => pb::ObjectiveState::AwaitingApproval,
+        ObjState::Succeeded => pb::ObjectiveState::Succeeded,
+        ObjState::Failed => pb::ObjectiveState::Failed,
+        ObjState::Cancelled => pb::ObjectiveState::Cancelled,
+    }
+}
+
+fn obj_state_from_pb(s: pb::ObjectiveState) -> Option<ObjState> {
+    ObjState::ALL.into_iter().find(|d| obj_state_pb(*d) == s)
+}
+
+pub fn step_state_pb(s: StepState) -> pb::StepState {
+    match s {
+        StepState::Waiting => pb::StepState::Waiting,
+        StepState::Ready => pb::StepState::Ready,
+        StepState::Running => pb::StepState::Running,
+        StepState::Backoff => pb::StepState::Backoff,
+        StepState::Paused => pb::StepState::Paused,
+        StepState::AwaitingApproval => pb::StepState::AwaitingApproval,
+        StepState::Succeeded => pb::StepState::Succeeded,
+        StepState::Failed => pb::StepState::Failed,
+        StepState::Cancelled => pb::StepState::Cancelled,
+        StepState::Skipped => pb::StepState::Skipped,
+    }
+}
+
+pub fn outcome_pb(o: Outcome) -> pb::Outcome {
+    match o {
+        Outcome::Success => pb::Outcome::Success,
+        Outcome::ExitFailure => pb::Outcome::ExitFailure,
+        Outcome::Signaled => pb::Outcome::Signaled,
+        Outcome::Timeout => pb::Outcome::Timeout,
+        Outcome::MemoryLimit => pb::Outcome::MemoryLimit,
+        Outcome::CpuLimit => pb::Outcome::CpuLimit,
+        Outcome::BudgetExceeded => pb::Outcome::BudgetExceeded,
+        Outcome::Cancelled => pb::Outcome::Cancelled,
+        Outcome::Interrupted => pb::Outcome::Interrupted,
+        Outcome::SpawnError => pb::Outcome::SpawnError,
+    }
+}
+
+fn outcome_from_pb(o: pb::Outcome) -> Option<Outcome> {
+    [
+        Outcome::Success,
+        Outcome::ExitFailure,
+        Outcome::Signaled,
+        Outcome::Timeout,
+        Outcome::MemoryLimit,
+        Outcome::CpuLimit,
+        Outcome::BudgetExceeded,
+        Outcome::Cancelled,
+        Outcome::Interrupted,
+        Outcome::SpawnError,
+    ]
+    .into_iter()
+    .find(|d| outcome_pb(*d) == o)
+}
+
+fn retry_pb(r: &RetryPolicy) -> pb::RetryPolicy {
+    pb::RetryPolicy {
+        max_attempts: Some(r.max_attempts),
+        initial_backoff_ms: Some(r.initial_backoff_ms),
+        max_backoff_ms: Some(r.max_backoff_ms),
+        multiplier: Some(r.multiplier),
+        jitter: Some(r.jitter),
+        retry_on: r.retry_on.iter().map(|o| outcome_pb(*o) as i32).collect(),
+        retry_exit_codes: r.retry_exit_codes.clone(),
+    }
+}
+
+fn limits_pb(l: &Limits) -> pb::Limits {
+    pb::Limits {
+        memory_bytes: l.memory_bytes,
+        cpu_seconds: l.cpu_seconds,
+        pids: l.pids,
+        open_files: l.open_files,
+        cpu_quota: l.cpu_quota,
+    }
+}
+
+fn attempt_pb(a: &Attempt) -> pb::Attempt {
+    pb::Attempt {
+        number: a.number,
+        pid: a.pid,
+        started_at: ts(a.started_ms),
+        ended_at: a.ended_ms.and_then(ts),
+        agent: a.agent.clone(),
+        outcome: a.outcome.map_or(pb::Outcome::Unspecified, outcome_pb) as i32,
+        exit_code: a.exit_code,
+        signal: a.signal,
+        peak_rss_bytes: a.peak_rss_bytes,
+        cpu_ms: a.cpu_ms,
+        usage: Some(usage_pb(&a.usage)),
+        message: a.message.clone(),
+        command: a.command.clone(),
+    }
+}
+
+fn step_pb(s: &Step, attempts: &[Attempt]) -> pb::Step {
+    pb::Step {
+        id: s.plan.id.clone(),
+        state: step_state_pb(s.state) as i32,
+        agent: s.plan.agent.clone(),
+        command: s.plan.command.clone(),
+        needs: s.plan.needs.clone(),
+        checkpoint_json: s.checkpoint.clone(),
+        attempts: attempts
+            .iter()
+            .filter(|a| a.step_index == s.index)
+            .map(attempt_pb)
+            .collect(),
+        next_attempt_at: s.next_attempt_ms.and_then(ts),
+        progress: Some(pb::Progress {
+            percent: s.progress.percent,
+            message: s.progress.message.clone(),
+        }),
+        usage: Some(usage_pb(&s.usage)),
+        message: s.message.clone(),
+        prompt: s.plan.prompt.clone(),
+        workdir: s.plan.workdir.clone(),
+        requires_approval: s.plan.requires_approval,
+        fallback: s.plan.fallback.clone(),
+    }
+}
+
+fn budget_pb(b: &Budget) -> pb::Budget {
+    pb::Budget {
+        max_cost_usd: b.max_cost_usd,
+        max_tokens: b.max_tokens,
+    }
+}
+
+fn objective_pb(o: &Objective, steps: &[Step], attempts: &[Attempt]) -> pb::Objective {
+    pb::Objective {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        goal: o.goal.clone(),
+        state: obj_state_pb(o.state) as i32,
+        created_at: ts(o.created_ms),
+        updated_at: ts(o.updated_ms),
+        usage: Some(usage_pb(&o.usage)),
+        budget: Some(budget_pb(&o.budget)),
+        steps: steps.iter().map(|s| step_pb(s, attempts)).collect(),
+        priority: o.priority,
+        message: o.message.clone(),
+        owner_uid: o.owner_uid,
+        request_id: o.request_id.clone(),
+    }
+}
+
+fn summary_pb(o: &Objective, steps: &[Step]) -> pb::ObjectiveSummary {
+    pb::ObjectiveSummary {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        state: obj_state_pb(o.state) as i32,
+        created_at: ts(o.created_ms),
+        updated_at: ts(o.updated_ms),
+        steps_total: o.step_count,
+        steps_succeeded: steps.iter().filter(|s| s.state == StepState::Succeeded).count() as u32,
+        usage: Some(usage_pb(&o.usage)),
+    }
+}
+
+fn resolved_plan_pb(name: &str, steps: &[StepPlan], groups: Vec<Vec<String>>) -> pb::ResolvedPlan {
+    pb::ResolvedPlan {
+        name: name.to_string(),
+        steps: steps
+            .iter()
+            .map(|s| pb::ResolvedStep {
+                id: s.id.clone(),
+                command: s.command.clone(),
+                agent: s.agent.clone(),
+                workdir: s.workdir.clone(),
+                needs: s.needs.clone(),
+                timeout_ms: s.timeout_ms,
+                idle_timeout_ms: s.idle_timeout_ms,
+                retry: Some(retry_pb(&s.retry)),
+                limits: Some(limits_pb(&s.limits)),
+                requires_approval: s.requires_approval,
+                fallback: s.fallback.clone(),
+            })
+            .collect(),
+        groups: groups
+            .into_iter()
+            .map(|step_ids| pb::ParallelGroup { step_ids })
+            .collect(),
+    }
+}
+
+/// Reads an objective with its steps and attempts.
+pub fn read_objective(store: &Store, id: &str) -> Result<pb::Objective, Status> {
+    let obj = store
+        .objective(id)
+        .map_err(store_status)?
+        .ok_or_else(|| Status::not_found(format!("no objective with id `{id}`")))?;
+    let steps = store.steps(id).map_err(store_status)?;
+    let attempts = store.attempts(id).map_err(store_status)?;
+    Ok(objective_pb(&obj, &steps, &attempts))
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Orchestrator for Api {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let who = caller(&req);
+        let req = req.into_inner();
+        let spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: missing (an objective needs a spec with steps)"))?;
+        check_env(&req.env, "env").map_err(spec_status)?;
+        if req.request_id.len() > 200 {
+            return Err(Status::invalid_argument("request_id: longer than 200 bytes"));
+        }
+        let cfg = self.config.borrow().clone();
+        let steps = resolve(&spec, &cfg, &req.workdir).map_err(spec_status)?;
+        let groups = parallel_groups(&spec).map_err(spec_status)?;
+        let plan = resolved_plan_pb(&spec.name, &steps, groups);
+        if req.dry_run {
+            return Ok(Response::new(pb::SubmitResponse {
+                id: String::new(),
+                existing: false,
+                plan: Some(plan),
+            }));
+        }
+        let new = NewObjective {
+            name: spec.name.clone(),
+            goal: spec.goal.clone(),
+            priority: spec.priority,
+            budget: Budget {
+                max_cost_usd: spec.budget_usd,
+                max_tokens: spec.max_tokens,
+            },
+            steps,
+            client_env: if req.env.is_empty() {
+                None
+            } else {
+                Some(req.env.into_iter().collect())
+            },
+            request_id: req.request_id,
+            caller: who,
+        };
+        let done = self
+            .ask(|reply| Command::Submit {
+                new: Box::new(new),
+                reply,
+            })
+            .await?
+            .map_err(engine_status)?;
+        Ok(Response::new(pb::SubmitResponse {
+            id: done.id,
+            existing: done.existing,
+            plan: Some(plan),
+        }))
+    }
+
+    async fn get_objective(&self, req: Request<pb::GetObjectiveRequest>) -> Result<Response<pb::Objective>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("id: missing"));
+        }
+        read_objective(&self.store, &id).map(Response::new)
+    }
+
+    async fn list_objectives(
+        &self,
+        req: Request<pb::ListObjectivesRequest>,
+    ) -> Result<Response<pb::ListObjectivesResponse>, Status> {
+        let req = req.into_inner();
+        let state = match req.state {
+            None => None,
+            Some(v) => {
+                let s = pb::ObjectiveState::try_from(v)
+                    .ok()
+                    .and_then(obj_state_from_pb)
+                    .ok_or_else(|| Status::invalid_argument(format!("state: {v} is not an objective state")))?;
+                Some(s)
+            }
+        };
+        let objectives = self.store.list(state, req.limit as usize).map_err(store_status)?;
+        let mut out = Vec::with_capacity(objectives.len());
+        for o in &objectives {
+            let steps = self.store.steps(&o.id).map_err(store_status)?;
+            out.push(summary_pb(o, &steps));
+        }
+        Ok(Response::new(pb::ListObjectivesResponse { objectives: out }))
+    }
+
+    async fn cancel(&self, _req: Request<pb::ObjectiveRef>) -> Result<Response<pb::Objective>, Status> {
+        Err(later("Cancel", "supervisor (cancel/pause/resume)"))
+    }
+
+    async fn pause(&self, _req: Request<pb::ObjectiveRef>) -> Result<Response<pb::Objective>, Status> {
+        Err(later("Pause", "supervisor (cancel/pause/resume)"))
+    }
+
+    async fn resume(&self, _req: Request<pb::ObjectiveRef>) -> Result<Response<pb::Objective>, Status> {
+        Err(later("Resume", "supervisor (cancel/pause/resume)"))
+    }
+
+    async fn retry(&self, _req: Request<pb::RetryRequest>) -> Result<Response<pb::Objective>, Status> {
+        Err(later("Retry", "durability (retries and recovery)"))
+    }
+
+    async fn approve(&self, _req: Request<pb::ApproveRequest>) -> Result<Response<pb::Objective>, Status> {
+        Err(later("Approve", "agent plans (approvals)"))
+    }
+
+    type WatchStream = BoxStream<pb::Event>;
+
+    async fn watch(&self, _req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(later("Watch", "event stream"))
+    }
+
+    type StreamLogsStream = BoxStream<pb::LogChunk>;
+
+    async fn stream_logs(
+        &self,
+        _req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        Err(later("StreamLogs", "supervisor (logs)"))
+    }
+
+    async fn list_agents(&self, _req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Err(later("ListAgents", "agent plans (profiles)"))
+    }
+
+    async fn get_usage(&self, _req: Request<pb::GetUsageRequest>) -> Result<Response<pb::UsageReport>, Status> {
+        Err(later("GetUsage", "agent plans (usage and budgets)"))
+    }
+
+    async fn list_audit(&self, _req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+        Err(later("ListAudit", "event stream (audit trail)"))
+    }
+
+    async fn daemon_status(
+        &self,
+        _req: Request<pb::DaemonStatusRequest>,
+    ) -> Result<Response<pb::DaemonStatusResponse>, Status> {
+        let live = self.ask(|reply| Command::Status { reply }).await?;
+        let counts = self
+            .store
+            .counts()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|(s, n)| (s.word().to_string(), n))
+            .collect();
+        let info = &self.info;
+        Ok(Response::new(pb::DaemonStatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_s: info.started.elapsed().as_secs(),
+            socket: info.socket.display().to_string(),
+            state_dir: info.state_dir.display().to_string(),
+            store_bytes: self.store.size_on_disk(),
+            limits_backend: info.limits_backend.clone(),
+            counts,
+            max_parallel: live.max_parallel,
+            running_attempts: live.running_attempts,
+            config_path: info.config_path.display().to_string(),
+            limits_detail: info.limits_detail.clone(),
+            last_event_seq: live.last_seq,
+        }))
+    }
+
+    async fn reload_config(
+        &self,
+        _req: Request<pb::ReloadConfigRequest>,
+    ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
+        Err(later("ReloadConfig", "agent plans (config reload)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(steps: Vec<pb::StepSpec>) -> pb::ObjectiveSpec {
+        pb::ObjectiveSpec {
+            name: "t".into(),
+            steps,
+            ..Default::default()
+        }
+    }
+
+    fn cfg() -> Config {
+        Config::default().layer(&Default::default()).expect("default config")
+    }
+
+    #[test]
+    fn agent_template_is_expanded_as_one_argument() {
+        let s = spec(vec![pb::StepSpec {
+            id: "a".into(),
+            agent: "shell".into(),
+            prompt: "echo 'x y'; rm -rf $HOME".into(),
+            ..Default::default()
+        }]);
+        let steps = resolve(&s, &cfg(), "/tmp").unwrap();
+        assert_eq!(steps[0].command, vec!["bash", "-c", "echo 'x y'; rm -rf $HOME"]);
+        assert_eq!(steps[0].workdir, "/tmp");
+    }
+
+    #[test]
+    fn defaults_layer_step_over_plan_over_daemon() {
+        let mut s = spec(vec![
+            pb::StepSpec {
+                id: "a".into(),
+                command: vec!["true".into()],
+                timeout_ms: Some(5),
+                retry: Some(pb::RetryPolicy {
+                    max_attempts: Some(7),
+                    ..Default::default()
+                }),
+                workdir: "sub/../x".into(),
+                ..Default::default()
+            },
+            pb::StepSpec {
+                id: "b".into(),
+                command: vec!["true".into()],
+                ..Default::default()
+            },
+        ]);
+        s.defaults = Some(pb::StepDefaults {
+            timeout_ms: Some(9),
+            retry: Some(pb::RetryPolicy {
+                initial_backoff_ms: Some(100),
+                ..Default::default()
+            }),
+            limits: Some(pb::Limits {
+                memory_bytes: Some(1 << 30),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let steps = resolve(&s, &cfg(), "/w").unwrap();
+        assert_eq!(steps[0].timeout_ms, Some(5));
+        assert_eq!(steps[1].timeout_ms, Some(9));
+        assert_eq!(steps[0].retry.max_attempts, 7);
+        assert_eq!(steps[1].retry.max_attempts, 3);
+        assert_eq!(steps[1].retry.initial_backoff_ms, 100);
+        assert_eq!(steps[1].limits.memory_bytes, Some(1 << 30));
+        assert_eq!(steps[0].workdir, "/w/x");
+    }
+
+    #[test]
+    fn unknown_agent_and_relative_workdir_are_refused() {
+        let s = spec(vec![pb::StepSpec {
+            id: "a".into(),
+            agent: "nope".into(),
+            ..Default::default()
+        }]);
+        assert_eq!(resolve(&s, &cfg(), "/").unwrap_err().field, "steps[a].agent");
+        let s = spec(vec![pb::StepSpec {
+            id: "a".into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        }]);
+        assert_eq!(resolve(&s, &cfg(), "rel").unwrap_err().field, "workdir");
+    }
+}

@@ -1,0 +1,498 @@
+//! Domain types of the daemon: objectives, steps, attempts, events, and their state
+//! machines. No I/O here; `store` persists these, `api` converts them to proto.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the UNIX epoch.
+pub type Millis = i64;
+
+/// The wall clock in milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjState {
+    Pending,
+    Running,
+    Paused,
+    AwaitingApproval,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ObjState {
+    pub const ALL: [ObjState; 7] = [
+        ObjState::Pending,
+        ObjState::Running,
+        ObjState::Paused,
+        ObjState::AwaitingApproval,
+        ObjState::Succeeded,
+        ObjState::Failed,
+        ObjState::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ObjState::Succeeded | ObjState::Failed | ObjState::Cancelled)
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            ObjState::Pending => "pending",
+            ObjState::Running => "running",
+            ObjState::Paused => "paused",
+            ObjState::AwaitingApproval => "awaiting_approval",
+            ObjState::Succeeded => "succeeded",
+            ObjState::Failed => "failed",
+            ObjState::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Waiting,
+    Ready,
+    Running,
+    Backoff,
+    Paused,
+    AwaitingApproval,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+impl StepState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepState::Succeeded | StepState::Failed | StepState::Cancelled | StepState::Skipped
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    ExitFailure,
+    Signaled,
+    Timeout,
+    MemoryLimit,
+    CpuLimit,
+    BudgetExceeded,
+    Cancelled,
+    Interrupted,
+    SpawnError,
+}
+
+impl Outcome {
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ExitFailure => "exit_failure",
+            Outcome::Signaled => "signaled",
+            Outcome::Timeout => "timeout",
+            Outcome::MemoryLimit => "memory_limit",
+            Outcome::CpuLimit => "cpu_limit",
+            Outcome::BudgetExceeded => "budget_exceeded",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Interrupted => "interrupted",
+            Outcome::SpawnError => "spawn_error",
+        }
+    }
+
+    /// The outcomes retried when a policy names none (design.md, "Retries").
+    pub const DEFAULT_RETRY_ON: [Outcome; 5] = [
+        Outcome::ExitFailure,
+        Outcome::Signaled,
+        Outcome::Timeout,
+        Outcome::MemoryLimit,
+        Outcome::CpuLimit,
+    ];
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Resource limits of one attempt, after defaults are applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub pids: Option<u64>,
+    pub open_files: Option<u64>,
+    pub cpu_quota: Option<f64>,
+}
+
+/// A retry policy with every field resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+    pub jitter: f64,
+    pub retry_on: Vec<Outcome>,
+    /// Empty = every exit code.
+    pub retry_exit_codes: Vec<i32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff_ms: 2_000,
+            max_backoff_ms: 60_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+            retry_on: Outcome::DEFAULT_RETRY_ON.to_vec(),
+            retry_exit_codes: Vec::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether an attempt that ended with `outcome` (and `exit_code`) may be retried.
+    pub fn retries(&self, outcome: Outcome, exit_code: Option<i32>) -> bool {
+        if !self.retry_on.contains(&outcome) {
+            return false;
+        }
+        if outcome == Outcome::ExitFailure && !self.retry_exit_codes.is_empty() {
+            return exit_code.is_some_and(|c| self.retry_exit_codes.contains(&c));
+        }
+        true
+    }
+
+    /// The delay before attempt `n` (n ≥ 2): `min(max, initial × multiplier^(n-2))`,
+    /// then scaled by `1 + jitter × u` with `u` uniform in [-1, 1] (passed in, for tests).
+    pub fn delay_ms(&self, n: u32, u: f64) -> u64 {
+        let exp = n.saturating_sub(2) as i32;
+        let base = (self.initial_backoff_ms as f64 * self.multiplier.powi(exp))
+            .min(self.max_backoff_ms as f64);
+        let jittered = base * (1.0 + self.jitter * u.clamp(-1.0, 1.0));
+        jittered.max(0.0).round() as u64
+    }
+}
+
+/// A step as the daemon runs it: defaults applied, paths absolute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepPlan {
+    pub id: String,
+    /// Empty for literal commands.
+    pub agent: String,
+    pub prompt: String,
+    /// The resolved argv.
+    pub command: Vec<String>,
+    pub workdir: String,
+    /// The step's own env (the client's env is kept on the objective).
+    pub env: BTreeMap<String, String>,
+    pub needs: Vec<String>,
+    pub timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub retry: RetryPolicy,
+    pub limits: Limits,
+    pub requires_approval: bool,
+    pub fallback: Vec<String>,
+    pub fallback_on_rate_limit: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    pub max_cost_usd: Option<f64>,
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub percent: Option<f64>,
+    pub message: String,
+}
+
+/// An objective's own record (its steps and attempts are stored beside it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Objective {
+    pub id: String,
+    pub name: String,
+    pub goal: String,
+    pub priority: i32,
+    pub budget: Budget,
+    pub state: ObjState,
+    pub created_ms: Millis,
+    pub updated_ms: Millis,
+    pub message: String,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub request_id: String,
+    pub usage: Usage,
+    /// The submitting client's environment; `None` = the daemon's minimal one.
+    pub client_env: Option<BTreeMap<String, String>>,
+    pub step_count: u32,
+}
+
+/// One step's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub objective_id: String,
+    /// Position in the plan (keys sort by it).
+    pub index: u32,
+    pub plan: StepPlan,
+    pub state: StepState,
+    /// Attempts made so far (the last attempt's number).
+    pub attempts: u32,
+    /// Attempts that count against `max_attempts` (interrupted ones do not).
+    pub counted_attempts: u32,
+    pub checkpoint: Option<String>,
+    pub next_attempt_ms: Option<Millis>,
+    pub progress: Progress,
+    pub usage: Usage,
+    pub message: String,
+}
+
+/// One attempt's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub objective_id: String,
+    pub step_index: u32,
+    pub step_id: String,
+    pub number: u32,
+    pub agent: String,
+    pub command: Vec<String>,
+    pub pid: Option<u32>,
+    /// Start time of the process in clock ticks since boot (`/proc/PID/stat` field 22),
+    /// so a recycled pid is never mistaken for it.
+    pub pid_start_ticks: Option<u64>,
+    /// The attempt's cgroup, when the cgroup backend ran it.
+    pub cgroup: Option<String>,
+    pub started_ms: Millis,
+    pub ended_ms: Option<Millis>,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub peak_rss_bytes: u64,
+    pub cpu_ms: u64,
+    pub usage: Usage,
+    pub message: String,
+}
+
+/// What happened, as stored in the sequenced event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    ObjectiveSubmitted { name: String, steps: u32 },
+    ObjectiveState { state: ObjState, message: String },
+    StepState { state: StepState, message: String },
+    AttemptStarted { pid: u32, agent: String },
+    AttemptEnded {
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        message: String,
+    },
+    RetryScheduled { delay_ms: u64, due_at_ms: Millis },
+    Checkpoint { json: String },
+    Usage {
+        report: Usage,
+        step_total: Usage,
+        objective_total: Usage,
+        model: String,
+    },
+    Progress { percent: Option<f64>, message: String },
+    BudgetAlert {
+        percent: f64,
+        budget: String,
+        used: f64,
+        limit: f64,
+    },
+    ApprovalRequested,
+    ApprovalAnswered {
+        approved: bool,
+        by_uid: u32,
+        reason: String,
+    },
+}
+
+impl EventKind {
+    pub fn word(&self) -> &'static str {
+        match self {
+            EventKind::ObjectiveSubmitted { .. } => "objective_submitted",
+            EventKind::ObjectiveState { .. } => "objective_state",
+            EventKind::StepState { .. } => "step_state",
+            EventKind::AttemptStarted { .. } => "attempt_started",
+            EventKind::AttemptEnded { .. } => "attempt_ended",
+            EventKind::RetryScheduled { .. } => "retry_scheduled",
+            EventKind::Checkpoint { .. } => "checkpoint",
+            EventKind::Usage { .. } => "usage",
+            EventKind::Progress { .. } => "progress",
+            EventKind::BudgetAlert { .. } => "budget_alert",
+            EventKind::ApprovalRequested => "approval_requested",
+            EventKind::ApprovalAnswered { .. } => "approval_answered",
+        }
+    }
+}
+
+/// An event of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time_ms: Millis,
+    pub objective_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// An entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time_ms: Millis,
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    pub action: String,
+    pub objective_id: String,
+    /// `ok`, `denied` or `error: <message>`.
+    pub result: String,
+}
+
+/// The objective's state, derived from its steps (the one place this rule lives).
+/// `paused` is kept by the caller; this only answers for a running objective.
+pub fn derive_objective_state(steps: &[Step]) -> ObjState {
+    let all_done = steps.iter().all(|s| s.state.is_terminal());
+    if all_done {
+        if steps.iter().all(|s| s.state == StepState::Succeeded) {
+            return ObjState::Succeeded;
+        }
+        if steps.iter().any(|s| s.state == StepState::Failed) {
+            return ObjState::Failed;
+        }
+        if steps.iter().any(|s| s.state == StepState::Cancelled) {
+            return ObjState::Cancelled;
+        }
+        return ObjState::Failed;
+    }
+    let active = steps.iter().any(|s| {
+        matches!(
+            s.state,
+            StepState::Running | StepState::Backoff | StepState::Ready
+        )
+    });
+    if !active && steps.iter().any(|s| s.state == StepState::AwaitingApproval) {
+        return ObjState::AwaitingApproval;
+    }
+    if steps
+        .iter()
+        .any(|s| s.attempts > 0 || s.state.is_terminal() || s.state == StepState::Running)
+    {
+        ObjState::Running
+    } else {
+        ObjState::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_formula() {
+        let p = RetryPolicy {
+            initial_backoff_ms: 2_000,
+            max_backoff_ms: 60_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+            ..Default::default()
+        };
+        assert_eq!(p.delay_ms(2, 0.0), 2_000);
+        assert_eq!(p.delay_ms(3, 0.0), 4_000);
+        assert_eq!(p.delay_ms(4, 0.0), 8_000);
+        assert_eq!(p.delay_ms(10, 0.0), 60_000);
+        assert_eq!(p.delay_ms(2, 1.0), 2_400);
+        assert_eq!(p.delay_ms(2, -1.0), 1_600);
+    }
+
+    #[test]
+    fn retry_rules() {
+        let mut p = RetryPolicy::default();
+        assert!(p.retries(Outcome::ExitFailure, Some(1)));
+        assert!(!p.retries(Outcome::SpawnError, None));
+        assert!(!p.retries(Outcome::Cancelled, None));
+        assert!(!p.retries(Outcome::BudgetExceeded, None));
+        p.retry_exit_codes = vec![75];
+        assert!(p.retries(Outcome::ExitFailure, Some(75)));
+        assert!(!p.retries(Outcome::ExitFailure, Some(1)));
+        assert!(p.retries(Outcome::Timeout, None));
+    }
+
+    fn step(state: StepState, attempts: u32) -> Step {
+        Step {
+            objective_id: "o".into(),
+            index: 0,
+            plan: StepPlan {
+                id: "s".into(),
+                agent: String::new(),
+                prompt: String::new(),
+                command: vec!["true".into()],
+                workdir: "/".into(),
+                env: BTreeMap::new(),
+                needs: vec![],
+                timeout_ms: None,
+                idle_timeout_ms: None,
+                retry: RetryPolicy::default(),
+                limits: Limits::default(),
+                requires_approval: false,
+                fallback: vec![],
+                fallback_on_rate_limit: false,
+            },
+            state,
+            attempts,
+            counted_attempts: attempts,
+            checkpoint: None,
+            next_attempt_ms: None,
+            progress: Progress::default(),
+            usage: Usage::default(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn objective_state_from_steps() {
+        use StepState::*;
+        assert_eq!(derive_objective_state(&[step(Ready, 0)]), ObjState::Pending);
+        assert_eq!(derive_objective_state(&[step(Running, 1)]), ObjState::Running);
+        assert_eq!(
+            derive_objective_state(&[step(Succeeded, 1), step(Succeeded, 1)]),
+            ObjState::Succeeded
+        );
+        assert_eq!(
+            derive_objective_state(&[step(Failed, 1), step(Skipped, 0)]),
+            ObjState::Failed
+        );
+        assert_eq!(
+            derive_objective_state(&[step(Succeeded, 1), step(Running, 1)]),
+            ObjState::Running
+        );
+        assert_eq!(
+            derive_objective_state(&[step(Succeeded, 1), step(AwaitingApproval, 0)]),
+            ObjState::AwaitingApproval
+        );
+        assert_eq!(
+            derive_objective_state(&[step(Cancelled, 1), step(Skipped, 0)]),
+            ObjState::Cancelled
+        );
+    }
+}

@@ -1,0 +1,593 @@
+//! The durable store: the only module that imports sled. Typed trees (objectives, steps,
+//! attempts, events, indexes, audit, meta), their key layouts and encodings, the schema
+//! version, and atomic multi-tree writes. Values are JSON; keys sort the way they are read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::model::{Attempt, AuditEntry, Event, ObjState, Objective, Step};
+
+/// The schema this build writes. Stores with a lower version are migrated on open;
+/// a higher one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_LAST_SEQ: &[u8] = b"last_seq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "the store at {path} is locked by another process (is another orchd running with this state directory?)"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "the store at {path} has schema version {found}, newer than this orchd supports ({supported}); run a newer orchd or use another state directory"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("store i/o: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record under key {key}: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The trees, in the order used by `WriteSet` operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum T {
+    Objectives = 0,
+    Steps = 1,
+    Attempts = 2,
+    Events = 3,
+    ObjEvents = 4,
+    ByState = 5,
+    Requests = 6,
+    Audit = 7,
+    Meta = 8,
+}
+
+const TREE_NAMES: [&str; 9] = [
+    "objectives",
+    "steps",
+    "attempts",
+    "events",
+    "objective_events",
+    "objectives_by_state",
+    "request_ids",
+    "audit",
+    "meta",
+];
+
+/// The durable store. Cheap to clone (sled handles are shared).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    trees: [sled::Tree; 9],
+    path: PathBuf,
+}
+
+/// A set of writes applied atomically by `Store::write`.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    ops: Vec<(T, Vec<u8>, Option<Vec<u8>>)>,
+    last_seq: Option<u64>,
+}
+
+fn json<V: serde::Serialize>(v: &V) -> Vec<u8> {
+    // Serializing these plain data types to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn step_key(objective_id: &str, index: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(objective_id.len() + 5);
+    k.extend_from_slice(objective_id.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn attempt_key(objective_id: &str, index: u32, number: u32) -> Vec<u8> {
+    let mut k = step_key(objective_id, index);
+    k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+fn prefix(objective_id: &str) -> Vec<u8> {
+    let mut k = objective_id.as_bytes().to_vec();
+    k.push(b'/');
+    k
+}
+
+fn state_key(state: ObjState, id: &str) -> Vec<u8> {
+    format!("{}/{id}", state.word()).into_bytes()
+}
+
+fn obj_event_key(objective_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = prefix(objective_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn request_key(uid: u32, request_id: &str) -> Vec<u8> {
+    let mut k = uid.to_be_bytes().to_vec();
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+impl WriteSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn put(&mut self, t: T, k: Vec<u8>, v: Vec<u8>) {
+        self.ops.push((t, k, Some(v)));
+    }
+
+    fn del(&mut self, t: T, k: Vec<u8>) {
+        self.ops.push((t, k, None));
+    }
+
+    /// Writes an objective; `previous` is its state as last stored (None when new),
+    /// so the by-state index moves with it.
+    pub fn objective(&mut self, o: &Objective, previous: Option<ObjState>) {
+        if let Some(p) = previous
+            && p != o.state
+        {
+            self.del(T::ByState, state_key(p, &o.id));
+        }
+        if previous != Some(o.state) {
+            self.put(T::ByState, state_key(o.state, &o.id), Vec::new());
+        }
+        self.put(T::Objectives, o.id.as_bytes().to_vec(), json(o));
+    }
+
+    pub fn step(&mut self, s: &Step) {
+        self.put(T::Steps, step_key(&s.objective_id, s.index), json(s));
+    }
+
+    pub fn attempt(&mut self, a: &Attempt) {
+        self.put(
+            T::Attempts,
+            attempt_key(&a.objective_id, a.step_index, a.number),
+            json(a),
+        );
+    }
+
+    /// Appends an event; its `seq` must be above every stored one.
+    pub fn event(&mut self, e: &Event) {
+        self.put(T::Events, e.seq.to_be_bytes().to_vec(), json(e));
+        if !e.objective_id.is_empty() {
+            self.put(T::ObjEvents, obj_event_key(&e.objective_id, e.seq), Vec::new());
+        }
+        self.last_seq = Some(self.last_seq.map_or(e.seq, |s| s.max(e.seq)));
+    }
+
+    pub fn request_id(&mut self, uid: u32, request_id: &str, objective_id: &str) {
+        self.put(
+            T::Requests,
+            request_key(uid, request_id),
+            objective_id.as_bytes().to_vec(),
+        );
+    }
+
+    pub fn audit(&mut self, entry: &AuditEntry) {
+        let key = ulid::Ulid::generate().to_bytes().to_vec();
+        self.put(T::Audit, key, json(entry));
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, checks and migrates its schema.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(e) if e.to_string().contains("lock") => StoreError::Locked {
+                    path: dir.to_path_buf(),
+                },
+                _ => StoreError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            })?;
+        let open = |name: &str| db.open_tree(name);
+        let trees = [
+            open(TREE_NAMES[0])?,
+            open(TREE_NAMES[1])?,
+            open(TREE_NAMES[2])?,
+            open(TREE_NAMES[3])?,
+            open(TREE_NAMES[4])?,
+            open(TREE_NAMES[5])?,
+            open(TREE_NAMES[6])?,
+            open(TREE_NAMES[7])?,
+            open(TREE_NAMES[8])?,
+        ];
+        let store = Store {
+            db,
+            trees,
+            path: dir.to_path_buf(),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn tree(&self, t: T) -> &sled::Tree {
+        &self.trees[t as usize]
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let meta = self.tree(T::Meta);
+        let found = match meta.get(META_SCHEMA)? {
+            Some(v) => {
+                let mut b = [0u8; 4];
+                if v.len() == 4 {
+                    b.copy_from_slice(&v);
+                }
+                u32::from_be_bytes(b)
+            }
+            None => 0,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            // Version 0 is a store created before any version was written: nothing to migrate.
+            if found > 0 {
+                tracing::info!(from = found, to = SCHEMA_VERSION, "migrating store schema");
+            }
+            meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites the schema version (tests of the refusal path use this).
+    #[cfg(test)]
+    pub fn set_schema_version_for_test(&self, v: u32) -> Result<()> {
+        self.tree(T::Meta).insert(META_SCHEMA, &v.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The highest event sequence number ever stored (0 when none).
+    pub fn last_seq(&self) -> Result<u64> {
+        let from_meta = self
+            .tree(T::Meta)
+            .get(META_LAST_SEQ)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let from_events = self
+            .tree(T::Events)
+            .last()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        Ok(from_meta.max(from_events))
+    }
+
+    /// Applies every write of `w` atomically (one transaction over all trees). Not yet
+    /// durable: call `flush` before acknowledging anything that depends on it.
+    pub fn write(&self, w: &WriteSet) -> Result<()> {
+        if w.ops.is_empty() {
+            return Ok(());
+        }
+        let t = &self.trees;
+        let res: std::result::Result<(), TransactionError<()>> =
+            (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8]).transaction(
+                |(a, b, c, d, e, f, g, h, i)| {
+                    let views = [a, b, c, d, e, f, g, h, i];
+                    for (tree, k, v) in &w.ops {
+                        let view = views[*tree as usize];
+                        match v {
+                            Some(v) => view.insert(k.as_slice(), v.as_slice())?,
+                            None => view.remove(k.as_slice())?,
+                        };
+                    }
+                    if let Some(seq) = w.last_seq {
+                        views[T::Meta as usize].insert(META_LAST_SEQ, &seq.to_be_bytes())?;
+                    }
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
+        match res {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+            Err(TransactionError::Abort(())) => Ok(()),
+        }
+    }
+
+    /// Makes every write so far durable (one fsync covers them all: group commit).
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Synchronous flush, for shutdown paths.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn decode<V: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<V> {
+        serde_json::from_slice(v).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    pub fn objective(&self, id: &str) -> Result<Option<Objective>> {
+        match self.tree(T::Objectives).get(id.as_bytes())? {
+            Some(v) => Ok(Some(Self::decode(id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The steps of an objective, in plan order.
+    pub fn steps(&self, objective_id: &str) -> Result<Vec<Step>> {
+        self.tree(T::Steps)
+            .scan_prefix(prefix(objective_id))
+            .map(|r| {
+                let (k, v) = r?;
+                Self::decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every attempt of an objective, by step (plan order) then number.
+    pub fn attempts(&self, objective_id: &str) -> Result<Vec<Attempt>> {
+        self.tree(T::Attempts)
+            .scan_prefix(prefix(objective_id))
+            .map(|r| {
+                let (k, v) = r?;
+                Self::decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// One attempt.
+    pub fn attempt(&self, objective_id: &str, index: u32, number: u32) -> Result<Option<Attempt>> {
+        let k = attempt_key(objective_id, index, number);
+        match self.tree(T::Attempts).get(&k)? {
+            Some(v) => Ok(Some(Self::decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Objectives newest first, optionally only in `state`; `limit` 0 = all.
+    pub fn list(&self, state: Option<ObjState>, limit: usize) -> Result<Vec<Objective>> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out = Vec::new();
+        match state {
+            Some(s) => {
+                let p = format!("{}/", s.word()).into_bytes();
+                for r in self.tree(T::ByState).scan_prefix(&p).rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, _) = r?;
+                    let id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
+                    if let Some(o) = self.objective(&id)? {
+                        out.push(o);
+                    }
+                }
+            }
+            None => {
+                for r in self.tree(T::Objectives).iter().rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, v) = r?;
+                    out.push(Self::decode(&k, &v)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of objectives in `state`, oldest first.
+    pub fn ids_in_state(&self, state: ObjState) -> Result<Vec<String>> {
+        let p = format!("{}/", state.word()).into_bytes();
+        self.tree(T::ByState)
+            .scan_prefix(&p)
+            .map(|r| {
+                let (k, _) = r?;
+                Ok(String::from_utf8_lossy(&k[p.len()..]).into_owned())
+            })
+            .collect()
+    }
+
+    /// Number of objectives by state.
+    pub fn counts(&self) -> Result<BTreeMap<ObjState, u64>> {
+        let mut out = BTreeMap::new();
+        for s in ObjState::ALL {
+            let p = format!("{}/", s.word()).into_bytes();
+            let n = self.tree(T::ByState).scan_prefix(&p).keys().count() as u64;
+            out.insert(s, n);
+        }
+        Ok(out)
+    }
+
+    /// The objective a request id was used for, if any.
+    pub fn objective_for_request(&self, uid: u32, request_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .tree(T::Requests)
+            .get(request_key(uid, request_id))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Events with `seq >= from`, in order, at most `limit`.
+    pub fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>> {
+        self.tree(T::Events)
+            .range(from.to_be_bytes()..)
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r?;
+                Self::decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Events of one objective with `seq >= from`, in order, at most `limit`.
+    pub fn objective_events_from(&self, objective_id: &str, from: u64, limit: usize) -> Result<Vec<Event>> {
+        let start = obj_event_key(objective_id, from);
+        let end = obj_event_key(objective_id, u64::MAX);
+        let mut out = Vec::new();
+        for r in self.tree(T::ObjEvents).range(start..=end).take(limit) {
+            let (k, _) = r?;
+            let seq_bytes = &k[k.len() - 8..];
+            if let Some(v) = self.tree(T::Events).get(seq_bytes)? {
+                out.push(Self::decode(seq_bytes, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Audit entries, newest first, optionally of one objective.
+    pub fn audit(&self, objective_id: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out = Vec::new();
+        for r in self.tree(T::Audit).iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = r?;
+            let e: AuditEntry = Self::decode(&k, &v)?;
+            if objective_id.is_none_or(|id| id == e.objective_id) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Budget, EventKind, Usage};
+
+    fn objective(id: &str, state: ObjState) -> Objective {
+        Objective {
+            id: id.into(),
+            name: "n".into(),
+            goal: String::new(),
+            priority: 0,
+            budget: Budget::default(),
+            state,
+            created_ms: 1,
+            updated_ms: 1,
+            message: String::new(),
+            owner_uid: 0,
+            owner_gid: 0,
+            request_id: String::new(),
+            usage: Usage::default(),
+            client_env: None,
+            step_count: 1,
+        }
+    }
+
+    #[test]
+    fn state_index_follows_objective() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let mut w = WriteSet::new();
+        let mut a = objective("01A", ObjState::Pending);
+        w.objective(&a, None);
+        w.objective(&objective("01B", ObjState::Pending), None);
+        s.write(&w).unwrap();
+        let mut w = WriteSet::new();
+        a.state = ObjState::Succeeded;
+        w.objective(&a, Some(ObjState::Pending));
+        s.write(&w).unwrap();
+        assert_eq!(s.ids_in_state(ObjState::Pending).unwrap(), vec!["01B"]);
+        assert_eq!(s.ids_in_state(ObjState::Succeeded).unwrap(), vec!["01A"]);
+        let ids: Vec<String> = s.list(None, 0).unwrap().into_iter().map(|o| o.id).collect();
+        assert_eq!(ids, vec!["01B", "01A"]);
+        assert_eq!(s.list(None, 1).unwrap().len(), 1);
+        assert_eq!(s.counts().unwrap()[&ObjState::Succeeded], 1);
+    }
+
+    #[test]
+    fn events_and_seq_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let s = Store::open(&path).unwrap();
+            let mut w = WriteSet::new();
+            for seq in 1..=3 {
+                w.event(&Event {
+                    seq,
+                    time_ms: 0,
+                    objective_id: if seq == 2 { "X".into() } else { "Y".into() },
+                    step_id: String::new(),
+                    attempt: 0,
+                    kind: EventKind::ApprovalRequested,
+                });
+            }
+            s.write(&w).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.last_seq().unwrap(), 3);
+        assert_eq!(s.events_from(2, 10).unwrap().len(), 2);
+        let x = s.objective_events_from("X", 0, 10).unwrap();
+        assert_eq!(x.len(), 1);
+        assert_eq!(x[0].seq, 2);
+    }
+
+    #[test]
+    fn newer_schema_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let s = Store::open(&path).unwrap();
+            s.set_schema_version_for_test(SCHEMA_VERSION + 1).unwrap();
+        }
+        let err = Store::open(&path).err().expect("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{msg}");
+        assert!(msg.contains(&format!("({SCHEMA_VERSION})")), "{msg}");
+    }
+
+    #[test]
+    fn request_ids_are_per_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let mut w = WriteSet::new();
+        w.request_id(1000, "k", "01X");
+        s.write(&w).unwrap();
+        assert_eq!(s.objective_for_request(1000, "k").unwrap().as_deref(), Some("01X"));
+        assert_eq!(s.objective_for_request(1001, "k").unwrap(), None);
+    }
+}
