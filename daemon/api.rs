@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::Stream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -19,8 +19,11 @@ use orch_proto::validate::{SpecError, check_env, parallel_groups, validate_spec}
 
 use crate::config::{Config, limits_of};
 use crate::engine::{Caller, Command, EngineError, NewObjective};
+use crate::logfile::{Chunk, LogReader, Stream, Tail, attempt_log};
+use crate::model::Event;
 use crate::model::{
-    Attempt, Budget, Limits, ObjState, Objective, Outcome, RetryPolicy, Step, StepPlan, StepState, Usage,
+    Attempt, Budget, Limits, ObjState, Objective, Outcome, RetryPolicy, Step, StepPlan, StepState,
+    Usage,
 };
 use crate::store::{Store, StoreError};
 
@@ -35,8 +38,135 @@ pub struct DaemonInfo {
     pub started: Instant,
 }
 
+fn required_id(id: String) -> Result<String, Status> {
+    if id.trim().is_empty() {
+        return Err(Status::invalid_argument("id: missing (an objective id)"));
+    }
+    Ok(id.trim().to_string())
+}
+
+/// One `StreamLogs` call: sends the selected attempts' logs in order, following each
+/// live attempt until it ends when asked to.
+struct LogJob {
+    store: Store,
+    logs_dir: PathBuf,
+    objective_id: String,
+    /// `(step index, step id, attempt number)` in plan order.
+    targets: Vec<(u32, String, u32)>,
+    streams: Vec<Stream>,
+    follow: bool,
+    tail: usize,
+    events: broadcast::Receiver<Arc<Event>>,
+}
+
+impl LogJob {
+    fn chunk(&self, step_id: &str, number: u32, c: Chunk) -> Option<pb::LogChunk> {
+        if !self.streams.contains(&c.stream) {
+            return None;
+        }
+        Some(pb::LogChunk {
+            step_id: step_id.to_string(),
+            attempt: number,
+            stream: match c.stream {
+                Stream::Stdout => pb::LogStream::Stdout,
+                Stream::Stderr => pb::LogStream::Stderr,
+            } as i32,
+            data: c.data,
+        })
+    }
+
+    fn ended(&self, index: u32, number: u32) -> bool {
+        match self.store.attempt(&self.objective_id, index, number) {
+            Ok(Some(a)) => a.ended_ms.is_some(),
+            // No record (or a store error): nothing more will be written.
+            _ => true,
+        }
+    }
+
+    async fn run(mut self, tx: mpsc::Sender<Result<pb::LogChunk, Status>>) {
+        let targets = std::mem::take(&mut self.targets);
+        for (index, step_id, number) in targets {
+            let path = attempt_log(&self.logs_dir, &self.objective_id, &step_id, number);
+            let mut reader = LogReader::new(&path);
+            // Subscribed to changes before the first read, so no write or end is missed.
+            let watch = if self.follow {
+                reader.watcher().ok()
+            } else {
+                None
+            };
+            let first = match reader.read_new() {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!(
+                            "cannot read {}: {e}",
+                            path.display()
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            let first: Vec<Chunk> = first
+                .into_iter()
+                .filter(|c| self.streams.contains(&c.stream))
+                .collect();
+            let first = if self.tail > 0 {
+                let mut t = Tail::new(self.tail);
+                first.into_iter().for_each(|c| t.push(c));
+                t.finish()
+            } else {
+                first
+            };
+            for c in first {
+                if let Some(m) = self.chunk(&step_id, number, c)
+                    && tx.send(Ok(m)).await.is_err()
+                {
+                    return;
+                }
+            }
+            let Some(watch) = watch else { continue };
+            loop {
+                let done = self.ended(index, number);
+                match reader.read_new() {
+                    Ok(chunks) => {
+                        for c in chunks {
+                            if let Some(m) = self.chunk(&step_id, number, c)
+                                && tx.send(Ok(m)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "cannot read {}: {e}",
+                                path.display()
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+                if done {
+                    break;
+                }
+                tokio::select! {
+                    _ = watch.changed() => {}
+                    ev = self.events.recv() => {
+                        if let Err(broadcast::error::RecvError::Closed) = ev {
+                            break;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    }
+}
+
 /// The `orch.v1.Orchestrator` service.
 pub struct Api {
+    events: broadcast::Sender<Arc<Event>>,
     engine: mpsc::Sender<Command>,
     store: Store,
     config: watch::Receiver<Arc<Config>>,
@@ -49,8 +179,10 @@ impl Api {
         store: Store,
         config: watch::Receiver<Arc<Config>>,
         info: Arc<DaemonInfo>,
+        events: broadcast::Sender<Arc<Event>>,
     ) -> Api {
         Api {
+            events,
             engine,
             store,
             config,
@@ -67,7 +199,8 @@ impl Api {
             .map_err(|_| Status::unavailable("orchd is stopping"))?;
         let (tx, rx) = oneshot::channel();
         permit.send(make(tx));
-        rx.await.map_err(|_| Status::unavailable("orchd is stopping"))
+        rx.await
+            .map_err(|_| Status::unavailable("orchd is stopping"))
     }
 }
 
@@ -113,7 +246,11 @@ fn later(what: &str, capability: &str) -> Status {
 /// Validates a spec against the config and resolves it into the steps the daemon runs:
 /// agent commands expanded, defaults applied (step, then plan `[defaults]`, then the agent
 /// profile, then the daemon config), workdirs made absolute.
-pub fn resolve(spec: &pb::ObjectiveSpec, cfg: &Config, client_workdir: &str) -> Result<Vec<StepPlan>, SpecError> {
+pub fn resolve(
+    spec: &pb::ObjectiveSpec,
+    cfg: &Config,
+    client_workdir: &str,
+) -> Result<Vec<StepPlan>, SpecError> {
     let agents: HashSet<String> = cfg.agents.keys().cloned().collect();
     validate_spec(spec, Some(&agents))?;
     let base_dir = if client_workdir.is_empty() {
@@ -147,7 +284,10 @@ pub fn resolve(spec: &pb::ObjectiveSpec, cfg: &Config, client_workdir: &str) -> 
             Some(p) => p
                 .command
                 .iter()
-                .map(|a| a.replace("{prompt}", &s.prompt).replace("{workdir}", &workdir_text))
+                .map(|a| {
+                    a.replace("{prompt}", &s.prompt)
+                        .replace("{workdir}", &workdir_text)
+                })
                 .collect(),
             None => s.command.clone(),
         };
@@ -438,7 +578,10 @@ fn summary_pb(o: &Objective, steps: &[Step]) -> pb::ObjectiveSummary {
         created_at: ts(o.created_ms),
         updated_at: ts(o.updated_ms),
         steps_total: o.step_count,
-        steps_succeeded: steps.iter().filter(|s| s.state == StepState::Succeeded).count() as u32,
+        steps_succeeded: steps
+            .iter()
+            .filter(|s| s.state == StepState::Succeeded)
+            .count() as u32,
         usage: Some(usage_pb(&o.usage)),
     }
 }
@@ -480,19 +623,24 @@ pub fn read_objective(store: &Store, id: &str) -> Result<pb::Objective, Status> 
     Ok(objective_pb(&obj, &steps, &attempts))
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Orchestrator for Api {
-    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let who = caller(&req);
         let req = req.into_inner();
-        let spec = req
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec: missing (an objective needs a spec with steps)"))?;
+        let spec = req.spec.ok_or_else(|| {
+            Status::invalid_argument("spec: missing (an objective needs a spec with steps)")
+        })?;
         check_env(&req.env, "env").map_err(spec_status)?;
         if req.request_id.len() > 200 {
-            return Err(Status::invalid_argument("request_id: longer than 200 bytes"));
+            return Err(Status::invalid_argument(
+                "request_id: longer than 200 bytes",
+            ));
         }
         let cfg = self.config.borrow().clone();
         let steps = resolve(&spec, &cfg, &req.workdir).map_err(spec_status)?;
@@ -536,7 +684,10 @@ impl Orchestrator for Api {
         }))
     }
 
-    async fn get_objective(&self, req: Request<pb::GetObjectiveRequest>) -> Result<Response<pb::Objective>, Status> {
+    async fn get_objective(
+        &self,
+        req: Request<pb::GetObjectiveRequest>,
+    ) -> Result<Response<pb::Objective>, Status> {
         let id = req.into_inner().id;
         if id.is_empty() {
             return Err(Status::invalid_argument("id: missing"));
@@ -555,42 +706,94 @@ impl Orchestrator for Api {
                 let s = pb::ObjectiveState::try_from(v)
                     .ok()
                     .and_then(obj_state_from_pb)
-                    .ok_or_else(|| Status::invalid_argument(format!("state: {v} is not an objective state")))?;
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("state: {v} is not an objective state"))
+                    })?;
                 Some(s)
             }
         };
-        let objectives = self.store.list(state, req.limit as usize).map_err(store_status)?;
+        let objectives = self
+            .store
+            .list(state, req.limit as usize)
+            .map_err(store_status)?;
         let mut out = Vec::with_capacity(objectives.len());
         for o in &objectives {
             let steps = self.store.steps(&o.id).map_err(store_status)?;
             out.push(summary_pb(o, &steps));
         }
-        Ok(Response::new(pb::ListObjectivesResponse { objectives: out }))
+        Ok(Response::new(pb::ListObjectivesResponse {
+            objectives: out,
+        }))
     }
 
-    async fn cancel(&self, _req: Request<pb::ObjectiveRef>) -> Result<Response<pb::Objective>, Status> {
-        Err(later("Cancel", "supervisor (cancel/pause/resume)"))
+    async fn cancel(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        let who = caller(&req);
+        let id = required_id(req.into_inner().id)?;
+        self.ask(|reply| Command::Cancel {
+            id: id.clone(),
+            caller: who,
+            reply,
+        })
+        .await?
+        .map_err(engine_status)?;
+        read_objective(&self.store, &id).map(Response::new)
     }
 
-    async fn pause(&self, _req: Request<pb::ObjectiveRef>) -> Result<Response<pb::Objective>, Status> {
-        Err(later("Pause", "supervisor (cancel/pause/resume)"))
+    async fn pause(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        let who = caller(&req);
+        let id = required_id(req.into_inner().id)?;
+        self.ask(|reply| Command::Pause {
+            id: id.clone(),
+            caller: who,
+            reply,
+        })
+        .await?
+        .map_err(engine_status)?;
+        read_objective(&self.store, &id).map(Response::new)
     }
 
-    async fn resume(&self, _req: Request<pb::ObjectiveRef>) -> Result<Response<pb::Objective>, Status> {
-        Err(later("Resume", "supervisor (cancel/pause/resume)"))
+    async fn resume(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        let who = caller(&req);
+        let id = required_id(req.into_inner().id)?;
+        self.ask(|reply| Command::Resume {
+            id: id.clone(),
+            caller: who,
+            reply,
+        })
+        .await?
+        .map_err(engine_status)?;
+        read_objective(&self.store, &id).map(Response::new)
     }
 
-    async fn retry(&self, _req: Request<pb::RetryRequest>) -> Result<Response<pb::Objective>, Status> {
+    async fn retry(
+        &self,
+        _req: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::Objective>, Status> {
         Err(later("Retry", "durability (retries and recovery)"))
     }
 
-    async fn approve(&self, _req: Request<pb::ApproveRequest>) -> Result<Response<pb::Objective>, Status> {
+    async fn approve(
+        &self,
+        _req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::Objective>, Status> {
         Err(later("Approve", "agent plans (approvals)"))
     }
 
     type WatchStream = BoxStream<pb::Event>;
 
-    async fn watch(&self, _req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(later("Watch", "event stream"))
     }
 
@@ -598,20 +801,92 @@ impl Orchestrator for Api {
 
     async fn stream_logs(
         &self,
-        _req: Request<pb::StreamLogsRequest>,
+        req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        Err(later("StreamLogs", "supervisor (logs)"))
+        let req = req.into_inner();
+        let id = required_id(req.id.clone())?;
+        let obj = self
+            .store
+            .objective(&id)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no objective with id `{id}`")))?;
+        let steps = self.store.steps(&id).map_err(store_status)?;
+        let selected: Vec<&Step> = if req.step_id.is_empty() {
+            steps.iter().collect()
+        } else {
+            let s = steps
+                .iter()
+                .find(|s| s.plan.id == req.step_id)
+                .ok_or_else(|| {
+                    Status::not_found(format!("objective {id} has no step `{}`", req.step_id))
+                })?;
+            vec![s]
+        };
+        let mut targets = Vec::new();
+        for s in selected {
+            let number = if req.attempt == 0 {
+                s.attempts
+            } else {
+                req.attempt
+            };
+            if number == 0 {
+                continue;
+            }
+            if number > s.attempts {
+                return Err(Status::not_found(format!(
+                    "step `{}` has {} attempt(s); there is no attempt {number}",
+                    s.plan.id, s.attempts
+                )));
+            }
+            targets.push((s.index, s.plan.id.clone(), number));
+        }
+        let mut streams: Vec<Stream> = req
+            .streams
+            .iter()
+            .filter_map(|v| match pb::LogStream::try_from(*v) {
+                Ok(pb::LogStream::Stdout) => Some(Stream::Stdout),
+                Ok(pb::LogStream::Stderr) => Some(Stream::Stderr),
+                _ => None,
+            })
+            .collect();
+        if streams.is_empty() {
+            streams = vec![Stream::Stdout, Stream::Stderr];
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let job = LogJob {
+            store: self.store.clone(),
+            logs_dir: self.info.state_dir.join("logs"),
+            objective_id: obj.id,
+            targets,
+            streams,
+            follow: req.follow,
+            tail: req.tail_lines as usize,
+            events: self.events.subscribe(),
+        };
+        tokio::spawn(job.run(tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn list_agents(&self, _req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         Err(later("ListAgents", "agent plans (profiles)"))
     }
 
-    async fn get_usage(&self, _req: Request<pb::GetUsageRequest>) -> Result<Response<pb::UsageReport>, Status> {
+    async fn get_usage(
+        &self,
+        _req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::UsageReport>, Status> {
         Err(later("GetUsage", "agent plans (usage and budgets)"))
     }
 
-    async fn list_audit(&self, _req: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        _req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
         Err(later("ListAudit", "event stream (audit trail)"))
     }
 
@@ -666,7 +941,9 @@ mod tests {
     }
 
     fn cfg() -> Config {
-        Config::default().layer(&Default::default()).expect("default config")
+        Config::default()
+            .layer(&Default::default())
+            .expect("default config")
     }
 
     #[test]
@@ -678,7 +955,10 @@ mod tests {
             ..Default::default()
         }]);
         let steps = resolve(&s, &cfg(), "/tmp").unwrap();
-        assert_eq!(steps[0].command, vec!["bash", "-c", "echo 'x y'; rm -rf $HOME"]);
+        assert_eq!(
+            steps[0].command,
+            vec!["bash", "-c", "echo 'x y'; rm -rf $HOME"]
+        );
         assert_eq!(steps[0].workdir, "/tmp");
     }
 
@@ -731,7 +1011,10 @@ mod tests {
             agent: "nope".into(),
             ..Default::default()
         }]);
-        assert_eq!(resolve(&s, &cfg(), "/").unwrap_err().field, "steps[a].agent");
+        assert_eq!(
+            resolve(&s, &cfg(), "/").unwrap_err().field,
+            "steps[a].agent"
+        );
         let s = spec(vec![pb::StepSpec {
             id: "a".into(),
             command: vec!["true".into()],

@@ -50,7 +50,9 @@ impl Serialize for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_duration_ms(&text).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration_ms(&text)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -269,11 +271,24 @@ pub fn read_file(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let value: toml::Value = toml::from_str(text).map_err(|e| {
         let msg = e.to_string();
-        invalid(origin, "", msg.lines().next().unwrap_or("bad TOML").to_string() + &msg.lines().skip(1).map(|l| format!(" {}", l.trim())).collect::<String>())
+        invalid(
+            origin,
+            "",
+            msg.lines().next().unwrap_or("bad TOML").to_string()
+                + &msg
+                    .lines()
+                    .skip(1)
+                    .map(|l| format!(" {}", l.trim()))
+                    .collect::<String>(),
+        )
     })?;
     let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
-        invalid(origin, if key == "." { "" } else { &key }, e.into_inner().to_string())
+        invalid(
+            origin,
+            if key == "." { "" } else { &key },
+            e.into_inner().to_string(),
+        )
     })?;
     cfg.validate(origin)?;
     Ok(cfg)
@@ -294,19 +309,24 @@ impl Config {
         }
         if let Some(v) = env_var("ORCH_MAX_PARALLEL") {
             self.max_parallel = Some(v.parse().map_err(|_| {
-                invalid("environment", "ORCH_MAX_PARALLEL", format!("`{v}` is not a number"))
+                invalid(
+                    "environment",
+                    "ORCH_MAX_PARALLEL",
+                    format!("`{v}` is not a number"),
+                )
             })?);
         }
         if let Some(v) = env_var("ORCH_LIMITS_BACKEND") {
             self.limits_backend = v;
         }
         if let Some(v) = env_var("ORCH_GRACE_PERIOD") {
-            self.grace_period =
-                Dur(parse_duration_ms(&v).map_err(|e| invalid("environment", "ORCH_GRACE_PERIOD", e))?);
+            self.grace_period = Dur(parse_duration_ms(&v)
+                .map_err(|e| invalid("environment", "ORCH_GRACE_PERIOD", e))?);
         }
         if let Some(v) = env_var("ORCH_RETENTION") {
             self.retention =
-                Dur(parse_duration_ms(&v).map_err(|e| invalid("environment", "ORCH_RETENTION", e))?);
+                Dur(parse_duration_ms(&v)
+                    .map_err(|e| invalid("environment", "ORCH_RETENTION", e))?);
         }
         self.validate("environment")?;
         if let Some(v) = &flags.socket {
@@ -323,14 +343,19 @@ impl Config {
         }
         if let Some(v) = &flags.grace_period {
             self.grace_period =
-                Dur(parse_duration_ms(v).map_err(|e| invalid("command line", "--grace-period", e))?);
+                Dur(parse_duration_ms(v)
+                    .map_err(|e| invalid("command line", "--grace-period", e))?);
         }
         self.validate("command line")?;
         // Resolve the defaults so `--print-config` shows the values in force.
-        self.socket.get_or_insert_with(orch_proto::paths::default_socket);
-        self.state_dir.get_or_insert_with(orch_proto::paths::default_state_dir);
+        self.socket
+            .get_or_insert_with(orch_proto::paths::default_socket);
+        self.state_dir
+            .get_or_insert_with(orch_proto::paths::default_state_dir);
         self.max_parallel.get_or_insert_with(default_parallel);
-        self.agents.entry("shell".into()).or_insert_with(shell_profile);
+        self.agents
+            .entry("shell".into())
+            .or_insert_with(shell_profile);
         Ok(self)
     }
 
@@ -339,11 +364,17 @@ impl Config {
         if self.max_parallel == Some(0) {
             return Err(invalid(origin, "max_parallel", "must be at least 1"));
         }
-        if !matches!(self.limits_backend.as_str(), "auto" | "cgroup-v2" | "rlimit") {
+        if !matches!(
+            self.limits_backend.as_str(),
+            "auto" | "cgroup-v2" | "rlimit"
+        ) {
             return Err(invalid(
                 origin,
                 "limits_backend",
-                format!("`{}` is not one of auto, cgroup-v2, rlimit", self.limits_backend),
+                format!(
+                    "`{}` is not one of auto, cgroup-v2, rlimit",
+                    self.limits_backend
+                ),
             ));
         }
         let r = &self.defaults.retry;
@@ -356,24 +387,43 @@ impl Config {
             .flatten()
             .find(|w| orch_proto::words::parse_outcome(w).is_none())
         {
-            return Err(invalid(origin, "defaults.retry.retry_on", format!("unknown outcome `{w}`")));
+            return Err(invalid(
+                origin,
+                "defaults.retry.retry_on",
+                format!("unknown outcome `{w}`"),
+            ));
         }
         for p in &self.budget.alert_percent {
             if !(p.is_finite() && *p > 0.0) {
-                return Err(invalid(origin, "budget.alert_percent", format!("{p} is not a positive percentage")));
+                return Err(invalid(
+                    origin,
+                    "budget.alert_percent",
+                    format!("{p} is not a positive percentage"),
+                ));
             }
         }
-        for (k, v) in [("budget.daily_usd", self.budget.daily_usd), ("budget.monthly_usd", self.budget.monthly_usd)] {
+        for (k, v) in [
+            ("budget.daily_usd", self.budget.daily_usd),
+            ("budget.monthly_usd", self.budget.monthly_usd),
+        ] {
             if let Some(v) = v
                 && !(v.is_finite() && v >= 0.0)
             {
-                return Err(invalid(origin, k, format!("{v} is not a non-negative amount")));
+                return Err(invalid(
+                    origin,
+                    k,
+                    format!("{v} is not a non-negative amount"),
+                ));
             }
         }
         for (name, a) in &self.agents {
             let key = format!("agents.{name}");
             if a.command.is_empty() || a.command[0].is_empty() {
-                return Err(invalid(origin, &format!("{key}.command"), "must name a program"));
+                return Err(invalid(
+                    origin,
+                    &format!("{key}.command"),
+                    "must name a program",
+                ));
             }
             if !USAGE_FORMATS.contains(&a.usage.as_str()) {
                 return Err(invalid(
@@ -387,11 +437,15 @@ impl Config {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(orch_proto::paths::default_socket)
+        self.socket
+            .clone()
+            .unwrap_or_else(orch_proto::paths::default_socket)
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(orch_proto::paths::default_state_dir)
+        self.state_dir
+            .clone()
+            .unwrap_or_else(orch_proto::paths::default_state_dir)
     }
 
     pub fn max_parallel(&self) -> u32 {
@@ -524,13 +578,24 @@ usage = "claude-stream-json"
     fn errors_name_the_key() {
         let e = parse("max_paralel = 2", "t.toml").unwrap_err().to_string();
         assert!(e.contains("t.toml") && e.contains("max_paralel"), "{e}");
-        let e = parse("[defaults]\ntimeout = \"soon\"", "t.toml").unwrap_err().to_string();
-        assert!(e.contains("defaults.timeout") && e.contains("bad duration"), "{e}");
-        let e = parse("limits_backend = \"docker\"", "t.toml").unwrap_err().to_string();
+        let e = parse("[defaults]\ntimeout = \"soon\"", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("defaults.timeout") && e.contains("bad duration"),
+            "{e}"
+        );
+        let e = parse("limits_backend = \"docker\"", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limits_backend"), "{e}");
-        let e = parse("[agents.x]\ncommand = []", "t.toml").unwrap_err().to_string();
+        let e = parse("[agents.x]\ncommand = []", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("agents.x.command"), "{e}");
-        let e = parse("[agents.x]\ncommand = [\"x\"]\nusage = \"magic\"", "t.toml").unwrap_err().to_string();
+        let e = parse("[agents.x]\ncommand = [\"x\"]\nusage = \"magic\"", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("agents.x.usage"), "{e}");
         let e = parse("max_parallel = 0", "t.toml").unwrap_err().to_string();
         assert!(e.contains("max_parallel"), "{e}");

@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::Config;
+use crate::limits::{Leaf, Limiter};
+use crate::logfile::attempt_log;
 use crate::model::{
     Attempt, Budget, Event, EventKind, Millis, ObjState, Objective, Outcome, Progress, Step,
     StepPlan, StepState, Usage, derive_objective_state, now_ms,
@@ -85,6 +87,22 @@ pub enum Command {
     },
     /// Answered when the loop turns: the systemd watchdog's liveness check.
     Ping { reply: oneshot::Sender<()> },
+    /// Stop every attempt of the objective; answered once every tree is gone.
+    Cancel {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    Pause {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    Resume {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
 }
 
 /// What recovery found on start.
@@ -113,6 +131,10 @@ struct Live {
     steps: Vec<Step>,
     /// Running attempts by step index.
     running: HashMap<u32, Running>,
+    paused: bool,
+    cancelling: bool,
+    /// Answered when the objective ends (cancel waits for every tree to be gone).
+    waiters: Vec<Reply<()>>,
 }
 
 struct Running {
@@ -136,11 +158,17 @@ pub struct Engine {
     facts_tx: mpsc::UnboundedSender<Fact>,
     facts_rx: mpsc::UnboundedReceiver<Fact>,
     events: broadcast::Sender<Arc<Event>>,
+    limiter: Arc<Limiter>,
     shutting_down: bool,
 }
 
 impl Engine {
-    pub fn new(store: Store, cfg: Arc<Config>, events: broadcast::Sender<Arc<Event>>) -> Result<Engine, StoreError> {
+    pub fn new(
+        store: Store,
+        cfg: Arc<Config>,
+        events: broadcast::Sender<Arc<Event>>,
+        limiter: Arc<Limiter>,
+    ) -> Result<Engine, StoreError> {
         let (facts_tx, facts_rx) = mpsc::unbounded_channel();
         let next_seq = store.last_seq()? + 1;
         Ok(Engine {
@@ -156,6 +184,7 @@ impl Engine {
             facts_tx,
             facts_rx,
             events,
+            limiter,
             shutting_down: false,
         })
     }
@@ -250,7 +279,11 @@ impl Engine {
                 }
             }
         }
-        tracing::info!(attempts = n, grace_ms = grace.as_millis() as u64, "stopping running attempts");
+        tracing::info!(
+            attempts = n,
+            grace_ms = grace.as_millis() as u64,
+            "stopping running attempts"
+        );
         // Runners end every attempt within the grace period plus the kill; the extra
         // margin covers a process stuck in the kernel.
         let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(5);
@@ -281,6 +314,8 @@ impl Engine {
                     exit_code: None,
                     signal: None,
                     message: "the daemon stopped; the process did not exit in time".into(),
+                    peak_rss_bytes: 0,
+                    cpu_ms: 0,
                 },
             );
         }
@@ -319,14 +354,202 @@ impl Engine {
             Command::Ping { reply } => {
                 let _ = reply.send(());
             }
+            Command::Cancel { id, caller, reply } => match self.cancel(&id, caller) {
+                Ok(()) => match self.live.get_mut(&id) {
+                    Some(live) => live.waiters.push(reply),
+                    // Nothing was running: it ended in this turn; answer once durable.
+                    None => self.after(move |_| {
+                        let _ = reply.send(Ok(()));
+                    }),
+                },
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Pause { id, caller, reply } => {
+                let r = self.pause(&id, caller);
+                self.after(move |_| {
+                    let _ = reply.send(r);
+                });
+            }
+            Command::Resume { id, caller, reply } => {
+                let r = self.resume(&id, caller);
+                self.after(move |_| {
+                    let _ = reply.send(r);
+                });
+            }
         }
+    }
+
+    /// Fails unless `id` is a live objective, saying why.
+    fn check_live(&self, id: &str, action: &str) -> Result<(), EngineError> {
+        if self.live.contains_key(id) {
+            return Ok(());
+        }
+        Err(match self.store.objective(id)? {
+            Some(o) => EngineError::FailedPrecondition(format!(
+                "cannot {action} objective {id}: it has already ended ({})",
+                o.state.word()
+            )),
+            None => EngineError::NotFound(format!("no objective with id `{id}`")),
+        })
+    }
+
+    // ------------------------------------------------------------ control
+
+    fn cancel(&mut self, id: &str, caller: Caller) -> Result<(), EngineError> {
+        self.check_live(id, "cancel")?;
+        let Some(live) = self.live.get_mut(id) else {
+            return Ok(());
+        };
+        if live.cancelling {
+            return Ok(());
+        }
+        live.cancelling = true;
+        live.obj.message = format!("cancelled by uid {}", caller.uid);
+        let idle: Vec<u32> = live
+            .steps
+            .iter()
+            .filter(|s| !s.state.is_terminal() && !live.running.contains_key(&s.index))
+            .map(|s| s.index)
+            .collect();
+        let running: Vec<u32> = live.running.keys().copied().collect();
+        tracing::info!(objective = %id, uid = caller.uid, running = running.len(), "cancel requested");
+        self.ready.retain(|(_, o, _)| o != id);
+        self.timers.retain(|(_, o, _)| o != id);
+        for index in idle {
+            self.set_step(
+                id,
+                index,
+                StepState::Cancelled,
+                format!("cancelled by uid {}", caller.uid),
+            );
+        }
+        // Stopped only once the cancel is durable.
+        let id_owned = id.to_string();
+        self.after(move |engine| {
+            if let Some(live) = engine.live.get(&id_owned) {
+                for index in running {
+                    if let Some(c) = live.running.get(&index).and_then(|r| r.control.as_ref()) {
+                        let _ = c.send(Control::Stop(StopReason::Cancelled));
+                    }
+                }
+            }
+        });
+        self.refresh_objective(id);
+        Ok(())
+    }
+
+    fn pause(&mut self, id: &str, caller: Caller) -> Result<(), EngineError> {
+        self.check_live(id, "pause")?;
+        let Some(live) = self.live.get_mut(id) else {
+            return Ok(());
+        };
+        if live.paused {
+            return Err(EngineError::FailedPrecondition(format!(
+                "objective {id} is already paused"
+            )));
+        }
+        if live.cancelling {
+            return Err(EngineError::FailedPrecondition(format!(
+                "objective {id} is being cancelled"
+            )));
+        }
+        live.paused = true;
+        let prev = live.obj.state;
+        live.obj.state = ObjState::Paused;
+        live.obj.updated_ms = now_ms();
+        self.turn
+            .writes
+            .objective(&live.obj, Some(live.stored_state));
+        live.stored_state = ObjState::Paused;
+        let holds: Vec<(u32, bool)> = live
+            .steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Ready | StepState::Running))
+            .map(|s| (s.index, live.running.contains_key(&s.index)))
+            .collect();
+        tracing::info!(objective = %id, uid = caller.uid, from = prev.word(), "paused");
+        self.emit(
+            id,
+            "",
+            0,
+            EventKind::ObjectiveState {
+                state: ObjState::Paused,
+                message: format!("paused by uid {}", caller.uid),
+            },
+        );
+        self.ready.retain(|(_, o, _)| o != id);
+        let mut frozen = Vec::new();
+        for (index, running) in holds {
+            self.set_step(id, index, StepState::Paused, String::new());
+            if running {
+                frozen.push(index);
+            }
+        }
+        self.control_after(id, frozen, || Control::Pause);
+        Ok(())
+    }
+
+    fn resume(&mut self, id: &str, caller: Caller) -> Result<(), EngineError> {
+        self.check_live(id, "resume")?;
+        let Some(live) = self.live.get_mut(id) else {
+            return Ok(());
+        };
+        if !live.paused {
+            return Err(EngineError::FailedPrecondition(format!(
+                "objective {id} is {}, not paused",
+                live.obj.state.word()
+            )));
+        }
+        live.paused = false;
+        let held: Vec<(u32, bool)> = live
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Paused)
+            .map(|s| (s.index, live.running.contains_key(&s.index)))
+            .collect();
+        tracing::info!(objective = %id, uid = caller.uid, "resumed");
+        let mut thaw = Vec::new();
+        for (index, running) in held {
+            if running {
+                self.set_step(id, index, StepState::Running, String::new());
+                thaw.push(index);
+            } else {
+                self.set_step(id, index, StepState::Ready, String::new());
+                self.push_ready(id, index);
+            }
+        }
+        self.control_after(id, thaw, || Control::Resume);
+        self.release_ready(id);
+        self.refresh_objective(id);
+        Ok(())
+    }
+
+    /// Sends a control message to the given running attempts once the turn is durable.
+    fn control_after(&mut self, id: &str, steps: Vec<u32>, make: fn() -> Control) {
+        if steps.is_empty() {
+            return;
+        }
+        let id = id.to_string();
+        self.after(move |engine| {
+            if let Some(live) = engine.live.get(&id) {
+                for index in steps {
+                    if let Some(c) = live.running.get(&index).and_then(|r| r.control.as_ref()) {
+                        let _ = c.send(make());
+                    }
+                }
+            }
+        });
     }
 
     // ------------------------------------------------------------ submit
 
     fn submit(&mut self, new: NewObjective) -> Result<Submitted, EngineError> {
         if !new.request_id.is_empty()
-            && let Some(id) = self.store.objective_for_request(new.caller.uid, &new.request_id)?
+            && let Some(id) = self
+                .store
+                .objective_for_request(new.caller.uid, &new.request_id)?
         {
             return Ok(Submitted { id, existing: true });
         }
@@ -351,7 +574,9 @@ impl Engine {
         };
         self.turn.writes.objective(&obj, None);
         if !new.request_id.is_empty() {
-            self.turn.writes.request_id(new.caller.uid, &new.request_id, &id);
+            self.turn
+                .writes
+                .request_id(new.caller.uid, &new.request_id, &id);
         }
         self.emit(
             &id,
@@ -390,19 +615,29 @@ impl Engine {
                 obj,
                 steps,
                 running: HashMap::new(),
+                paused: false,
+                cancelling: false,
+                waiters: Vec::new(),
             },
         );
         self.release_ready(&id);
         tracing::info!(objective = %id, "objective submitted");
-        Ok(Submitted { id, existing: false })
+        Ok(Submitted {
+            id,
+            existing: false,
+        })
     }
 
     // ------------------------------------------------------------ step transitions
 
     /// Sets a step's state, storing it and recording the event.
     fn set_step(&mut self, id: &str, index: u32, state: StepState, message: String) {
-        let Some(live) = self.live.get_mut(id) else { return };
-        let Some(step) = live.steps.get_mut(index as usize) else { return };
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        let Some(step) = live.steps.get_mut(index as usize) else {
+            return;
+        };
         if step.state == state && step.message == message {
             return;
         }
@@ -413,21 +648,34 @@ impl Engine {
         }
         self.turn.writes.step(step);
         let (step_id, attempt) = (step.plan.id.clone(), step.attempts);
-        self.emit(id, &step_id, attempt, EventKind::StepState { state, message });
+        self.emit(
+            id,
+            &step_id,
+            attempt,
+            EventKind::StepState { state, message },
+        );
     }
 
     /// Moves waiting steps whose needs all succeeded to `ready`, and skips those whose
     /// needs can no longer succeed.
     fn release_ready(&mut self, id: &str) {
         loop {
-            let Some(live) = self.live.get(id) else { return };
-            let state_of = |name: &str| live.steps.iter().find(|s| s.plan.id == name).map(|s| s.state);
+            let Some(live) = self.live.get(id) else {
+                return;
+            };
+            let state_of = |name: &str| {
+                live.steps
+                    .iter()
+                    .find(|s| s.plan.id == name)
+                    .map(|s| s.state)
+            };
             let mut change = None;
             for s in &live.steps {
                 if s.state != StepState::Waiting {
                     continue;
                 }
-                let needs: Vec<Option<StepState>> = s.plan.needs.iter().map(|n| state_of(n)).collect();
+                let needs: Vec<Option<StepState>> =
+                    s.plan.needs.iter().map(|n| state_of(n)).collect();
                 if needs.iter().all(|n| *n == Some(StepState::Succeeded)) {
                     change = Some((s.index, StepState::Ready, String::new()));
                     break;
@@ -438,11 +686,23 @@ impl Engine {
                         Some(StepState::Failed | StepState::Skipped | StepState::Cancelled) | None
                     )
                 }) {
-                    change = Some((s.index, StepState::Skipped, format!("dependency `{}` did not succeed", bad.0)));
+                    change = Some((
+                        s.index,
+                        StepState::Skipped,
+                        format!("dependency `{}` did not succeed", bad.0),
+                    ));
                     break;
                 }
             }
-            let Some((index, state, message)) = change else { return };
+            let Some((index, state, message)) = change else {
+                return;
+            };
+            let paused = self.live.get(id).is_some_and(|l| l.paused);
+            let state = if state == StepState::Ready && paused {
+                StepState::Paused
+            } else {
+                state
+            };
             self.set_step(id, index, state, message);
             if state == StepState::Ready {
                 self.push_ready(id, index);
@@ -452,15 +712,21 @@ impl Engine {
 
     fn push_ready(&mut self, id: &str, index: u32) {
         if let Some(live) = self.live.get(id) {
-            self.ready.insert((Reverse(live.obj.priority), id.to_string(), index));
+            self.ready
+                .insert((Reverse(live.obj.priority), id.to_string(), index));
         }
     }
 
     /// Re-derives the objective's state from its steps; stores and reports a change.
     /// An ended objective leaves the live set.
     fn refresh_objective(&mut self, id: &str) {
-        let Some(live) = self.live.get_mut(id) else { return };
-        let derived = derive_objective_state(&live.steps);
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        let derived = derive_objective_state(&live.steps, live.cancelling);
+        if live.paused && !derived.is_terminal() {
+            return;
+        }
         if derived == live.obj.state {
             return;
         }
@@ -474,13 +740,29 @@ impl Engine {
                 .map(|s| format!("step `{}` failed: {}", s.plan.id, s.message))
                 .unwrap_or_default();
         }
-        self.turn.writes.objective(&live.obj, Some(live.stored_state));
+        self.turn
+            .writes
+            .objective(&live.obj, Some(live.stored_state));
         live.stored_state = derived;
         let message = live.obj.message.clone();
-        self.emit(id, "", 0, EventKind::ObjectiveState { state: derived, message });
+        self.emit(
+            id,
+            "",
+            0,
+            EventKind::ObjectiveState {
+                state: derived,
+                message,
+            },
+        );
         if derived.is_terminal() {
             tracing::info!(objective = %id, state = derived.word(), "objective ended");
-            self.live.remove(id);
+            if let Some(live) = self.live.remove(id) {
+                for w in live.waiters {
+                    self.turn.after.push(Box::new(move |_| {
+                        let _ = w.send(Ok(()));
+                    }));
+                }
+            }
             self.ready.retain(|(_, o, _)| o != id);
             self.timers.retain(|(_, o, _)| o != id);
         }
@@ -494,14 +776,20 @@ impl Engine {
         }
         let max = self.cfg.max_parallel() as usize;
         while self.running < max {
-            let Some((_, id, index)) = self.ready.pop_first() else { break };
+            let Some((_, id, index)) = self.ready.pop_first() else {
+                break;
+            };
             self.start_attempt(&id, index);
         }
     }
 
     fn start_attempt(&mut self, id: &str, index: u32) {
-        let Some(live) = self.live.get_mut(id) else { return };
-        let Some(step) = live.steps.get_mut(index as usize) else { return };
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        let Some(step) = live.steps.get_mut(index as usize) else {
+            return;
+        };
         if step.state != StepState::Ready {
             return;
         }
@@ -529,13 +817,38 @@ impl Engine {
         };
         let spec = run_spec(&self.cfg, &self.logs_dir, &live.obj, step, number);
         self.turn.writes.attempt(&attempt);
-        live.running.insert(index, Running { attempt, control: None });
+        live.running.insert(
+            index,
+            Running {
+                attempt,
+                control: None,
+            },
+        );
         self.running += 1;
         self.set_step(id, index, StepState::Running, String::new());
         self.refresh_objective(id);
         // Spawned only once the attempt record is durable.
         self.after(move |engine| {
+            let mut spec = spec;
             let key = spec.key.clone();
+            let leaf = format!("att-{}-{}-{}", key.objective_id, key.step_index, key.number);
+            match engine.limiter.prepare(&leaf, &spec.limits) {
+                Ok(p) => spec.prepared = p,
+                Err(e) => {
+                    let _ = engine.facts_tx.send(Fact::Ended {
+                        key,
+                        end: AttemptEnd {
+                            outcome: Outcome::SpawnError,
+                            exit_code: None,
+                            signal: None,
+                            message: format!("cannot set up the attempt's limits: {e}"),
+                            peak_rss_bytes: 0,
+                            cpu_ms: 0,
+                        },
+                    });
+                    return;
+                }
+            }
             let control = runner::start(spec, engine.facts_tx.clone());
             if let Some(r) = engine
                 .live
@@ -546,11 +859,16 @@ impl Engine {
             }
         });
     }
-
 }
 
 /// The command, environment and files of one attempt.
-fn run_spec(cfg: &Config, logs_dir: &std::path::Path, obj: &Objective, step: &Step, number: u32) -> RunSpec {
+fn run_spec(
+    cfg: &Config,
+    logs_dir: &std::path::Path,
+    obj: &Objective,
+    step: &Step,
+    number: u32,
+) -> RunSpec {
     {
         let mut env: BTreeMap<String, String> = match &obj.client_env {
             Some(e) => e.clone(),
@@ -563,8 +881,6 @@ fn run_spec(cfg: &Config, logs_dir: &std::path::Path, obj: &Objective, step: &St
         for (k, v) in &step.plan.env {
             env.insert(k.clone(), v.clone());
         }
-        let dir = logs_dir.join(&obj.id);
-        let base = format!("{}.{number}", step.plan.id);
         RunSpec {
             key: AttemptKey {
                 objective_id: obj.id.clone(),
@@ -579,13 +895,23 @@ fn run_spec(cfg: &Config, logs_dir: &std::path::Path, obj: &Objective, step: &St
             } else {
                 Some(step.plan.prompt.clone().into_bytes())
             },
-            stdout_log: dir.join(format!("{base}.stdout.log")),
-            stderr_log: dir.join(format!("{base}.stderr.log")),
+            log: attempt_log(logs_dir, &obj.id, &step.plan.id, number),
+            log_max_bytes: cfg.logs.max_attempt_bytes.0,
+            checkpoint: step.checkpoint.as_ref().map(|json| {
+                let path = cfg
+                    .state_dir()
+                    .join("checkpoints")
+                    .join(&obj.id)
+                    .join(format!("{}.json", step.plan.id));
+                (path, json.clone())
+            }),
             grace: Duration::from_millis(cfg.grace_period.0),
             timeout: step.plan.timeout_ms.map(Duration::from_millis),
+            idle_timeout: step.plan.idle_timeout_ms.map(Duration::from_millis),
+            limits: step.plan.limits,
+            prepared: Default::default(),
         }
     }
-
 }
 
 impl Engine {
@@ -595,15 +921,21 @@ impl Engine {
             if *due > now {
                 break;
             }
-            let Some((_, id, index)) = self.timers.pop_first() else { break };
+            let Some((_, id, index)) = self.timers.pop_first() else {
+                break;
+            };
             let in_backoff = self
                 .live
                 .get(&id)
                 .and_then(|l| l.steps.get(index as usize))
                 .is_some_and(|s| s.state == StepState::Backoff);
             if in_backoff {
-                self.set_step(&id, index, StepState::Ready, String::new());
-                self.push_ready(&id, index);
+                if self.live.get(&id).is_some_and(|l| l.paused) {
+                    self.set_step(&id, index, StepState::Paused, String::new());
+                } else {
+                    self.set_step(&id, index, StepState::Ready, String::new());
+                    self.push_ready(&id, index);
+                }
             }
         }
     }
@@ -612,14 +944,44 @@ impl Engine {
 
     fn on_fact(&mut self, f: Fact) {
         match f {
-            Fact::Started { key, pid, start_ticks } => {
-                let Some(live) = self.live.get_mut(&key.objective_id) else { return };
-                let Some(r) = live.running.get_mut(&key.step_index) else { return };
+            Fact::Usage {
+                key,
+                peak_rss_bytes,
+                cpu_ms,
+            } => {
+                // Kept in memory while it runs; stored with the attempt's end.
+                if let Some(r) = self
+                    .live
+                    .get_mut(&key.objective_id)
+                    .and_then(|l| l.running.get_mut(&key.step_index))
+                {
+                    r.attempt.peak_rss_bytes = peak_rss_bytes;
+                    r.attempt.cpu_ms = cpu_ms;
+                }
+            }
+            Fact::Started {
+                key,
+                pid,
+                start_ticks,
+                cgroup,
+            } => {
+                let Some(live) = self.live.get_mut(&key.objective_id) else {
+                    return;
+                };
+                let Some(r) = live.running.get_mut(&key.step_index) else {
+                    return;
+                };
                 r.attempt.pid = Some(pid);
                 r.attempt.pid_start_ticks = start_ticks;
+                r.attempt.cgroup = cgroup;
                 self.turn.writes.attempt(&r.attempt);
                 let (step_id, agent) = (r.attempt.step_id.clone(), r.attempt.agent.clone());
-                self.emit(&key.objective_id, &step_id, key.number, EventKind::AttemptStarted { pid, agent });
+                self.emit(
+                    &key.objective_id,
+                    &step_id,
+                    key.number,
+                    EventKind::AttemptStarted { pid, agent },
+                );
             }
             Fact::Line { key, line } => self.on_line(key, line),
             Fact::Ended { key, end } => self.on_ended(key, end),
@@ -627,14 +989,23 @@ impl Engine {
     }
 
     fn on_line(&mut self, key: AttemptKey, line: AgentLine) {
-        let Some(live) = self.live.get_mut(&key.objective_id) else { return };
-        let Some(step) = live.steps.get_mut(key.step_index as usize) else { return };
+        let Some(live) = self.live.get_mut(&key.objective_id) else {
+            return;
+        };
+        let Some(step) = live.steps.get_mut(key.step_index as usize) else {
+            return;
+        };
         let step_id = step.plan.id.clone();
         match line {
             AgentLine::Checkpoint(json) => {
                 step.checkpoint = Some(json.clone());
                 self.turn.writes.step(step);
-                self.emit(&key.objective_id, &step_id, key.number, EventKind::Checkpoint { json });
+                self.emit(
+                    &key.objective_id,
+                    &step_id,
+                    key.number,
+                    EventKind::Checkpoint { json },
+                );
             }
             AgentLine::Progress { percent, message } => {
                 step.progress = Progress {
@@ -642,7 +1013,12 @@ impl Engine {
                     message: message.clone(),
                 };
                 self.turn.writes.step(step);
-                self.emit(&key.objective_id, &step_id, key.number, EventKind::Progress { percent, message });
+                self.emit(
+                    &key.objective_id,
+                    &step_id,
+                    key.number,
+                    EventKind::Progress { percent, message },
+                );
             }
             AgentLine::Malformed(problem) => {
                 tracing::warn!(objective = %key.objective_id, step = %step_id, attempt = key.number, %problem, "malformed agent protocol line (kept in the log)");
@@ -652,8 +1028,12 @@ impl Engine {
 
     fn on_ended(&mut self, key: AttemptKey, end: AttemptEnd) {
         let id = key.objective_id.clone();
-        let Some(live) = self.live.get_mut(&id) else { return };
-        let Some(mut r) = live.running.remove(&key.step_index) else { return };
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        let Some(mut r) = live.running.remove(&key.step_index) else {
+            return;
+        };
         self.running = self.running.saturating_sub(1);
         let a = &mut r.attempt;
         a.ended_ms = Some(now_ms());
@@ -661,6 +1041,8 @@ impl Engine {
         a.exit_code = end.exit_code;
         a.signal = end.signal;
         a.message = end.message.clone();
+        a.peak_rss_bytes = a.peak_rss_bytes.max(end.peak_rss_bytes);
+        a.cpu_ms = a.cpu_ms.max(end.cpu_ms);
         self.turn.writes.attempt(a);
         let step_id = a.step_id.clone();
         if let Some(step) = live.steps.get_mut(key.step_index as usize)
@@ -668,7 +1050,9 @@ impl Engine {
         {
             step.counted_attempts += 1;
         }
-        let Some(step) = live.steps.get(key.step_index as usize) else { return };
+        let Some(step) = live.steps.get(key.step_index as usize) else {
+            return;
+        };
         let counted = step.counted_attempts;
         let policy = step.plan.retry.clone();
         tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
@@ -689,9 +1073,15 @@ impl Engine {
                 self.release_ready(&id);
             }
             Outcome::Interrupted => {
-                // Does not use up a retry; runs again on the next start.
-                self.set_step(&id, key.step_index, StepState::Ready, end.message);
-                if !self.shutting_down {
+                // Does not use up a retry; runs again on the next start (held while paused).
+                let paused = self.live.get(&id).is_some_and(|l| l.paused);
+                let state = if paused {
+                    StepState::Paused
+                } else {
+                    StepState::Ready
+                };
+                self.set_step(&id, key.step_index, state, end.message);
+                if !self.shutting_down && !paused {
                     self.push_ready(&id, key.step_index);
                 }
             }
@@ -703,16 +1093,38 @@ impl Engine {
                 let u = rand_unit();
                 let delay = policy.delay_ms(counted + 1, u);
                 let due = now_ms() + delay as i64;
-                if let Some(step) = self.live.get_mut(&id).and_then(|l| l.steps.get_mut(key.step_index as usize)) {
+                if let Some(step) = self
+                    .live
+                    .get_mut(&id)
+                    .and_then(|l| l.steps.get_mut(key.step_index as usize))
+                {
                     step.next_attempt_ms = Some(due);
+                }
+                let cancelling = self.live.get(&id).is_some_and(|l| l.cancelling);
+                if cancelling {
+                    self.set_step(&id, key.step_index, StepState::Cancelled, end.message);
+                    self.refresh_objective(&id);
+                    return;
                 }
                 self.set_step(&id, key.step_index, StepState::Backoff, end.message);
                 // set_step clears the due time only for other states; store it with the step.
-                if let Some(step) = self.live.get_mut(&id).and_then(|l| l.steps.get_mut(key.step_index as usize)) {
+                if let Some(step) = self
+                    .live
+                    .get_mut(&id)
+                    .and_then(|l| l.steps.get_mut(key.step_index as usize))
+                {
                     step.next_attempt_ms = Some(due);
                     self.turn.writes.step(step);
                 }
-                self.emit(&id, &step_id, key.number, EventKind::RetryScheduled { delay_ms: delay, due_at_ms: due });
+                self.emit(
+                    &id,
+                    &step_id,
+                    key.number,
+                    EventKind::RetryScheduled {
+                        delay_ms: delay,
+                        due_at_ms: due,
+                    },
+                );
                 self.timers.insert((due, id.clone(), key.step_index));
             }
             _ => {
@@ -730,9 +1142,16 @@ impl Engine {
     /// identified by pid and start time), and reschedules their steps.
     pub async fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut report = Recovery::default();
-        for state in [ObjState::Pending, ObjState::Running, ObjState::Paused, ObjState::AwaitingApproval] {
+        for state in [
+            ObjState::Pending,
+            ObjState::Running,
+            ObjState::Paused,
+            ObjState::AwaitingApproval,
+        ] {
             for id in self.store.ids_in_state(state)? {
-                let Some(obj) = self.store.objective(&id)? else { continue };
+                let Some(obj) = self.store.objective(&id)? else {
+                    continue;
+                };
                 let steps = self.store.steps(&id)?;
                 let open: Vec<Attempt> = self
                     .store
@@ -741,6 +1160,7 @@ impl Engine {
                     .filter(|a| a.ended_ms.is_none())
                     .collect();
                 report.objectives += 1;
+                let paused = obj.state == ObjState::Paused;
                 self.live.insert(
                     id.clone(),
                     Live {
@@ -748,6 +1168,9 @@ impl Engine {
                         obj,
                         steps,
                         running: HashMap::new(),
+                        paused,
+                        cancelling: false,
+                        waiters: Vec::new(),
                     },
                 );
                 for mut a in open {
@@ -771,7 +1194,9 @@ impl Engine {
                     );
                     report.interrupted_attempts += 1;
                 }
-                let Some(live) = self.live.get(&id) else { continue };
+                let Some(live) = self.live.get(&id) else {
+                    continue;
+                };
                 let plan: Vec<(u32, StepState, Option<Millis>)> = live
                     .steps
                     .iter()
@@ -779,9 +1204,25 @@ impl Engine {
                     .collect();
                 for (index, state, due) in plan {
                     match state {
-                        StepState::Running => {
-                            self.set_step(&id, index, StepState::Ready, "interrupted; resuming".into());
+                        StepState::Running | StepState::Paused if paused => {
+                            self.set_step(
+                                &id,
+                                index,
+                                StepState::Paused,
+                                "interrupted; held while paused".into(),
+                            );
+                        }
+                        StepState::Running | StepState::Paused => {
+                            self.set_step(
+                                &id,
+                                index,
+                                StepState::Ready,
+                                "interrupted; resuming".into(),
+                            );
                             self.push_ready(&id, index);
+                        }
+                        StepState::Ready if paused => {
+                            self.set_step(&id, index, StepState::Paused, String::new());
                         }
                         StepState::Ready => self.push_ready(&id, index),
                         StepState::Backoff => {
@@ -803,6 +1244,18 @@ impl Engine {
 /// one (pid and start time match, or the leader is gone and the group id is unused by
 /// any process). Returns whether a kill was sent.
 fn kill_leftover(a: &Attempt) -> bool {
+    if let Some(cg) = &a.cgroup {
+        let leaf = Leaf(PathBuf::from(cg));
+        if leaf.0.exists() {
+            let had = leaf.populated();
+            if had {
+                tracing::warn!(objective = %a.objective_id, step = %a.step_id, attempt = a.number, cgroup = %cg, "killing the leftover cgroup of an interrupted attempt");
+                let _ = leaf.kill();
+            }
+            leaf.remove();
+            return had;
+        }
+    }
     let Some(pid) = a.pid else { return false };
     let leader_alive = sys::process_start_ticks(pid).is_some();
     let ours = match (leader_alive, a.pid_start_ticks) {

@@ -4,6 +4,8 @@
 mod api;
 mod config;
 mod engine;
+mod limits;
+mod logfile;
 mod model;
 mod runner;
 mod store;
@@ -51,7 +53,12 @@ struct Cli {
     #[arg(long, value_name = "DUR")]
     grace_period: Option<String>,
     /// Log format on stderr: text or json [env: ORCH_LOG_FORMAT]
-    #[arg(long, value_name = "FORMAT", env = "ORCH_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "ORCH_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: String,
     /// Print the effective config (defaults, file, environment and flags merged) as TOML and exit
     #[arg(long)]
@@ -99,9 +106,14 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(layer) = tracing_journald::layer()
     {
-        tracing_subscriber::registry().with(filter).with(layer).init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init();
         return Ok(());
     }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     match format {
         "json" => tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -110,6 +122,7 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
             .init(),
         "text" => tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .init(),
         other => bail!("--log-format: `{other}` is not one of text, json"),
@@ -152,7 +165,11 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
             if errno == nix::errno::Errno::EWOULDBLOCK {
                 bail!(
                     "another orchd{} is already running with state directory {}",
-                    if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    },
                     dir.display()
                 );
             }
@@ -170,7 +187,10 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                bail!("{} exists and is not a socket; refusing to replace it", path.display());
+                bail!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!(
@@ -179,7 +199,8 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
                 );
             }
             tracing::info!(socket = %path.display(), "removing stale socket");
-            fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
@@ -201,8 +222,13 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
     private_dir(&state_dir)?;
     let _lock = lock_state_dir(&state_dir)?;
     let store = store::Store::open(&state_dir.join("store"))?;
-    let limits_backend = "rlimit".to_string();
-    let limits_detail = "each attempt runs in its own process group and session".to_string();
+    let limiter = Arc::new(limits::Limiter::detect(
+        &cfg.limits_backend,
+        &instance_name(&state_dir),
+    )?);
+    let limits_backend = limiter.name().to_string();
+    let limits_detail = limiter.detail.clone();
+    tracing::info!(backend = %limits_backend, detail = %limits_detail, "limits backend");
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         state_dir = %state_dir.display(),
@@ -213,7 +239,12 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
 
     let cfg = Arc::new(cfg);
     let (events_tx, _) = broadcast::channel(4096);
-    let mut engine = engine::Engine::new(store.clone(), cfg.clone(), events_tx.clone())?;
+    let mut engine = engine::Engine::new(
+        store.clone(),
+        cfg.clone(),
+        events_tx.clone(),
+        limiter.clone(),
+    )?;
     let t = Instant::now();
     let recovery = engine.recover().await?;
     tracing::info!(
@@ -238,7 +269,13 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
         limits_detail,
         started,
     });
-    let service = api::Api::new(cmd_tx.clone(), store.clone(), cfg_rx, info);
+    let service = api::Api::new(
+        cmd_tx.clone(),
+        store.clone(),
+        cfg_rx,
+        info,
+        events_tx.clone(),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -246,10 +283,12 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orch_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build the reflection service")?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(orch_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("cannot build the reflection service")?;
 
@@ -290,10 +329,14 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
     // Streams held open by clients must not keep the daemon alive.
     let _ = stop_server.send(());
     drop(cmd_tx);
-    if tokio::time::timeout(Duration::from_secs(2), server_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), server_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("clients still connected at exit");
     }
     let _ = fs::remove_file(&socket);
+    limiter.cleanup();
     store.flush_blocking()?;
     match engine_result {
         Ok(Ok(())) => {
@@ -303,6 +346,14 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
         Ok(Err(e)) => Err(e).context("the engine stopped on a store error"),
         Err(e) => bail!("the engine task failed: {e}"),
     }
+}
+
+/// A short stable name for this daemon instance (its cgroup subtree when it must make one).
+fn instance_name(state_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    state_dir.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// Pings systemd's watchdog while the engine loop answers (only when WatchdogSec is set).
@@ -316,7 +367,11 @@ fn spawn_watchdog(engine: mpsc::Sender<engine::Command>) {
         loop {
             tick.tick().await;
             let (tx, rx) = oneshot::channel();
-            if engine.send(engine::Command::Ping { reply: tx }).await.is_err() {
+            if engine
+                .send(engine::Command::Ping { reply: tx })
+                .await
+                .is_err()
+            {
                 return;
             }
             if rx.await.is_ok() {

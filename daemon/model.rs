@@ -40,7 +40,10 @@ impl ObjState {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, ObjState::Succeeded | ObjState::Failed | ObjState::Cancelled)
+        matches!(
+            self,
+            ObjState::Succeeded | ObjState::Failed | ObjState::Cancelled
+        )
     }
 
     pub fn word(self) -> &'static str {
@@ -292,25 +295,45 @@ pub struct Attempt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    ObjectiveSubmitted { name: String, steps: u32 },
-    ObjectiveState { state: ObjState, message: String },
-    StepState { state: StepState, message: String },
-    AttemptStarted { pid: u32, agent: String },
+    ObjectiveSubmitted {
+        name: String,
+        steps: u32,
+    },
+    ObjectiveState {
+        state: ObjState,
+        message: String,
+    },
+    StepState {
+        state: StepState,
+        message: String,
+    },
+    AttemptStarted {
+        pid: u32,
+        agent: String,
+    },
     AttemptEnded {
         outcome: Outcome,
         exit_code: Option<i32>,
         signal: Option<i32>,
         message: String,
     },
-    RetryScheduled { delay_ms: u64, due_at_ms: Millis },
-    Checkpoint { json: String },
+    RetryScheduled {
+        delay_ms: u64,
+        due_at_ms: Millis,
+    },
+    Checkpoint {
+        json: String,
+    },
     Usage {
         report: Usage,
         step_total: Usage,
         objective_total: Usage,
         model: String,
     },
-    Progress { percent: Option<f64>, message: String },
+    Progress {
+        percent: Option<f64>,
+        message: String,
+    },
     BudgetAlert {
         percent: f64,
         budget: String,
@@ -371,8 +394,11 @@ pub struct AuditEntry {
 
 /// The objective's state, derived from its steps (the one place this rule lives).
 /// `paused` is kept by the caller; this only answers for a running objective.
-pub fn derive_objective_state(steps: &[Step]) -> ObjState {
+pub fn derive_objective_state(steps: &[Step], cancelling: bool) -> ObjState {
     let all_done = steps.iter().all(|s| s.state.is_terminal());
+    if all_done && cancelling {
+        return ObjState::Cancelled;
+    }
     if all_done {
         if steps.iter().all(|s| s.state == StepState::Succeeded) {
             return ObjState::Succeeded;
@@ -469,29 +495,52 @@ mod tests {
         }
     }
 
+    fn derive_objective_state_t(steps: &[Step]) -> ObjState {
+        derive_objective_state(steps, false)
+    }
+
+    #[test]
+    fn cancel_wins_once_everything_stopped() {
+        use StepState::*;
+        assert_eq!(
+            derive_objective_state(&[step(Failed, 1), step(Cancelled, 0)], true),
+            ObjState::Cancelled
+        );
+        assert_eq!(
+            derive_objective_state(&[step(Running, 1), step(Cancelled, 0)], true),
+            ObjState::Running
+        );
+    }
+
     #[test]
     fn objective_state_from_steps() {
         use StepState::*;
-        assert_eq!(derive_objective_state(&[step(Ready, 0)]), ObjState::Pending);
-        assert_eq!(derive_objective_state(&[step(Running, 1)]), ObjState::Running);
         assert_eq!(
-            derive_objective_state(&[step(Succeeded, 1), step(Succeeded, 1)]),
-            ObjState::Succeeded
+            derive_objective_state_t(&[step(Ready, 0)]),
+            ObjState::Pending
         );
         assert_eq!(
-            derive_objective_state(&[step(Failed, 1), step(Skipped, 0)]),
-            ObjState::Failed
-        );
-        assert_eq!(
-            derive_objective_state(&[step(Succeeded, 1), step(Running, 1)]),
+            derive_objective_state_t(&[step(Running, 1)]),
             ObjState::Running
         );
         assert_eq!(
-            derive_objective_state(&[step(Succeeded, 1), step(AwaitingApproval, 0)]),
+            derive_objective_state_t(&[step(Succeeded, 1), step(Succeeded, 1)]),
+            ObjState::Succeeded
+        );
+        assert_eq!(
+            derive_objective_state_t(&[step(Failed, 1), step(Skipped, 0)]),
+            ObjState::Failed
+        );
+        assert_eq!(
+            derive_objective_state_t(&[step(Succeeded, 1), step(Running, 1)]),
+            ObjState::Running
+        );
+        assert_eq!(
+            derive_objective_state_t(&[step(Succeeded, 1), step(AwaitingApproval, 0)]),
             ObjState::AwaitingApproval
         );
         assert_eq!(
-            derive_objective_state(&[step(Cancelled, 1), step(Skipped, 0)]),
+            derive_objective_state_t(&[step(Cancelled, 1), step(Skipped, 0)]),
             ObjState::Cancelled
         );
     }

@@ -1,20 +1,28 @@
-//! One task per attempt: builds the command, starts it in its own process group, feeds
-//! stdin, tees stdout/stderr to the attempt's log files (never blocking the agent),
-//! reads `::orch-*::` lines, enforces the wall-clock timeout, stops the tree on request
-//! (TERM, grace, KILL), waits, and classifies the outcome. It reports facts to the engine.
+//! One task per attempt: builds the command, starts it in its own session (and cgroup leaf
+//! with the cgroup backend) with its limits, feeds stdin, tees stdout/stderr into the
+//! attempt's log (never blocking the agent), reads `::orch-*::` lines, enforces the
+//! wall-clock and idle timeouts and the CPU budget, samples resource use, pauses and
+//! resumes the tree, stops it on request (TERM, grace, KILL), reaps the main process
+//! (pidfd + wait4), empties the tree, and classifies the outcome.
 
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::model::Outcome;
-use crate::sys;
+use crate::limits::{Leaf, Prepared};
+use crate::logfile::{LogWriter, Stream};
+use crate::model::{Limits, Outcome, now_ms};
+use crate::sys::{self, ChildSetup, Reaped};
 
 /// Identifies an attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,10 +41,17 @@ pub struct RunSpec {
     /// The complete environment of the agent.
     pub env: Vec<(String, String)>,
     pub stdin: Option<Vec<u8>>,
-    pub stdout_log: PathBuf,
-    pub stderr_log: PathBuf,
+    /// The attempt's log file (framed stdout + stderr, see `logfile`).
+    pub log: PathBuf,
+    pub log_max_bytes: u64,
+    /// Written before the start when the step has a checkpoint: `(path, JSON)`.
+    pub checkpoint: Option<(PathBuf, String)>,
     pub grace: Duration,
     pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub limits: Limits,
+    /// The attempt's limits as prepared by the backend.
+    pub prepared: Prepared,
 }
 
 /// Why the engine stops an attempt; decides its outcome.
@@ -44,19 +59,25 @@ pub struct RunSpec {
 pub enum StopReason {
     Cancelled,
     Shutdown,
+    BudgetExceeded,
 }
 
 /// Requests from the engine to a running attempt.
 #[derive(Debug)]
 pub enum Control {
     Stop(StopReason),
+    Pause,
+    Resume,
 }
 
 /// A line of the agent protocol read from stdout.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentLine {
     Checkpoint(String),
-    Progress { percent: Option<f64>, message: String },
+    Progress {
+        percent: Option<f64>,
+        message: String,
+    },
     /// A `::orch-…::` line that could not be read; kept in the log, reported, never fatal.
     Malformed(String),
 }
@@ -68,6 +89,21 @@ pub struct AttemptEnd {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub message: String,
+    pub peak_rss_bytes: u64,
+    pub cpu_ms: u64,
+}
+
+impl AttemptEnd {
+    fn spawn_error(message: String) -> AttemptEnd {
+        AttemptEnd {
+            outcome: Outcome::SpawnError,
+            exit_code: None,
+            signal: None,
+            message,
+            peak_rss_bytes: 0,
+            cpu_ms: 0,
+        }
+    }
 }
 
 /// What a runner reports to the engine.
@@ -77,10 +113,16 @@ pub enum Fact {
         key: AttemptKey,
         pid: u32,
         start_ticks: Option<u64>,
+        cgroup: Option<String>,
     },
     Line {
         key: AttemptKey,
         line: AgentLine,
+    },
+    Usage {
+        key: AttemptKey,
+        peak_rss_bytes: u64,
+        cpu_ms: u64,
     },
     Ended {
         key: AttemptKey,
@@ -94,185 +136,137 @@ pub const MAX_CHECKPOINT_BYTES: usize = 1 << 20;
 const MAX_PROTOCOL_LINE: usize = MAX_CHECKPOINT_BYTES + 64;
 /// Every agent protocol line starts with this.
 const PREFIX: &[u8] = b"::orch-";
+/// How often the tree's memory and CPU are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How long the tree may take to empty after SIGKILL before it is reported.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the attempt on its own task; returns the control channel.
 pub fn start(spec: RunSpec, facts: mpsc::UnboundedSender<Fact>) -> mpsc::UnboundedSender<Control> {
     let (tx, rx) = mpsc::unbounded_channel();
     let key = spec.key.clone();
     tokio::spawn(async move {
+        let leaf = spec.prepared.cgroup.clone().map(Leaf);
         let end = run(spec, rx, &facts).await;
+        if let Some(leaf) = leaf {
+            leaf.remove();
+        }
         // The engine may be gone during shutdown; nothing else to do then.
         let _ = facts.send(Fact::Ended { key, end });
     });
     tx
 }
 
-fn spawn_error(message: String) -> AttemptEnd {
-    AttemptEnd {
-        outcome: Outcome::SpawnError,
-        exit_code: None,
-        signal: None,
-        message,
-    }
+/// The attempt's tree: its cgroup leaf, or its session / process group.
+struct Tree {
+    leaf: Option<Leaf>,
+    pgid: u32,
 }
 
-async fn open_log(path: &PathBuf) -> std::io::Result<tokio::fs::File> {
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    tokio::fs::File::create(path).await
-}
-
-async fn run(
-    spec: RunSpec,
-    mut control: mpsc::UnboundedReceiver<Control>,
-    facts: &mpsc::UnboundedSender<Fact>,
-) -> AttemptEnd {
-    let Some(program) = spec.argv.first() else {
-        return spawn_error("empty command".into());
-    };
-    match std::fs::metadata(&spec.workdir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return spawn_error(format!("workdir {} is not a directory", spec.workdir.display()));
-        }
-        Err(e) => {
-            return spawn_error(format!("workdir {}: {e}", spec.workdir.display()));
+impl Tree {
+    fn signal(&self, sig: Signal) {
+        match &self.leaf {
+            // Every process of the leaf, sessions that escaped the group included.
+            Some(leaf) => leaf.signal(sig),
+            None => {
+                let _ = sys::signal_group(self.pgid, sig);
+            }
         }
     }
-    let (out_log, err_log) = match (open_log(&spec.stdout_log).await, open_log(&spec.stderr_log).await) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => {
-            return spawn_error(format!(
-                "cannot create the log files under {}: {e}",
-                spec.stdout_log.parent().map(|p| p.display().to_string()).unwrap_or_default()
-            ));
+
+    fn kill(&self) {
+        match &self.leaf {
+            Some(leaf) => {
+                if let Err(e) = leaf.kill() {
+                    tracing::warn!(error = %e, cgroup = %leaf.0.display(), "cgroup.kill failed; signalling each process");
+                    leaf.signal(Signal::SIGKILL);
+                }
+            }
+            None => {
+                let _ = sys::signal_group(self.pgid, Signal::SIGKILL);
+            }
         }
-    };
-
-    let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..])
-        .current_dir(&spec.workdir)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    // SAFETY: child_pre_exec only makes async-signal-safe calls, as pre_exec requires.
-    unsafe {
-        cmd.pre_exec(|| sys::child_pre_exec());
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let why = match e.kind() {
-                std::io::ErrorKind::NotFound => "no such program (not found on PATH or not a file)".to_string(),
-                std::io::ErrorKind::PermissionDenied => "permission denied (not executable?)".to_string(),
-                _ => e.to_string(),
-            };
-            return spawn_error(format!("cannot start `{program}`: {why}"));
-        }
-    };
-    let Some(pid) = child.id() else {
-        return spawn_error(format!("`{program}` exited before it could be tracked"));
-    };
-    let _ = facts.send(Fact::Started {
-        key: spec.key.clone(),
-        pid,
-        start_ticks: sys::process_start_ticks(pid),
-    });
-    tracing::debug!(objective = %spec.key.objective_id, step = spec.key.step_index, attempt = spec.key.number, pid, "attempt started");
 
-    if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
-        tokio::spawn(async move {
-            // An agent that does not read its stdin is fine.
-            let _ = stdin.write_all(&data).await;
-        });
-    }
-    let stdout = child.stdout.take().map(|s| {
-        let facts = facts.clone();
-        let key = spec.key.clone();
-        tokio::spawn(copy_stream(s, out_log, Some((facts, key))))
-    });
-    let stderr = child.stderr.take().map(|s| tokio::spawn(copy_stream(s, err_log, None)));
-
-    let deadline = spec.timeout.map(|t| Instant::now() + t);
-    let mut stop: Option<(Outcome, String)> = None;
-    let mut kill_at: Option<Instant> = None;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            Some(Control::Stop(reason)) = control.recv(), if stop.is_none() => {
-                let (outcome, why) = match reason {
-                    StopReason::Cancelled => (Outcome::Cancelled, "cancelled"),
-                    StopReason::Shutdown => (Outcome::Interrupted, "the daemon is stopping"),
+    fn pause(&self, paused: bool) {
+        match &self.leaf {
+            Some(leaf) => {
+                if let Err(e) = leaf.freeze(paused) {
+                    tracing::warn!(error = %e, cgroup = %leaf.0.display(), "cannot write cgroup.freeze");
+                }
+            }
+            None => {
+                let sig = if paused {
+                    Signal::SIGSTOP
+                } else {
+                    Signal::SIGCONT
                 };
-                stop = Some((outcome, why.to_string()));
-                let _ = sys::signal_group(pid, Signal::SIGTERM);
-                kill_at = Some(Instant::now() + spec.grace);
-            }
-            _ = sleep_until_opt(deadline), if stop.is_none() => {
-                let t = spec.timeout.unwrap_or_default();
-                stop = Some((Outcome::Timeout, format!("timed out after {}", orch_proto::units::format_duration_ms(t.as_millis() as u64))));
-                let _ = sys::signal_group(pid, Signal::SIGTERM);
-                kill_at = Some(Instant::now() + spec.grace);
-            }
-            _ = sleep_until_opt(kill_at) => {
-                let _ = sys::signal_group(pid, Signal::SIGKILL);
-                kill_at = None;
+                let _ = sys::signal_group(self.pgid, sig);
             }
         }
-    };
-    // The attempt is over when its main process exits: what it left behind in its group dies too.
-    let _ = sys::signal_group(pid, Signal::SIGKILL);
-    for task in [stdout, stderr].into_iter().flatten() {
-        // Output already written is kept; a process that escaped the group may hold the pipe,
-        // so the drain is bounded.
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
-    let (exit_code, signal) = match &status {
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            (s.code(), s.signal())
+
+    fn usage(&self) -> sys::ProcUsage {
+        match &self.leaf {
+            Some(leaf) => {
+                let mut u = sys::usage_of(leaf.pids());
+                if let Some(peak) = leaf.memory_peak() {
+                    u.rss_bytes = u.rss_bytes.max(peak);
+                }
+                if let Some(us) = leaf.cpu_usec() {
+                    u.cpu_ms = u.cpu_ms.max(us / 1000);
+                }
+                u
+            }
+            None => sys::usage_of(sys::session_members(self.pgid)),
         }
-        Err(_) => (None, None),
-    };
-    if let Err(e) = status {
-        return AttemptEnd {
-            outcome: Outcome::Interrupted,
-            exit_code: None,
-            signal: None,
-            message: format!("cannot wait for pid {pid}: {e}"),
-        };
     }
-    let (outcome, message) = match stop {
-        Some((o, m)) => (o, m),
-        None => classify(exit_code, signal),
-    };
-    AttemptEnd {
-        outcome,
-        exit_code,
-        signal,
-        message,
+
+    /// Kills what is left and waits (bounded) until nothing is: for a cgroup, until
+    /// `cgroup.events` says `populated 0`. Returns whether the tree is empty.
+    async fn empty(&self) -> bool {
+        self.kill();
+        match &self.leaf {
+            Some(leaf) => wait_unpopulated(leaf, EMPTY_TIMEOUT).await,
+            None => {
+                // A session has no change notification of its own: wait on a pidfd of
+                // each member still there (readable when it exits).
+                let deadline = Instant::now() + EMPTY_TIMEOUT;
+                for pid in sys::session_members(self.pgid) {
+                    let Ok(fd) = sys::pidfd_open(pid).and_then(sys::readable_fd) else {
+                        continue;
+                    };
+                    let _ = tokio::time::timeout_at(deadline, fd.readable()).await;
+                }
+                sys::session_members(self.pgid).is_empty()
+            }
+        }
     }
 }
 
-/// The outcome of a process that ended on its own.
-pub fn classify(exit_code: Option<i32>, signal: Option<i32>) -> (Outcome, String) {
-    match (exit_code, signal) {
-        (Some(0), _) => (Outcome::Success, String::new()),
-        (Some(c), _) => (Outcome::ExitFailure, format!("exited with code {c}")),
-        (None, Some(s)) => {
-            let name = Signal::try_from(s).map(|s| s.as_str()).unwrap_or("?");
-            if s == libc::SIGXCPU {
-                (Outcome::CpuLimit, format!("killed by {name}: CPU time limit reached"))
-            } else {
-                (Outcome::Signaled, format!("killed by signal {s} ({name})"))
-            }
+/// Waits for `cgroup.events` to report `populated 0`, woken by inotify.
+async fn wait_unpopulated(leaf: &Leaf, timeout: Duration) -> bool {
+    if !leaf.populated() {
+        return true;
+    }
+    let watch = sys::Watch::new(
+        &leaf.0.join("cgroup.events"),
+        nix::sys::inotify::AddWatchFlags::IN_MODIFY,
+    );
+    let Ok(watch) = watch else {
+        return !leaf.populated();
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !leaf.populated() {
+            return true;
         }
-        (None, None) => (Outcome::Signaled, "ended without an exit status".into()),
+        if !matches!(
+            tokio::time::timeout_at(deadline, watch.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return !leaf.populated();
+        }
     }
 }
 
@@ -283,55 +277,451 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Copies a child's stream to its log file as fast as it comes; on stdout, also reads the
-/// agent protocol lines. A failing log file never stops the copy (the agent must not block).
+fn describe_spawn_error(program: &str, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "no such program (not found on PATH or not a file)".to_string()
+        }
+        std::io::ErrorKind::PermissionDenied => "permission denied (not executable?)".to_string(),
+        _ => e.to_string(),
+    };
+    format!("cannot start `{program}`: {why}")
+}
+
+async fn run(
+    spec: RunSpec,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    facts: &mpsc::UnboundedSender<Fact>,
+) -> AttemptEnd {
+    let Some(program) = spec.argv.first().cloned() else {
+        return AttemptEnd::spawn_error("empty command".into());
+    };
+    match std::fs::metadata(&spec.workdir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return AttemptEnd::spawn_error(format!(
+                "workdir {} is not a directory",
+                spec.workdir.display()
+            ));
+        }
+        Err(e) => {
+            return AttemptEnd::spawn_error(format!("workdir {}: {e}", spec.workdir.display()));
+        }
+    }
+    let log = match LogWriter::create(&spec.log, spec.log_max_bytes) {
+        Ok(w) => w,
+        Err(e) => {
+            return AttemptEnd::spawn_error(format!(
+                "cannot create the log file {}: {e}",
+                spec.log.display()
+            ));
+        }
+    };
+    let mut env = spec.env.clone();
+    if let Some((path, json)) = &spec.checkpoint {
+        if let Err(e) = write_private(path, json) {
+            return AttemptEnd::spawn_error(format!(
+                "cannot write the checkpoint file {}: {e}",
+                path.display()
+            ));
+        }
+        env.push(("ORCH_CHECKPOINT_FILE".into(), path.display().to_string()));
+    }
+    let setup = ChildSetup {
+        cgroup_procs: spec.prepared.cgroup.as_ref().and_then(|c| {
+            std::ffi::CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                .ok()
+        }),
+        rlimits: spec.prepared.rlimits.clone(),
+    };
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&spec.argv[1..])
+        .current_dir(&spec.workdir)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: child_pre_exec only makes async-signal-safe calls on data prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || sys::child_pre_exec(&setup));
+        }
+    }
+    let spawned_at = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return AttemptEnd::spawn_error(describe_spawn_error(&program, &e)),
+    };
+    let pid = child.id();
+    let tree = Tree {
+        leaf: spec.prepared.cgroup.clone().map(Leaf),
+        pgid: pid,
+    };
+    let _ = facts.send(Fact::Started {
+        key: spec.key.clone(),
+        pid,
+        start_ticks: sys::process_start_ticks(pid),
+        cgroup: spec
+            .prepared
+            .cgroup
+            .as_ref()
+            .map(|c| c.display().to_string()),
+    });
+    tracing::debug!(objective = %spec.key.objective_id, step = spec.key.step_index, attempt = spec.key.number, pid, spawn_us = spawned_at.elapsed().as_micros() as u64, "attempt started");
+
+    // Exit notification: a pidfd becomes readable when the process exits.
+    let exit = match sys::pidfd_open(pid).and_then(sys::readable_fd) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tree.kill();
+            let _ = child.wait();
+            return AttemptEnd {
+                message: format!("cannot watch pid {pid}: {e}"),
+                ..AttemptEnd::spawn_error(String::new())
+            };
+        }
+    };
+
+    if let (Some(stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone())
+        && let Ok(mut w) = tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
+    {
+        tokio::spawn(async move {
+            // An agent that does not read its stdin is fine.
+            let _ = w.write_all(&data).await;
+        });
+    }
+    let last_output = Arc::new(AtomicI64::new(now_ms()));
+    let (writer_tx, writer_task) = log.spawn();
+    let pipe = |fd: Option<OwnedFd>| {
+        fd.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
+    };
+    let stdout = pipe(child.stdout.take().map(OwnedFd::from)).map(|r| {
+        tokio::spawn(copy_stream(
+            r,
+            Stream::Stdout,
+            writer_tx.clone(),
+            last_output.clone(),
+            Some((facts.clone(), spec.key.clone())),
+        ))
+    });
+    let stderr = pipe(child.stderr.take().map(OwnedFd::from)).map(|r| {
+        tokio::spawn(copy_stream(
+            r,
+            Stream::Stderr,
+            writer_tx.clone(),
+            last_output.clone(),
+            None,
+        ))
+    });
+    drop(writer_tx);
+
+    let mut deadline = spec.timeout.map(|t| Instant::now() + t);
+    let mut stop: Option<(Outcome, String)> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut paused_at: Option<Instant> = None;
+    let mut peak = sys::ProcUsage::default();
+    let mut sample = tokio::time::interval(SAMPLE_EVERY);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_check = |last: i64| {
+        spec.idle_timeout.map(|t| {
+            Instant::now()
+                + Duration::from_millis((last + t.as_millis() as i64 - now_ms()).max(0) as u64)
+        })
+    };
+    let mut idle_at = idle_check(last_output.load(Ordering::Relaxed));
+    let cpu_budget_ms = spec.limits.cpu_seconds.map(|s| s * 1000);
+
+    let reaped: Reaped = loop {
+        let running = stop.is_none() && paused_at.is_none();
+        tokio::select! {
+            guard = exit.readable() => {
+                match sys::reap(pid) {
+                    Ok(Some(r)) => break r,
+                    Ok(None) => { if let Ok(mut g) = guard { g.clear_ready(); } }
+                    Err(e) => {
+                        tracing::error!(pid, error = %e, "wait4 failed");
+                        break Reaped { exit_code: None, signal: None, max_rss_bytes: 0, cpu_ms: 0 };
+                    }
+                }
+            }
+            Some(c) = control.recv() => match c {
+                Control::Stop(reason) if stop.is_none() => {
+                    let (outcome, why) = match reason {
+                        StopReason::Cancelled => (Outcome::Cancelled, "cancelled"),
+                        StopReason::Shutdown => (Outcome::Interrupted, "the daemon is stopping"),
+                        StopReason::BudgetExceeded => (Outcome::BudgetExceeded, "the budget is exhausted"),
+                    };
+                    stop = Some((outcome, why.to_string()));
+                    tree.signal(Signal::SIGTERM);
+                    if paused_at.take().is_some() {
+                        // A frozen / stopped tree must run to handle SIGTERM.
+                        tree.pause(false);
+                    }
+                    kill_at = Some(Instant::now() + spec.grace);
+                }
+                Control::Stop(_) => {}
+                Control::Pause if paused_at.is_none() && stop.is_none() => {
+                    tree.pause(true);
+                    paused_at = Some(Instant::now());
+                }
+                Control::Resume => {
+                    if let Some(since) = paused_at.take() {
+                        tree.pause(false);
+                        // Time spent paused does not count against the timeouts.
+                        let paused = since.elapsed();
+                        deadline = deadline.map(|d| d + paused);
+                        last_output.fetch_add(paused.as_millis() as i64, Ordering::Relaxed);
+                        idle_at = idle_check(last_output.load(Ordering::Relaxed));
+                    }
+                }
+                Control::Pause => {}
+            },
+            _ = sleep_until_opt(deadline), if running => {
+                let t = spec.timeout.unwrap_or_default();
+                stop = Some((Outcome::Timeout, format!("timed out after {}", orch_proto::units::format_duration_ms(t.as_millis() as u64))));
+                tree.signal(Signal::SIGTERM);
+                kill_at = Some(Instant::now() + spec.grace);
+            }
+            _ = sleep_until_opt(idle_at), if running => {
+                let last = last_output.load(Ordering::Relaxed);
+                let t = spec.idle_timeout.unwrap_or_default();
+                if now_ms() - last >= t.as_millis() as i64 {
+                    stop = Some((Outcome::Timeout, format!("no output for {} (idle timeout)", orch_proto::units::format_duration_ms(t.as_millis() as u64))));
+                    tree.signal(Signal::SIGTERM);
+                    kill_at = Some(Instant::now() + spec.grace);
+                } else {
+                    idle_at = idle_check(last);
+                }
+            }
+            _ = sleep_until_opt(kill_at) => {
+                tree.kill();
+                kill_at = None;
+            }
+            _ = sample.tick(), if paused_at.is_none() => {
+                let u = tree.usage();
+                peak.rss_bytes = peak.rss_bytes.max(u.rss_bytes);
+                peak.cpu_ms = peak.cpu_ms.max(u.cpu_ms);
+                let _ = facts.send(Fact::Usage { key: spec.key.clone(), peak_rss_bytes: peak.rss_bytes, cpu_ms: peak.cpu_ms });
+                if let Some(budget) = cpu_budget_ms
+                    && stop.is_none()
+                    && u.cpu_ms >= budget
+                {
+                    stop = Some((Outcome::CpuLimit, format!("used {} ms of CPU, over the limit of {} s", u.cpu_ms, budget / 1000)));
+                    tree.kill();
+                }
+            }
+        }
+    };
+    let exited_at = Instant::now();
+    // The attempt is over when its main process exits: what it left behind dies too,
+    // sessions that escaped the process group included (cgroup backend).
+    let final_usage = tree.usage();
+    let empty = tree.empty().await;
+    let mut tails = Vec::new();
+    for task in [stdout, stderr].into_iter().flatten() {
+        // Output already written is kept; with the rlimit backend a process that escaped
+        // its session may hold the pipe, so the drain is bounded.
+        if let Ok(Ok(tail)) = tokio::time::timeout(Duration::from_secs(2), task).await {
+            tails.push(tail);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    let peak_rss_bytes = peak
+        .rss_bytes
+        .max(final_usage.rss_bytes)
+        .max(reaped.max_rss_bytes);
+    let cpu_ms = peak.cpu_ms.max(final_usage.cpu_ms).max(reaped.cpu_ms);
+    let leaf_oom = tree.leaf.as_ref().map(|l| l.oom_kills()).unwrap_or(0);
+    let stderr_tail = tails.concat();
+    let (outcome, mut message) = match stop {
+        Some(s) => s,
+        None => classify(&Classify {
+            exit_code: reaped.exit_code,
+            signal: reaped.signal,
+            oom_kills: leaf_oom,
+            memory_by_cgroup: spec.prepared.memory_by_cgroup,
+            memory_limit: spec.limits.memory_bytes,
+            peak_rss_bytes,
+            stderr_tail: &String::from_utf8_lossy(&stderr_tail),
+        }),
+    };
+    if !empty {
+        message.push_str(if message.is_empty() { "" } else { "; " });
+        message.push_str("some processes of the tree did not exit after SIGKILL");
+    }
+    tracing::debug!(objective = %spec.key.objective_id, attempt = spec.key.number, pid, exit_to_report_us = exited_at.elapsed().as_micros() as u64, "attempt reaped");
+    AttemptEnd {
+        outcome,
+        exit_code: reaped.exit_code,
+        signal: reaped.signal,
+        message,
+        peak_rss_bytes,
+        cpu_ms,
+    }
+}
+
+fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, data.as_bytes())
+}
+
+/// The facts an outcome is decided from.
+pub struct Classify<'a> {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// `oom_kill` from the leaf's `memory.events`.
+    pub oom_kills: u64,
+    pub memory_by_cgroup: bool,
+    pub memory_limit: Option<u64>,
+    pub peak_rss_bytes: u64,
+    pub stderr_tail: &'a str,
+}
+
+/// Phrases runtimes print when an allocation fails under RLIMIT_DATA.
+const ALLOC_FAILURES: [&str; 6] = [
+    "MemoryError",
+    "Cannot allocate memory",
+    "out of memory",
+    "Out of memory",
+    "memory allocation of",
+    "std::bad_alloc",
+];
+
+/// The outcome of a process that ended on its own. `memory_limit` comes from the cgroup's
+/// `oom_kill` count (never from exit status 137 alone); without a memory controller, from an
+/// allocation failure or a crash of a process that had a memory limit.
+pub fn classify(c: &Classify) -> (Outcome, String) {
+    let limit = c
+        .memory_limit
+        .map(|m| orch_proto::units::HumanBytes(m).to_string())
+        .unwrap_or_default();
+    if c.oom_kills > 0 {
+        return (
+            Outcome::MemoryLimit,
+            format!(
+                "killed by the OOM killer at the memory limit of {limit} (memory.events oom_kill {})",
+                c.oom_kills
+            ),
+        );
+    }
+    if c.exit_code == Some(0) {
+        return (Outcome::Success, String::new());
+    }
+    if c.memory_limit.is_some() && !c.memory_by_cgroup {
+        let alloc_failed = ALLOC_FAILURES.iter().any(|p| c.stderr_tail.contains(p));
+        let crashed = matches!(c.signal, Some(libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS));
+        if alloc_failed || crashed {
+            return (
+                Outcome::MemoryLimit,
+                format!("an allocation failed at the memory limit of {limit} (RLIMIT_DATA)"),
+            );
+        }
+    }
+    match (c.exit_code, c.signal) {
+        (Some(code), _) => (Outcome::ExitFailure, format!("exited with code {code}")),
+        (None, Some(s)) => {
+            let name = Signal::try_from(s).map(|s| s.as_str()).unwrap_or("?");
+            if s == libc::SIGXCPU {
+                (
+                    Outcome::CpuLimit,
+                    format!("killed by {name}: CPU time limit reached"),
+                )
+            } else {
+                (Outcome::Signaled, format!("killed by signal {s} ({name})"))
+            }
+        }
+        (None, None) => (Outcome::Signaled, "ended without an exit status".into()),
+    }
+}
+
+/// Copies a child's stream into the log as fast as it comes; on stdout, also reads the
+/// agent protocol lines. Returns the last few KiB (for classifying allocation failures).
 async fn copy_stream<R: AsyncRead + Unpin>(
     mut src: R,
-    mut log: tokio::fs::File,
+    stream: Stream,
+    log: mpsc::Sender<(Stream, Vec<u8>)>,
+    last_output: Arc<AtomicI64>,
     protocol: Option<(mpsc::UnboundedSender<Fact>, AttemptKey)>,
-) {
+) -> Vec<u8> {
+    const TAIL: usize = 4096;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut tail: VecDeque<u8> = VecDeque::with_capacity(TAIL);
     let mut line: Vec<u8> = Vec::new();
     let mut overlong = false;
-    let mut log_ok = true;
+    let mut dropped = 0u64;
     loop {
         let n = match src.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        last_output.store(now_ms(), Ordering::Relaxed);
         let chunk = &buf[..n];
-        if log_ok && let Err(e) = log.write_all(chunk).await {
-            tracing::warn!(error = %e, "cannot write the attempt log; output is dropped from now on");
-            log_ok = false;
+        for &b in chunk.iter().skip(chunk.len().saturating_sub(TAIL)) {
+            if tail.len() == TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(b);
+        }
+        // Never block the agent: when the disk cannot keep up, drop and say so.
+        if log.try_send((stream, chunk.to_vec())).is_err() {
+            dropped += n as u64;
+        } else if dropped > 0 {
+            tracing::warn!(
+                bytes = dropped,
+                "log writer fell behind; output was dropped from the log"
+            );
+            dropped = 0;
         }
         if let Some((facts, key)) = &protocol {
-            for &b in chunk {
-                if b == b'\n' {
-                    if !overlong {
-                        parse_line(&line, facts, key);
-                    }
-                    line.clear();
-                    overlong = false;
-                } else if !overlong {
-                    line.push(b);
-                    // Only protocol lines are kept whole; other lines are dropped early.
+            for part in chunk.split_inclusive(|b| *b == b'\n') {
+                let complete = part.last() == Some(&b'\n');
+                let body = if complete {
+                    &part[..part.len() - 1]
+                } else {
+                    part
+                };
+                if !overlong {
+                    line.extend_from_slice(body);
                     let is_protocol = if line.len() <= PREFIX.len() {
                         PREFIX.starts_with(&line)
                     } else {
                         line.starts_with(PREFIX)
                     };
-                    if !is_protocol || line.len() > MAX_PROTOCOL_LINE {
-                        if is_protocol {
-                            let _ = facts.send(Fact::Line {
-                                key: key.clone(),
-                                line: AgentLine::Malformed(format!(
-                                    "protocol line longer than {MAX_PROTOCOL_LINE} bytes ignored"
-                                )),
-                            });
-                        }
+                    if !is_protocol {
+                        overlong = true;
+                        line.clear();
+                    } else if line.len() > MAX_PROTOCOL_LINE {
+                        let _ = facts.send(Fact::Line {
+                            key: key.clone(),
+                            line: AgentLine::Malformed(format!(
+                                "protocol line longer than {MAX_PROTOCOL_LINE} bytes ignored"
+                            )),
+                        });
                         overlong = true;
                         line.clear();
                     }
+                }
+                if complete {
+                    if !overlong {
+                        parse_line(&line, facts, key);
+                    }
+                    line.clear();
+                    overlong = false;
                 }
             }
         }
@@ -341,16 +731,15 @@ async fn copy_stream<R: AsyncRead + Unpin>(
     {
         parse_line(&line, facts, key);
     }
-    let _ = log.flush().await;
+    tail.into_iter().collect()
 }
 
 fn parse_line(line: &[u8], facts: &mpsc::UnboundedSender<Fact>, key: &AttemptKey) {
-    if !line.starts_with(b"::orch-") {
+    if !line.starts_with(PREFIX) {
         return;
     }
     let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    if let Some(parsed) = parse_protocol_line(text) {
+    if let Some(parsed) = parse_protocol_line(text.trim_end_matches('\r')) {
         let _ = facts.send(Fact::Line {
             key: key.clone(),
             line: parsed,
@@ -395,13 +784,43 @@ pub fn parse_protocol_line(text: &str) -> Option<AgentLine> {
 mod tests {
     use super::*;
 
+    fn c(exit_code: Option<i32>, signal: Option<i32>) -> Classify<'static> {
+        Classify {
+            exit_code,
+            signal,
+            oom_kills: 0,
+            memory_by_cgroup: false,
+            memory_limit: None,
+            peak_rss_bytes: 0,
+            stderr_tail: "",
+        }
+    }
+
     #[test]
     fn classify_outcomes() {
-        assert_eq!(classify(Some(0), None).0, Outcome::Success);
-        assert_eq!(classify(Some(3), None).0, Outcome::ExitFailure);
-        assert_eq!(classify(None, Some(9)).0, Outcome::Signaled);
-        assert!(classify(None, Some(9)).1.contains("SIGKILL"));
-        assert_eq!(classify(None, Some(libc::SIGXCPU)).0, Outcome::CpuLimit);
+        assert_eq!(classify(&c(Some(0), None)).0, Outcome::Success);
+        assert_eq!(classify(&c(Some(3), None)).0, Outcome::ExitFailure);
+        assert_eq!(classify(&c(None, Some(9))).0, Outcome::Signaled);
+        assert!(classify(&c(None, Some(9))).1.contains("SIGKILL"));
+        assert_eq!(classify(&c(None, Some(libc::SIGXCPU))).0, Outcome::CpuLimit);
+    }
+
+    #[test]
+    fn memory_limit_needs_evidence_not_137() {
+        // SIGKILL (137) alone is not an OOM.
+        let mut k = c(None, Some(9));
+        k.memory_limit = Some(1 << 20);
+        k.memory_by_cgroup = true;
+        assert_eq!(classify(&k).0, Outcome::Signaled);
+        k.oom_kills = 1;
+        assert_eq!(classify(&k).0, Outcome::MemoryLimit);
+        // rlimit backend: an allocation failure of a limited process.
+        let mut r = c(Some(1), None);
+        r.memory_limit = Some(64 << 20);
+        r.stderr_tail = "Traceback...\nMemoryError\n";
+        assert_eq!(classify(&r).0, Outcome::MemoryLimit);
+        r.memory_limit = None;
+        assert_eq!(classify(&r).0, Outcome::ExitFailure);
     }
 
     #[test]
@@ -422,7 +841,12 @@ mod tests {
             })
         );
         assert_eq!(parse_protocol_line("hello"), None);
-        let big = format!("::orch-checkpoint::\"{}\"", "x".repeat(MAX_CHECKPOINT_BYTES));
-        assert!(matches!(parse_protocol_line(&big), Some(AgentLine::Malformed(m)) if m.contains("limit")));
+        let big = format!(
+            "::orch-checkpoint::\"{}\"",
+            "x".repeat(MAX_CHECKPOINT_BYTES)
+        );
+        assert!(
+            matches!(parse_protocol_line(&big), Some(AgentLine::Malformed(m)) if m.contains("limit"))
+        );
     }
 }

@@ -173,7 +173,11 @@ impl WriteSet {
     pub fn event(&mut self, e: &Event) {
         self.put(T::Events, e.seq.to_be_bytes().to_vec(), json(e));
         if !e.objective_id.is_empty() {
-            self.put(T::ObjEvents, obj_event_key(&e.objective_id, e.seq), Vec::new());
+            self.put(
+                T::ObjEvents,
+                obj_event_key(&e.objective_id, e.seq),
+                Vec::new(),
+            );
         }
         self.last_seq = Some(self.last_seq.map_or(e.seq, |s| s.max(e.seq)));
     }
@@ -299,23 +303,23 @@ impl Store {
             return Ok(());
         }
         let t = &self.trees;
-        let res: std::result::Result<(), TransactionError<()>> =
-            (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8]).transaction(
-                |(a, b, c, d, e, f, g, h, i)| {
-                    let views = [a, b, c, d, e, f, g, h, i];
-                    for (tree, k, v) in &w.ops {
-                        let view = views[*tree as usize];
-                        match v {
-                            Some(v) => view.insert(k.as_slice(), v.as_slice())?,
-                            None => view.remove(k.as_slice())?,
-                        };
-                    }
-                    if let Some(seq) = w.last_seq {
-                        views[T::Meta as usize].insert(META_LAST_SEQ, &seq.to_be_bytes())?;
-                    }
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                },
-            );
+        let res: std::result::Result<(), TransactionError<()>> = (
+            &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8],
+        )
+            .transaction(|(a, b, c, d, e, f, g, h, i)| {
+                let views = [a, b, c, d, e, f, g, h, i];
+                for (tree, k, v) in &w.ops {
+                    let view = views[*tree as usize];
+                    match v {
+                        Some(v) => view.insert(k.as_slice(), v.as_slice())?,
+                        None => view.remove(k.as_slice())?,
+                    };
+                }
+                if let Some(seq) = w.last_seq {
+                    views[T::Meta as usize].insert(META_LAST_SEQ, &seq.to_be_bytes())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         match res {
             Ok(()) => Ok(()),
             Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
@@ -455,7 +459,12 @@ impl Store {
     }
 
     /// Events of one objective with `seq >= from`, in order, at most `limit`.
-    pub fn objective_events_from(&self, objective_id: &str, from: u64, limit: usize) -> Result<Vec<Event>> {
+    pub fn objective_events_from(
+        &self,
+        objective_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
         let start = obj_event_key(objective_id, from);
         let end = obj_event_key(objective_id, u64::MAX);
         let mut out = Vec::new();
@@ -576,7 +585,10 @@ mod tests {
         }
         let err = Store::open(&path).err().expect("must refuse");
         let msg = err.to_string();
-        assert!(msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{msg}");
+        assert!(
+            msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{msg}"
+        );
         assert!(msg.contains(&format!("({SCHEMA_VERSION})")), "{msg}");
     }
 
@@ -587,7 +599,10 @@ mod tests {
         let mut w = WriteSet::new();
         w.request_id(1000, "k", "01X");
         s.write(&w).unwrap();
-        assert_eq!(s.objective_for_request(1000, "k").unwrap().as_deref(), Some("01X"));
+        assert_eq!(
+            s.objective_for_request(1000, "k").unwrap().as_deref(),
+            Some("01X")
+        );
         assert_eq!(s.objective_for_request(1001, "k").unwrap(), None);
     }
 }

@@ -16,7 +16,10 @@ pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
 
 /// Whether the process group `pgid` still has members.
 pub fn group_alive(pgid: u32) -> bool {
-    matches!(killpg(Pid::from_raw(pgid as i32), None), Ok(()) | Err(nix::errno::Errno::EPERM))
+    matches!(
+        killpg(Pid::from_raw(pgid as i32), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
 }
 
 /// The start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22), which
@@ -34,13 +37,51 @@ pub fn same_process(pid: u32, start_ticks: u64) -> bool {
     process_start_ticks(pid) == Some(start_ticks)
 }
 
+/// Data the child needs before `exec`, prepared before `fork` (nothing is allocated in the child).
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    /// `cgroup.procs` of the attempt's leaf: the child moves itself there first.
+    pub cgroup_procs: Option<std::ffi::CString>,
+    pub rlimits: Vec<crate::limits::Rlimit>,
+}
+
 /// Runs in the forked child before `exec`: only async-signal-safe calls.
-/// Unblocks every signal (the daemon's mask must not leak into agents) and resets
-/// `oom_score_adj` to 0 so agents do not inherit the daemon's OOM protection.
+/// Starts a new session (own process group, no controlling terminal), joins the attempt's
+/// cgroup, applies rlimits, unblocks every signal (the daemon's mask must not leak into
+/// agents) and resets `oom_score_adj` to 0 so agents do not inherit the daemon's value.
 ///
 /// # Safety
 /// Must only be called between `fork` and `exec` (from `Command::pre_exec`).
-pub unsafe fn child_pre_exec() -> io::Result<()> {
+pub unsafe fn child_pre_exec(setup: &ChildSetup) -> io::Result<()> {
+    // SAFETY: setsid is async-signal-safe; the child is not a group leader after fork.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some(path) = &setup.cgroup_procs {
+        // SAFETY: open/write/close on a NUL-terminated path prepared before fork.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if !ok {
+                return Err(err);
+            }
+        }
+    }
+    for r in &setup.rlimits {
+        let lim = libc::rlimit {
+            rlim_cur: r.soft,
+            rlim_max: r.hard,
+        };
+        // SAFETY: setrlimit is async-signal-safe and reads a local struct.
+        if unsafe { libc::setrlimit(r.resource, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     // SAFETY: sigemptyset/sigprocmask are async-signal-safe and operate on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -64,6 +105,161 @@ pub unsafe fn child_pre_exec() -> io::Result<()> {
     Ok(())
 }
 
+/// A pidfd for `pid` (readable once the process has exited).
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// How a reaped child ended, with its resource use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Peak resident set size of the child (and its reaped descendants), in bytes.
+    pub max_rss_bytes: u64,
+    /// User + system CPU time, in milliseconds.
+    pub cpu_ms: u64,
+}
+
+/// Reaps `pid` if it has exited (`wait4` with `WNOHANG`); `None` while it runs.
+pub fn reap(pid: u32) -> io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid value for wait4 to fill in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into the two locals passed by pointer.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut ru) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if r == 0 {
+        return Ok(None);
+    }
+    let (exit_code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
+    let tv_ms = |tv: libc::timeval| tv.tv_sec as u64 * 1000 + tv.tv_usec as u64 / 1000;
+    Ok(Some(Reaped {
+        exit_code,
+        signal,
+        max_rss_bytes: ru.ru_maxrss.max(0) as u64 * 1024,
+        cpu_ms: tv_ms(ru.ru_utime) + tv_ms(ru.ru_stime),
+    }))
+}
+
+/// Resource use of a set of processes, from /proc.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcUsage {
+    pub rss_bytes: u64,
+    pub cpu_ms: u64,
+    pub count: u32,
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
+/// `(session id, utime+stime+cutime+cstime ticks, rss pages)` of `pid` from /proc/PID/stat.
+fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // f[0] is field 3 (state): field n is f[n - 3].
+    let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let session = num(6)? as u32;
+    let cpu = num(14)? + num(15)? + num(16)? + num(17)?;
+    Some((session, cpu, num(24)?))
+}
+
+/// Sums RSS and CPU of `pids`.
+pub fn usage_of(pids: impl IntoIterator<Item = u32>) -> ProcUsage {
+    let (ticks, page) = (clock_ticks(), page_size());
+    let mut u = ProcUsage::default();
+    for pid in pids {
+        if let Some((_, cpu, rss)) = proc_stat(pid) {
+            u.rss_bytes += rss * page;
+            u.cpu_ms += cpu * 1000 / ticks;
+            u.count += 1;
+        }
+    }
+    u
+}
+
+/// Every process whose session id is `sid` (an attempt's tree under the rlimit backend).
+pub fn session_members(sid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|(s, _, _)| s == sid))
+        .collect()
+}
+
+/// Registers an owned fd with the tokio reactor for readability.
+pub fn readable_fd<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: every `T` passed here (OwnedFd, InotifyFd) owns its fd, keeps it open for its
+    // whole life and always returns the same one from `as_raw_fd`.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// An inotify watch usable from async code: `changed` resolves at the next event.
+pub struct Watch {
+    fd: tokio::io::unix::AsyncFd<InotifyFd>,
+}
+
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Watch {
+    /// Watches `path` (a file or a directory) for `flags`.
+    pub fn new(
+        path: &std::path::Path,
+        flags: nix::sys::inotify::AddWatchFlags,
+    ) -> io::Result<Watch> {
+        use nix::sys::inotify::{InitFlags, Inotify};
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        ino.add_watch(path, flags)?;
+        Ok(Watch {
+            fd: readable_fd(InotifyFd(ino))?,
+        })
+    }
+
+    /// Resolves at the next change.
+    pub async fn changed(&self) -> io::Result<()> {
+        let mut guard = self.fd.readable().await?;
+        let _ = guard.get_inner().0.read_events();
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +271,35 @@ mod tests {
         assert_eq!(process_start_ticks(me), Some(a));
         assert!(same_process(me, a));
         assert!(!same_process(me, a + 1));
+    }
+
+    #[test]
+    fn reap_reports_exit_and_rusage() {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        let fd = pidfd_open(pid).expect("pidfd");
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
+        let r = reap(pid).expect("wait4").expect("exited");
+        assert_eq!(r.exit_code, Some(7));
+        assert_eq!(r.signal, None);
+        assert!(r.max_rss_bytes > 0);
+    }
+
+    #[test]
+    fn own_session_is_found() {
+        let me = std::process::id();
+        let (sid, _, _) = proc_stat(me).expect("own stat");
+        assert!(session_members(sid).contains(&me));
+        assert!(usage_of([me]).rss_bytes > 0);
     }
 
     #[test]

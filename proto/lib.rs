@@ -14,7 +14,8 @@ pub mod validate;
 pub mod words;
 
 /// The encoded `FileDescriptorSet` of `orch.v1`, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orch_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/orch_descriptor.bin"));
 
 use std::path::{Path, PathBuf};
 
@@ -51,7 +52,9 @@ pub mod paths {
     use std::path::PathBuf;
 
     fn env_path(key: &str) -> Option<PathBuf> {
-        std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from)
+        std::env::var_os(key)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
     }
 
     fn home() -> PathBuf {

@@ -42,7 +42,9 @@ struct Dur(u64);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a duration as text, e.g. \"500ms\", \"30s\", \"10m\", \"2h\"")
+            de::Error::custom(
+                "expected a duration as text, e.g. \"500ms\", \"30s\", \"10m\", \"2h\"",
+            )
         })?;
         parse_duration_ms(&text).map(Dur).map_err(de::Error::custom)
     }
@@ -61,7 +63,9 @@ impl<'de> Deserialize<'de> for Size {
             S(String),
         }
         match Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a size, e.g. \"512K\", \"256M\", \"2G\" or a number of bytes")
+            de::Error::custom(
+                "expected a size, e.g. \"512K\", \"256M\", \"2G\" or a number of bytes",
+            )
         })? {
             Raw::N(n) => Ok(Size(n)),
             Raw::S(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
@@ -192,14 +196,18 @@ pub fn parse_plan(
     if text.len() > MAX_SPEC_BYTES {
         return Err(at(
             String::new(),
-            format!("{} bytes is more than the plan size limit of {MAX_SPEC_BYTES}", text.len()),
+            format!(
+                "{} bytes is more than the plan size limit of {MAX_SPEC_BYTES}",
+                text.len()
+            ),
         ));
     }
     let value: serde_json::Value = match format {
-        Format::Toml => toml::from_str(text).map_err(|e| at(String::new(), one_line(&e.to_string())))?,
-        Format::Yaml => {
-            serde_yaml_ng::from_str(text).map_err(|e| at(String::new(), one_line(&e.to_string())))?
+        Format::Toml => {
+            toml::from_str(text).map_err(|e| at(String::new(), one_line(&e.to_string())))?
         }
+        Format::Yaml => serde_yaml_ng::from_str(text)
+            .map_err(|e| at(String::new(), one_line(&e.to_string())))?,
         Format::Json => serde_json::from_str(text).map_err(|e| at(String::new(), e.to_string()))?,
     };
     let plan: PlanFile = serde_path_to_error::deserialize(&value).map_err(|e| {
@@ -223,21 +231,33 @@ fn name_steps(path: &str, value: &serde_json::Value) -> String {
     let Ok(i) = rest[..close].parse::<usize>() else {
         return path.to_string();
     };
-    match value.get("steps").and_then(|s| s.get(i)).and_then(|s| s.get("id")).and_then(|v| v.as_str()) {
+    match value
+        .get("steps")
+        .and_then(|s| s.get(i))
+        .and_then(|s| s.get("id"))
+        .and_then(|v| v.as_str())
+    {
         Some(id) if !id.is_empty() => format!("steps[{id}]{}", &rest[close + 1..]),
         _ => path.to_string(),
     }
 }
 
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+    s.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn retry_spec(r: RetryFile, at: &str) -> Result<RetryPolicy, (String, String)> {
     let mut retry_on = Vec::new();
     for (i, w) in r.retry_on.unwrap_or_default().iter().enumerate() {
         let o = parse_outcome(w).ok_or_else(|| {
-            (format!("{at}.retry_on[{i}]"), format!("unknown outcome `{w}`"))
+            (
+                format!("{at}.retry_on[{i}]"),
+                format!("unknown outcome `{w}`"),
+            )
         })?;
         retry_on.push(o as i32);
     }
@@ -267,7 +287,10 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
         Some(d) => Some(StepDefaults {
             timeout_ms: d.timeout.map(|x| x.0),
             idle_timeout_ms: d.idle_timeout.map(|x| x.0),
-            retry: d.retry.map(|r| retry_spec(r, "defaults.retry")).transpose()?,
+            retry: d
+                .retry
+                .map(|r| retry_spec(r, "defaults.retry"))
+                .transpose()?,
             limits: d.limits.map(limits_spec),
         }),
         None => None,
@@ -282,7 +305,11 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
             prompt: s.prompt.unwrap_or_default(),
             command: s.command.unwrap_or_default(),
             workdir: s.workdir.unwrap_or_default(),
-            env: s.env.unwrap_or_default().into_iter().collect::<HashMap<_, _>>(),
+            env: s
+                .env
+                .unwrap_or_default()
+                .into_iter()
+                .collect::<HashMap<_, _>>(),
             needs: s.needs.unwrap_or_default(),
             timeout_ms: s.timeout.map(|x| x.0),
             idle_timeout_ms: s.idle_timeout.map(|x| x.0),
@@ -362,7 +389,10 @@ fallback = ["codex"]
         let json = r#"{"steps":[{"id":"a","command":["echo"],"limits":{"memory":"256M"}}]}"#;
         let s = parse_plan(json, Format::Json, "p.json", "fallback-name").unwrap();
         assert_eq!(s.name, "fallback-name");
-        assert_eq!(s.steps[0].limits.as_ref().unwrap().memory_bytes, Some(256 << 20));
+        assert_eq!(
+            s.steps[0].limits.as_ref().unwrap().memory_bytes,
+            Some(256 << 20)
+        );
     }
 
     #[test]
@@ -378,14 +408,17 @@ fallback = ["codex"]
         let e = toml_err("[[steps]]\nid = \"a\"\ncommand = [\"true\"]\ntimeout = \"soon\"\n");
         assert_eq!(e.key, "steps[a].timeout");
         assert!(e.problem.contains("bad duration"), "{e}");
-        let e = toml_err("[[steps]]\nid = \"a\"\ncommand = [\"true\"]\nlimits = { memory = \"2Q\" }\n");
+        let e =
+            toml_err("[[steps]]\nid = \"a\"\ncommand = [\"true\"]\nlimits = { memory = \"2Q\" }\n");
         assert_eq!(e.key, "steps[a].limits.memory");
         assert!(e.problem.contains("unknown unit"), "{e}");
     }
 
     #[test]
     fn duplicate_ids_and_syntax() {
-        let e = toml_err("[[steps]]\nid = \"a\"\ncommand = [\"true\"]\n[[steps]]\nid = \"a\"\ncommand = [\"true\"]\n");
+        let e = toml_err(
+            "[[steps]]\nid = \"a\"\ncommand = [\"true\"]\n[[steps]]\nid = \"a\"\ncommand = [\"true\"]\n",
+        );
         assert_eq!(e.key, "steps[a].id");
         assert!(e.problem.contains("duplicate"));
         let e = toml_err("steps = [");
@@ -397,7 +430,9 @@ fallback = ["codex"]
 
     #[test]
     fn bad_retry_outcome() {
-        let e = toml_err("[[steps]]\nid = \"a\"\ncommand = [\"true\"]\nretry = { retry_on = [\"nope\"] }\n");
+        let e = toml_err(
+            "[[steps]]\nid = \"a\"\ncommand = [\"true\"]\nretry = { retry_on = [\"nope\"] }\n",
+        );
         assert_eq!(e.key, "steps[a].retry_on[0]");
     }
 }

@@ -23,7 +23,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let num = num.replace('_', "");
     if num.is_empty() {
-        return Err(format!("bad size `{text}` (expected e.g. 512K, 256M, 2G or bytes)"));
+        return Err(format!(
+            "bad size `{text}` (expected e.g. 512K, 256M, 2G or bytes)"
+        ));
     }
     let shift = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,

@@ -45,7 +45,10 @@ fn err(field: impl Into<String>, problem: impl Into<String>) -> SpecError {
 
 /// Checks everything about a spec that does not need the daemon's config.
 /// `agents`, when given, is the set of agent profiles the daemon knows.
-pub fn validate_spec(spec: &ObjectiveSpec, agents: Option<&HashSet<String>>) -> Result<(), SpecError> {
+pub fn validate_spec(
+    spec: &ObjectiveSpec,
+    agents: Option<&HashSet<String>>,
+) -> Result<(), SpecError> {
     if spec.name.trim().is_empty() {
         return Err(err("name", "must not be empty"));
     }
@@ -58,7 +61,10 @@ pub fn validate_spec(spec: &ObjectiveSpec, agents: Option<&HashSet<String>>) -> 
     if let Some(b) = spec.budget_usd
         && !(b.is_finite() && b >= 0.0)
     {
-        return Err(err("budget_usd", format!("must be a non-negative number, got {b}")));
+        return Err(err(
+            "budget_usd",
+            format!("must be a non-negative number, got {b}"),
+        ));
     }
     if spec.max_tokens == Some(0) {
         return Err(err("max_tokens", "must be at least 1"));
@@ -72,7 +78,10 @@ pub fn validate_spec(spec: &ObjectiveSpec, agents: Option<&HashSet<String>>) -> 
     if spec.steps.len() > MAX_STEPS {
         return Err(err(
             "steps",
-            format!("{} steps is more than the limit of {MAX_STEPS}", spec.steps.len()),
+            format!(
+                "{} steps is more than the limit of {MAX_STEPS}",
+                spec.steps.len()
+            ),
         ));
     }
     let mut seen = HashSet::new();
@@ -84,13 +93,19 @@ pub fn validate_spec(spec: &ObjectiveSpec, agents: Option<&HashSet<String>>) -> 
         };
         check_step(step, &at, agents)?;
         if !seen.insert(step.id.as_str()) {
-            return Err(err(format!("{at}.id"), format!("duplicate step id `{}`", step.id)));
+            return Err(err(
+                format!("{at}.id"),
+                format!("duplicate step id `{}`", step.id),
+            ));
         }
     }
     for step in &spec.steps {
         for need in &step.needs {
             if need == &step.id {
-                return Err(err(format!("steps[{}].needs", step.id), "a step cannot need itself"));
+                return Err(err(
+                    format!("steps[{}].needs", step.id),
+                    "a step cannot need itself",
+                ));
             }
             if !seen.contains(need.as_str()) {
                 return Err(err(
@@ -103,7 +118,11 @@ pub fn validate_spec(spec: &ObjectiveSpec, agents: Option<&HashSet<String>>) -> 
     parallel_groups(spec).map(|_| ())
 }
 
-fn check_step(step: &StepSpec, at: &str, agents: Option<&HashSet<String>>) -> Result<(), SpecError> {
+fn check_step(
+    step: &StepSpec,
+    at: &str,
+    agents: Option<&HashSet<String>>,
+) -> Result<(), SpecError> {
     if step.id.is_empty() {
         return Err(err(format!("{at}.id"), "must not be empty"));
     }
@@ -130,7 +149,10 @@ fn check_step(step: &StepSpec, at: &str, agents: Option<&HashSet<String>>) -> Re
         }
         (true, false) => {
             if step.command[0].is_empty() {
-                return Err(err(format!("{at}.command"), "the program (first element) is empty"));
+                return Err(err(
+                    format!("{at}.command"),
+                    "the program (first element) is empty",
+                ));
             }
             if !step.prompt.is_empty() {
                 return Err(err(format!("{at}.prompt"), "a prompt needs an `agent`"));
@@ -144,7 +166,11 @@ fn check_step(step: &StepSpec, at: &str, agents: Option<&HashSet<String>>) -> Re
                 names.sort_unstable();
                 return Err(err(
                     format!("{at}.agent"),
-                    format!("unknown agent `{}` (known: {})", step.agent, names.join(", ")),
+                    format!(
+                        "unknown agent `{}` (known: {})",
+                        step.agent,
+                        names.join(", ")
+                    ),
                 ));
             }
         }
@@ -173,7 +199,10 @@ fn check_step(step: &StepSpec, at: &str, agents: Option<&HashSet<String>>) -> Re
         return Err(err(format!("{at}.timeout"), "must be longer than zero"));
     }
     if step.idle_timeout_ms == Some(0) {
-        return Err(err(format!("{at}.idle_timeout"), "must be longer than zero"));
+        return Err(err(
+            format!("{at}.idle_timeout"),
+            "must be longer than zero",
+        ));
     }
     if let Some(r) = &step.retry {
         check_retry(r, &format!("{at}.retry"))?;
@@ -199,7 +228,10 @@ pub fn check_env(env: &HashMap<String, String>, at: &str) -> Result<(), SpecErro
     let mut total = 0;
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(err(at, format!("`{k}` is not a valid environment variable name")));
+            return Err(err(
+                at,
+                format!("`{k}` is not a valid environment variable name"),
+            ));
         }
         total += k.len() + v.len() + 2;
     }
@@ -217,7 +249,10 @@ fn check_defaults(d: &StepDefaults, at: &str) -> Result<(), SpecError> {
         return Err(err(format!("{at}.timeout"), "must be longer than zero"));
     }
     if d.idle_timeout_ms == Some(0) {
-        return Err(err(format!("{at}.idle_timeout"), "must be longer than zero"));
+        return Err(err(
+            format!("{at}.idle_timeout"),
+            "must be longer than zero",
+        ));
     }
     if let Some(r) = &d.retry {
         check_retry(r, &format!("{at}.retry"))?;
@@ -231,17 +266,26 @@ fn check_defaults(d: &StepDefaults, at: &str) -> Result<(), SpecError> {
 /// Checks a retry policy's numbers.
 pub fn check_retry(r: &RetryPolicy, at: &str) -> Result<(), SpecError> {
     if r.max_attempts == Some(0) {
-        return Err(err(format!("{at}.max_attempts"), "must be at least 1 (the first attempt counts)"));
+        return Err(err(
+            format!("{at}.max_attempts"),
+            "must be at least 1 (the first attempt counts)",
+        ));
     }
     if let Some(m) = r.multiplier
         && !(m.is_finite() && m >= 1.0)
     {
-        return Err(err(format!("{at}.multiplier"), format!("must be at least 1.0, got {m}")));
+        return Err(err(
+            format!("{at}.multiplier"),
+            format!("must be at least 1.0, got {m}"),
+        ));
     }
     if let Some(j) = r.jitter
         && !(0.0..=1.0).contains(&j)
     {
-        return Err(err(format!("{at}.jitter"), format!("must be between 0 and 1, got {j}")));
+        return Err(err(
+            format!("{at}.jitter"),
+            format!("must be between 0 and 1, got {j}"),
+        ));
     }
     if let (Some(i), Some(m)) = (r.initial_backoff_ms, r.max_backoff_ms)
         && m < i
@@ -270,12 +314,18 @@ pub fn check_limits(l: &Limits, at: &str) -> Result<(), SpecError> {
     if let Some(m) = l.memory_bytes
         && m < 1 << 20
     {
-        return Err(err(format!("{at}.memory"), format!("{m} bytes is below the minimum of 1M")));
+        return Err(err(
+            format!("{at}.memory"),
+            format!("{m} bytes is below the minimum of 1M"),
+        ));
     }
     if let Some(q) = l.cpu_quota
         && !(q.is_finite() && q > 0.0)
     {
-        return Err(err(format!("{at}.cpu_quota"), format!("must be a positive number of cores, got {q}")));
+        return Err(err(
+            format!("{at}.cpu_quota"),
+            format!("must be a positive number of cores, got {q}"),
+        ));
     }
     Ok(())
 }
@@ -296,13 +346,18 @@ pub fn parallel_groups(spec: &ObjectiveSpec) -> Result<Vec<Vec<String>>, SpecErr
             match index.get(n.as_str()) {
                 Some(&j) => dependents[j].push(i),
                 None => {
-                    return Err(err(format!("steps[{}].needs", s.id), format!("unknown step `{n}`")));
+                    return Err(err(
+                        format!("steps[{}].needs", s.id),
+                        format!("unknown step `{n}`"),
+                    ));
                 }
             }
         }
     }
     let mut groups = Vec::new();
-    let mut wave: Vec<usize> = (0..spec.steps.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut wave: Vec<usize> = (0..spec.steps.len())
+        .filter(|&i| indegree[i] == 0)
+        .collect();
     let mut done = 0;
     while !wave.is_empty() {
         done += wave.len();
@@ -322,7 +377,10 @@ pub fn parallel_groups(spec: &ObjectiveSpec) -> Result<Vec<Vec<String>>, SpecErr
     if done < spec.steps.len() {
         let cycle = find_cycle(spec, &index);
         return Err(err(
-            format!("steps[{}].needs", cycle.first().map(String::as_str).unwrap_or("?")),
+            format!(
+                "steps[{}].needs",
+                cycle.first().map(String::as_str).unwrap_or("?")
+            ),
             format!("dependency cycle: {}", cycle.join(" -> ")),
         ));
     }
@@ -344,7 +402,9 @@ fn find_cycle(spec: &ObjectiveSpec, index: &HashMap<&str, usize>) -> Vec<String>
         color[v] = 1;
         stack.push(v);
         for n in &spec.steps[v].needs {
-            let Some(&w) = index.get(n.as_str()) else { continue };
+            let Some(&w) = index.get(n.as_str()) else {
+                continue;
+            };
             if color[w] == 1 {
                 let start = stack.iter().position(|&x| x == w).unwrap_or(0);
                 let mut cycle = stack[start..].to_vec();
@@ -412,16 +472,28 @@ mod tests {
         assert_eq!(validate_spec(&s, None), Ok(()));
         assert_eq!(
             parallel_groups(&s).unwrap(),
-            vec![vec!["a".to_string()], vec!["b".into(), "c".into()], vec!["d".into()]]
+            vec![
+                vec!["a".to_string()],
+                vec!["b".into(), "c".into()],
+                vec!["d".into()]
+            ]
         );
     }
 
     #[test]
     fn cycle_is_named() {
-        let s = spec(vec![step("a", &["c"]), step("b", &["a"]), step("c", &["b"]), step("x", &[])]);
+        let s = spec(vec![
+            step("a", &["c"]),
+            step("b", &["a"]),
+            step("c", &["b"]),
+            step("x", &[]),
+        ]);
         let e = validate_spec(&s, None).unwrap_err();
         assert!(e.problem.contains("dependency cycle"), "{e}");
-        assert!(e.problem.contains("a") && e.problem.contains("b") && e.problem.contains("c"), "{e}");
+        assert!(
+            e.problem.contains("a") && e.problem.contains("b") && e.problem.contains("c"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -437,7 +509,10 @@ mod tests {
     fn empty_command_and_bad_agent() {
         let mut s = step("a", &[]);
         s.command = vec![String::new()];
-        assert_eq!(validate_spec(&spec(vec![s]), None).unwrap_err().field, "steps[a].command");
+        assert_eq!(
+            validate_spec(&spec(vec![s]), None).unwrap_err().field,
+            "steps[a].command"
+        );
         let mut s = step("a", &[]);
         s.command.clear();
         s.agent = "nope".into();
@@ -451,8 +526,15 @@ mod tests {
     fn bounds() {
         let mut s = step("a", &[]);
         s.command = vec!["x".repeat(MAX_ARGV_BYTES)];
-        assert!(validate_spec(&spec(vec![s]), None).unwrap_err().problem.contains("limit"));
-        let many: Vec<StepSpec> = (0..=MAX_STEPS).map(|i| step(&format!("s{i}"), &[])).collect();
+        assert!(
+            validate_spec(&spec(vec![s]), None)
+                .unwrap_err()
+                .problem
+                .contains("limit")
+        );
+        let many: Vec<StepSpec> = (0..=MAX_STEPS)
+            .map(|i| step(&format!("s{i}"), &[]))
+            .collect();
         assert_eq!(validate_spec(&spec(many), None).unwrap_err().field, "steps");
     }
 }

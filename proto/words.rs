@@ -31,7 +31,8 @@ pub fn step_state(s: StepState) -> String {
 
 /// `backoff` → `StepState::Backoff`.
 pub fn parse_step_state(text: &str) -> Option<StepState> {
-    StepState::from_str_name(&from_word(text, "STEP_STATE_")).filter(|s| *s != StepState::Unspecified)
+    StepState::from_str_name(&from_word(text, "STEP_STATE_"))
+        .filter(|s| *s != StepState::Unspecified)
 }
 
 /// `OUTCOME_EXIT_FAILURE` → `exit_failure`; unspecified (still running) → empty.

@@ -1,1 +1,9 @@
+//! End-to-end tests (`e2e`): the real `orchd` and `orchctl` binaries on a private socket and state dir.
 
+mod cli;
+mod config;
+mod grpc;
+mod lifecycle;
+mod plans;
+mod runs;
+mod support;

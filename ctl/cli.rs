@@ -1,0 +1,371 @@
+//! The command line of `orchctl` (clap derive): global flags, commands and their options.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use orch_proto::units::{parse_duration_ms, parse_size};
+
+use crate::output::Format;
+
+/// Command-line client of orchd, the supervisor daemon for AI agents.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orchctl",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 the thing asked for failed or the daemon refused, \
+2 invalid input, 3 the daemon cannot be reached."
+)]
+pub struct Cli {
+    /// The daemon's socket [default: $ORCH_SOCKET, else $XDG_RUNTIME_DIR/orch/orchd.sock, or /run/orch/orchd.sock for root]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Output format
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a plan file, a command (after `--`), or an agent prompt
+    #[command(after_help = "Examples:\n  \
+  orchctl submit plan.toml\n  \
+  id=$(orchctl submit --retries 2 --timeout 10m -- ./run-tests.sh)\n  \
+  orchctl submit --agent claude --prompt 'fix the flaky test' --wait")]
+    Submit(Box<SubmitArgs>),
+    /// Show an objective, its steps and attempts
+    Status {
+        /// Objective id
+        id: String,
+    },
+    /// List objectives, newest first
+    List {
+        /// Only objectives in this state (pending, running, paused, awaiting_approval, succeeded, failed, cancelled)
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// At most this many
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+    /// Stream events: of one objective until it ends (exit 0 iff it succeeded), or of all, live
+    Watch(WatchArgs),
+    /// Print the captured stdout/stderr of attempts
+    Logs(LogsArgs),
+    /// Cancel an objective
+    Cancel {
+        /// Objective id
+        id: String,
+    },
+    /// Pause an objective (its running agents are stopped in place)
+    Pause {
+        /// Objective id
+        id: String,
+    },
+    /// Resume a paused objective
+    Resume {
+        /// Objective id
+        id: String,
+    },
+    /// Re-run the failed steps of an ended objective (and their dependents)
+    Retry {
+        /// Objective id
+        id: String,
+        /// Only this step (default: every failed or cancelled step)
+        step: Option<String>,
+    },
+    /// Approve a step that waits for approval
+    Approve {
+        /// Objective id
+        id: String,
+        /// Step id
+        step: String,
+    },
+    /// Deny a step that waits for approval
+    Deny {
+        /// Objective id
+        id: String,
+        /// Step id
+        step: String,
+        /// Why (recorded in the events and the audit trail)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// List the agent profiles the daemon knows
+    Agents,
+    /// Tokens and cost of one objective, or in total, with budget use
+    Usage {
+        /// Objective id (default: totals over every objective)
+        id: Option<String>,
+    },
+    /// Who did what through the control plane
+    Audit {
+        /// At most this many entries
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Only entries about this objective
+        #[arg(long, value_name = "ID")]
+        objective: Option<String>,
+    },
+    /// Inspect or reload the daemon
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Print a shell completion script (works without a daemon)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `orchctl daemon ...`.
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Version, uptime, pid, socket, store, limits backend, counts by state
+    Status,
+    /// Re-read the daemon's config (a bad config is refused and the old one kept)
+    Reload,
+}
+
+/// `orchctl submit`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["plan", "command", "agent"])))]
+pub struct SubmitArgs {
+    /// A plan file (.toml, .yaml, .yml or .json)
+    #[arg(value_name = "PLAN")]
+    pub plan: Option<PathBuf>,
+
+    /// A command to run as a one-step objective (give it after `--`)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+
+    /// Run this agent profile as a one-step objective (with --prompt)
+    #[arg(long, value_name = "NAME", requires = "prompt")]
+    pub agent: Option<String>,
+
+    /// The prompt for --agent
+    #[arg(long, value_name = "TEXT", requires = "agent", conflicts_with_all = ["plan", "command"])]
+    pub prompt: Option<String>,
+
+    /// Objective name [default: the plan's name, or the command]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Working directory that relative step workdirs start from [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// Set an environment variable for every step (repeatable)
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env_kv)]
+    pub env: Vec<(String, String)>,
+
+    /// Allow N attempts after the first one
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// Wall-clock limit per attempt (e.g. 30s, 10m, 2h)
+    #[arg(long, value_name = "DUR", value_parser = positive_duration)]
+    pub timeout: Option<u64>,
+
+    /// End an attempt that writes no output for this long
+    #[arg(long, value_name = "DUR", value_parser = positive_duration)]
+    pub idle_timeout: Option<u64>,
+
+    /// Memory limit per attempt (e.g. 512M, 2G)
+    #[arg(long, value_name = "SIZE", value_parser = memory_size)]
+    pub memory: Option<u64>,
+
+    /// CPU time limit per attempt, in seconds
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cpu_seconds: Option<u64>,
+
+    /// Budget of the objective in US dollars
+    #[arg(long, value_name = "X", value_parser = budget)]
+    pub budget_usd: Option<f64>,
+
+    /// Idempotency key: submitting the same key again returns the same objective
+    #[arg(long, value_name = "KEY")]
+    pub request_id: Option<String>,
+
+    /// Do not send this shell's environment (the agent gets the daemon's minimal one)
+    #[arg(long)]
+    pub clean_env: bool,
+
+    /// Wait until the objective ends; exit 0 iff it succeeded
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+
+    /// Stream the objective's events until it ends; exit 0 iff it succeeded
+    #[arg(long, conflicts_with = "dry_run")]
+    pub watch: bool,
+
+    /// Validate and print the resolved plan; nothing is stored
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `orchctl watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this objective: its history from the first event, then live, until it ends
+    pub id: Option<String>,
+
+    /// Start at the first event whose sequence number is at least SEQ
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+
+    /// Only these event kinds (comma-separated, e.g. step_state,attempt_ended)
+    #[arg(long, value_name = "K1,K2", value_delimiter = ',')]
+    pub kinds: Vec<String>,
+}
+
+/// `orchctl logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Objective id
+    pub id: String,
+
+    /// Only this step (default: every step's latest attempt, in plan order)
+    pub step: Option<String>,
+
+    /// This attempt number (default: the latest)
+    #[arg(long, value_name = "N")]
+    pub attempt: Option<u32>,
+
+    /// Keep following the output until the attempt ends
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+
+    /// Only the last N lines of each log
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+
+    /// Only stdout
+    #[arg(long, conflicts_with = "stderr")]
+    pub stdout: bool,
+
+    /// Only stderr
+    #[arg(long)]
+    pub stderr: bool,
+}
+
+/// Parses `K=V` for `--env`.
+pub fn parse_env_kv(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some(("", _)) => Err(format!("`{text}`: the variable name is empty")),
+        Some((k, v)) => {
+            if k.contains('\0') || v.contains('\0') {
+                Err(format!("`{k}`: contains a NUL byte"))
+            } else {
+                Ok((k.to_string(), v.to_string()))
+            }
+        }
+        None => Err(format!("`{text}` is not K=V")),
+    }
+}
+
+fn positive_duration(text: &str) -> Result<u64, String> {
+    match parse_duration_ms(text)? {
+        0 => Err("must be longer than zero".into()),
+        ms => Ok(ms),
+    }
+}
+
+fn memory_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 1 << 20 {
+        return Err(format!("{bytes} bytes is below the minimum of 1M"));
+    }
+    Ok(bytes)
+}
+
+fn budget(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of dollars"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("must be a non-negative number, got {text}"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn env_kv() {
+        assert_eq!(parse_env_kv("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env_kv("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env_kv("A").is_err());
+        assert!(parse_env_kv("=b").is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for argv in [
+            vec!["orchctl", "submit", "--env", "NOEQUALS", "--", "true"],
+            vec!["orchctl", "submit", "--timeout", "soon", "--", "true"],
+            vec!["orchctl", "submit", "--memory", "12", "--", "true"],
+            vec!["orchctl", "submit", "--cpu-seconds", "0", "--", "true"],
+            vec!["orchctl", "submit"],
+            vec!["orchctl", "submit", "p.toml", "--", "true"],
+            vec!["orchctl", "submit", "--agent", "claude", "--", "true"],
+            vec!["orchctl", "submit", "--prompt", "x", "--", "true"],
+            vec!["orchctl", "-o", "yaml", "list"],
+        ] {
+            let e = Cli::try_parse_from(&argv).err();
+            let e = e.unwrap_or_else(|| panic!("{argv:?} must fail"));
+            assert_eq!(e.exit_code(), 2, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn submit_forms_parse() {
+        let cli = Cli::try_parse_from([
+            "orchctl",
+            "submit",
+            "--retries",
+            "2",
+            "--",
+            "echo",
+            "-n",
+            "hi",
+        ]);
+        let Ok(Cli {
+            command: Command::Submit(s),
+            ..
+        }) = cli
+        else {
+            panic!("parse failed");
+        };
+        assert_eq!(s.command, vec!["echo", "-n", "hi"]);
+        assert_eq!(s.retries, Some(2));
+        let cli = Cli::try_parse_from(["orchctl", "-o", "json", "watch", "X", "--kinds", "a,b"]);
+        let Ok(Cli {
+            command: Command::Watch(w),
+            output,
+            ..
+        }) = cli
+        else {
+            panic!("parse failed");
+        };
+        assert_eq!(output, Format::Json);
+        assert_eq!(w.kinds, vec!["a", "b"]);
+    }
+}

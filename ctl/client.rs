@@ -1,0 +1,144 @@
+//! The connection to `orchd`: connecting with a clear "cannot reach" error, and mapping
+//! gRPC statuses to [`CtlError`]s with the contract's exit codes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use orch_proto::v1::orchestrator_client::OrchestratorClient;
+use tonic::transport::Channel;
+
+use crate::error::{CtlError, Result};
+
+/// How long connecting to the socket may take before the daemon counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected client plus what is needed to explain failures.
+pub struct Client {
+    pub api: OrchestratorClient<Channel>,
+    socket: PathBuf,
+    /// Whether a call has already succeeded (after that, UNAVAILABLE is a failure, not "unreachable").
+    reached: bool,
+}
+
+impl Client {
+    /// Connects to the daemon's socket.
+    pub async fn connect(socket: &Path) -> Result<Self> {
+        let unreachable = |cause: String| CtlError::Unreachable {
+            socket: socket.to_path_buf(),
+            cause,
+        };
+        let api = match tokio::time::timeout(CONNECT_TIMEOUT, orch_proto::connect(socket)).await {
+            Ok(Ok(api)) => api,
+            Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+            Err(_) => return Err(unreachable("timed out connecting".into())),
+        };
+        Ok(Client {
+            api,
+            socket: socket.to_path_buf(),
+            reached: false,
+        })
+    }
+
+    /// Opens a fresh connection to the same socket (after the daemon restarted).
+    pub async fn reconnect(&mut self) -> Result<()> {
+        let fresh = Client::connect(&self.socket).await?;
+        self.api = fresh.api;
+        Ok(())
+    }
+
+    /// Unwraps a response, or turns its status into the right error.
+    pub fn check<T>(
+        &mut self,
+        r: std::result::Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T> {
+        match r {
+            Ok(resp) => {
+                self.reached = true;
+                Ok(resp.into_inner())
+            }
+            Err(status) => Err(self.status_error(status)),
+        }
+    }
+
+    /// Maps a gRPC status to an error: UNAVAILABLE on the first call means the daemon
+    /// cannot be reached (exit 3); anything else is a refusal (exit 1, or 2 for bad input).
+    pub fn status_error(&self, status: tonic::Status) -> CtlError {
+        if status.code() == tonic::Code::Unavailable && !self.reached {
+            return CtlError::Unreachable {
+                socket: self.socket.clone(),
+                cause: status_message(&status),
+            };
+        }
+        CtlError::Refused {
+            code: status.code(),
+            message: status_message(&status),
+        }
+    }
+}
+
+/// Whether a status means the connection to the daemon was lost (worth reconnecting),
+/// rather than an answer from the daemon.
+pub fn is_connection_loss(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => {
+            let m = status.message().to_ascii_lowercase();
+            [
+                "transport",
+                "h2 protocol",
+                "connection",
+                "broken pipe",
+                "stream closed",
+            ]
+            .iter()
+            .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
+}
+
+/// The human message of a status, falling back to the code's description.
+pub fn status_message(status: &tonic::Status) -> String {
+    let msg = status.message().trim();
+    if msg.is_empty() {
+        status.code().description().to_string()
+    } else {
+        msg.to_string()
+    }
+}
+
+/// An error and its sources as one line (`transport error: No such file or directory`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn missing_socket_is_unreachable() {
+        let dir = std::env::temp_dir().join(format!("orchctl-test-{}", std::process::id()));
+        let err = Client::connect(&dir.join("nope.sock")).await.err();
+        let err = err.expect("connect must fail");
+        assert_eq!(err.exit_code(), 3);
+        let text = err.to_string();
+        assert!(text.contains("cannot reach orchd at"), "{text}");
+        assert!(text.contains("systemctl --user start orchd"), "{text}");
+    }
+
+    #[test]
+    fn empty_status_message_uses_code() {
+        let s = tonic::Status::new(tonic::Code::NotFound, "");
+        assert!(!status_message(&s).is_empty());
+    }
+}

@@ -1,0 +1,570 @@
+//! The human (table) views: status, list, plan, events, agents, usage, audit, daemon status.
+
+use orch_proto::units::{HumanBytes, format_duration_ms};
+use orch_proto::v1::{
+    AgentProfile, Attempt, AuditEntry, DaemonStatusResponse, Event, Limits, Objective,
+    ObjectiveState, ObjectiveSummary, Outcome, ResolvedPlan, RetryPolicy, Step, StepState,
+    UsageReport, event::Payload,
+};
+use orch_proto::words;
+
+use crate::json;
+use crate::output::{self, argv, bytes, cost, cpu, dash, key_values, table, time, truncate};
+
+fn objective_state(v: i32) -> String {
+    words::objective_state(ObjectiveState::try_from(v).unwrap_or(ObjectiveState::Unspecified))
+}
+
+fn step_state(v: i32) -> String {
+    words::step_state(StepState::try_from(v).unwrap_or(StepState::Unspecified))
+}
+
+fn outcome(v: i32) -> String {
+    words::outcome(Outcome::try_from(v).unwrap_or(Outcome::Unspecified))
+}
+
+/// What a step runs: `agent claude` or the argv.
+fn runs(agent: &str, command: &[String]) -> String {
+    if agent.is_empty() {
+        argv(command)
+    } else {
+        format!("agent {agent}")
+    }
+}
+
+/// The outcome column of a step's latest attempt (`running` while it runs).
+fn attempt_outcome(a: &Attempt) -> String {
+    let o = outcome(a.outcome);
+    if o.is_empty() {
+        return "running".into();
+    }
+    match (a.signal, a.message.is_empty()) {
+        (Some(sig), _) => format!("{o} (signal {sig})"),
+        (None, false) if a.outcome != Outcome::Success as i32 => {
+            format!("{o}: {}", truncate(&a.message, 40))
+        }
+        _ => o,
+    }
+}
+
+/// The `status` view.
+pub fn objective(o: &Objective) -> String {
+    let mut pairs = vec![("Objective", o.id.clone()), ("Name", o.name.clone())];
+    if !o.goal.is_empty() {
+        pairs.push(("Goal", truncate(&o.goal.replace('\n', " "), 100)));
+    }
+    pairs.push(("State", objective_state(o.state)));
+    if !o.message.is_empty() {
+        pairs.push(("Message", o.message.clone()));
+    }
+    pairs.push(("Created", time(o.created_at.as_ref())));
+    pairs.push(("Updated", time(o.updated_at.as_ref())));
+    let mut use_line = output::usage(o.usage.as_ref());
+    if let Some(b) = &o.budget {
+        if let Some(max) = b.max_cost_usd {
+            use_line.push_str(&format!(" of {} budget", cost(max)));
+        }
+        if let Some(max) = b.max_tokens {
+            use_line.push_str(&format!(" (max {max} tokens)"));
+        }
+    }
+    pairs.push(("Usage", use_line));
+    let mut text = key_values(&pairs);
+    text.push('\n');
+    let rows = o.steps.iter().map(step_row).collect();
+    text.push_str(&table(
+        &[
+            "STEP",
+            "STATE",
+            "RUNS",
+            "ATTEMPTS",
+            "OUTCOME",
+            "EXIT",
+            "PID",
+            "PEAK RSS",
+            "CPU",
+            "CHECKPOINT",
+        ],
+        rows,
+    ));
+    let notes: Vec<String> = o.steps.iter().filter_map(step_note).collect();
+    if !notes.is_empty() {
+        text.push('\n');
+        for n in notes {
+            text.push_str(&n);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn step_row(s: &Step) -> Vec<String> {
+    let last = s.attempts.last();
+    let exit = last
+        .and_then(|a| a.exit_code.map(|c| c.to_string()))
+        .unwrap_or_else(|| "-".into());
+    let pid = last
+        .and_then(|a| if a.ended_at.is_none() { a.pid } else { None })
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "-".into());
+    let checkpoint = match &s.checkpoint_json {
+        Some(c) => truncate(c, 30),
+        None => "-".into(),
+    };
+    let agent = last
+        .map(|a| a.agent.as_str())
+        .filter(|a| !a.is_empty())
+        .unwrap_or(&s.agent);
+    vec![
+        s.id.clone(),
+        step_state(s.state),
+        truncate(&runs(agent, &s.command), 30),
+        s.attempts.len().to_string(),
+        last.map(attempt_outcome).unwrap_or_else(|| "-".into()),
+        exit,
+        pid,
+        last.map(|a| bytes(a.peak_rss_bytes))
+            .unwrap_or_else(|| "-".into()),
+        last.map(|a| cpu(a.cpu_ms)).unwrap_or_else(|| "-".into()),
+        checkpoint,
+    ]
+}
+
+/// A line under the table for steps with something to say (backoff, progress, messages).
+fn step_note(s: &Step) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(due) = json::ts_text(s.next_attempt_at.as_ref()) {
+        parts.push(format!("next attempt at {due}"));
+    }
+    if let Some(p) = &s.progress {
+        let pct = p.percent.map(|x| format!("{x:.0}% ")).unwrap_or_default();
+        if !pct.is_empty() || !p.message.is_empty() {
+            parts.push(
+                format!("progress {pct}{}", p.message)
+                    .trim_end()
+                    .to_string(),
+            );
+        }
+    }
+    if s.state == StepState::AwaitingApproval as i32 {
+        parts.push("waiting for `orchctl approve` / `orchctl deny`".into());
+    }
+    if !s.message.is_empty() {
+        parts.push(s.message.clone());
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(format!("{}: {}", s.id, parts.join("; ")))
+    }
+}
+
+/// The `list` view.
+pub fn list(items: &[ObjectiveSummary]) -> String {
+    let rows = items
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                truncate(&s.name, 40),
+                objective_state(s.state),
+                format!("{}/{}", s.steps_succeeded, s.steps_total),
+                time(s.created_at.as_ref()),
+                cost(s.usage.as_ref().map(|u| u.cost_usd).unwrap_or(0.0)),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "STATE", "STEPS", "CREATED", "COST"], rows)
+}
+
+fn retry_text(r: Option<&RetryPolicy>) -> String {
+    let Some(r) = r else { return "-".into() };
+    let mut parts = Vec::new();
+    if let Some(n) = r.max_attempts {
+        parts.push(format!("{n} attempts"));
+    }
+    if let Some(b) = r.initial_backoff_ms {
+        parts.push(format!("backoff {}", format_duration_ms(b)));
+    }
+    if let Some(m) = r.multiplier {
+        parts.push(format!("x{m}"));
+    }
+    if let Some(m) = r.max_backoff_ms {
+        parts.push(format!("max {}", format_duration_ms(m)));
+    }
+    if let Some(j) = r.jitter {
+        parts.push(format!("±{:.0}%", j * 100.0));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn limits_text(l: Option<&Limits>) -> String {
+    let Some(l) = l else { return "-".into() };
+    let mut parts = Vec::new();
+    if let Some(m) = l.memory_bytes {
+        parts.push(format!("mem {}", HumanBytes(m)));
+    }
+    if let Some(c) = l.cpu_seconds {
+        parts.push(format!("cpu {c}s"));
+    }
+    if let Some(p) = l.pids {
+        parts.push(format!("pids {p}"));
+    }
+    if let Some(f) = l.open_files {
+        parts.push(format!("files {f}"));
+    }
+    if let Some(q) = l.cpu_quota {
+        parts.push(format!("{q} cores"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The `submit --dry-run` view.
+pub fn plan(p: &ResolvedPlan) -> String {
+    let mut text = format!("Plan {} (dry run: nothing was stored)\n\n", p.name);
+    let rows = p
+        .steps
+        .iter()
+        .map(|s| {
+            let mut what = runs(&s.agent, &s.command);
+            if !s.fallback.is_empty() {
+                what.push_str(&format!(" (fallback {})", s.fallback.join(", ")));
+            }
+            vec![
+                s.id.clone(),
+                what,
+                dash(&s.workdir),
+                if s.needs.is_empty() {
+                    "-".into()
+                } else {
+                    s.needs.join(",")
+                },
+                output::opt_duration(s.timeout_ms),
+                output::opt_duration(s.idle_timeout_ms),
+                retry_text(s.retry.as_ref()),
+                limits_text(s.limits.as_ref()),
+                if s.requires_approval {
+                    "yes".into()
+                } else {
+                    "-".into()
+                },
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &[
+            "STEP", "RUNS", "WORKDIR", "NEEDS", "TIMEOUT", "IDLE", "RETRY", "LIMITS", "APPROVAL",
+        ],
+        rows,
+    ));
+    text.push_str("\nExecution order:\n");
+    for (i, g) in p.groups.iter().enumerate() {
+        let parallel = if g.step_ids.len() > 1 {
+            "  (in parallel)"
+        } else {
+            ""
+        };
+        text.push_str(&format!(
+            "  {}. {}{parallel}\n",
+            i + 1,
+            g.step_ids.join(", ")
+        ));
+    }
+    text
+}
+
+/// Local wall-clock time of day of an event, e.g. `14:03:07`.
+fn clock(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| "--:--:--".into())
+}
+
+/// The last 8 characters of an objective id (the random part of a ULID).
+fn short_id(id: &str) -> &str {
+    let n = id.chars().count();
+    if n <= 8 {
+        return id;
+    }
+    id.char_indices()
+        .nth(n - 8)
+        .map(|(i, _)| &id[i..])
+        .unwrap_or(id)
+}
+
+/// The kind-specific details of an event, for one line.
+pub fn event_details(e: &Event) -> String {
+    let Some(p) = &e.payload else {
+        return String::new();
+    };
+    let with_message = |head: String, msg: &str| {
+        if msg.is_empty() {
+            head
+        } else {
+            format!("{head}: {msg}")
+        }
+    };
+    match p {
+        Payload::ObjectiveSubmitted(x) => format!("{:?}, {} step(s)", x.name, x.steps),
+        Payload::ObjectiveState(x) => with_message(objective_state(x.state), &x.message),
+        Payload::StepState(x) => with_message(step_state(x.state), &x.message),
+        Payload::AttemptStarted(x) => {
+            if x.agent.is_empty() {
+                format!("pid {}", x.pid)
+            } else {
+                format!("pid {} agent {}", x.pid, x.agent)
+            }
+        }
+        Payload::AttemptEnded(x) => {
+            let mut head = outcome(x.outcome);
+            if let Some(c) = x.exit_code {
+                head.push_str(&format!(" exit {c}"));
+            }
+            if let Some(s) = x.signal {
+                head.push_str(&format!(" signal {s}"));
+            }
+            with_message(head, &x.message)
+        }
+        Payload::RetryScheduled(x) => {
+            let at = x
+                .due_at
+                .as_ref()
+                .map(|t| format!(" (at {})", clock(Some(t))))
+                .unwrap_or_default();
+            format!("in {}{at}", format_duration_ms(x.delay_ms))
+        }
+        Payload::Checkpoint(x) => truncate(&x.json, 80),
+        Payload::Usage(x) => {
+            let r = x.report.unwrap_or_default();
+            let mut s = format!(
+                "+{} in / +{} out, +{}",
+                r.input_tokens,
+                r.output_tokens,
+                cost(r.cost_usd)
+            );
+            if !x.model.is_empty() {
+                s.push_str(&format!(" ({})", x.model));
+            }
+            if let Some(t) = &x.objective_total {
+                s.push_str(&format!("; objective total {}", cost(t.cost_usd)));
+            }
+            s
+        }
+        Payload::Progress(x) => {
+            let pct = x.percent.map(|p| format!("{p:.0}%")).unwrap_or_default();
+            format!("{pct} {}", x.message).trim().to_string()
+        }
+        Payload::BudgetAlert(x) => format!(
+            "{} at {:.0}% ({} of {})",
+            x.budget, x.percent, x.used, x.limit
+        ),
+        Payload::ApprovalRequested(_) => format!(
+            "waiting: orchctl approve {} {}",
+            e.objective_id,
+            if e.step_id.is_empty() {
+                "STEP"
+            } else {
+                &e.step_id
+            }
+        ),
+        Payload::ApprovalAnswered(x) => {
+            let head = if x.approved { "approved" } else { "denied" };
+            with_message(format!("{head} by uid {}", x.by_uid), &x.reason)
+        }
+    }
+}
+
+/// One readable line for an event: time, (objective,) step#attempt, kind, details.
+pub fn event_line(e: &Event, show_objective: bool) -> String {
+    let mut where_ = if e.step_id.is_empty() {
+        "-".to_string()
+    } else {
+        e.step_id.clone()
+    };
+    if e.attempt > 0 {
+        where_.push_str(&format!("#{}", e.attempt));
+    }
+    let mut line = clock(e.time.as_ref());
+    if show_objective {
+        line.push_str(&format!("  {}", short_id(&e.objective_id)));
+    }
+    line.push_str(&format!(
+        "  {where_:<12}  {:<18}  {}",
+        json::event_kind(e),
+        event_details(e)
+    ));
+    line.trim_end().to_string()
+}
+
+/// The `agents` view.
+pub fn agents(list: &[AgentProfile]) -> String {
+    let rows = list
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                truncate(&argv(&a.command), 60),
+                dash(&a.usage),
+                if a.found { "yes".into() } else { "no".into() },
+            ]
+        })
+        .collect();
+    table(&["NAME", "COMMAND", "USAGE", "FOUND"], rows)
+}
+
+/// The `usage` view.
+pub fn usage(r: &UsageReport, id: Option<&str>) -> String {
+    let mut pairs = vec![(
+        if id.is_some() { "Objective" } else { "Total" },
+        output::usage(r.usage.as_ref()),
+    )];
+    if let Some(b) = r.budget_usd {
+        let pct = r
+            .budget_used_percent
+            .map(|p| format!(" ({p:.1}% used)"))
+            .unwrap_or_default();
+        pairs.push(("Budget", format!("{}{pct}", cost(b))));
+    }
+    if let Some(t) = r.max_tokens {
+        pairs.push(("Max tokens", t.to_string()));
+    }
+    if r.today.is_some() || r.daily_budget_usd.is_some() {
+        let mut s = output::usage(r.today.as_ref());
+        if let Some(d) = r.daily_budget_usd {
+            s.push_str(&format!(" of {} daily budget", cost(d)));
+        }
+        pairs.push(("Today", s));
+    }
+    if r.this_month.is_some() || r.monthly_budget_usd.is_some() {
+        let mut s = output::usage(r.this_month.as_ref());
+        if let Some(m) = r.monthly_budget_usd {
+            s.push_str(&format!(" of {} monthly budget", cost(m)));
+        }
+        pairs.push(("This month", s));
+    }
+    key_values(&pairs)
+}
+
+/// The `audit` view.
+pub fn audit(entries: &[AuditEntry]) -> String {
+    let rows = entries
+        .iter()
+        .map(|a| {
+            vec![
+                time(a.time.as_ref()),
+                a.uid.to_string(),
+                a.pid.to_string(),
+                a.action.clone(),
+                dash(&a.objective_id),
+                a.result.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["TIME", "UID", "PID", "ACTION", "OBJECTIVE", "RESULT"],
+        rows,
+    )
+}
+
+/// The `daemon status` view.
+pub fn daemon_status(d: &DaemonStatusResponse) -> String {
+    // Contract order first, then any state word this client does not know.
+    let mut counts: Vec<String> = words::OBJECTIVE_STATES
+        .iter()
+        .map(|w| format!("{w} {}", d.counts.get(*w).copied().unwrap_or(0)))
+        .collect();
+    let mut extra: Vec<_> = d
+        .counts
+        .iter()
+        .filter(|(k, _)| !words::OBJECTIVE_STATES.contains(&k.as_str()))
+        .collect();
+    extra.sort();
+    counts.extend(extra.into_iter().map(|(k, v)| format!("{k} {v}")));
+    let counts = counts.join(", ");
+    let backend = if d.limits_detail.is_empty() {
+        d.limits_backend.clone()
+    } else {
+        format!("{} ({})", d.limits_backend, d.limits_detail)
+    };
+    key_values(&[
+        ("Version", d.version.clone()),
+        ("PID", d.pid.to_string()),
+        (
+            "Uptime",
+            format_duration_ms(d.uptime_s.saturating_mul(1000)),
+        ),
+        ("Socket", d.socket.clone()),
+        ("State dir", d.state_dir.clone()),
+        ("Store size", HumanBytes(d.store_bytes).to_string()),
+        ("Config", dash(&d.config_path)),
+        ("Limits", backend),
+        (
+            "Running",
+            format!(
+                "{} attempt(s), at most {} at once",
+                d.running_attempts, d.max_parallel
+            ),
+        ),
+        ("Objectives", counts),
+        ("Last event", d.last_event_seq.to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_proto::v1::{AttemptEnded, ParallelGroup, ResolvedStep};
+
+    #[test]
+    fn event_line_has_step_kind_and_details() {
+        let e = Event {
+            seq: 3,
+            objective_id: "01J0000000000000000ABCDEFG".into(),
+            step_id: "build".into(),
+            attempt: 2,
+            kind: "attempt_ended".into(),
+            payload: Some(Payload::AttemptEnded(AttemptEnded {
+                outcome: Outcome::ExitFailure as i32,
+                exit_code: Some(1),
+                signal: None,
+                message: String::new(),
+            })),
+            ..Default::default()
+        };
+        let line = event_line(&e, true);
+        assert!(line.contains("ABCDEFG"), "{line}");
+        assert!(line.contains("build#2"), "{line}");
+        assert!(line.contains("attempt_ended"), "{line}");
+        assert!(line.contains("exit_failure exit 1"), "{line}");
+    }
+
+    #[test]
+    fn plan_view_lists_groups() {
+        let p = ResolvedPlan {
+            name: "p".into(),
+            steps: vec![ResolvedStep {
+                id: "a".into(),
+                command: vec!["true".into()],
+                ..Default::default()
+            }],
+            groups: vec![ParallelGroup {
+                step_ids: vec!["a".into(), "b".into()],
+            }],
+        };
+        let text = plan(&p);
+        assert!(text.contains("Execution order:"), "{text}");
+        assert!(text.contains("1. a, b  (in parallel)"), "{text}");
+    }
+}
