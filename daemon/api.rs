@@ -20,12 +20,13 @@ use orch_proto::validate::{SpecError, check_env, parallel_groups, validate_spec}
 use crate::config::{Config, limits_of};
 use crate::engine::{Caller, Command, EngineError, NewObjective};
 use crate::logfile::{Chunk, LogReader, Stream, Tail, attempt_log};
-use crate::model::Event;
 use crate::model::{
     Attempt, Budget, Limits, ObjState, Objective, Outcome, RetryPolicy, Step, StepPlan, StepState,
     Usage,
 };
+use crate::model::{AuditEntry, Event, EventKind};
 use crate::store::{Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 /// Static facts about the running daemon, for `DaemonStatus`.
 #[derive(Debug, Clone)]
@@ -164,9 +165,236 @@ impl LogJob {
     }
 }
 
+/// Every event kind, as words.
+pub const EVENT_KINDS: [&str; 12] = [
+    "objective_submitted",
+    "objective_state",
+    "step_state",
+    "attempt_started",
+    "attempt_ended",
+    "retry_scheduled",
+    "checkpoint",
+    "usage",
+    "progress",
+    "budget_alert",
+    "approval_requested",
+    "approval_answered",
+];
+
+/// One `Watch` call: history from the store, then live events, joined with no gap and no
+/// duplicate by sequence number. Only durable events are replayed; a watcher that falls
+/// behind the live broadcast is re-fed from the store, never skipped.
+struct WatchJob {
+    store: Store,
+    published: Arc<AtomicU64>,
+    objective_id: Option<String>,
+    /// The objective had ended before the watch began.
+    ended: bool,
+    kinds: HashSet<String>,
+    /// The next global sequence number not yet looked at.
+    next: u64,
+}
+
+enum Sent {
+    More,
+    /// The watched objective ended (or the client went away).
+    Done,
+}
+
+type EventTx = mpsc::Sender<Result<pb::Event, Status>>;
+
+impl WatchJob {
+    async fn offer(&mut self, e: &Event, tx: &EventTx) -> Sent {
+        if e.seq < self.next {
+            return Sent::More;
+        }
+        self.next = e.seq + 1;
+        if let Some(id) = &self.objective_id
+            && &e.objective_id != id
+        {
+            return Sent::More;
+        }
+        if (self.kinds.is_empty() || self.kinds.contains(e.kind.word()))
+            && tx.send(Ok(event_pb(e))).await.is_err()
+        {
+            return Sent::Done;
+        }
+        match &e.kind {
+            EventKind::ObjectiveState { state, .. }
+                if self.objective_id.is_some() && state.is_terminal() =>
+            {
+                Sent::Done
+            }
+            _ => Sent::More,
+        }
+    }
+
+    /// Sends stored events from `next` up to what is durable now.
+    async fn replay(&mut self, tx: &EventTx) -> Result<Sent, StoreError> {
+        loop {
+            let upto = self.published.load(AtomicOrdering::SeqCst);
+            let batch = match &self.objective_id {
+                Some(id) => self.store.objective_events_from(id, self.next, 512)?,
+                None => self.store.events_from(self.next, 512)?,
+            };
+            let batch: Vec<Event> = batch.into_iter().filter(|e| e.seq <= upto).collect();
+            if batch.is_empty() {
+                // Everything up to what is durable has been looked at.
+                self.next = self.next.max(upto + 1);
+                return Ok(Sent::More);
+            }
+            for e in &batch {
+                if let Sent::Done = self.offer(e, tx).await {
+                    return Ok(Sent::Done);
+                }
+            }
+        }
+    }
+
+    async fn run(mut self, mut live: broadcast::Receiver<Arc<Event>>, tx: EventTx) {
+        let fail = |e: StoreError| Status::internal(format!("cannot read the event log: {e}"));
+        match self.replay(&tx).await {
+            Ok(Sent::Done) => return,
+            Ok(Sent::More) if self.ended => return,
+            Ok(Sent::More) => {}
+            Err(e) => {
+                let _ = tx.send(Err(fail(e))).await;
+                return;
+            }
+        }
+        loop {
+            let got = tokio::select! {
+                got = live.recv() => got,
+                _ = tx.closed() => return,
+            };
+            let e = match got {
+                Ok(e) => Some(e),
+                // Fell behind the broadcast: re-feed from the store, never skip.
+                Err(broadcast::error::RecvError::Lagged(_)) => None,
+                Err(broadcast::error::RecvError::Closed) => {
+                    let _ = tx.send(Err(Status::unavailable("orchd is stopping"))).await;
+                    return;
+                }
+            };
+            // An event past `next` means some were published before we looked (or were
+            // lagged over): take those from the store first.
+            if e.as_ref().is_none_or(|e| e.seq > self.next) {
+                match self.replay(&tx).await {
+                    Ok(Sent::Done) => return,
+                    Ok(Sent::More) => {}
+                    Err(err) => {
+                        let _ = tx.send(Err(fail(err))).await;
+                        return;
+                    }
+                }
+            }
+            if let Some(e) = e
+                && let Sent::Done = self.offer(&e, &tx).await
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn event_pb(e: &Event) -> pb::Event {
+    use pb::event::Payload as P;
+    let payload = match &e.kind {
+        EventKind::ObjectiveSubmitted { name, steps } => {
+            P::ObjectiveSubmitted(pb::ObjectiveSubmitted {
+                name: name.clone(),
+                steps: *steps,
+            })
+        }
+        EventKind::ObjectiveState { state, message } => {
+            P::ObjectiveState(pb::ObjectiveStateChanged {
+                state: obj_state_pb(*state) as i32,
+                message: message.clone(),
+            })
+        }
+        EventKind::StepState { state, message } => P::StepState(pb::StepStateChanged {
+            state: step_state_pb(*state) as i32,
+            message: message.clone(),
+        }),
+        EventKind::AttemptStarted { pid, agent } => P::AttemptStarted(pb::AttemptStarted {
+            pid: *pid,
+            agent: agent.clone(),
+        }),
+        EventKind::AttemptEnded {
+            outcome,
+            exit_code,
+            signal,
+            message,
+        } => P::AttemptEnded(pb::AttemptEnded {
+            outcome: outcome_pb(*outcome) as i32,
+            exit_code: *exit_code,
+            signal: *signal,
+            message: message.clone(),
+        }),
+        EventKind::RetryScheduled {
+            delay_ms,
+            due_at_ms,
+        } => P::RetryScheduled(pb::RetryScheduled {
+            delay_ms: *delay_ms,
+            due_at: ts(*due_at_ms),
+        }),
+        EventKind::Checkpoint { json } => {
+            P::Checkpoint(pb::CheckpointRecorded { json: json.clone() })
+        }
+        EventKind::Usage {
+            report,
+            step_total,
+            objective_total,
+            model,
+        } => P::Usage(pb::UsageRecorded {
+            report: Some(usage_pb(report)),
+            step_total: Some(usage_pb(step_total)),
+            objective_total: Some(usage_pb(objective_total)),
+            model: model.clone(),
+        }),
+        EventKind::Progress { percent, message } => P::Progress(pb::ProgressReported {
+            percent: *percent,
+            message: message.clone(),
+        }),
+        EventKind::BudgetAlert {
+            percent,
+            budget,
+            used,
+            limit,
+        } => P::BudgetAlert(pb::BudgetAlert {
+            percent: *percent,
+            budget: budget.clone(),
+            used: *used,
+            limit: *limit,
+        }),
+        EventKind::ApprovalRequested => P::ApprovalRequested(pb::ApprovalRequested {
+            step_id: e.step_id.clone(),
+        }),
+        EventKind::ApprovalAnswered {
+            approved,
+            by_uid,
+            reason,
+        } => P::ApprovalAnswered(pb::ApprovalAnswered {
+            approved: *approved,
+            by_uid: *by_uid,
+            reason: reason.clone(),
+        }),
+    };
+    pb::Event {
+        seq: e.seq,
+        time: ts(e.time_ms),
+        objective_id: e.objective_id.clone(),
+        step_id: e.step_id.clone(),
+        attempt: e.attempt,
+        kind: e.kind.word().to_string(),
+        payload: Some(payload),
+    }
+}
+
 /// The `orch.v1.Orchestrator` service.
 pub struct Api {
     events: broadcast::Sender<Arc<Event>>,
+    published: Arc<AtomicU64>,
     engine: mpsc::Sender<Command>,
     store: Store,
     config: watch::Receiver<Arc<Config>>,
@@ -180,9 +408,11 @@ impl Api {
         config: watch::Receiver<Arc<Config>>,
         info: Arc<DaemonInfo>,
         events: broadcast::Sender<Arc<Event>>,
+        published: Arc<AtomicU64>,
     ) -> Api {
         Api {
             events,
+            published,
             engine,
             store,
             config,
@@ -201,6 +431,111 @@ impl Api {
         permit.send(make(tx));
         rx.await
             .map_err(|_| Status::unavailable("orchd is stopping"))
+    }
+
+    async fn submit_inner(
+        &self,
+        who: Caller,
+        req: pb::SubmitRequest,
+    ) -> Result<pb::SubmitResponse, Status> {
+        let spec = req.spec.ok_or_else(|| {
+            Status::invalid_argument("spec: missing (an objective needs a spec with steps)")
+        })?;
+        check_env(&req.env, "env").map_err(spec_status)?;
+        if req.request_id.len() > 200 {
+            return Err(Status::invalid_argument(
+                "request_id: longer than 200 bytes",
+            ));
+        }
+        let cfg = self.config.borrow().clone();
+        let steps = resolve(&spec, &cfg, &req.workdir).map_err(spec_status)?;
+        let groups = parallel_groups(&spec).map_err(spec_status)?;
+        let plan = resolved_plan_pb(&spec.name, &steps, groups);
+        if req.dry_run {
+            return Ok(pb::SubmitResponse {
+                id: String::new(),
+                existing: false,
+                plan: Some(plan),
+            });
+        }
+        let new = NewObjective {
+            name: spec.name.clone(),
+            goal: spec.goal.clone(),
+            priority: spec.priority,
+            budget: Budget {
+                max_cost_usd: spec.budget_usd,
+                max_tokens: spec.max_tokens,
+            },
+            steps,
+            client_env: if req.env.is_empty() {
+                None
+            } else {
+                Some(req.env.into_iter().collect())
+            },
+            request_id: req.request_id,
+            caller: who,
+        };
+        let done = self
+            .ask(|reply| Command::Submit {
+                new: Box::new(new),
+                reply,
+            })
+            .await?
+            .map_err(engine_status)?;
+        Ok(pb::SubmitResponse {
+            id: done.id,
+            existing: done.existing,
+            plan: Some(plan),
+        })
+    }
+
+    /// Records a mutating call and its result in the audit trail (through the engine,
+    /// the store's one writer; committed with its next turn).
+    async fn audit<T>(
+        &self,
+        who: Caller,
+        action: &str,
+        objective_id: &str,
+        result: &Result<T, Status>,
+    ) {
+        let result = match result {
+            Ok(_) => "ok".to_string(),
+            Err(s) if s.code() == tonic::Code::PermissionDenied => "denied".to_string(),
+            Err(s) => format!("error: {}", s.message()),
+        };
+        let entry = AuditEntry {
+            time_ms: crate::model::now_ms(),
+            uid: who.uid,
+            gid: who.gid,
+            pid: who.pid,
+            action: action.to_string(),
+            objective_id: objective_id.to_string(),
+            result,
+        };
+        if let Ok(permit) = self.engine.reserve().await {
+            permit.send(Command::Audit(Box::new(entry)));
+        }
+    }
+
+    /// Cancel, pause or resume, audited.
+    async fn control(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+        action: &str,
+        make: fn(String, Caller, crate::engine::Reply<()>) -> Command,
+    ) -> Result<Response<pb::Objective>, Status> {
+        let who = caller(&req);
+        let raw = req.into_inner().id;
+        let result = async {
+            let id = required_id(raw.clone())?;
+            self.ask(|reply| make(id.clone(), who, reply))
+                .await?
+                .map_err(engine_status)?;
+            read_objective(&self.store, &id)
+        }
+        .await;
+        self.audit(who, action, raw.trim(), &result).await;
+        result.map(Response::new)
     }
 }
 
@@ -222,6 +557,7 @@ fn engine_status(e: EngineError) -> Status {
         EngineError::NotFound(m) => Status::not_found(m),
         EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
         EngineError::Unavailable(m) => Status::unavailable(m),
+        EngineError::PermissionDenied(m) => Status::permission_denied(m),
         EngineError::Store(e) => store_status(e),
     }
 }
@@ -632,56 +968,13 @@ impl Orchestrator for Api {
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         let who = caller(&req);
-        let req = req.into_inner();
-        let spec = req.spec.ok_or_else(|| {
-            Status::invalid_argument("spec: missing (an objective needs a spec with steps)")
-        })?;
-        check_env(&req.env, "env").map_err(spec_status)?;
-        if req.request_id.len() > 200 {
-            return Err(Status::invalid_argument(
-                "request_id: longer than 200 bytes",
-            ));
+        let dry_run = req.get_ref().dry_run;
+        let result = self.submit_inner(who, req.into_inner()).await;
+        if !dry_run {
+            let id = result.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+            self.audit(who, "submit", &id, &result).await;
         }
-        let cfg = self.config.borrow().clone();
-        let steps = resolve(&spec, &cfg, &req.workdir).map_err(spec_status)?;
-        let groups = parallel_groups(&spec).map_err(spec_status)?;
-        let plan = resolved_plan_pb(&spec.name, &steps, groups);
-        if req.dry_run {
-            return Ok(Response::new(pb::SubmitResponse {
-                id: String::new(),
-                existing: false,
-                plan: Some(plan),
-            }));
-        }
-        let new = NewObjective {
-            name: spec.name.clone(),
-            goal: spec.goal.clone(),
-            priority: spec.priority,
-            budget: Budget {
-                max_cost_usd: spec.budget_usd,
-                max_tokens: spec.max_tokens,
-            },
-            steps,
-            client_env: if req.env.is_empty() {
-                None
-            } else {
-                Some(req.env.into_iter().collect())
-            },
-            request_id: req.request_id,
-            caller: who,
-        };
-        let done = self
-            .ask(|reply| Command::Submit {
-                new: Box::new(new),
-                reply,
-            })
-            .await?
-            .map_err(engine_status)?;
-        Ok(Response::new(pb::SubmitResponse {
-            id: done.id,
-            existing: done.existing,
-            plan: Some(plan),
-        }))
+        result.map(Response::new)
     }
 
     async fn get_objective(
@@ -730,48 +1023,36 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::ObjectiveRef>,
     ) -> Result<Response<pb::Objective>, Status> {
-        let who = caller(&req);
-        let id = required_id(req.into_inner().id)?;
-        self.ask(|reply| Command::Cancel {
-            id: id.clone(),
-            caller: who,
+        self.control(req, "cancel", |id, caller, reply| Command::Cancel {
+            id,
+            caller,
             reply,
         })
-        .await?
-        .map_err(engine_status)?;
-        read_objective(&self.store, &id).map(Response::new)
+        .await
     }
 
     async fn pause(
         &self,
         req: Request<pb::ObjectiveRef>,
     ) -> Result<Response<pb::Objective>, Status> {
-        let who = caller(&req);
-        let id = required_id(req.into_inner().id)?;
-        self.ask(|reply| Command::Pause {
-            id: id.clone(),
-            caller: who,
+        self.control(req, "pause", |id, caller, reply| Command::Pause {
+            id,
+            caller,
             reply,
         })
-        .await?
-        .map_err(engine_status)?;
-        read_objective(&self.store, &id).map(Response::new)
+        .await
     }
 
     async fn resume(
         &self,
         req: Request<pb::ObjectiveRef>,
     ) -> Result<Response<pb::Objective>, Status> {
-        let who = caller(&req);
-        let id = required_id(req.into_inner().id)?;
-        self.ask(|reply| Command::Resume {
-            id: id.clone(),
-            caller: who,
+        self.control(req, "resume", |id, caller, reply| Command::Resume {
+            id,
+            caller,
             reply,
         })
-        .await?
-        .map_err(engine_status)?;
-        read_objective(&self.store, &id).map(Response::new)
+        .await
     }
 
     async fn retry(
@@ -792,9 +1073,52 @@ impl Orchestrator for Api {
 
     async fn watch(
         &self,
-        _req: Request<pb::WatchRequest>,
+        req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(later("Watch", "event stream"))
+        let req = req.into_inner();
+        let mut kinds = HashSet::new();
+        for k in &req.kinds {
+            let k = k.trim();
+            if !EVENT_KINDS.contains(&k) {
+                return Err(Status::invalid_argument(format!(
+                    "kinds: `{k}` is not an event kind (one of {})",
+                    EVENT_KINDS.join(", ")
+                )));
+            }
+            kinds.insert(k.to_string());
+        }
+        let objective = if req.objective_id.is_empty() {
+            None
+        } else {
+            let o = self
+                .store
+                .objective(&req.objective_id)
+                .map_err(store_status)?
+                .ok_or_else(|| {
+                    Status::not_found(format!("no objective with id `{}`", req.objective_id))
+                })?;
+            Some(o)
+        };
+        // Subscribed before reading history, so nothing published meanwhile is missed.
+        let live = self.events.subscribe();
+        let from = match (&objective, req.from_seq) {
+            (Some(_), seq) => seq,
+            (None, 0) => self.published.load(AtomicOrdering::SeqCst) + 1,
+            (None, seq) => seq,
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let job = WatchJob {
+            store: self.store.clone(),
+            published: self.published.clone(),
+            objective_id: objective.as_ref().map(|o| o.id.clone()),
+            ended: objective.as_ref().is_some_and(|o| o.state.is_terminal()),
+            kinds,
+            next: from,
+        };
+        tokio::spawn(job.run(live, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type StreamLogsStream = BoxStream<pb::LogChunk>;
@@ -885,9 +1209,26 @@ impl Orchestrator for Api {
 
     async fn list_audit(
         &self,
-        _req: Request<pb::ListAuditRequest>,
+        req: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        Err(later("ListAudit", "event stream (audit trail)"))
+        let req = req.into_inner();
+        let objective = (!req.objective_id.is_empty()).then_some(req.objective_id.as_str());
+        let entries = self
+            .store
+            .audit(objective, req.limit as usize)
+            .map_err(store_status)?
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                time: ts(e.time_ms),
+                uid: e.uid,
+                gid: e.gid,
+                pid: e.pid,
+                action: e.action,
+                objective_id: e.objective_id,
+                result: e.result,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { entries }))
     }
 
     async fn daemon_status(

@@ -8,6 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -16,8 +17,8 @@ use crate::config::Config;
 use crate::limits::{Leaf, Limiter};
 use crate::logfile::attempt_log;
 use crate::model::{
-    Attempt, Budget, Event, EventKind, Millis, ObjState, Objective, Outcome, Progress, Step,
-    StepPlan, StepState, Usage, derive_objective_state, now_ms,
+    Attempt, AuditEntry, Budget, Event, EventKind, Millis, ObjState, Objective, Outcome, Progress,
+    Step, StepPlan, StepState, Usage, derive_objective_state, now_ms,
 };
 use crate::runner::{self, AgentLine, AttemptEnd, AttemptKey, Control, Fact, RunSpec, StopReason};
 use crate::store::{Store, StoreError, WriteSet};
@@ -52,6 +53,8 @@ pub enum EngineError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -70,7 +73,6 @@ pub struct Submitted {
 #[derive(Debug, Clone, Default)]
 pub struct EngineStatus {
     pub running_attempts: u32,
-    pub live_objectives: u32,
     pub max_parallel: u32,
     pub last_seq: u64,
 }
@@ -103,6 +105,8 @@ pub enum Command {
         caller: Caller,
         reply: Reply<()>,
     },
+    /// Append an entry to the audit trail (committed with the turn).
+    Audit(Box<AuditEntry>),
 }
 
 /// What recovery found on start.
@@ -159,6 +163,10 @@ pub struct Engine {
     facts_rx: mpsc::UnboundedReceiver<Fact>,
     events: broadcast::Sender<Arc<Event>>,
     limiter: Arc<Limiter>,
+    /// The highest event seq that is durable and published (Watch replays up to it).
+    published: Arc<AtomicU64>,
+    /// The daemon's own uid (may control every objective, like root).
+    own_uid: u32,
     shutting_down: bool,
 }
 
@@ -168,9 +176,11 @@ impl Engine {
         cfg: Arc<Config>,
         events: broadcast::Sender<Arc<Event>>,
         limiter: Arc<Limiter>,
+        published: Arc<AtomicU64>,
     ) -> Result<Engine, StoreError> {
         let (facts_tx, facts_rx) = mpsc::unbounded_channel();
         let next_seq = store.last_seq()? + 1;
+        published.store(next_seq - 1, Ordering::SeqCst);
         Ok(Engine {
             logs_dir: cfg.state_dir().join("logs"),
             store,
@@ -185,6 +195,8 @@ impl Engine {
             facts_rx,
             events,
             limiter,
+            published,
+            own_uid: nix::unistd::Uid::effective().as_raw(),
             shutting_down: false,
         })
     }
@@ -215,6 +227,9 @@ impl Engine {
         if !turn.writes.is_empty() {
             self.store.write(&turn.writes)?;
             self.store.flush().await?;
+        }
+        if let Some(last) = turn.events.last() {
+            self.published.store(last.seq, Ordering::SeqCst);
         }
         for e in turn.events {
             // No receivers is fine.
@@ -346,7 +361,6 @@ impl Engine {
             Command::Status { reply } => {
                 let _ = reply.send(EngineStatus {
                     running_attempts: self.running as u32,
-                    live_objectives: self.live.len() as u32,
                     max_parallel: self.cfg.max_parallel(),
                     last_seq: self.next_seq - 1,
                 });
@@ -378,12 +392,20 @@ impl Engine {
                     let _ = reply.send(r);
                 });
             }
+            Command::Audit(entry) => self.turn.writes.audit(&entry),
         }
     }
 
     /// Fails unless `id` is a live objective, saying why.
-    fn check_live(&self, id: &str, action: &str) -> Result<(), EngineError> {
-        if self.live.contains_key(id) {
+    fn check_live(&self, id: &str, action: &str, caller: Caller) -> Result<(), EngineError> {
+        if let Some(live) = self.live.get(id) {
+            // Root and the daemon's own user control everything; others their own objectives.
+            if caller.uid != 0 && caller.uid != self.own_uid && caller.uid != live.obj.owner_uid {
+                return Err(EngineError::PermissionDenied(format!(
+                    "uid {} may not {action} objective {id} (owned by uid {})",
+                    caller.uid, live.obj.owner_uid
+                )));
+            }
             return Ok(());
         }
         Err(match self.store.objective(id)? {
@@ -398,7 +420,7 @@ impl Engine {
     // ------------------------------------------------------------ control
 
     fn cancel(&mut self, id: &str, caller: Caller) -> Result<(), EngineError> {
-        self.check_live(id, "cancel")?;
+        self.check_live(id, "cancel", caller)?;
         let Some(live) = self.live.get_mut(id) else {
             return Ok(());
         };
@@ -441,7 +463,7 @@ impl Engine {
     }
 
     fn pause(&mut self, id: &str, caller: Caller) -> Result<(), EngineError> {
-        self.check_live(id, "pause")?;
+        self.check_live(id, "pause", caller)?;
         let Some(live) = self.live.get_mut(id) else {
             return Ok(());
         };
@@ -492,7 +514,7 @@ impl Engine {
     }
 
     fn resume(&mut self, id: &str, caller: Caller) -> Result<(), EngineError> {
-        self.check_live(id, "resume")?;
+        self.check_live(id, "resume", caller)?;
         let Some(live) = self.live.get_mut(id) else {
             return Ok(());
         };

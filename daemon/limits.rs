@@ -388,10 +388,6 @@ impl Leaf {
         }
     }
 
-    pub fn frozen(&self) -> bool {
-        self.keyed("cgroup.events", "frozen") == Some(1)
-    }
-
     /// OOM kills inside the leaf (`memory.events` `oom_kill`).
     pub fn oom_kills(&self) -> u64 {
         self.keyed("memory.events", "oom_kill").unwrap_or(0)
@@ -493,7 +489,6 @@ mod tests {
         .unwrap();
         let l = Leaf(dir.path().to_path_buf());
         assert!(l.populated());
-        assert!(!l.frozen());
         assert_eq!(l.oom_kills(), 1);
         assert_eq!(l.cpu_usec(), Some(1500));
     }

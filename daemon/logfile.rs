@@ -262,7 +262,7 @@ impl Tail {
         // Drop whole chunks while what remains still holds more than `lines` lines.
         while let Some(front) = self.chunks.front() {
             let n = front.data.iter().filter(|b| **b == b'\n').count();
-            if self.newlines - n >= self.lines + 1 {
+            if self.newlines - n > self.lines {
                 self.newlines -= n;
                 self.chunks.pop_front();
             } else {

@@ -239,11 +239,13 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
 
     let cfg = Arc::new(cfg);
     let (events_tx, _) = broadcast::channel(4096);
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut engine = engine::Engine::new(
         store.clone(),
         cfg.clone(),
         events_tx.clone(),
         limiter.clone(),
+        published.clone(),
     )?;
     let t = Instant::now();
     let recovery = engine.recover().await?;
@@ -275,6 +277,7 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
         cfg_rx,
         info,
         events_tx.clone(),
+        published.clone(),
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

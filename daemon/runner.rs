@@ -59,7 +59,6 @@ pub struct RunSpec {
 pub enum StopReason {
     Cancelled,
     Shutdown,
-    BudgetExceeded,
 }
 
 /// Requests from the engine to a running attempt.
@@ -455,7 +454,6 @@ async fn run(
                     let (outcome, why) = match reason {
                         StopReason::Cancelled => (Outcome::Cancelled, "cancelled"),
                         StopReason::Shutdown => (Outcome::Interrupted, "the daemon is stopping"),
-                        StopReason::BudgetExceeded => (Outcome::BudgetExceeded, "the budget is exhausted"),
                     };
                     stop = Some((outcome, why.to_string()));
                     tree.signal(Signal::SIGTERM);
@@ -547,7 +545,6 @@ async fn run(
             oom_kills: leaf_oom,
             memory_by_cgroup: spec.prepared.memory_by_cgroup,
             memory_limit: spec.limits.memory_bytes,
-            peak_rss_bytes,
             stderr_tail: &String::from_utf8_lossy(&stderr_tail),
         }),
     };
@@ -588,7 +585,6 @@ pub struct Classify<'a> {
     pub oom_kills: u64,
     pub memory_by_cgroup: bool,
     pub memory_limit: Option<u64>,
-    pub peak_rss_bytes: u64,
     pub stderr_tail: &'a str,
 }
 
@@ -791,7 +787,6 @@ mod tests {
             oom_kills: 0,
             memory_by_cgroup: false,
             memory_limit: None,
-            peak_rss_bytes: 0,
             stderr_tail: "",
         }
     }

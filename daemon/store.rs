@@ -127,10 +127,6 @@ fn request_key(uid: u32, request_id: &str) -> Vec<u8> {
 }
 
 impl WriteSet {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -273,10 +269,6 @@ impl Store {
         self.tree(T::Meta).insert(META_SCHEMA, &v.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The highest event sequence number ever stored (0 when none).
@@ -530,12 +522,12 @@ mod tests {
     fn state_index_follows_objective() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("store")).unwrap();
-        let mut w = WriteSet::new();
+        let mut w = WriteSet::default();
         let mut a = objective("01A", ObjState::Pending);
         w.objective(&a, None);
         w.objective(&objective("01B", ObjState::Pending), None);
         s.write(&w).unwrap();
-        let mut w = WriteSet::new();
+        let mut w = WriteSet::default();
         a.state = ObjState::Succeeded;
         w.objective(&a, Some(ObjState::Pending));
         s.write(&w).unwrap();
@@ -553,7 +545,7 @@ mod tests {
         let path = dir.path().join("store");
         {
             let s = Store::open(&path).unwrap();
-            let mut w = WriteSet::new();
+            let mut w = WriteSet::default();
             for seq in 1..=3 {
                 w.event(&Event {
                     seq,
@@ -596,7 +588,7 @@ mod tests {
     fn request_ids_are_per_uid() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("store")).unwrap();
-        let mut w = WriteSet::new();
+        let mut w = WriteSet::default();
         w.request_id(1000, "k", "01X");
         s.write(&w).unwrap();
         assert_eq!(

@@ -274,6 +274,8 @@ mod tests {
     }
 
     #[test]
+    // The child is reaped by `reap` (wait4), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     fn reap_reports_exit_and_rusage() {
         let child = std::process::Command::new("sh")
             .args(["-c", "exit 7"])
