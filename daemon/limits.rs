@@ -229,6 +229,20 @@ fn writable(path: &Path) -> bool {
     nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
+/// Whether systemd delegated the cgroup at `dir` (xattr `trusted.delegate` or `user.delegate` = 1).
+fn delegated(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
+        let mut buf = [0u8; 8];
+        // SAFETY: getxattr writes at most buf.len() bytes into buf; path and name are NUL-terminated.
+        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0 && buf[..n as usize].starts_with(b"1")
+    })
+}
+
 fn detect_cgroup(instance: &str) -> Result<CgroupTree, String> {
     let mount = cgroup2_mount().ok_or("no cgroup2 file system mounted")?;
     let own = own_cgroup().ok_or("this process has no cgroup v2 path")?;
@@ -236,6 +250,14 @@ fn detect_cgroup(instance: &str) -> Result<CgroupTree, String> {
     if !writable(&own_dir) {
         return Err(format!(
             "{} is not writable (not delegated)",
+            own_dir.display()
+        ));
+    }
+    // Root may write any cgroup; only one systemd delegated to us is ours to manage
+    // (systemd marks it with the `trusted.delegate` / `user.delegate` xattr).
+    if own != "/" && !delegated(&own_dir) {
+        return Err(format!(
+            "{} is not delegated to orchd (run it as a systemd service with Delegate=yes)",
             own_dir.display()
         ));
     }
