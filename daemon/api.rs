@@ -219,11 +219,18 @@ impl WatchJob {
         {
             return Sent::Done;
         }
-        match &e.kind {
-            EventKind::ObjectiveState { state, .. }
-                if self.objective_id.is_some() && state.is_terminal() =>
-            {
-                Sent::Done
+        match (&e.kind, &self.objective_id) {
+            // The end only if no retry revived it since: the objective records which
+            // event ended it last.
+            (EventKind::ObjectiveState { state, .. }, Some(id)) if state.is_terminal() => {
+                match self.store.objective(id) {
+                    Ok(Some(o))
+                        if o.ended_seq.is_some_and(|s| s > e.seq) || !o.state.is_terminal() =>
+                    {
+                        Sent::More
+                    }
+                    _ => Sent::Done,
+                }
             }
             _ => Sent::More,
         }
@@ -1057,9 +1064,26 @@ impl Orchestrator for Api {
 
     async fn retry(
         &self,
-        _req: Request<pb::RetryRequest>,
+        req: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::Objective>, Status> {
-        Err(later("Retry", "durability (retries and recovery)"))
+        let who = caller(&req);
+        let r = req.into_inner();
+        let result = async {
+            let id = required_id(r.id.clone())?;
+            let step = (!r.step_id.trim().is_empty()).then(|| r.step_id.trim().to_string());
+            self.ask(|reply| Command::Retry {
+                id: id.clone(),
+                step,
+                caller: who,
+                reply,
+            })
+            .await?
+            .map_err(engine_status)?;
+            read_objective(&self.store, &id)
+        }
+        .await;
+        self.audit(who, "retry", r.id.trim(), &result).await;
+        result.map(Response::new)
     }
 
     async fn approve(

@@ -107,6 +107,13 @@ pub enum Command {
     },
     /// Append an entry to the audit trail (committed with the turn).
     Audit(Box<AuditEntry>),
+    /// Re-run failed or cancelled steps (one, or all) of an ended objective.
+    Retry {
+        id: String,
+        step: Option<String>,
+        caller: Caller,
+        reply: Reply<()>,
+    },
 }
 
 /// What recovery found on start.
@@ -167,6 +174,10 @@ pub struct Engine {
     published: Arc<AtomicU64>,
     /// The daemon's own uid (may control every objective, like root).
     own_uid: u32,
+    /// Bytes under the logs directory (kept under `[logs] max_total_bytes`).
+    log_bytes: u64,
+    /// When retention and the log cap run next.
+    housekeeping_at: tokio::time::Instant,
     shutting_down: bool,
 }
 
@@ -197,6 +208,8 @@ impl Engine {
             limiter,
             published,
             own_uid: nix::unistd::Uid::effective().as_raw(),
+            log_bytes: 0,
+            housekeeping_at: tokio::time::Instant::now(),
             shutting_down: false,
         })
     }
@@ -261,6 +274,7 @@ impl Engine {
                     None => break,
                 },
                 _ = sleep_until_ms(timer) => {}
+                _ = tokio::time::sleep_until(self.housekeeping_at) => self.housekeeping(),
             }
             // Group commit: take whatever else is already queued into the same turn.
             for _ in 0..4096 {
@@ -331,6 +345,7 @@ impl Engine {
                     message: "the daemon stopped; the process did not exit in time".into(),
                     peak_rss_bytes: 0,
                     cpu_ms: 0,
+                    exited_at: None,
                 },
             );
         }
@@ -393,6 +408,17 @@ impl Engine {
                 });
             }
             Command::Audit(entry) => self.turn.writes.audit(&entry),
+            Command::Retry {
+                id,
+                step,
+                caller,
+                reply,
+            } => {
+                let r = self.retry(&id, step.as_deref(), caller);
+                self.after(move |_| {
+                    let _ = reply.send(r);
+                });
+            }
         }
     }
 
@@ -565,6 +591,209 @@ impl Engine {
         });
     }
 
+    /// Loads an ended objective back into the live set and re-runs its failed or
+    /// cancelled steps (or `step` alone) and the steps they skipped, each with a fresh
+    /// set of attempts, from its last checkpoint.
+    fn retry(&mut self, id: &str, step: Option<&str>, caller: Caller) -> Result<(), EngineError> {
+        if self.live.contains_key(id) {
+            return Err(EngineError::FailedPrecondition(format!(
+                "objective {id} has not ended; only an ended objective can be retried"
+            )));
+        }
+        let obj = self
+            .store
+            .objective(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("no objective with id `{id}`")))?;
+        if caller.uid != 0 && caller.uid != self.own_uid && caller.uid != obj.owner_uid {
+            return Err(EngineError::PermissionDenied(format!(
+                "uid {} may not retry objective {id} (owned by uid {})",
+                caller.uid, obj.owner_uid
+            )));
+        }
+        let mut steps = self.store.steps(id)?;
+        let rerun = |s: &Step| matches!(s.state, StepState::Failed | StepState::Cancelled);
+        let chosen: Vec<u32> = match step {
+            Some(name) => {
+                let s = steps.iter().find(|s| s.plan.id == name).ok_or_else(|| {
+                    EngineError::NotFound(format!("objective {id} has no step `{name}`"))
+                })?;
+                if !rerun(s) {
+                    return Err(EngineError::FailedPrecondition(format!(
+                        "step `{name}` is {}; only failed or cancelled steps can be retried",
+                        serde_json::to_value(s.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    )));
+                }
+                vec![s.index]
+            }
+            None => steps.iter().filter(|s| rerun(s)).map(|s| s.index).collect(),
+        };
+        if chosen.is_empty() {
+            return Err(EngineError::FailedPrecondition(format!(
+                "objective {id} has no failed or cancelled step to retry"
+            )));
+        }
+        // The chosen steps and everything downstream of them that did not succeed.
+        let mut again: std::collections::BTreeSet<u32> = chosen.into_iter().collect();
+        loop {
+            let more: Vec<u32> = steps
+                .iter()
+                .filter(|s| {
+                    !again.contains(&s.index)
+                        && matches!(s.state, StepState::Skipped | StepState::Cancelled)
+                })
+                .filter(|s| {
+                    s.plan.needs.iter().any(|n| {
+                        steps
+                            .iter()
+                            .any(|d| &d.plan.id == n && again.contains(&d.index))
+                    })
+                })
+                .map(|s| s.index)
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            again.extend(more);
+        }
+        for s in steps.iter_mut().filter(|s| again.contains(&s.index)) {
+            s.counted_attempts = 0;
+            s.next_attempt_ms = None;
+        }
+        tracing::info!(objective = %id, uid = caller.uid, steps = again.len(), "retry");
+        let mut obj = obj;
+        let previous = obj.state;
+        obj.message = String::new();
+        obj.ended_seq = None;
+        self.live.insert(
+            id.to_string(),
+            Live {
+                stored_state: previous,
+                obj,
+                steps,
+                running: HashMap::new(),
+                paused: false,
+                cancelling: false,
+                waiters: Vec::new(),
+            },
+        );
+        for index in again {
+            self.set_step(
+                id,
+                index,
+                StepState::Waiting,
+                format!("retry requested by uid {}", caller.uid),
+            );
+        }
+        self.release_ready(id);
+        self.refresh_objective(id);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ housekeeping
+
+    /// Removes ended objectives older than `retention` (with their events, logs and
+    /// checkpoints), then keeps the logs under `[logs] max_total_bytes` by deleting the
+    /// logs of the oldest ended objectives. Runs at start and hourly.
+    fn housekeeping(&mut self) {
+        self.housekeeping_at = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let cutoff = now_ms() - self.cfg.retention.0 as i64;
+        // Creation precedes the last update, so nothing created after the cutoff can be due.
+        let old = match self.store.ended_oldest_first(|o| o.created_ms < cutoff) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "retention: cannot read the store");
+                return;
+            }
+        };
+        let mut removed = Vec::new();
+        for o in old.into_iter().filter(|o| o.updated_ms < cutoff) {
+            match self.store.removal(&o) {
+                Ok(w) => {
+                    self.turn.writes.extend(w);
+                    removed.push(o.id);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, objective = %o.id, "retention: cannot plan the removal")
+                }
+            }
+        }
+        if !removed.is_empty() {
+            tracing::info!(
+                objectives = removed.len(),
+                "retention: removing ended objectives"
+            );
+            self.remove_files_after(removed);
+        }
+        self.enforce_log_cap();
+    }
+
+    /// Deletes the logs and checkpoints of objectives once the turn is durable.
+    fn remove_files_after(&mut self, ids: Vec<String>) {
+        let dirs: Vec<PathBuf> = ids
+            .iter()
+            .flat_map(|id| {
+                [
+                    self.logs_dir.join(id),
+                    self.cfg.state_dir().join("checkpoints").join(id),
+                ]
+            })
+            .collect();
+        self.after(move |_| {
+            tokio::task::spawn_blocking(move || {
+                for d in dirs {
+                    if let Err(e) = std::fs::remove_dir_all(&d)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(dir = %d.display(), error = %e, "cannot remove");
+                    }
+                }
+            });
+        });
+    }
+
+    fn enforce_log_cap(&mut self) {
+        let cap = self.cfg.logs.max_total_bytes.0;
+        if self.log_bytes <= cap {
+            return;
+        }
+        let mut over = self.log_bytes - cap;
+        let logs = self.logs_dir.clone();
+        let victims = match self.store.ended_oldest_first(|o| {
+            let more = over > 0;
+            over = over.saturating_sub(dir_size(&logs.join(&o.id)));
+            more
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "log cap: cannot read the store");
+                return;
+            }
+        };
+        let mut freed = 0;
+        let mut dirs = Vec::new();
+        for o in victims {
+            let d = self.logs_dir.join(&o.id);
+            freed += dir_size(&d);
+            dirs.push(d);
+        }
+        tracing::info!(
+            freed_bytes = freed,
+            objectives = dirs.len(),
+            cap,
+            "log cap: removing the logs of the oldest ended objectives"
+        );
+        self.log_bytes = self.log_bytes.saturating_sub(freed);
+        // Only files of ended objectives: nothing in the store depends on them.
+        tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                let _ = std::fs::remove_dir_all(&d);
+            }
+        });
+    }
+
     // ------------------------------------------------------------ submit
 
     fn submit(&mut self, new: NewObjective) -> Result<Submitted, EngineError> {
@@ -593,6 +822,7 @@ impl Engine {
             usage: Usage::default(),
             client_env: new.client_env,
             step_count: new.steps.len() as u32,
+            ended_seq: None,
         };
         self.turn.writes.objective(&obj, None);
         if !new.request_id.is_empty() {
@@ -762,6 +992,8 @@ impl Engine {
                 .map(|s| format!("step `{}` failed: {}", s.plan.id, s.message))
                 .unwrap_or_default();
         }
+        // The seq `emit` below gives the state event.
+        live.obj.ended_seq = derived.is_terminal().then_some(self.next_seq);
         self.turn
             .writes
             .objective(&live.obj, Some(live.stored_state));
@@ -866,6 +1098,7 @@ impl Engine {
                             message: format!("cannot set up the attempt's limits: {e}"),
                             peak_rss_bytes: 0,
                             cpu_ms: 0,
+                            exited_at: None,
                         },
                     });
                     return;
@@ -1067,6 +1300,21 @@ impl Engine {
         a.cpu_ms = a.cpu_ms.max(end.cpu_ms);
         self.turn.writes.attempt(a);
         let step_id = a.step_id.clone();
+        let log = attempt_log(&self.logs_dir, &id, &step_id, key.number);
+        self.turn.after.push(Box::new(move |engine| {
+            engine.log_bytes += file_size(&log) + file_size(&crate::logfile::rotated(&log));
+            if engine.log_bytes > engine.cfg.logs.max_total_bytes.0 {
+                // Its deletions are committed with the next turn.
+                engine.enforce_log_cap();
+            }
+        }));
+        if let Some(exited) = end.exited_at {
+            // Measured once the end is durable: the per-attempt exit-to-recorded overhead.
+            let (obj, n) = (id.clone(), key.number);
+            self.turn.after.push(Box::new(move |_| {
+                tracing::debug!(objective = %obj, attempt = n, exit_to_recorded_us = exited.elapsed().as_micros() as u64, "attempt end recorded");
+            }));
+        }
         if let Some(step) = live.steps.get_mut(key.step_index as usize)
             && end.outcome != Outcome::Interrupted
         {
@@ -1164,6 +1412,7 @@ impl Engine {
     /// identified by pid and start time), and reschedules their steps.
     pub async fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut report = Recovery::default();
+        self.log_bytes = dir_size(&self.logs_dir);
         for state in [
             ObjState::Pending,
             ObjState::Running,
@@ -1292,6 +1541,24 @@ fn kill_leftover(a: &Attempt) -> bool {
         let _ = sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     }
     ours
+}
+
+fn file_size(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Bytes of the files under `dir` (recursively).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
 }
 
 /// The environment an agent gets when the client sent none.

@@ -238,7 +238,14 @@ fn delegated(dir: &Path) -> bool {
     [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
         let mut buf = [0u8; 8];
         // SAFETY: getxattr writes at most buf.len() bytes into buf; path and name are NUL-terminated.
-        let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
         n > 0 && buf[..n as usize].starts_with(b"1")
     })
 }

@@ -244,6 +244,9 @@ pub struct Objective {
     /// The submitting client's environment; `None` = the daemon's minimal one.
     pub client_env: Option<BTreeMap<String, String>>,
     pub step_count: u32,
+    /// Seq of the event that ended it (cleared by a retry); Watch ends there.
+    #[serde(default)]
+    pub ended_seq: Option<u64>,
 }
 
 /// One step's record.

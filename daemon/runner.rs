@@ -90,6 +90,8 @@ pub struct AttemptEnd {
     pub message: String,
     pub peak_rss_bytes: u64,
     pub cpu_ms: u64,
+    /// When the main process was reaped (for the exit-to-recorded measurement).
+    pub exited_at: Option<Instant>,
 }
 
 impl AttemptEnd {
@@ -101,6 +103,7 @@ impl AttemptEnd {
             message,
             peak_rss_bytes: 0,
             cpu_ms: 0,
+            exited_at: None,
         }
     }
 }
@@ -357,6 +360,7 @@ async fn run(
         Ok(c) => c,
         Err(e) => return AttemptEnd::spawn_error(describe_spawn_error(&program, &e)),
     };
+    let spawn_us = spawned_at.elapsed().as_micros() as u64;
     let pid = child.id();
     let tree = Tree {
         leaf: spec.prepared.cgroup.clone().map(Leaf),
@@ -372,7 +376,7 @@ async fn run(
             .as_ref()
             .map(|c| c.display().to_string()),
     });
-    tracing::debug!(objective = %spec.key.objective_id, step = spec.key.step_index, attempt = spec.key.number, pid, spawn_us = spawned_at.elapsed().as_micros() as u64, "attempt started");
+    tracing::debug!(objective = %spec.key.objective_id, step = spec.key.step_index, attempt = spec.key.number, pid, spawn_us, "attempt started");
 
     // Exit notification: a pidfd becomes readable when the process exits.
     let exit = match sys::pidfd_open(pid).and_then(sys::readable_fd) {
@@ -560,6 +564,7 @@ async fn run(
         message,
         peak_rss_bytes,
         cpu_ms,
+        exited_at: Some(exited_at),
     }
 }
 

@@ -131,6 +131,14 @@ impl WriteSet {
         self.ops.is_empty()
     }
 
+    /// Appends every write of `other`.
+    pub fn extend(&mut self, other: WriteSet) {
+        self.ops.extend(other.ops);
+        if let Some(seq) = other.last_seq {
+            self.last_seq = Some(self.last_seq.map_or(seq, |s| s.max(seq)));
+        }
+    }
+
     fn put(&mut self, t: T, k: Vec<u8>, v: Vec<u8>) {
         self.ops.push((t, k, Some(v)));
     }
@@ -189,6 +197,50 @@ impl WriteSet {
     pub fn audit(&mut self, entry: &AuditEntry) {
         let key = ulid::Ulid::generate().to_bytes().to_vec();
         self.put(T::Audit, key, json(entry));
+    }
+}
+
+impl Store {
+    /// The deletes that remove an ended objective with its steps, attempts, events and
+    /// request id (the audit trail is kept: it is append-only).
+    pub fn removal(&self, o: &Objective) -> Result<WriteSet> {
+        let mut w = WriteSet::default();
+        let p = prefix(&o.id);
+        for t in [T::Steps, T::Attempts] {
+            for k in self.tree(t).scan_prefix(&p).keys() {
+                w.del(t, k?.to_vec());
+            }
+        }
+        for k in self.tree(T::ObjEvents).scan_prefix(&p).keys() {
+            let k = k?;
+            w.del(T::Events, k[k.len() - 8..].to_vec());
+            w.del(T::ObjEvents, k.to_vec());
+        }
+        if !o.request_id.is_empty() {
+            w.del(T::Requests, request_key(o.owner_uid, &o.request_id));
+        }
+        w.del(T::ByState, state_key(o.state, &o.id));
+        w.del(T::Objectives, o.id.as_bytes().to_vec());
+        Ok(w)
+    }
+
+    /// Ended objectives, oldest first, while `keep_going` says so.
+    pub fn ended_oldest_first(
+        &self,
+        mut keep_going: impl FnMut(&Objective) -> bool,
+    ) -> Result<Vec<Objective>> {
+        let mut out = Vec::new();
+        for state in [ObjState::Succeeded, ObjState::Failed, ObjState::Cancelled] {
+            for id in self.ids_in_state(state)? {
+                if let Some(o) = self.objective(&id)? {
+                    out.push(o);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        let n = out.iter().take_while(|o| keep_going(o)).count();
+        out.truncate(n);
+        Ok(out)
     }
 }
 
@@ -515,6 +567,7 @@ mod tests {
             usage: Usage::default(),
             client_env: None,
             step_count: 1,
+            ended_seq: None,
         }
     }
 
@@ -582,6 +635,53 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains(&format!("({SCHEMA_VERSION})")), "{msg}");
+    }
+
+    #[test]
+    fn removal_deletes_everything_of_the_objective_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let mut w = WriteSet::default();
+        let mut gone = objective("01A", ObjState::Succeeded);
+        gone.request_id = "r".into();
+        w.objective(&gone, None);
+        w.request_id(0, "r", "01A");
+        w.objective(&objective("01B", ObjState::Failed), None);
+        for (seq, id) in [(1, "01A"), (2, "01B"), (3, "01A")] {
+            w.event(&Event {
+                seq,
+                time_ms: 0,
+                objective_id: id.into(),
+                step_id: String::new(),
+                attempt: 0,
+                kind: EventKind::ApprovalRequested,
+            });
+        }
+        s.write(&w).unwrap();
+        s.write(&s.removal(&gone).unwrap()).unwrap();
+        assert!(s.objective("01A").unwrap().is_none());
+        assert!(s.objective("01B").unwrap().is_some());
+        let seqs: Vec<u64> = s
+            .events_from(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![2]);
+        assert_eq!(s.objective_for_request(0, "r").unwrap(), None);
+        assert_eq!(
+            s.ids_in_state(ObjState::Succeeded).unwrap(),
+            Vec::<String>::new()
+        );
+        // Sequence numbers never go back after removals.
+        assert_eq!(s.last_seq().unwrap(), 3);
+        let old: Vec<String> = s
+            .ended_oldest_first(|_| true)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(old, vec!["01B"]);
     }
 
     #[test]
