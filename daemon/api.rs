@@ -398,8 +398,62 @@ fn event_pb(e: &Event) -> pb::Event {
     }
 }
 
+/// Whether `program` names an executable file (directly, or found on the daemon's PATH).
+fn on_path(program: &str) -> bool {
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| executable(&d.join(program))))
+}
+
+/// Re-reads the config file (SIGHUP or `ReloadConfig`): validates it fully, then hands it
+/// to the engine and the API; on any error the running config stays.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub explicit: bool,
+    pub overrides: crate::config::Overrides,
+    pub current: watch::Sender<Arc<Config>>,
+    pub engine: mpsc::Sender<Command>,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> Result<PathBuf, String> {
+        let cfg = crate::config::read_file(&self.path, self.explicit)
+            .and_then(|c| c.layer(&self.overrides))
+            .map_err(|e| e.to_string())?;
+        let old = self.current.borrow().clone();
+        if cfg.socket != old.socket
+            || cfg.state_dir != old.state_dir
+            || cfg.limits_backend != old.limits_backend
+        {
+            tracing::warn!(
+                "socket, state_dir and limits_backend changes take effect at the next start"
+            );
+        }
+        let cfg = Arc::new(cfg);
+        let (tx, rx) = oneshot::channel();
+        self.engine
+            .send(Command::Reload {
+                cfg: cfg.clone(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "orchd is stopping".to_string())?;
+        rx.await.map_err(|_| "orchd is stopping".to_string())?;
+        self.current.send_replace(cfg);
+        tracing::info!(config = %self.path.display(), "config reloaded");
+        Ok(self.path.clone())
+    }
+}
+
 /// The `orch.v1.Orchestrator` service.
 pub struct Api {
+    reloader: Arc<Reloader>,
     events: broadcast::Sender<Arc<Event>>,
     published: Arc<AtomicU64>,
     engine: mpsc::Sender<Command>,
@@ -416,8 +470,10 @@ impl Api {
         info: Arc<DaemonInfo>,
         events: broadcast::Sender<Arc<Event>>,
         published: Arc<AtomicU64>,
+        reloader: Arc<Reloader>,
     ) -> Api {
         Api {
+            reloader,
             events,
             published,
             engine,
@@ -576,12 +632,6 @@ fn store_status(e: StoreError) -> Status {
 
 fn spec_status(e: SpecError) -> Status {
     Status::invalid_argument(e.to_string())
-}
-
-fn later(what: &str, capability: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available in this orchd yet; it arrives with the {capability} capability"
-    ))
 }
 
 // ---------------------------------------------------------------- spec resolution
@@ -1088,9 +1138,33 @@ impl Orchestrator for Api {
 
     async fn approve(
         &self,
-        _req: Request<pb::ApproveRequest>,
+        req: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Objective>, Status> {
-        Err(later("Approve", "agent plans (approvals)"))
+        let who = caller(&req);
+        let r = req.into_inner();
+        let action = if r.approve { "approve" } else { "deny" };
+        let result = async {
+            let id = required_id(r.id.clone())?;
+            if r.step_id.trim().is_empty() {
+                return Err(Status::invalid_argument(
+                    "step_id: missing (the step waiting for approval)",
+                ));
+            }
+            self.ask(|reply| Command::Approve {
+                id: id.clone(),
+                step: r.step_id.trim().to_string(),
+                approve: r.approve,
+                reason: r.reason.clone(),
+                caller: who,
+                reply,
+            })
+            .await?
+            .map_err(engine_status)?;
+            read_objective(&self.store, &id)
+        }
+        .await;
+        self.audit(who, action, r.id.trim(), &result).await;
+        result.map(Response::new)
     }
 
     type WatchStream = BoxStream<pb::Event>;
@@ -1221,14 +1295,77 @@ impl Orchestrator for Api {
         &self,
         _req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        Err(later("ListAgents", "agent plans (profiles)"))
+        let cfg = self.config.borrow().clone();
+        let agents = cfg
+            .agents
+            .iter()
+            .map(|(name, p)| pb::AgentProfile {
+                name: name.clone(),
+                command: p.command.clone(),
+                usage: p.usage.clone(),
+                found: p.command.first().is_some_and(|prog| on_path(prog)),
+                env: p.env.clone().into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
 
     async fn get_usage(
         &self,
-        _req: Request<pb::GetUsageRequest>,
+        req: Request<pb::GetUsageRequest>,
     ) -> Result<Response<pb::UsageReport>, Status> {
-        Err(later("GetUsage", "agent plans (usage and budgets)"))
+        let id = req.into_inner().objective_id;
+        let cfg = self.config.borrow().clone();
+        let now = chrono::Utc::now();
+        let today = self
+            .store
+            .usage_total(&format!("day:{}", now.format("%Y-%m-%d")))
+            .map_err(store_status)?;
+        let month = self
+            .store
+            .usage_total(&format!("month:{}", now.format("%Y-%m")))
+            .map_err(store_status)?;
+        let percent = |used: f64, limit: f64| {
+            if limit > 0.0 {
+                used / limit * 100.0
+            } else {
+                100.0
+            }
+        };
+        let mut report = pb::UsageReport {
+            today: Some(usage_pb(&today)),
+            this_month: Some(usage_pb(&month)),
+            daily_budget_usd: cfg.budget.daily_usd,
+            monthly_budget_usd: cfg.budget.monthly_usd,
+            ..Default::default()
+        };
+        if id.trim().is_empty() {
+            let total = self.store.usage_total("total").map_err(store_status)?;
+            report.usage = Some(usage_pb(&total));
+            // In total, the tightest daemon-wide budget applies.
+            if let Some(d) = cfg.budget.daily_usd {
+                report.budget_usd = Some(d);
+                report.budget_used_percent = Some(percent(today.cost_usd, d));
+            } else if let Some(m) = cfg.budget.monthly_usd {
+                report.budget_usd = Some(m);
+                report.budget_used_percent = Some(percent(month.cost_usd, m));
+            }
+        } else {
+            let o = self
+                .store
+                .objective(id.trim())
+                .map_err(store_status)?
+                .ok_or_else(|| {
+                    Status::not_found(format!("no objective with id `{}`", id.trim()))
+                })?;
+            report.usage = Some(usage_pb(&o.usage));
+            report.max_tokens = o.budget.max_tokens;
+            if let Some(b) = o.budget.max_cost_usd {
+                report.budget_usd = Some(b);
+                report.budget_used_percent = Some(percent(o.usage.cost_usd, b));
+            }
+        }
+        Ok(Response::new(report))
     }
 
     async fn list_audit(
@@ -1287,9 +1424,19 @@ impl Orchestrator for Api {
 
     async fn reload_config(
         &self,
-        _req: Request<pb::ReloadConfigRequest>,
+        req: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
-        Err(later("ReloadConfig", "agent plans (config reload)"))
+        let who = caller(&req);
+        let result = self
+            .reloader
+            .reload()
+            .await
+            .map(|path| pb::ReloadConfigResponse {
+                config_path: path.display().to_string(),
+            })
+            .map_err(|e| Status::invalid_argument(format!("{e}; the running config is kept")));
+        self.audit(who, "reload", "", &result).await;
+        result.map(Response::new)
     }
 }
 

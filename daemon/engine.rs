@@ -20,7 +20,9 @@ use crate::model::{
     Attempt, AuditEntry, Budget, Event, EventKind, Millis, ObjState, Objective, Outcome, Progress,
     Step, StepPlan, StepState, Usage, derive_objective_state, now_ms,
 };
-use crate::runner::{self, AgentLine, AttemptEnd, AttemptKey, Control, Fact, RunSpec, StopReason};
+use crate::runner::{
+    self, AgentLine, AttemptEnd, AttemptKey, Control, Fact, RunSpec, StopReason, UsageFormat,
+};
 use crate::store::{Store, StoreError, WriteSet};
 use crate::sys;
 
@@ -107,6 +109,20 @@ pub enum Command {
     },
     /// Append an entry to the audit trail (committed with the turn).
     Audit(Box<AuditEntry>),
+    /// Answer an approval gate.
+    Approve {
+        id: String,
+        step: String,
+        approve: bool,
+        reason: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    /// Use a new (validated) config from now on.
+    Reload {
+        cfg: Arc<Config>,
+        reply: oneshot::Sender<()>,
+    },
     /// Re-run failed or cancelled steps (one, or all) of an ended objective.
     Retry {
         id: String,
@@ -144,12 +160,16 @@ struct Live {
     running: HashMap<u32, Running>,
     paused: bool,
     cancelling: bool,
+    /// Set when a budget covering it ran out: why (it then fails).
+    exhausted: Option<String>,
     /// Answered when the objective ends (cancel waits for every tree to be gone).
     waiters: Vec<Reply<()>>,
 }
 
 struct Running {
     attempt: Attempt,
+    /// The provider refused until then (ms); the step waits instead of failing.
+    rate_limited_until: Option<Millis>,
     control: Option<mpsc::UnboundedSender<Control>>,
 }
 
@@ -178,6 +198,10 @@ pub struct Engine {
     log_bytes: u64,
     /// When retention and the log cap run next.
     housekeeping_at: tokio::time::Instant,
+    /// Usage today, this month and in total (UTC), mirrored in the store.
+    totals: Totals,
+    /// Daemon-wide budget alerts already sent (`daily_usd:2026-11-21:80`).
+    global_alerts: std::collections::HashSet<String>,
     shutting_down: bool,
 }
 
@@ -210,6 +234,8 @@ impl Engine {
             own_uid: nix::unistd::Uid::effective().as_raw(),
             log_bytes: 0,
             housekeeping_at: tokio::time::Instant::now(),
+            totals: Totals::default(),
+            global_alerts: Default::default(),
             shutting_down: false,
         })
     }
@@ -408,6 +434,24 @@ impl Engine {
                 });
             }
             Command::Audit(entry) => self.turn.writes.audit(&entry),
+            Command::Approve {
+                id,
+                step,
+                approve,
+                reason,
+                caller,
+                reply,
+            } => {
+                let r = self.approve(&id, &step, approve, reason, caller);
+                self.after(move |_| {
+                    let _ = reply.send(r);
+                });
+            }
+            Command::Reload { cfg, reply } => {
+                tracing::info!("config reloaded");
+                self.cfg = cfg;
+                let _ = reply.send(());
+            }
             Command::Retry {
                 id,
                 step,
@@ -591,6 +635,78 @@ impl Engine {
         });
     }
 
+    fn approve(
+        &mut self,
+        id: &str,
+        step: &str,
+        approve: bool,
+        reason: String,
+        caller: Caller,
+    ) -> Result<(), EngineError> {
+        let action = if approve { "approve" } else { "deny" };
+        self.check_live(id, action, caller)?;
+        let Some(live) = self.live.get_mut(id) else {
+            return Ok(());
+        };
+        let s = live
+            .steps
+            .iter_mut()
+            .find(|s| s.plan.id == step)
+            .ok_or_else(|| EngineError::NotFound(format!("objective {id} has no step `{step}`")))?;
+        if s.state != StepState::AwaitingApproval {
+            return Err(EngineError::FailedPrecondition(format!(
+                "step `{step}` is not awaiting approval ({})",
+                serde_json::to_value(s.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )));
+        }
+        let index = s.index;
+        s.approved = approve;
+        let attempt = s.attempts;
+        tracing::info!(objective = %id, step, uid = caller.uid, approved = approve, "approval answered");
+        self.emit(
+            id,
+            step,
+            attempt,
+            EventKind::ApprovalAnswered {
+                approved: approve,
+                by_uid: caller.uid,
+                reason: reason.clone(),
+            },
+        );
+        if approve {
+            let paused = self.live.get(id).is_some_and(|l| l.paused);
+            if paused {
+                self.set_step(
+                    id,
+                    index,
+                    StepState::Paused,
+                    format!("approved by uid {}", caller.uid),
+                );
+            } else {
+                self.set_step(
+                    id,
+                    index,
+                    StepState::Ready,
+                    format!("approved by uid {}", caller.uid),
+                );
+                self.push_ready(id, index);
+            }
+        } else {
+            let why = if reason.is_empty() {
+                format!("denied by uid {}", caller.uid)
+            } else {
+                format!("denied by uid {}: {reason}", caller.uid)
+            };
+            self.set_step(id, index, StepState::Failed, why);
+            self.release_ready(id);
+        }
+        self.refresh_objective(id);
+        Ok(())
+    }
+
     /// Loads an ended objective back into the live set and re-runs its failed or
     /// cancelled steps (or `step` alone) and the steps they skipped, each with a fresh
     /// set of attempts, from its last checkpoint.
@@ -676,6 +792,7 @@ impl Engine {
                 running: HashMap::new(),
                 paused: false,
                 cancelling: false,
+                exhausted: None,
                 waiters: Vec::new(),
             },
         );
@@ -823,6 +940,7 @@ impl Engine {
             client_env: new.client_env,
             step_count: new.steps.len() as u32,
             ended_seq: None,
+            alerts: Vec::new(),
         };
         self.turn.writes.objective(&obj, None);
         if !new.request_id.is_empty() {
@@ -855,6 +973,8 @@ impl Engine {
                 progress: Progress::default(),
                 usage: Usage::default(),
                 message: String::new(),
+                agent_index: 0,
+                approved: false,
             })
             .collect();
         for s in &steps {
@@ -869,6 +989,7 @@ impl Engine {
                 running: HashMap::new(),
                 paused: false,
                 cancelling: false,
+                exhausted: None,
                 waiters: Vec::new(),
             },
         );
@@ -949,13 +1070,32 @@ impl Engine {
             let Some((index, state, message)) = change else {
                 return;
             };
-            let paused = self.live.get(id).is_some_and(|l| l.paused);
-            let state = if state == StepState::Ready && paused {
-                StepState::Paused
-            } else {
-                state
+            let live = self.live.get(id);
+            let paused = live.is_some_and(|l| l.paused);
+            let gated = live
+                .and_then(|l| l.steps.get(index as usize))
+                .is_some_and(|s| s.plan.requires_approval && !s.approved);
+            let state = match state {
+                StepState::Ready if gated => StepState::AwaitingApproval,
+                StepState::Ready if paused => StepState::Paused,
+                other => other,
             };
             self.set_step(id, index, state, message);
+            if state == StepState::AwaitingApproval {
+                let attempt = self
+                    .live
+                    .get(id)
+                    .and_then(|l| l.steps.get(index as usize))
+                    .map_or(0, |s| s.attempts);
+                let step_id = self
+                    .live
+                    .get(id)
+                    .and_then(|l| l.steps.get(index as usize))
+                    .map(|s| s.plan.id.clone())
+                    .unwrap_or_default();
+                tracing::info!(objective = %id, step = %step_id, "waiting for approval");
+                self.emit(id, &step_id, attempt, EventKind::ApprovalRequested);
+            }
             if state == StepState::Ready {
                 self.push_ready(id, index);
             }
@@ -984,7 +1124,9 @@ impl Engine {
         }
         live.obj.state = derived;
         live.obj.updated_ms = now_ms();
-        if derived == ObjState::Failed {
+        if derived == ObjState::Failed && live.exhausted.is_some() {
+            live.obj.message = live.exhausted.clone().unwrap_or_default();
+        } else if derived == ObjState::Failed {
             live.obj.message = live
                 .steps
                 .iter()
@@ -1033,6 +1175,11 @@ impl Engine {
             let Some((_, id, index)) = self.ready.pop_first() else {
                 break;
             };
+            // No new attempt under an exhausted budget.
+            if let Some(why) = self.budget_block(&id) {
+                self.exhaust(&id, why);
+                continue;
+            }
             self.start_attempt(&id, index);
         }
     }
@@ -1049,13 +1196,22 @@ impl Engine {
         }
         step.attempts += 1;
         let number = step.attempts;
+        let (agent, argv, usage_format, problem) = match attempt_command(&self.cfg, step, id) {
+            Ok((a, v, f)) => (a, v, f, None),
+            Err(why) => (
+                step.current_agent().to_string(),
+                Vec::new(),
+                UsageFormat::OrchLines,
+                Some(why),
+            ),
+        };
         let attempt = Attempt {
             objective_id: id.to_string(),
             step_index: index,
             step_id: step.plan.id.clone(),
             number,
-            agent: step.plan.agent.clone(),
-            command: step.plan.command.clone(),
+            agent: agent.clone(),
+            command: argv.clone(),
             pid: None,
             pid_start_ticks: None,
             cgroup: None,
@@ -1069,12 +1225,16 @@ impl Engine {
             usage: Usage::default(),
             message: String::new(),
         };
-        let spec = run_spec(&self.cfg, &self.logs_dir, &live.obj, step, number);
+        let mut spec = run_spec(&self.cfg, &self.logs_dir, &live.obj, step, number);
+        spec.argv = argv;
+        spec.usage_format = usage_format;
+        spec.stdin = (!agent.is_empty()).then(|| step.plan.prompt.clone().into_bytes());
         self.turn.writes.attempt(&attempt);
         live.running.insert(
             index,
             Running {
                 attempt,
+                rate_limited_until: None,
                 control: None,
             },
         );
@@ -1085,6 +1245,21 @@ impl Engine {
         self.after(move |engine| {
             let mut spec = spec;
             let key = spec.key.clone();
+            if let Some(message) = problem {
+                let _ = engine.facts_tx.send(Fact::Ended {
+                    key,
+                    end: AttemptEnd {
+                        outcome: Outcome::SpawnError,
+                        exit_code: None,
+                        signal: None,
+                        message,
+                        peak_rss_bytes: 0,
+                        cpu_ms: 0,
+                        exited_at: None,
+                    },
+                });
+                return;
+            }
             let leaf = format!("att-{}-{}-{}", key.objective_id, key.step_index, key.number);
             match engine.limiter.prepare(&leaf, &spec.limits) {
                 Ok(p) => spec.prepared = p,
@@ -1163,6 +1338,7 @@ fn run_spec(
             grace: Duration::from_millis(cfg.grace_period.0),
             timeout: step.plan.timeout_ms.map(Duration::from_millis),
             idle_timeout: step.plan.idle_timeout_ms.map(Duration::from_millis),
+            usage_format: UsageFormat::OrchLines,
             limits: step.plan.limits,
             prepared: Default::default(),
         }
@@ -1275,6 +1451,57 @@ impl Engine {
                     EventKind::Progress { percent, message },
                 );
             }
+            AgentLine::Usage {
+                input_tokens,
+                output_tokens,
+                cost_usd,
+                model,
+            } => {
+                let profile = self.cfg.agents.get(step.current_agent());
+                let model = if model.is_empty() {
+                    profile.and_then(|p| p.model.clone()).unwrap_or_default()
+                } else {
+                    model
+                };
+                let cost = cost_usd
+                    .unwrap_or_else(|| price(&self.cfg, &model, input_tokens, output_tokens));
+                let delta = Usage {
+                    input_tokens,
+                    output_tokens,
+                    cost_usd: cost,
+                };
+                step.usage.add(&delta);
+                self.turn.writes.step(step);
+                let step_total = step.usage;
+                if let Some(r) = live.running.get_mut(&key.step_index) {
+                    r.attempt.usage.add(&delta);
+                }
+                live.obj.usage.add(&delta);
+                live.obj.updated_ms = now_ms();
+                self.turn
+                    .writes
+                    .objective(&live.obj, Some(live.stored_state));
+                let objective_total = live.obj.usage;
+                self.add_totals(&delta);
+                self.emit(
+                    &key.objective_id,
+                    &step_id,
+                    key.number,
+                    EventKind::Usage {
+                        report: delta,
+                        step_total,
+                        objective_total,
+                        model,
+                    },
+                );
+                self.check_budgets(&key.objective_id);
+            }
+            AgentLine::RateLimited { until_ms } => {
+                if let Some(r) = live.running.get_mut(&key.step_index) {
+                    r.rate_limited_until = Some(until_ms);
+                }
+                tracing::warn!(objective = %key.objective_id, step = %step_id, attempt = key.number, until = until_ms, "the agent's provider rate-limited it");
+            }
             AgentLine::Malformed(problem) => {
                 tracing::warn!(objective = %key.objective_id, step = %step_id, attempt = key.number, %problem, "malformed agent protocol line (kept in the log)");
             }
@@ -1315,8 +1542,11 @@ impl Engine {
                 tracing::debug!(objective = %obj, attempt = n, exit_to_recorded_us = exited.elapsed().as_micros() as u64, "attempt end recorded");
             }));
         }
+        let rate_limited = r.rate_limited_until.filter(|t| *t > now_ms());
+        // Neither an interruption nor a provider's rate limit uses up a retry.
         if let Some(step) = live.steps.get_mut(key.step_index as usize)
             && end.outcome != Outcome::Interrupted
+            && !(rate_limited.is_some() && end.outcome != Outcome::Success)
         {
             step.counted_attempts += 1;
         }
@@ -1325,6 +1555,10 @@ impl Engine {
         };
         let counted = step.counted_attempts;
         let policy = step.plan.retry.clone();
+        let has_fallback = (step.agent_index as usize) < step.plan.fallback.len();
+        let fallback_on_rate_limit = step.plan.fallback_on_rate_limit && has_fallback;
+        let cancelling = live.cancelling;
+        let exhausted = live.exhausted.clone();
         tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
         self.emit(
             &id,
@@ -1337,9 +1571,10 @@ impl Engine {
                 message: end.message.clone(),
             },
         );
+        let index = key.step_index;
         match end.outcome {
             Outcome::Success => {
-                self.set_step(&id, key.step_index, StepState::Succeeded, String::new());
+                self.set_step(&id, index, StepState::Succeeded, String::new());
                 self.release_ready(&id);
             }
             Outcome::Interrupted => {
@@ -1350,59 +1585,263 @@ impl Engine {
                 } else {
                     StepState::Ready
                 };
-                self.set_step(&id, key.step_index, state, end.message);
+                self.set_step(&id, index, state, end.message);
                 if !self.shutting_down && !paused {
-                    self.push_ready(&id, key.step_index);
+                    self.push_ready(&id, index);
                 }
             }
             Outcome::Cancelled => {
-                self.set_step(&id, key.step_index, StepState::Cancelled, end.message);
+                self.set_step(&id, index, StepState::Cancelled, end.message);
                 self.release_ready(&id);
             }
-            o if policy.retries(o, end.exit_code) && counted < policy.max_attempts => {
-                let u = rand_unit();
-                let delay = policy.delay_ms(counted + 1, u);
-                let due = now_ms() + delay as i64;
-                if let Some(step) = self
-                    .live
-                    .get_mut(&id)
-                    .and_then(|l| l.steps.get_mut(key.step_index as usize))
-                {
-                    step.next_attempt_ms = Some(due);
-                }
-                let cancelling = self.live.get(&id).is_some_and(|l| l.cancelling);
-                if cancelling {
-                    self.set_step(&id, key.step_index, StepState::Cancelled, end.message);
-                    self.refresh_objective(&id);
-                    return;
-                }
-                self.set_step(&id, key.step_index, StepState::Backoff, end.message);
-                // set_step clears the due time only for other states; store it with the step.
-                if let Some(step) = self
-                    .live
-                    .get_mut(&id)
-                    .and_then(|l| l.steps.get_mut(key.step_index as usize))
-                {
-                    step.next_attempt_ms = Some(due);
-                    self.turn.writes.step(step);
-                }
-                self.emit(
-                    &id,
-                    &step_id,
-                    key.number,
-                    EventKind::RetryScheduled {
-                        delay_ms: delay,
-                        due_at_ms: due,
-                    },
-                );
-                self.timers.insert((due, id.clone(), key.step_index));
-            }
-            _ => {
-                self.set_step(&id, key.step_index, StepState::Failed, end.message);
+            _ if cancelling => {
+                self.set_step(&id, index, StepState::Cancelled, end.message);
                 self.release_ready(&id);
+            }
+            o => {
+                if let Some(why) = exhausted {
+                    self.set_step(&id, index, StepState::Failed, why);
+                    self.release_ready(&id);
+                } else if o == Outcome::BudgetExceeded {
+                    self.set_step(&id, index, StepState::Failed, end.message);
+                    self.release_ready(&id);
+                } else if let Some(until) = rate_limited.filter(|_| !fallback_on_rate_limit) {
+                    let delay = (until - now_ms()).max(0) as u64;
+                    self.schedule_retry(
+                        &id,
+                        index,
+                        key.number,
+                        delay,
+                        "rate limited by the provider; waiting for the reset".into(),
+                    );
+                } else if rate_limited.is_some() {
+                    self.fall_back(&id, index, "rate limited by the provider");
+                } else if policy.retries(o, end.exit_code) && counted < policy.max_attempts {
+                    let delay = policy.delay_ms(counted + 1, rand_unit());
+                    self.schedule_retry(&id, index, key.number, delay, end.message);
+                } else if has_fallback && !matches!(o, Outcome::Cancelled | Outcome::BudgetExceeded)
+                {
+                    self.fall_back(&id, index, &format!("attempts exhausted ({})", end.message));
+                } else {
+                    self.set_step(&id, index, StepState::Failed, end.message);
+                    self.release_ready(&id);
+                }
             }
         }
         self.refresh_objective(&id);
+    }
+
+    /// Puts a step in `backoff` until `delay` from now (a timer fires it).
+    fn schedule_retry(&mut self, id: &str, index: u32, attempt: u32, delay: u64, message: String) {
+        let due = now_ms() + delay as i64;
+        self.set_step(id, index, StepState::Backoff, message);
+        let Some(step) = self
+            .live
+            .get_mut(id)
+            .and_then(|l| l.steps.get_mut(index as usize))
+        else {
+            return;
+        };
+        step.next_attempt_ms = Some(due);
+        self.turn.writes.step(step);
+        let step_id = step.plan.id.clone();
+        self.emit(
+            id,
+            &step_id,
+            attempt,
+            EventKind::RetryScheduled {
+                delay_ms: delay,
+                due_at_ms: due,
+            },
+        );
+        self.timers.insert((due, id.to_string(), index));
+    }
+
+    /// Moves a step to its next fallback agent with a fresh set of attempts (its
+    /// checkpoint stays, so the new agent starts from it).
+    fn fall_back(&mut self, id: &str, index: u32, why: &str) {
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        let paused = live.paused;
+        let Some(step) = live.steps.get_mut(index as usize) else {
+            return;
+        };
+        step.agent_index += 1;
+        step.counted_attempts = 0;
+        let agent = step.current_agent().to_string();
+        tracing::info!(objective = %id, step = %step.plan.id, %agent, "falling back");
+        let message = format!("{why}; falling back to agent `{agent}`");
+        if paused {
+            self.set_step(id, index, StepState::Paused, message);
+        } else {
+            self.set_step(id, index, StepState::Ready, message);
+            self.push_ready(id, index);
+        }
+    }
+
+    // ------------------------------------------------------------ usage and budgets
+
+    /// Loads the day's and month's totals when the (UTC) date changed.
+    fn refresh_totals(&mut self) {
+        let now = chrono::Utc::now();
+        let day = format!("day:{}", now.format("%Y-%m-%d"));
+        let month = format!("month:{}", now.format("%Y-%m"));
+        let load = |key: &str| self.store.usage_total(key).unwrap_or_default();
+        if !self.totals.loaded {
+            self.totals.total = load("total");
+            self.totals.loaded = true;
+        }
+        if self.totals.day_key != day {
+            self.totals.day = load(&day);
+            self.totals.day_key = day;
+        }
+        if self.totals.month_key != month {
+            self.totals.month = load(&month);
+            self.totals.month_key = month;
+        }
+    }
+
+    fn add_totals(&mut self, d: &Usage) {
+        self.refresh_totals();
+        let t = &mut self.totals;
+        t.day.add(d);
+        t.month.add(d);
+        t.total.add(d);
+        self.turn.writes.usage_total(&t.day_key, &t.day);
+        self.turn.writes.usage_total(&t.month_key, &t.month);
+        self.turn.writes.usage_total("total", &t.total);
+    }
+
+    /// The budgets that cover objective `id`: `(name, used, limit, own)`.
+    fn budgets(&mut self, id: &str) -> Vec<(&'static str, f64, f64, bool)> {
+        self.refresh_totals();
+        let mut out = Vec::new();
+        if let Some(live) = self.live.get(id) {
+            if let Some(l) = live.obj.budget.max_cost_usd {
+                out.push(("objective_usd", live.obj.usage.cost_usd, l, true));
+            }
+            if let Some(t) = live.obj.budget.max_tokens {
+                out.push((
+                    "objective_tokens",
+                    live.obj.usage.tokens() as f64,
+                    t as f64,
+                    true,
+                ));
+            }
+        }
+        if let Some(l) = self.cfg.budget.daily_usd {
+            out.push(("daily_usd", self.totals.day.cost_usd, l, false));
+        }
+        if let Some(l) = self.cfg.budget.monthly_usd {
+            out.push(("monthly_usd", self.totals.month.cost_usd, l, false));
+        }
+        out
+    }
+
+    /// Why no new attempt of objective `id` may start, if a budget covering it is used up.
+    fn budget_block(&mut self, id: &str) -> Option<String> {
+        if let Some(why) = self.live.get(id).and_then(|l| l.exhausted.clone()) {
+            return Some(why);
+        }
+        self.budgets(id)
+            .into_iter()
+            .find(|(_, used, limit, _)| used >= limit)
+            .map(|(name, used, limit, _)| budget_message(name, used, limit))
+    }
+
+    /// Sends the alerts a usage report crossed, and stops what a used-up budget covers.
+    fn check_budgets(&mut self, id: &str) {
+        let mut thresholds = self.cfg.budget.alert_percent.clone();
+        thresholds.sort_by(|a, b| a.total_cmp(b));
+        let period = self.totals.day_key.clone();
+        let month = self.totals.month_key.clone();
+        for (name, used, limit, own) in self.budgets(id) {
+            let percent = if limit > 0.0 {
+                used / limit * 100.0
+            } else {
+                100.0
+            };
+            for t in thresholds.iter().filter(|t| percent >= **t) {
+                let key = match name {
+                    "daily_usd" => format!("{name}:{period}:{t}"),
+                    "monthly_usd" => format!("{name}:{month}:{t}"),
+                    _ => format!("{name}:{t}"),
+                };
+                let fresh = if own {
+                    match self.live.get_mut(id) {
+                        Some(live) if !live.obj.alerts.contains(&key) => {
+                            live.obj.alerts.push(key);
+                            self.turn
+                                .writes
+                                .objective(&live.obj, Some(live.stored_state));
+                            true
+                        }
+                        _ => false,
+                    }
+                } else {
+                    self.global_alerts.insert(key)
+                };
+                if fresh {
+                    tracing::warn!(objective = %id, budget = name, percent = t, used, limit, "budget alert");
+                    self.emit(
+                        id,
+                        "",
+                        0,
+                        EventKind::BudgetAlert {
+                            percent: *t,
+                            budget: name.to_string(),
+                            used,
+                            limit,
+                        },
+                    );
+                }
+            }
+            if used >= limit {
+                let why = budget_message(name, used, limit);
+                if own {
+                    self.exhaust(id, why);
+                } else {
+                    let ids: Vec<String> = self.live.keys().cloned().collect();
+                    for other in ids {
+                        self.exhaust(&other, why.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A budget covering objective `id` is used up: stop its running attempts
+    /// (`budget_exceeded`), start nothing new, and fail it saying why.
+    fn exhaust(&mut self, id: &str, why: String) {
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        if live.exhausted.is_some() {
+            return;
+        }
+        tracing::warn!(objective = %id, reason = %why, "budget exhausted");
+        live.exhausted = Some(why.clone());
+        live.obj.message = why.clone();
+        let running: Vec<u32> = live.running.keys().copied().collect();
+        let waiting: Vec<u32> = live
+            .steps
+            .iter()
+            .filter(|s| {
+                !s.state.is_terminal()
+                    && s.state != StepState::Waiting
+                    && !live.running.contains_key(&s.index)
+            })
+            .map(|s| s.index)
+            .collect();
+        self.ready.retain(|(_, o, _)| o != id);
+        self.timers.retain(|(_, o, _)| o != id);
+        for index in waiting {
+            self.set_step(id, index, StepState::Failed, why.clone());
+        }
+        self.control_after(id, running, || Control::Stop(StopReason::BudgetExceeded));
+        self.release_ready(id);
+        self.refresh_objective(id);
     }
 
     // ------------------------------------------------------------ recovery
@@ -1441,6 +1880,7 @@ impl Engine {
                         running: HashMap::new(),
                         paused,
                         cancelling: false,
+                        exhausted: None,
                         waiters: Vec::new(),
                     },
                 );
@@ -1541,6 +1981,96 @@ fn kill_leftover(a: &Attempt) -> bool {
         let _ = sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     }
     ours
+}
+
+/// Usage today, this month and in total.
+#[derive(Debug, Default)]
+struct Totals {
+    loaded: bool,
+    day_key: String,
+    day: Usage,
+    month_key: String,
+    month: Usage,
+    total: Usage,
+}
+
+/// The cost of tokens from the `[prices.MODEL]` table (0 when the model has no price).
+fn price(cfg: &Config, model: &str, input: u64, output: u64) -> f64 {
+    match cfg.prices.get(model) {
+        Some(p) => (input as f64 * p.input_per_mtok + output as f64 * p.output_per_mtok) / 1e6,
+        None => {
+            if input + output > 0 {
+                tracing::warn!(
+                    model,
+                    "no [prices] entry for this model; its tokens are counted at $0"
+                );
+            }
+            0.0
+        }
+    }
+}
+
+/// Says which budget ran out and by how much.
+fn budget_message(name: &str, used: f64, limit: f64) -> String {
+    let over = (used - limit).max(0.0);
+    match name {
+        "objective_usd" => {
+            format!("objective budget of ${limit:.2} exhausted: used ${used:.4} (${over:.4} over)")
+        }
+        "objective_tokens" => format!(
+            "objective token budget of {limit:.0} exhausted: used {used:.0} tokens ({over:.0} over)"
+        ),
+        "daily_usd" => format!(
+            "daily budget of ${limit:.2} exhausted: used ${used:.4} today (${over:.4} over)"
+        ),
+        "monthly_usd" => format!(
+            "monthly budget of ${limit:.2} exhausted: used ${used:.4} this month (${over:.4} over)"
+        ),
+        other => format!("budget {other} of {limit} exhausted: used {used}"),
+    }
+}
+
+/// The agent, argv and usage format of a step's next attempt: its own command, or its
+/// current (fallback) agent profile with `{prompt}`, `{workdir}`, `{objective_id}` and
+/// `{step_id}` replaced inside argv elements (never through a shell).
+fn attempt_command(
+    cfg: &Config,
+    step: &Step,
+    objective_id: &str,
+) -> Result<(String, Vec<String>, UsageFormat), String> {
+    let agent = step.current_agent();
+    if agent.is_empty() {
+        return Ok((
+            String::new(),
+            step.plan.command.clone(),
+            UsageFormat::OrchLines,
+        ));
+    }
+    let profile = cfg.agents.get(agent);
+    let argv: Vec<String> = if step.agent_index == 0 {
+        step.plan.command.clone()
+    } else {
+        let p = profile
+            .ok_or_else(|| format!("agent profile `{agent}` is not in the daemon config"))?;
+        p.command
+            .iter()
+            .map(|a| {
+                a.replace("{prompt}", &step.plan.prompt)
+                    .replace("{workdir}", &step.plan.workdir)
+            })
+            .collect()
+    };
+    let argv = argv
+        .into_iter()
+        .map(|a| {
+            a.replace("{objective_id}", objective_id)
+                .replace("{step_id}", &step.plan.id)
+        })
+        .collect();
+    let format = profile
+        .map(|p| UsageFormat::from_name(&p.usage))
+        .unwrap_or_default();
+    Ok((agent.to_string(), argv, format))
 }
 
 fn file_size(p: &std::path::Path) -> u64 {

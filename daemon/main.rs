@@ -80,13 +80,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (config_path, explicit) = config::config_path(cli.config.clone());
     let file = config::read_file(&config_path, explicit)?;
-    let cfg = file.layer(&config::Overrides {
+    let overrides = config::Overrides {
         socket: cli.socket.clone(),
         state_dir: cli.state_dir.clone(),
         max_parallel: cli.max_parallel,
         limits_backend: cli.limits_backend.clone(),
         grace_period: cli.grace_period.clone(),
-    })?;
+    };
+    let cfg = file.layer(&overrides)?;
     if cli.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());
@@ -97,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .thread_name("orchd")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cfg, config_path))
+    runtime.block_on(serve(cfg, config_path, explicit, overrides))
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
@@ -215,7 +216,12 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    cfg: config::Config,
+    config_path: PathBuf,
+    explicit: bool,
+    overrides: config::Overrides,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let socket = cfg.socket();
     let state_dir = cfg.state_dir();
@@ -262,11 +268,18 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
     let (stop_engine, engine_stop_rx) = oneshot::channel();
     let engine_task = tokio::spawn(engine.run(cmd_rx, engine_stop_rx));
 
-    let (_cfg_tx, cfg_rx) = watch::channel(cfg.clone());
+    let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
+    let reloader = Arc::new(api::Reloader {
+        path: config_path.clone(),
+        explicit,
+        overrides,
+        current: cfg_tx,
+        engine: cmd_tx.clone(),
+    });
     let info = Arc::new(api::DaemonInfo {
         socket: socket.clone(),
         state_dir: state_dir.clone(),
-        config_path,
+        config_path: config_path.clone(),
         limits_backend,
         limits_detail,
         started,
@@ -278,6 +291,7 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
         info,
         events_tx.clone(),
         published.clone(),
+        reloader.clone(),
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -312,6 +326,17 @@ async fn serve(cfg: config::Config, config_path: PathBuf) -> anyhow::Result<()> 
 
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    {
+        let reloader = reloader.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = reloader.reload().await {
+                    tracing::error!(error = %e, "SIGHUP: the new config is refused; the running config is kept");
+                }
+            }
+        });
+    }
     let mut engine_task = engine_task;
     let engine_result = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }

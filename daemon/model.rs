@@ -247,6 +247,9 @@ pub struct Objective {
     /// Seq of the event that ended it (cleared by a retry); Watch ends there.
     #[serde(default)]
     pub ended_seq: Option<u64>,
+    /// Budget alerts already sent (`objective_usd:80`), so each is sent once.
+    #[serde(default)]
+    pub alerts: Vec<String>,
 }
 
 /// One step's record.
@@ -266,6 +269,39 @@ pub struct Step {
     pub progress: Progress,
     pub usage: Usage,
     pub message: String,
+    /// 0 = the step's own agent or command; n = `plan.fallback[n - 1]`.
+    #[serde(default)]
+    pub agent_index: u32,
+    /// An approval gate was answered yes.
+    #[serde(default)]
+    pub approved: bool,
+}
+
+impl Step {
+    /// The agent profile the next attempt uses (empty for a literal command).
+    pub fn current_agent(&self) -> &str {
+        match self.agent_index {
+            0 => &self.plan.agent,
+            n => self
+                .plan
+                .fallback
+                .get(n as usize - 1)
+                .map(String::as_str)
+                .unwrap_or(""),
+        }
+    }
+}
+
+impl Usage {
+    pub fn add(&mut self, o: &Usage) {
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cost_usd += o.cost_usd;
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
 }
 
 /// One attempt's record.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::model::{Attempt, AuditEntry, Event, ObjState, Objective, Step};
+use crate::model::{Attempt, AuditEntry, Event, ObjState, Objective, Step, Usage};
 
 /// The schema this build writes. Stores with a lower version are migrated on open;
 /// a higher one is refused.
@@ -56,9 +56,10 @@ enum T {
     Requests = 6,
     Audit = 7,
     Meta = 8,
+    Usage = 9,
 }
 
-const TREE_NAMES: [&str; 9] = [
+const TREE_NAMES: [&str; 10] = [
     "objectives",
     "steps",
     "attempts",
@@ -68,13 +69,14 @@ const TREE_NAMES: [&str; 9] = [
     "request_ids",
     "audit",
     "meta",
+    "usage_totals",
 ];
 
 /// The durable store. Cheap to clone (sled handles are shared).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: [sled::Tree; 9],
+    trees: [sled::Tree; 10],
     path: PathBuf,
 }
 
@@ -194,6 +196,11 @@ impl WriteSet {
         );
     }
 
+    /// Sets a usage total (`day:2026-11-21`, `month:2026-11`, `total`).
+    pub fn usage_total(&mut self, key: &str, u: &Usage) {
+        self.put(T::Usage, key.as_bytes().to_vec(), json(u));
+    }
+
     pub fn audit(&mut self, entry: &AuditEntry) {
         let key = ulid::Ulid::generate().to_bytes().to_vec();
         self.put(T::Audit, key, json(entry));
@@ -271,6 +278,7 @@ impl Store {
             open(TREE_NAMES[6])?,
             open(TREE_NAMES[7])?,
             open(TREE_NAMES[8])?,
+            open(TREE_NAMES[9])?,
         ];
         let store = Store {
             db,
@@ -348,10 +356,10 @@ impl Store {
         }
         let t = &self.trees;
         let res: std::result::Result<(), TransactionError<()>> = (
-            &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8],
+            &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8], &t[9],
         )
-            .transaction(|(a, b, c, d, e, f, g, h, i)| {
-                let views = [a, b, c, d, e, f, g, h, i];
+            .transaction(|(a, b, c, d, e, f, g, h, i, j)| {
+                let views = [a, b, c, d, e, f, g, h, i, j];
                 for (tree, k, v) in &w.ops {
                     let view = views[*tree as usize];
                     match v {
@@ -539,6 +547,14 @@ impl Store {
         Ok(out)
     }
 
+    /// A usage total (zero when none was recorded).
+    pub fn usage_total(&self, key: &str) -> Result<Usage> {
+        match self.tree(T::Usage).get(key.as_bytes())? {
+            Some(v) => Self::decode(key.as_bytes(), &v),
+            None => Ok(Usage::default()),
+        }
+    }
+
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -548,7 +564,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Budget, EventKind, Usage};
+    use crate::model::{Budget, EventKind};
 
     fn objective(id: &str, state: ObjState) -> Objective {
         Objective {
@@ -568,6 +584,7 @@ mod tests {
             client_env: None,
             step_count: 1,
             ended_seq: None,
+            alerts: Vec::new(),
         }
     }
 
