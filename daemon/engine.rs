@@ -166,6 +166,22 @@ struct Live {
     waiters: Vec<Reply<()>>,
 }
 
+impl Live {
+    /// An objective as loaded or submitted: its stored state is the one it has.
+    fn new(obj: Objective, steps: Vec<Step>, paused: bool) -> Live {
+        Live {
+            stored_state: obj.state,
+            obj,
+            steps,
+            running: HashMap::new(),
+            paused,
+            cancelling: false,
+            exhausted: None,
+            waiters: Vec::new(),
+        }
+    }
+}
+
 struct Running {
     attempt: Attempt,
     /// The provider refused until then (ms); the step waits instead of failing.
@@ -780,22 +796,10 @@ impl Engine {
         }
         tracing::info!(objective = %id, uid = caller.uid, steps = again.len(), "retry");
         let mut obj = obj;
-        let previous = obj.state;
         obj.message = String::new();
         obj.ended_seq = None;
-        self.live.insert(
-            id.to_string(),
-            Live {
-                stored_state: previous,
-                obj,
-                steps,
-                running: HashMap::new(),
-                paused: false,
-                cancelling: false,
-                exhausted: None,
-                waiters: Vec::new(),
-            },
-        );
+        self.live
+            .insert(id.to_string(), Live::new(obj, steps, false));
         for index in again {
             self.set_step(
                 id,
@@ -980,19 +984,7 @@ impl Engine {
         for s in &steps {
             self.turn.writes.step(s);
         }
-        self.live.insert(
-            id.clone(),
-            Live {
-                stored_state: obj.state,
-                obj,
-                steps,
-                running: HashMap::new(),
-                paused: false,
-                cancelling: false,
-                exhausted: None,
-                waiters: Vec::new(),
-            },
-        );
+        self.live.insert(id.clone(), Live::new(obj, steps, false));
         self.release_ready(&id);
         tracing::info!(objective = %id, "objective submitted");
         Ok(Submitted {
@@ -1248,15 +1240,7 @@ impl Engine {
             if let Some(message) = problem {
                 let _ = engine.facts_tx.send(Fact::Ended {
                     key,
-                    end: AttemptEnd {
-                        outcome: Outcome::SpawnError,
-                        exit_code: None,
-                        signal: None,
-                        message,
-                        peak_rss_bytes: 0,
-                        cpu_ms: 0,
-                        exited_at: None,
-                    },
+                    end: AttemptEnd::spawn_error(message),
                 });
                 return;
             }
@@ -1266,15 +1250,9 @@ impl Engine {
                 Err(e) => {
                     let _ = engine.facts_tx.send(Fact::Ended {
                         key,
-                        end: AttemptEnd {
-                            outcome: Outcome::SpawnError,
-                            exit_code: None,
-                            signal: None,
-                            message: format!("cannot set up the attempt's limits: {e}"),
-                            peak_rss_bytes: 0,
-                            cpu_ms: 0,
-                            exited_at: None,
-                        },
+                        end: AttemptEnd::spawn_error(format!(
+                            "cannot set up the attempt's limits: {e}"
+                        )),
                     });
                     return;
                 }
@@ -1871,19 +1849,7 @@ impl Engine {
                     .collect();
                 report.objectives += 1;
                 let paused = obj.state == ObjState::Paused;
-                self.live.insert(
-                    id.clone(),
-                    Live {
-                        stored_state: obj.state,
-                        obj,
-                        steps,
-                        running: HashMap::new(),
-                        paused,
-                        cancelling: false,
-                        exhausted: None,
-                        waiters: Vec::new(),
-                    },
-                );
+                self.live.insert(id.clone(), Live::new(obj, steps, paused));
                 for mut a in open {
                     if kill_leftover(&a) {
                         report.killed_trees += 1;

@@ -294,7 +294,8 @@ pub struct AttemptEnd {
 }
 
 impl AttemptEnd {
-    fn spawn_error(message: String) -> AttemptEnd {
+    /// An attempt that could not start.
+    pub fn spawn_error(message: String) -> AttemptEnd {
         AttemptEnd {
             outcome: Outcome::SpawnError,
             exit_code: None,
