@@ -531,6 +531,8 @@ mod tests {
             progress: Progress::default(),
             usage: Usage::default(),
             message: String::new(),
+            agent_index: 0,
+            approved: false,
         }
     }
 
