@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use orch_proto::v1 as pb;
 use orch_proto::v1::orchestrator_server::{Orchestrator, OrchestratorServer};
@@ -27,6 +27,8 @@ struct Fake {
     events: Option<Vec<pb::Event>>,
     close: bool,
     states: Mutex<VecDeque<pb::ObjectiveState>>,
+    /// The `kinds` of every Watch request, in order.
+    requests: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 fn unimplemented<T>() -> Result<T, Status> {
@@ -93,11 +95,20 @@ impl Orchestrator for Fake {
     type WatchStream = BoxStream<pb::Event>;
     async fn watch(
         &self,
-        _: Request<pb::WatchRequest>,
+        r: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let Some(events) = self.events.clone() else {
             return unimplemented();
         };
+        let kinds = r.into_inner().kinds;
+        if let Ok(mut seen) = self.requests.lock() {
+            seen.push(kinds.clone());
+        }
+        // Like orchd: only the asked-for kinds (all when none).
+        let events: Vec<pb::Event> = events
+            .into_iter()
+            .filter(|e| kinds.is_empty() || kinds.contains(&e.kind))
+            .collect();
         let replay = tokio_stream::iter(events.into_iter().map(Ok));
         if self.close {
             Ok(Response::new(Box::pin(replay)))
@@ -149,7 +160,15 @@ impl Orchestrator for Fake {
 /// A running fake daemon; the socket lives in `_dir`.
 pub struct FakeDaemon {
     pub socket: PathBuf,
+    requests: Arc<Mutex<Vec<Vec<String>>>>,
     _dir: tempfile::TempDir,
+}
+
+impl FakeDaemon {
+    /// The `kinds` of every Watch request so far.
+    pub fn requests(&self) -> Vec<Vec<String>> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
 }
 
 /// Starts a fake daemon on the current tokio runtime.
@@ -157,17 +176,23 @@ pub fn start(script: Script) -> FakeDaemon {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let socket = dir.path().join("orchd.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap_or_else(|e| panic!("bind: {e}"));
+    let requests = Arc::new(Mutex::new(Vec::new()));
     let fake = Fake {
         events: script.events,
         close: script.close,
         states: Mutex::new(script.states.into()),
+        requests: requests.clone(),
     };
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(OrchestratorServer::new(fake))
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
-    FakeDaemon { socket, _dir: dir }
+    FakeDaemon {
+        socket,
+        requests,
+        _dir: dir,
+    }
 }
 
 /// An `objective_state` event.
@@ -182,6 +207,21 @@ pub fn state_event(seq: u64, state: pb::ObjectiveState) -> pb::Event {
                 message: String::new(),
             },
         )),
+        ..Default::default()
+    }
+}
+
+/// A `step_state` event (running) of step `step`.
+pub fn step_event(seq: u64, step: &str) -> pb::Event {
+    pb::Event {
+        seq,
+        objective_id: "o".into(),
+        step_id: step.into(),
+        kind: "step_state".into(),
+        payload: Some(pb::event::Payload::StepState(pb::StepStateChanged {
+            state: pb::StepState::Running as i32,
+            message: String::new(),
+        })),
         ..Default::default()
     }
 }

@@ -7,6 +7,7 @@ mod error;
 #[cfg(test)]
 mod fake;
 mod json;
+mod live;
 mod logs;
 mod output;
 mod submit;

@@ -216,21 +216,7 @@ pub async fn run(args: SubmitArgs, socket: &Path, format: Format) -> Result<()> 
     }
 
     if args.watch {
-        let mut view = watch::view_for(format, false);
-        return match watch::follow_objective(&mut client, &id, 0, &[], view.as_mut()).await {
-            // TEMPORARY, like the polling in `watch::wait`: an orchd without Watch.
-            Err(CtlError::Refused {
-                code: tonic::Code::Unimplemented,
-                ..
-            }) => {
-                output::warn(
-                    "note: this orchd cannot stream events yet; waiting for the end instead",
-                );
-                let end = watch::wait(&mut client, &id).await?;
-                watch::exit_for(&end)
-            }
-            r => watch::exit_for(&r?),
-        };
+        return watch::show_objective(&mut client, &id, 0, &[], format).await;
     }
     if args.wait {
         let end = watch::wait(&mut client, &id).await?;

@@ -25,10 +25,10 @@ fn outcome(v: i32) -> String {
 
 /// What a step runs: `agent claude` or the argv.
 fn runs(agent: &str, command: &[String]) -> String {
-    if agent.is_empty() {
-        argv(command)
-    } else {
-        format!("agent {agent}")
+    match (agent.is_empty(), command.is_empty()) {
+        (true, _) => argv(command),
+        (false, true) => format!("agent {agent}"),
+        (false, false) => format!("[{agent}] {}", argv(command)),
     }
 }
 

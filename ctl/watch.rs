@@ -1,24 +1,31 @@
 //! `orchctl watch` and the waiting behind `submit --wait/--watch`: follows the Watch
 //! stream, shows events through an [`EventView`], and decides when an objective ended.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use orch_proto::v1::{
     Event, GetObjectiveRequest, Objective, ObjectiveState, WatchRequest, event::Payload,
 };
+use tokio::time::MissedTickBehavior;
 use tonic::Streaming;
 
 use crate::cli::WatchArgs;
 use crate::client::{Client, is_connection_loss, status_message};
 use crate::error::{CtlError, Result};
 use crate::json::{self, EVENT_KINDS};
+use crate::live::{self, LiveView};
 use crate::output::{self, Format};
 use crate::views;
 
 /// After a terminal `objective_state` event, how long to wait for more events before
-/// asking the daemon whether the objective really ended (a replayed history may go on,
-/// e.g. when the objective was retried after it ended).
+/// asking the daemon whether the objective really ended (orchd closes the stream at the
+/// end; this only matters when it does not, e.g. a proxy keeps it open).
 const END_GRACE: Duration = Duration::from_millis(500);
+
+/// How long to wait before asking again for the final events of an objective that ended
+/// when its stream closed without them (time for orchd to finish writing them).
+const RECHECK_AFTER: Duration = Duration::from_millis(100);
 
 /// How long to keep trying to get a broken event stream back (e.g. while orchd restarts).
 #[cfg(not(test))]
@@ -29,15 +36,22 @@ const RECONNECT_FOR: Duration = Duration::from_secs(2);
 /// The pause between attempts to get a broken event stream back.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
-/// How often `--wait` polls when the daemon has no Watch.
-const POLL_EVERY: Duration = Duration::from_millis(200);
-
-/// Where events go. One line each today; a live in-place view can implement this too.
+/// Where events go: JSON Lines, plain lines, nothing, or the live terminal view.
 pub trait EventView {
     /// Shows one event.
     fn show(&mut self, event: &Event) -> Result<()>;
-    /// Called once when the stream is over.
-    fn finish(&mut self) -> Result<()> {
+    /// Called every [`live::TICK`] while waiting for events (to redraw clocks).
+    fn tick(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the view needs every event of the objective (it filters what it prints
+    /// itself), rather than only those of the asked-for kinds.
+    fn wants_every_kind(&self) -> bool {
+        false
+    }
+    /// Called once when the stream is over, with the objective as it ended (when one
+    /// objective was followed).
+    fn finish(&mut self, _end: Option<&Objective>) -> Result<()> {
         Ok(())
     }
 }
@@ -71,12 +85,19 @@ impl EventView for Silent {
     }
 }
 
-/// The view for an output format; `show_objective` adds the objective's id to each line.
+/// The line-per-event view for an output format; `show_objective` adds the objective's
+/// id to each line.
 pub fn view_for(format: Format, show_objective: bool) -> Box<dyn EventView> {
     match format {
         Format::Json => Box::new(JsonLines),
         Format::Table => Box::new(PlainLines { show_objective }),
     }
+}
+
+/// Whether stdout is a terminal that can redraw lines in place.
+fn stdout_is_live_terminal() -> bool {
+    std::io::stdout().is_terminal()
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb" && !t.is_empty())
 }
 
 /// Whether an objective state (raw enum value) is final.
@@ -119,11 +140,7 @@ pub async fn run(args: WatchArgs, client: &mut Client, format: Format) -> Result
     let kinds = check_kinds(&args.kinds)?;
     let from = args.from.unwrap_or(0);
     match args.id {
-        Some(id) => {
-            let mut view = view_for(format, false);
-            let end = follow_objective(client, &id, from, &kinds, view.as_mut()).await?;
-            exit_for(&end)
-        }
+        Some(id) => show_objective(client, &id, from, &kinds, format).await,
         None => {
             let mut view = view_for(format, true);
             let request = WatchRequest {
@@ -132,7 +149,7 @@ pub async fn run(args: WatchArgs, client: &mut Client, format: Format) -> Result
                 kinds,
             };
             let r = client.api.watch(request).await;
-            let mut stream = client.check(r)?;
+            let mut stream = client.check(r).map_err(watch_unavailable)?;
             loop {
                 match stream.message().await {
                     Ok(Some(event)) => view.show(&event)?,
@@ -140,13 +157,48 @@ pub async fn run(args: WatchArgs, client: &mut Client, format: Format) -> Result
                     Err(status) => return Err(client.status_error(status)),
                 }
             }
-            view.finish()
+            view.finish(None)
         }
     }
 }
 
+/// Shows one objective's events (from `from`, or its first event) until it ends, in the
+/// view `format` and stdout call for: the live view on a terminal in table format, else a
+/// line per event. Exit 0 iff it succeeded (for `watch ID` and `submit --watch`).
+pub async fn show_objective(
+    client: &mut Client,
+    id: &str,
+    from: u64,
+    kinds: &[String],
+    format: Format,
+) -> Result<()> {
+    let mut view: Box<dyn EventView> = if format == Format::Table && stdout_is_live_terminal() {
+        let start = get(client, id).await?;
+        Box::new(LiveView::on_stdout(&start, kinds))
+    } else {
+        view_for(format, false)
+    };
+    let end = follow_objective(client, id, from, kinds, view.as_mut()).await?;
+    exit_for(&end)
+}
+
+/// A clean error for an orchd that answers UNIMPLEMENTED to Watch.
+fn watch_unavailable(e: CtlError) -> CtlError {
+    match e {
+        CtlError::Refused {
+            code: tonic::Code::Unimplemented,
+            message,
+        } => CtlError::Failed(format!(
+            "this orchd cannot stream events (Watch: {message}); upgrade orchd, or check the objective with `orchctl status ID`"
+        )),
+        e => e,
+    }
+}
+
 /// Follows one objective's events (from `from`, or its first event) until it ends, showing
-/// those of the wanted `kinds` (empty = all), and returns the objective as it ended.
+/// those of the wanted `kinds` (empty = all; a view that [wants every
+/// kind](EventView::wants_every_kind) gets all and filters itself), and returns the
+/// objective as it ended.
 pub async fn follow_objective(
     client: &mut Client,
     id: &str,
@@ -154,7 +206,9 @@ pub async fn follow_objective(
     kinds: &[String],
     view: &mut dyn EventView,
 ) -> Result<Objective> {
-    // objective_state events are always needed to see the end; the others are filtered here.
+    let kinds = if view.wants_every_kind() { &[] } else { kinds };
+    // objective_state events tell the end even without the stream closing; the others are
+    // filtered here.
     let mut wanted = kinds.to_vec();
     if !wanted.is_empty() && !wanted.iter().any(|k| k == "objective_state") {
         wanted.push("objective_state".into());
@@ -165,8 +219,10 @@ pub async fn follow_objective(
         kinds: wanted,
     };
     let r = client.api.watch(request.clone()).await;
-    let stream = client.check(r)?;
-    follow_stream(client, request, stream, kinds, view).await
+    let stream = client.check(r).map_err(watch_unavailable)?;
+    follow_stream(client, request, stream, kinds, view)
+        .await
+        .map_err(watch_unavailable)
 }
 
 /// Why the current stream stopped before the objective was seen to end.
@@ -188,24 +244,33 @@ async fn follow_stream(
     view: &mut dyn EventView,
 ) -> Result<Objective> {
     let id = request.objective_id.clone();
-    let mut maybe_ended = false;
+    // Set after a terminal objective_state: when to ask whether it really ended.
+    let mut grace_until: Option<tokio::time::Instant> = None;
     let mut trouble_since: Option<Instant> = None;
+    // Whether the last objective_state seen was final.
+    let mut saw_end = false;
+    // Whether the stream was opened again to confirm an end whose final event did not come.
+    let mut rechecked = false;
+    let mut ticker = tokio::time::interval(live::TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let next = if maybe_ended {
-            match tokio::time::timeout(END_GRACE, stream.message()).await {
-                Ok(n) => n,
-                Err(_quiet) => {
-                    let o = get(client, &id).await?;
-                    if is_terminal(o.state) {
-                        view.finish()?;
-                        return Ok(o);
-                    }
-                    maybe_ended = false;
-                    continue;
-                }
+        let next = tokio::select! {
+            next = stream.message() => next,
+            _ = ticker.tick() => {
+                view.tick()?;
+                continue;
             }
-        } else {
-            stream.message().await
+            _ = tokio::time::sleep_until(grace_until.unwrap_or_else(tokio::time::Instant::now)),
+                if grace_until.is_some() =>
+            {
+                grace_until = None;
+                let o = get(client, &id).await?;
+                if is_terminal(o.state) {
+                    view.finish(Some(&o))?;
+                    return Ok(o);
+                }
+                continue;
+            }
         };
         let why = match next {
             Ok(Some(event)) => {
@@ -214,13 +279,15 @@ async fn follow_stream(
                     continue;
                 }
                 trouble_since = None;
+                rechecked = false;
                 request.from_seq = event.seq.saturating_add(1);
                 let kind = json::event_kind(&event);
                 if kinds.is_empty() || kinds.contains(&kind) {
                     view.show(&event)?;
                 }
                 if let Some(Payload::ObjectiveState(s)) = &event.payload {
-                    maybe_ended = is_terminal(s.state);
+                    saw_end = is_terminal(s.state);
+                    grace_until = saw_end.then(|| tokio::time::Instant::now() + END_GRACE);
                 }
                 continue;
             }
@@ -231,9 +298,25 @@ async fn follow_stream(
         if let Interrupted::Closed = why {
             // The normal end: the daemon closes the stream once the objective ended.
             match get(client, &id).await {
-                Ok(o) if is_terminal(o.state) => {
-                    view.finish()?;
+                Ok(o) if is_terminal(o.state) && (saw_end || rechecked) => {
+                    view.finish(Some(&o))?;
                     return Ok(o);
+                }
+                Ok(o) if is_terminal(o.state) => {
+                    // It ended, but its final events did not come (a watch opened while
+                    // the end was being written may stop short): ask once more for what
+                    // follows the last event seen. Nothing more (e.g. `--from` past the
+                    // end) confirms the end.
+                    rechecked = true;
+                    tokio::time::sleep(RECHECK_AFTER).await;
+                    match client.api.watch(request.clone()).await {
+                        Ok(s) => {
+                            stream = s.into_inner();
+                            continue;
+                        }
+                        Err(status) if is_connection_loss(&status) => {}
+                        Err(status) => return Err(client.status_error(status)),
+                    }
                 }
                 Ok(_) => {}
                 Err(CtlError::Refused {
@@ -243,6 +326,7 @@ async fn follow_stream(
                 Err(e) => return Err(e),
             }
         }
+        grace_until = None;
         let since = *trouble_since.get_or_insert_with(Instant::now);
         if since.elapsed() > RECONNECT_FOR {
             let detail = match why {
@@ -277,39 +361,16 @@ async fn get(client: &mut Client, id: &str) -> Result<Objective> {
     client.check(r)
 }
 
-/// Waits until the objective ends and returns it as it ended.
+/// Waits until the objective ends (following its Watch stream) and returns it as it ended.
 pub async fn wait(client: &mut Client, id: &str) -> Result<Objective> {
-    let request = WatchRequest {
-        objective_id: id.to_string(),
-        from_seq: 0,
-        kinds: vec!["objective_state".into()],
-    };
-    match client.api.watch(request.clone()).await {
-        Err(status) if status.code() == tonic::Code::Unimplemented => poll(client, id).await,
-        r => {
-            let stream = client.check(r)?;
-            follow_stream(client, request, stream, &[], &mut Silent).await
-        }
-    }
-}
-
-/// TEMPORARY fallback while the daemon answers UNIMPLEMENTED for Watch: poll GetObjective
-/// every 200 ms, with no deadline, until the objective ends. Remove once Watch is served
-/// everywhere (the contract says nothing polls).
-async fn poll(client: &mut Client, id: &str) -> Result<Objective> {
-    loop {
-        let o = get(client, id).await?;
-        if is_terminal(o.state) {
-            return Ok(o);
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
+    let kinds = ["objective_state".to_string()];
+    follow_objective(client, id, 0, &kinds, &mut Silent).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{self, Script, state_event};
+    use crate::fake::{self, Script, state_event, step_event};
 
     /// Records the sequence numbers it was shown.
     #[derive(Default)]
@@ -368,6 +429,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_end_without_its_final_event_is_checked_once_more() {
+        use ObjectiveState::*;
+        // The stream closes before the final objective_state although the objective ended
+        // (an orchd race): the client asks again from after the last event, then stops.
+        let d = fake::start(Script {
+            events: Some(vec![state_event(1, Running), step_event(2, "s")]),
+            close: true,
+            states: vec![Succeeded],
+        });
+        let mut client = Client::connect(&d.socket)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = Recorder::default();
+        let end = follow_objective(&mut client, "o", 0, &[], &mut seen).await;
+        let end = end.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(end.state, Succeeded as i32);
+        assert_eq!(seen.0, vec![1, 2], "nothing shown twice");
+        assert_eq!(d.requests().len(), 2, "one more Watch to confirm the end");
+    }
+
+    #[tokio::test]
     async fn stream_that_ends_early_is_an_error() {
         use ObjectiveState::*;
         let d = fake::start(Script {
@@ -383,12 +465,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wait_polls_when_watch_is_unimplemented() {
+    async fn unimplemented_watch_is_a_clean_error() {
         use ObjectiveState::*;
+        // An orchd without Watch: waiting does not fall back to polling; it says why.
         let d = fake::start(Script {
             events: None,
             close: true,
-            states: vec![Pending, Running, Running, Cancelled],
+            states: vec![Running, Succeeded],
+        });
+        let mut client = Client::connect(&d.socket)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = wait(&mut client, "o").await.err();
+        let e = e.unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("cannot stream events"), "{e}");
+        let e = follow_objective(&mut client, "o", 0, &[], &mut Silent)
+            .await
+            .err();
+        let e = e.unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("upgrade orchd"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn wait_follows_the_stream_to_the_end() {
+        use ObjectiveState::*;
+        let d = fake::start(Script {
+            events: Some(vec![
+                state_event(1, Running),
+                step_event(2, "s"),
+                state_event(3, Cancelled),
+            ]),
+            close: true,
+            states: vec![Cancelled],
         });
         let mut client = Client::connect(&d.socket)
             .await
@@ -397,6 +507,55 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(end.state, Cancelled as i32);
+        assert_eq!(
+            d.requests(),
+            vec![vec!["objective_state".to_string()]],
+            "--wait asks only for objective_state"
+        );
+        assert_eq!(exit_for(&end).err().map(|e| e.exit_code()), Some(1));
+    }
+
+    /// Records every event and wants them all.
+    #[derive(Default)]
+    struct Everything(Vec<u64>, Option<i32>);
+
+    impl EventView for Everything {
+        fn show(&mut self, event: &Event) -> Result<()> {
+            self.0.push(event.seq);
+            Ok(())
+        }
+        fn wants_every_kind(&self) -> bool {
+            true
+        }
+        fn finish(&mut self, end: Option<&Objective>) -> Result<()> {
+            self.1 = end.map(|o| o.state);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_view_that_wants_every_kind_gets_every_kind() {
+        use ObjectiveState::*;
+        let d = fake::start(Script {
+            events: Some(vec![
+                state_event(1, Running),
+                step_event(2, "s"),
+                state_event(3, Succeeded),
+            ]),
+            close: true,
+            states: vec![Succeeded],
+        });
+        let mut client = Client::connect(&d.socket)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut view = Everything::default();
+        let kinds = vec!["attempt_ended".to_string()];
+        let end = follow_objective(&mut client, "o", 0, &kinds, &mut view).await;
+        let end = end.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(view.0, vec![1, 2, 3]);
+        assert_eq!(view.1, Some(Succeeded as i32), "finish gets the end");
+        assert_eq!(d.requests(), vec![Vec::<String>::new()]);
+        assert!(exit_for(&end).is_ok());
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use crate::engine::{Caller, Command, EngineError, NewObjective};
 use crate::logfile::{Chunk, LogReader, Stream, Tail, attempt_log};
 use crate::model::{
     Attempt, Budget, Limits, ObjState, Objective, Outcome, RetryPolicy, Step, StepPlan, StepState,
-    Usage,
+    Usage, expand_template,
 };
 use crate::model::{AuditEntry, Event, EventKind};
 use crate::store::{Store, StoreError};
@@ -188,8 +188,8 @@ struct WatchJob {
     store: Store,
     published: Arc<AtomicU64>,
     objective_id: Option<String>,
-    /// The objective had ended before the watch began.
-    ended: bool,
+    /// Seq of the event that ended the objective, if it had ended when the watch began.
+    ended_seq: Option<u64>,
     kinds: HashSet<String>,
     /// The next global sequence number not yet looked at.
     next: u64,
@@ -206,7 +206,15 @@ type EventTx = mpsc::Sender<Result<pb::Event, Status>>;
 impl WatchJob {
     async fn offer(&mut self, e: &Event, tx: &EventTx) -> Sent {
         if e.seq < self.next {
-            return Sent::More;
+            // Already passed (or skipped by `--from`): only the end still matters.
+            return match (&e.kind, &self.objective_id) {
+                (EventKind::ObjectiveState { state, .. }, Some(id))
+                    if state.is_terminal() && e.objective_id == *id =>
+                {
+                    self.final_state(id, e.seq)
+                }
+                _ => Sent::More,
+            };
         }
         self.next = e.seq + 1;
         if let Some(id) = &self.objective_id
@@ -223,16 +231,19 @@ impl WatchJob {
             // The end only if no retry revived it since: the objective records which
             // event ended it last.
             (EventKind::ObjectiveState { state, .. }, Some(id)) if state.is_terminal() => {
-                match self.store.objective(id) {
-                    Ok(Some(o))
-                        if o.ended_seq.is_some_and(|s| s > e.seq) || !o.state.is_terminal() =>
-                    {
-                        Sent::More
-                    }
-                    _ => Sent::Done,
-                }
+                self.final_state(id, e.seq)
             }
             _ => Sent::More,
+        }
+    }
+
+    /// Whether the terminal state event `seq` is the objective's last end (no retry since).
+    fn final_state(&self, id: &str, seq: u64) -> Sent {
+        match self.store.objective(id) {
+            Ok(Some(o)) if o.ended_seq.is_some_and(|s| s > seq) || !o.state.is_terminal() => {
+                Sent::More
+            }
+            _ => Sent::Done,
         }
     }
 
@@ -262,7 +273,8 @@ impl WatchJob {
         let fail = |e: StoreError| Status::internal(format!("cannot read the event log: {e}"));
         match self.replay(&tx).await {
             Ok(Sent::Done) => return,
-            Ok(Sent::More) if self.ended => return,
+            // Ended before `next` (e.g. `--from` past its end): nothing more will come.
+            Ok(Sent::More) if self.ended_seq.is_some_and(|s| s < self.next) => return,
             Ok(Sent::More) => {}
             Err(e) => {
                 let _ = tx.send(Err(fail(e))).await;
@@ -673,14 +685,15 @@ pub fn resolve(
         };
         let workdir = normalize(&workdir);
         let workdir_text = workdir.display().to_string();
+        let vars = [
+            ("prompt", s.prompt.as_str()),
+            ("workdir", workdir_text.as_str()),
+        ];
         let command = match profile {
             Some(p) => p
                 .command
                 .iter()
-                .map(|a| {
-                    a.replace("{prompt}", &s.prompt)
-                        .replace("{workdir}", &workdir_text)
-                })
+                .map(|a| expand_template(a, &vars))
                 .collect(),
             None => s.command.clone(),
         };
@@ -706,6 +719,7 @@ pub fn resolve(
             agent: s.agent.clone(),
             prompt: s.prompt.clone(),
             command,
+            template: profile.map(|p| p.command.clone()).unwrap_or_default(),
             workdir: workdir_text,
             env,
             needs: s.needs.clone(),
@@ -1209,7 +1223,9 @@ impl Orchestrator for Api {
             store: self.store.clone(),
             published: self.published.clone(),
             objective_id: objective.as_ref().map(|o| o.id.clone()),
-            ended: objective.as_ref().is_some_and(|o| o.state.is_terminal()),
+            ended_seq: objective
+                .as_ref()
+                .and_then(|o| o.ended_seq.filter(|_| o.state.is_terminal())),
             kinds,
             next: from,
         };
@@ -1434,7 +1450,7 @@ impl Orchestrator for Api {
             .map(|path| pb::ReloadConfigResponse {
                 config_path: path.display().to_string(),
             })
-            .map_err(|e| Status::invalid_argument(format!("{e}; the running config is kept")));
+            .map_err(|e| Status::failed_precondition(format!("{e}; the running config is kept")));
         self.audit(who, "reload", "", &result).await;
         result.map(Response::new)
     }

@@ -449,7 +449,10 @@ impl Engine {
                     let _ = reply.send(r);
                 });
             }
-            Command::Audit(entry) => self.turn.writes.audit(&entry),
+            Command::Audit(entry) => {
+                let seq = self.store.next_audit_seq();
+                self.turn.writes.audit(seq, &entry);
+            }
             Command::Approve {
                 id,
                 step,
@@ -1244,7 +1247,7 @@ impl Engine {
                 });
                 return;
             }
-            let leaf = format!("att-{}-{}-{}", key.objective_id, key.step_index, key.number);
+            let leaf = leaf_name(&key.objective_id, key.step_index, key.number);
             match engine.limiter.prepare(&leaf, &spec.limits) {
                 Ok(p) => spec.prepared = p,
                 Err(e) => {
@@ -1851,7 +1854,7 @@ impl Engine {
                 let paused = obj.state == ObjState::Paused;
                 self.live.insert(id.clone(), Live::new(obj, steps, paused));
                 for mut a in open {
-                    if kill_leftover(&a) {
+                    if kill_leftover(&a, &self.limiter) {
                         report.killed_trees += 1;
                     }
                     a.ended_ms = Some(now_ms());
@@ -1920,20 +1923,44 @@ impl Engine {
 /// Kills the process group an interrupted attempt left behind, if it is still the same
 /// one (pid and start time match, or the leader is gone and the group id is unused by
 /// any process). Returns whether a kill was sent.
-fn kill_leftover(a: &Attempt) -> bool {
-    if let Some(cg) = &a.cgroup {
-        let leaf = Leaf(PathBuf::from(cg));
+fn kill_leftover(a: &Attempt, limiter: &Limiter) -> bool {
+    // The leaf it had, or would have had: a crash between spawn and recording the
+    // spawn leaves no path in the record, but the leaf's name is fixed.
+    let cgroup = a
+        .cgroup
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| limiter.leaf_path(&leaf_name(&a.objective_id, a.step_index, a.number)));
+    if let Some(cg) = cgroup {
+        let leaf = Leaf(cg);
         if leaf.0.exists() {
             let had = leaf.populated();
             if had {
-                tracing::warn!(objective = %a.objective_id, step = %a.step_id, attempt = a.number, cgroup = %cg, "killing the leftover cgroup of an interrupted attempt");
+                tracing::warn!(objective = %a.objective_id, step = %a.step_id, attempt = a.number, cgroup = %leaf.0.display(), "killing the leftover cgroup of an interrupted attempt");
                 let _ = leaf.kill();
             }
             leaf.remove();
             return had;
         }
     }
-    let Some(pid) = a.pid else { return false };
+    let Some(pid) = a.pid else {
+        // Spawned, but the crash came before its pid was recorded: every process of the
+        // attempt carries its ids in the environment it was started with.
+        let number = a.number.to_string();
+        let pids = sys::processes_with_env(&[
+            ("ORCH_OBJECTIVE_ID", &a.objective_id),
+            ("ORCH_STEP_ID", &a.step_id),
+            ("ORCH_ATTEMPT", &number),
+        ]);
+        for p in &pids {
+            tracing::warn!(objective = %a.objective_id, step = %a.step_id, attempt = a.number, pid = p, "killing a leftover process of an interrupted attempt (found by its environment)");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        return !pids.is_empty();
+    };
     let leader_alive = sys::process_start_ticks(pid).is_some();
     let ours = match (leader_alive, a.pid_start_ticks) {
         (true, Some(ticks)) => sys::same_process(pid, ticks),
@@ -1947,6 +1974,11 @@ fn kill_leftover(a: &Attempt) -> bool {
         let _ = sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     }
     ours
+}
+
+/// The cgroup leaf of an attempt.
+fn leaf_name(objective_id: &str, step_index: u32, number: u32) -> String {
+    format!("att-{objective_id}-{step_index}-{number}")
 }
 
 /// Usage today, this month and in total.
@@ -2013,25 +2045,25 @@ fn attempt_command(
         ));
     }
     let profile = cfg.agents.get(agent);
-    let argv: Vec<String> = if step.agent_index == 0 {
-        step.plan.command.clone()
+    let template: &[String] = if step.agent_index > 0 {
+        &profile
+            .ok_or_else(|| format!("agent profile `{agent}` is not in the daemon config"))?
+            .command
+    } else if step.plan.template.is_empty() {
+        // Stored before templates were kept: its command is already expanded.
+        &step.plan.command
     } else {
-        let p = profile
-            .ok_or_else(|| format!("agent profile `{agent}` is not in the daemon config"))?;
-        p.command
-            .iter()
-            .map(|a| {
-                a.replace("{prompt}", &step.plan.prompt)
-                    .replace("{workdir}", &step.plan.workdir)
-            })
-            .collect()
+        &step.plan.template
     };
-    let argv = argv
-        .into_iter()
-        .map(|a| {
-            a.replace("{objective_id}", objective_id)
-                .replace("{step_id}", &step.plan.id)
-        })
+    let vars = [
+        ("prompt", step.plan.prompt.as_str()),
+        ("workdir", step.plan.workdir.as_str()),
+        ("objective_id", objective_id),
+        ("step_id", step.plan.id.as_str()),
+    ];
+    let argv = template
+        .iter()
+        .map(|a| crate::model::expand_template(a, &vars))
         .collect();
     let format = profile
         .map(|p| UsageFormat::from_name(&p.usage))

@@ -134,6 +134,14 @@ impl Limiter {
         }
     }
 
+    /// Where the leaf `name` is (or would be), with the cgroup backend.
+    pub fn leaf_path(&self, name: &str) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Cgroup(tree) => Some(tree.base.join(name)),
+            Backend::Rlimit => None,
+        }
+    }
+
     /// Removes the daemon's own subtree if it created one and it is empty.
     pub fn cleanup(&self) {
         if let Backend::Cgroup(tree) = &self.backend

@@ -2,7 +2,7 @@
 //! (`[stream u8][length u32 LE][bytes]`), so their interleaving is kept and either stream
 //! can be read alone. The file rotates by size into `NAME.1` so the newest output (at
 //! least half the cap, at most the cap) is kept. The writer never blocks the agent: it
-//! is fed through a bounded channel that readers `try_send` into. The reader can follow
+//! is fed through a queue bounded by bytes that readers never wait on. The reader can follow
 //! a live file, woken by inotify, across rotations.
 
 use std::collections::VecDeque;
@@ -10,9 +10,10 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// Which output stream a frame holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,8 +33,6 @@ impl Stream {
 }
 
 const HEADER: usize = 5;
-/// Chunks queued for the writer before readers start dropping output.
-const QUEUE: usize = 512;
 
 /// The log file of one attempt: `LOGS/OBJECTIVE/STEP.N.log`.
 pub fn attempt_log(logs_dir: &Path, objective_id: &str, step_id: &str, number: u32) -> PathBuf {
@@ -73,32 +72,64 @@ impl LogWriter {
         })
     }
 
-    /// Starts the writer task; chunks sent on the returned channel are appended in order.
-    /// The task ends when every sender is dropped and the queue is written.
-    pub fn spawn(self) -> (mpsc::Sender<(Stream, Vec<u8>)>, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        (tx, tokio::spawn(self.run(rx)))
+    /// Starts the writer on a thread of its own (plain buffered file writes, no async
+    /// hops per chunk); chunks sent through the returned handle are appended in order.
+    /// The returned receiver resolves when every sender is dropped and all is written.
+    pub fn spawn(self) -> (LogTx, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = queued.clone();
+        let name = format!(
+            "log-{}",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            self.run(rx, &q);
+            let _ = done_tx.send(());
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the log writer thread; output is not logged");
+        }
+        (LogTx { tx, queued }, done_rx)
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<(Stream, Vec<u8>)>) {
+    fn run(self, mut rx: mpsc::UnboundedReceiver<(Stream, Vec<u8>)>, queued: &AtomicUsize) {
+        use std::io::Write;
         let LogWriter {
             path,
             file,
             mut size,
             segment_max,
         } = self;
-        let mut file = tokio::fs::File::from_std(file);
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
         let mut broken = false;
-        while let Some((stream, data)) = rx.recv().await {
+        loop {
+            // Flush whenever the queue runs dry, so followers see output promptly.
+            let next = match rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let _ = out.flush();
+                    rx.blocking_recv()
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            let Some((stream, data)) = next else { break };
+            queued.fetch_sub(data.len(), Ordering::Relaxed);
             if broken {
                 continue;
             }
             let frame_len = (HEADER + data.len()) as u64;
             if size > 0 && size + frame_len > segment_max {
-                let _ = file.flush().await;
-                match rotate(&path).await {
+                let _ = out.flush();
+                match std::fs::rename(&path, rotated(&path))
+                    .and_then(|_| std::fs::File::create(&path))
+                {
                     Ok(f) => {
-                        file = f;
+                        out = std::io::BufWriter::with_capacity(256 * 1024, f);
                         size = 0;
                     }
                     Err(e) => {
@@ -108,11 +139,10 @@ impl LogWriter {
                     }
                 }
             }
-            let mut frame = Vec::with_capacity(HEADER + data.len());
-            frame.push(stream as u8);
-            frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            frame.extend_from_slice(&data);
-            if let Err(e) = file.write_all(&frame).await {
+            let mut header = [0u8; HEADER];
+            header[0] = stream as u8;
+            header[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            if let Err(e) = out.write_all(&header).and_then(|_| out.write_all(&data)) {
                 // A full disk or a broken file must not stop the agent: keep draining.
                 tracing::warn!(log = %path.display(), error = %e, "cannot write the attempt log; output is no longer logged");
                 broken = true;
@@ -120,13 +150,34 @@ impl LogWriter {
             }
             size += frame_len;
         }
-        let _ = file.flush().await;
+        let _ = out.flush();
     }
 }
 
-async fn rotate(path: &Path) -> io::Result<tokio::fs::File> {
-    tokio::fs::rename(path, rotated(path)).await?;
-    tokio::fs::File::create(path).await
+/// Most bytes queued for one attempt's writer before output is dropped (the disk stalled).
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// Feeds an attempt's log writer without ever blocking.
+#[derive(Clone)]
+pub struct LogTx {
+    tx: mpsc::UnboundedSender<(Stream, Vec<u8>)>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl LogTx {
+    /// Queues a chunk; false (and nothing queued) when the writer is too far behind.
+    pub fn send(&self, stream: Stream, data: Vec<u8>) -> bool {
+        let n = data.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.send((stream, data)).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// A chunk read back from a log.
@@ -317,9 +368,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
         let (tx, task) = LogWriter::create(&path, 1 << 20).unwrap().spawn();
-        tx.send((Stream::Stdout, b"out1\n".to_vec())).await.unwrap();
-        tx.send((Stream::Stderr, b"err1\n".to_vec())).await.unwrap();
-        tx.send((Stream::Stdout, b"out2\n".to_vec())).await.unwrap();
+        assert!(tx.send(Stream::Stdout, b"out1\n".to_vec()));
+        assert!(tx.send(Stream::Stderr, b"err1\n".to_vec()));
+        assert!(tx.send(Stream::Stdout, b"out2\n".to_vec()));
         drop(tx);
         task.await.unwrap();
         let chunks = LogReader::new(&path).read_new().unwrap();
@@ -334,12 +385,10 @@ mod tests {
         let cap = 256 * 1024;
         let (tx, task) = LogWriter::create(&path, cap).unwrap().spawn();
         for i in 0..5000 {
-            tx.send((
+            assert!(tx.send(
                 Stream::Stdout,
                 format!("line {i:06} {}\n", "x".repeat(100)).into_bytes(),
-            ))
-            .await
-            .unwrap();
+            ));
         }
         drop(tx);
         task.await.unwrap();

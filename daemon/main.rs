@@ -140,41 +140,69 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create directory {}", dir.display()))
 }
 
-/// Holds the state directory's lock for the daemon's lifetime.
+/// Holds the state directory's lock for the daemon's lifetime. A POSIX record lock
+/// (`fcntl`), not `flock`: forked children do not share it, so an agent caught between
+/// fork and exec when the daemon dies cannot keep a restarted daemon out.
 struct StateLock {
-    _lock: nix::fcntl::Flock<fs::File>,
+    _file: fs::File,
 }
 
 fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
+    use std::os::fd::AsRawFd;
     let path = dir.join("orchd.lock");
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0).ok();
-            let _ = writeln!(&mut *lock, "{}", std::process::id());
-            Ok(StateLock { _lock: lock })
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: F_SETLK reads the flock struct we pass and the fd is open for writing.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } != 0 {
+        let err = std::io::Error::last_os_error();
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        let holder = holder.trim();
+        if matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
+            bail!(
+                "another orchd{} is already running with state directory {}",
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                },
+                dir.display()
+            );
         }
-        Err((_, errno)) => {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
-            let holder = holder.trim();
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                bail!(
-                    "another orchd{} is already running with state directory {}",
-                    if holder.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (pid {holder})")
-                    },
-                    dir.display()
-                );
+        bail!("cannot lock {}: {err}", path.display());
+    }
+    file.set_len(0).ok();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(StateLock { _file: file })
+}
+
+/// Opens the store. With the state lock held no other daemon can own it, so a store lock
+/// still held can only be a child of a daemon that was killed, caught between fork and
+/// exec (it shares sled's `flock` until it execs): that clears within moments.
+async fn open_store(dir: &Path) -> anyhow::Result<store::Store> {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut warned = false;
+    loop {
+        match store::Store::open(dir) {
+            Err(store::StoreError::Locked { .. }) if Instant::now() < give_up => {
+                if !warned {
+                    tracing::warn!(store = %dir.display(), "the store is still locked by a process of the previous orchd; waiting");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            bail!("cannot lock {}: {errno}", path.display())
+            r => return Ok(r?),
         }
     }
 }
@@ -227,7 +255,7 @@ async fn serve(
     let state_dir = cfg.state_dir();
     private_dir(&state_dir)?;
     let _lock = lock_state_dir(&state_dir)?;
-    let store = store::Store::open(&state_dir.join("store"))?;
+    let store = open_store(&state_dir.join("store")).await?;
     let limiter = Arc::new(limits::Limiter::detect(
         &cfg.limits_backend,
         &instance_name(&state_dir),

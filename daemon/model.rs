@@ -198,8 +198,12 @@ pub struct StepPlan {
     /// Empty for literal commands.
     pub agent: String,
     pub prompt: String,
-    /// The resolved argv.
+    /// The resolved argv (for an agent step: its template with `{prompt}` and `{workdir}`
+    /// filled in; the ids are filled in when an attempt starts).
     pub command: Vec<String>,
+    /// An agent step's command template as the profile had it at submit time.
+    #[serde(default)]
+    pub template: Vec<String>,
     pub workdir: String,
     /// The step's own env (the client's env is kept on the objective).
     pub env: BTreeMap<String, String>,
@@ -431,6 +435,32 @@ pub struct AuditEntry {
     pub result: String,
 }
 
+/// Replaces `{name}` placeholders of `template` in one pass: text put in is never
+/// scanned again, so a prompt containing `{workdir}` stays as written.
+pub fn expand_template(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let hit = vars
+            .iter()
+            .find(|(k, _)| tail[1..].starts_with(k) && tail[1 + k.len()..].starts_with('}'));
+        match hit {
+            Some((k, v)) => {
+                out.push_str(v);
+                rest = &tail[k.len() + 2..];
+            }
+            None => {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The objective's state, derived from its steps (the one place this rule lives).
 /// `paused` is kept by the caller; this only answers for a running objective.
 pub fn derive_objective_state(steps: &[Step], cancelling: bool) -> ObjState {
@@ -474,6 +504,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn templates_expand_once() {
+        let vars = [("prompt", "say {workdir} and {prompt}"), ("workdir", "/w")];
+        assert_eq!(
+            expand_template("{prompt}", &vars),
+            "say {workdir} and {prompt}"
+        );
+        assert_eq!(expand_template("--dir={workdir}/x", &vars), "--dir=/w/x");
+        assert_eq!(expand_template("{unknown} {", &vars), "{unknown} {");
+        assert_eq!(expand_template("{step_id}", &vars), "{step_id}");
+    }
+
+    #[test]
     fn backoff_formula() {
         let p = RetryPolicy {
             initial_backoff_ms: 2_000,
@@ -512,6 +554,7 @@ mod tests {
                 agent: String::new(),
                 prompt: String::new(),
                 command: vec!["true".into()],
+                template: vec![],
                 workdir: "/".into(),
                 env: BTreeMap::new(),
                 needs: vec![],

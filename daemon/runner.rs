@@ -340,6 +340,8 @@ const MAX_PROTOCOL_LINE: usize = MAX_CHECKPOINT_BYTES + 64;
 const PREFIX: &[u8] = b"::orch-";
 /// How often the tree's memory and CPU are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How long output may still be drained after the tree is gone.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long the tree may take to empty after SIGKILL before it is reported.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -615,8 +617,10 @@ async fn run(
                 spec.key.clone(),
                 LineParser::new(spec.usage_format),
             )),
+            None,
         ))
     });
+    let stderr_tail = Arc::new(std::sync::Mutex::new(VecDeque::new()));
     let stderr = pipe(child.stderr.take().map(OwnedFd::from)).map(|r| {
         tokio::spawn(copy_stream(
             r,
@@ -624,6 +628,7 @@ async fn run(
             writer_tx.clone(),
             last_output.clone(),
             None,
+            Some(stderr_tail.clone()),
         ))
     });
     drop(writer_tx);
@@ -730,22 +735,28 @@ async fn run(
     // sessions that escaped the process group included (cgroup backend).
     let final_usage = tree.usage();
     let empty = tree.empty().await;
-    let mut tails = Vec::new();
+    // Once the tree is gone the pipes reach EOF at once. With the rlimit backend a
+    // process that escaped the session may still hold them: the drain then gets one
+    // short shared deadline and is cut off, which also lets the log writer finish.
+    let drain_until = Instant::now() + DRAIN_TIMEOUT;
     for task in [stdout, stderr].into_iter().flatten() {
-        // Output already written is kept; with the rlimit backend a process that escaped
-        // its session may hold the pipe, so the drain is bounded.
-        if let Ok(Ok(tail)) = tokio::time::timeout(Duration::from_secs(2), task).await {
-            tails.push(tail);
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(drain_until, task).await.is_err() {
+            abort.abort();
+            tracing::warn!(objective = %spec.key.objective_id, attempt = spec.key.number, "a process outside the attempt's tree still holds its output; no longer captured");
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    let stderr_tail = stderr_tail
+        .lock()
+        .map(|t| t.iter().copied().collect::<Vec<u8>>())
+        .unwrap_or_default();
     let peak_rss_bytes = peak
         .rss_bytes
         .max(final_usage.rss_bytes)
         .max(reaped.max_rss_bytes);
     let cpu_ms = peak.cpu_ms.max(final_usage.cpu_ms).max(reaped.cpu_ms);
     let leaf_oom = tree.leaf.as_ref().map(|l| l.oom_kills()).unwrap_or(0);
-    let stderr_tail = tails.concat();
     let (outcome, mut message) = match stop {
         Some(s) => s,
         None => classify(&Classify {
@@ -860,13 +871,13 @@ pub fn classify(c: &Classify) -> (Outcome, String) {
 async fn copy_stream<R: AsyncRead + Unpin>(
     mut src: R,
     stream: Stream,
-    log: mpsc::Sender<(Stream, Vec<u8>)>,
+    log: crate::logfile::LogTx,
     last_output: Arc<AtomicI64>,
     mut protocol: Option<(mpsc::UnboundedSender<Fact>, AttemptKey, LineParser)>,
-) -> Vec<u8> {
+    tail: Option<Arc<std::sync::Mutex<VecDeque<u8>>>>,
+) {
     const TAIL: usize = 4096;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut tail: VecDeque<u8> = VecDeque::with_capacity(TAIL);
     let mut dropped = 0u64;
     loop {
         let n = match src.read(&mut buf).await {
@@ -875,14 +886,15 @@ async fn copy_stream<R: AsyncRead + Unpin>(
         };
         last_output.store(now_ms(), Ordering::Relaxed);
         let chunk = &buf[..n];
-        for &b in chunk.iter().skip(chunk.len().saturating_sub(TAIL)) {
-            if tail.len() == TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(b);
+        if let Some(tail) = &tail
+            && let Ok(mut t) = tail.lock()
+        {
+            t.extend(&chunk[chunk.len().saturating_sub(TAIL)..]);
+            let excess = t.len().saturating_sub(TAIL);
+            t.drain(..excess);
         }
         // Never block the agent: when the disk cannot keep up, drop and say so.
-        if log.try_send((stream, chunk.to_vec())).is_err() {
+        if !log.send(stream, chunk.to_vec()) {
             dropped += n as u64;
         } else if dropped > 0 {
             tracing::warn!(
@@ -908,7 +920,6 @@ async fn copy_stream<R: AsyncRead + Unpin>(
             });
         }
     }
-    tail.into_iter().collect()
 }
 
 /// Reads the JSON of a `::orch-usage::` line (every field optional).

@@ -76,6 +76,8 @@ const TREE_NAMES: [&str; 10] = [
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The last audit entry's key.
+    audit_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
     trees: [sled::Tree; 10],
     path: PathBuf,
 }
@@ -201,9 +203,10 @@ impl WriteSet {
         self.put(T::Usage, key.as_bytes().to_vec(), json(u));
     }
 
-    pub fn audit(&mut self, entry: &AuditEntry) {
-        let key = ulid::Ulid::generate().to_bytes().to_vec();
-        self.put(T::Audit, key, json(entry));
+    /// Appends an audit entry under `seq` (from `Store::next_audit_seq`: keys keep the order
+    /// of the calls, even within one millisecond).
+    pub fn audit(&mut self, seq: u64, entry: &AuditEntry) {
+        self.put(T::Audit, seq.to_be_bytes().to_vec(), json(entry));
     }
 }
 
@@ -280,7 +283,13 @@ impl Store {
             open(TREE_NAMES[8])?,
             open(TREE_NAMES[9])?,
         ];
+        let last_audit = trees[T::Audit as usize]
+            .last()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
         let store = Store {
+            audit_seq: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(last_audit)),
             db,
             trees,
             path: dir.to_path_buf(),
@@ -329,6 +338,13 @@ impl Store {
         self.tree(T::Meta).insert(META_SCHEMA, &v.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The key of the next audit entry.
+    pub fn next_audit_seq(&self) -> u64 {
+        self.audit_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
     }
 
     /// The highest event sequence number ever stored (0 when none).

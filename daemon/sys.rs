@@ -82,6 +82,44 @@ pub unsafe fn child_pre_exec(setup: &ChildSetup) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
+    // Every signal back to its default action (ignored ones survive exec otherwise).
+    for sig in 1..libc::SIGRTMIN() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: signal() with SIG_DFL is async-signal-safe; failures are harmless.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+    // No fd of the daemon beyond 0-2 reaches the agent, even ones it inherited without
+    // close-on-exec (close-on-exec rather than close keeps std's exec-error pipe working).
+    // SAFETY: close_range only changes fd flags of this (child) process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if r != 0 {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into a local struct.
+        let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur.min(65536) as i32
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            // SAFETY: fcntl on an fd that may not exist just fails with EBADF.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
     // SAFETY: sigemptyset/sigprocmask are async-signal-safe and operate on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -213,6 +251,28 @@ pub fn session_members(sid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Every process whose environment (as it was at exec) holds all of `vars`.
+pub fn processes_with_env(vars: &[(&str, &str)]) -> Vec<u32> {
+    let wanted: Vec<Vec<u8>> = vars
+        .iter()
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            wanted
+                .iter()
+                .all(|w| env.split(|b| *b == 0).any(|entry| entry == w.as_slice()))
+        })
+        .collect()
+}
+
 /// Registers an owned fd with the tokio reactor for readability.
 pub fn readable_fd<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
     // SAFETY: every `T` passed here (OwnedFd, InotifyFd) owns its fd, keeps it open for its
@@ -302,6 +362,21 @@ mod tests {
         let (sid, _, _) = proc_stat(me).expect("own stat");
         assert!(session_members(sid).contains(&me));
         assert!(usage_of([me]).rss_bytes > 0);
+    }
+
+    #[test]
+    fn finds_processes_by_environment() {
+        let marker = format!("orch-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .env("ORCH_TEST_MARK", &marker)
+            .spawn()
+            .expect("spawn sleep");
+        let found = processes_with_env(&[("ORCH_TEST_MARK", &marker)]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, vec![child.id()]);
+        assert!(processes_with_env(&[("ORCH_TEST_MARK", "nobody-has-this")]).is_empty());
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! End-to-end tests (`e2e`): the real `orchd` and `orchctl` binaries on a private socket and state dir.
 
+mod agents;
 mod cli;
 mod config;
+mod durability;
+mod events;
 mod grpc;
 mod lifecycle;
 mod plans;
 mod runs;
+mod supervisor;
 mod support;

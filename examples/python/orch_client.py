@@ -23,7 +23,8 @@ Output: one JSON object per line on stdout, each with a "type" field:
     {"type": "done", "objectives": N}                       list: last line
     {"type": "submitted", "id": "...", "existing": false}   --submit
     {"type": "event", "event": {...}}                       --watch: one per event
-    {"type": "watch_end", "reason": "end" | "unimplemented"}  --watch: last line
+    {"type": "watch_end", "reason": "end" | "unimplemented",
+     "state": "OBJECTIVE_STATE_SUCCEEDED"}                  --watch: last line (state: how it ended)
     {"type": "error", "code": "...", "message": "..."}      on failure, last line
 
 Messages ("objective", "event") use the canonical proto3 JSON mapping with
@@ -41,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import grpc
 from google.protobuf import json_format
@@ -201,16 +203,50 @@ def submit(pb, stub, command, timeout):
 
 
 def watch(pb, stub, objective_id, from_seq, deadline):
-    request = pb.WatchRequest(objective_id=objective_id, from_seq=from_seq)
-    try:
-        for event in stub.Watch(request, timeout=deadline):
-            emit({"type": "event", "event": to_json(event)})
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            emit({"type": "watch_end", "reason": "unimplemented"})
-            return
-        raise
-    emit({"type": "watch_end", "reason": "end"})
+    """Prints the objective's events from from_seq (0: its first) until it ends.
+
+    orchd ends the stream after the objective's final objective_state event.
+    Should a stream close before that event came (a watch opened at the very
+    moment the objective ended can stop short), it is opened once more after
+    the last event seen; nothing more confirms the end. Every event is
+    printed exactly once.
+    """
+    terminal = {
+        pb.OBJECTIVE_STATE_SUCCEEDED,
+        pb.OBJECTIVE_STATE_FAILED,
+        pb.OBJECTIVE_STATE_CANCELLED,
+    }
+    end_at = time.monotonic() + deadline
+    next_seq = from_seq
+    final = None
+    rechecked = False
+    while True:
+        request = pb.WatchRequest(objective_id=objective_id, from_seq=next_seq)
+        got = False
+        try:
+            timeout = max(end_at - time.monotonic(), 0.1)
+            for event in stub.Watch(request, timeout=timeout):
+                if next_seq and event.seq < next_seq:
+                    continue
+                next_seq = event.seq + 1
+                got = True
+                emit({"type": "event", "event": to_json(event)})
+                if event.WhichOneof("payload") == "objective_state":
+                    state = event.objective_state.state
+                    final = state if state in terminal else None
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                emit({"type": "watch_end", "reason": "unimplemented"})
+                return
+            raise
+        if final is not None or (rechecked and not got):
+            break
+        rechecked = True
+        time.sleep(0.1)
+    end = {"type": "watch_end", "reason": "end"}
+    if final is not None:
+        end["state"] = pb.ObjectiveState.Name(final)
+    emit(end)
 
 
 # ------------------------------------------------------------------ main

@@ -142,8 +142,9 @@ pub fn run_deadline(cmd: &mut Command, deadline: Duration) -> Result<Output, Str
     }
 }
 
-/// Runs `orchctl --socket SOCKET ARGS...` (with `ORCH_SOCKET` set too) in `cwd`.
-pub fn orchctl(socket: &Path, cwd: &Path, args: &[&str]) -> Output {
+/// An `orchctl --socket SOCKET ARGS...` command (with `ORCH_SOCKET` set too) in `cwd`, not
+/// started yet.
+pub fn orchctl_command(socket: &Path, cwd: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(ORCHCTL);
     scrub_env(&mut cmd);
     cmd.arg("--socket")
@@ -151,7 +152,27 @@ pub fn orchctl(socket: &Path, cwd: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(cwd)
         .env("ORCH_SOCKET", socket);
+    cmd
+}
+
+/// Runs `orchctl --socket SOCKET ARGS...` (with `ORCH_SOCKET` set too) in `cwd`.
+pub fn orchctl(socket: &Path, cwd: &Path, args: &[&str]) -> Output {
+    let mut cmd = orchctl_command(socket, cwd, args);
     run_deadline(&mut cmd, CMD_DEADLINE).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Calls `f` every ~20 ms until it returns `Some`, up to `deadline`; panics naming `what`.
+pub fn poll_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= end {
+            panic!("{what}: not within {deadline:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Runs a future to completion on a fresh runtime on its own thread, so it works both from
@@ -221,6 +242,9 @@ pub struct TestDaemon {
     log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A program (and its arguments) that execs `orchd ARGS...`, to start the daemon with
+    /// inherited state (signal mask, open fds) that a service manager or shell might pass on.
+    wrapper: Vec<String>,
     /// Give socket and state dir by `ORCH_SOCKET`/`ORCH_STATE_DIR` instead of flags.
     via_env: bool,
     launches: u32,
@@ -236,6 +260,14 @@ impl TestDaemon {
     /// A started daemon with extra arguments and environment.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut d = Self::prepare(args, env);
+        d.launch();
+        d
+    }
+
+    /// A started daemon launched as `WRAPPER... orchd ARGS...`; the wrapper must exec orchd.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
+        let mut d = Self::prepare(args, &[]);
+        d.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
         d.launch();
         d
     }
@@ -267,6 +299,7 @@ impl TestDaemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: Vec::new(),
             via_env: false,
             launches: 0,
             child: None,
@@ -301,7 +334,12 @@ impl TestDaemon {
     /// An `orchd` command with the hermetic environment (private XDG dirs, no `ORCH_*`) but no
     /// socket or state-dir flags, for extra daemons and `--print-config`.
     pub fn orchd(&self) -> Command {
-        let mut cmd = Command::new(ORCHD);
+        self.hermetic(ORCHD)
+    }
+
+    /// `program` with the hermetic environment of [`TestDaemon::orchd`].
+    fn hermetic(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
         scrub_env(&mut cmd);
         cmd.current_dir(&self.work)
             .env("XDG_CONFIG_HOME", self.dir().join("xdg-config"))
@@ -327,7 +365,14 @@ impl TestDaemon {
             .expect("open the orchd log");
         writeln!(log, "==== orch test harness: launch {} ====", self.launches)
             .expect("write the orchd log");
-        let mut cmd = self.orchd();
+        let mut cmd = match self.wrapper.split_first() {
+            None => self.orchd(),
+            Some((program, rest)) => {
+                let mut c = self.hermetic(program);
+                c.args(rest).arg(ORCHD);
+                c
+            }
+        };
         if self.via_env {
             cmd.env("ORCH_SOCKET", &self.socket)
                 .env("ORCH_STATE_DIR", &self.state);
@@ -424,6 +469,25 @@ impl TestDaemon {
     /// Runs `orchctl ARGS...` against this daemon, in the work dir.
     pub fn ctl(&self, args: &[&str]) -> Output {
         orchctl(&self.socket, &self.work, args)
+    }
+
+    /// `orchctl ARGS...` against this daemon, not started yet (for commands that keep
+    /// running, such as `logs -f`).
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        orchctl_command(&self.socket, &self.work, args)
+    }
+
+    /// `orchctl logs ARGS...`: asserts exit 0 and returns what it printed on stdout.
+    pub fn logs(&self, args: &[&str]) -> Vec<u8> {
+        let mut full = vec!["logs"];
+        full.extend_from_slice(args);
+        let out = self.ctl(&full);
+        assert!(
+            out.status.success(),
+            "orchctl {full:?} failed\n{}",
+            describe(&out)
+        );
+        out.stdout
     }
 
     /// Runs `orchctl ARGS... -o json` (before a `--`, if any), asserts exit 0 and parses stdout.
@@ -669,5 +733,132 @@ pub fn kill_running_attempts(status: &Value, name: &str) {
                 kill_if_named(u32::try_from(pid).expect("pid fits u32"), name);
             }
         }
+    }
+}
+
+/// The arguments of `pid` (empty when it is gone or a kernel thread).
+pub fn proc_argv(pid: u32) -> Vec<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Every pid in /proc.
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live processes whose arguments are exactly `argv`.
+pub fn pids_with_argv(argv: &[&str]) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| proc_argv(*p) == argv && process_alive(*p))
+        .collect()
+}
+
+/// Live processes (other than this one) whose command line (arguments joined by spaces)
+/// contains `text`.
+pub fn pids_with_cmdline(text: &str) -> Vec<u32> {
+    let me = std::process::id();
+    all_pids()
+        .into_iter()
+        .filter(|p| *p != me && proc_argv(*p).join(" ").contains(text) && process_alive(*p))
+        .collect()
+}
+
+/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat, after the command name.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n - 3).map(str::to_string)
+}
+
+/// The scheduler state letter of `pid` (`R`, `S`, `T`, `Z`...).
+pub fn proc_state(pid: u32) -> Option<char> {
+    stat_field(pid, 3)?.chars().next()
+}
+
+/// The session id of `pid`.
+pub fn proc_session(pid: u32) -> Option<u32> {
+    stat_field(pid, 6)?.parse().ok()
+}
+
+/// The cgroup v2 path of `pid` (the `0::` line of /proc/PID/cgroup).
+pub fn proc_cgroup(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim().to_string())
+}
+
+/// Live processes whose session id is `sid`.
+pub fn pids_in_session(sid: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| proc_session(*p) == Some(sid) && process_alive(*p))
+        .collect()
+}
+
+// ------------------------------------------------------------------ daemon config and store
+
+impl TestDaemon {
+    /// A daemon, not started yet, that reads `config` (written to `orchd.toml` in its temp
+    /// dir) through `--config`, with extra `args`.
+    pub fn prepare_with_config(config: &str, args: &[&str]) -> Self {
+        let mut d = Self::prepare(args, &[]);
+        let path = d.write_file("orchd.toml", config);
+        d.args.push("--config".into());
+        d.args.push(path.display().to_string());
+        d
+    }
+
+    /// The daemon's sled store (open it only while the daemon is not running).
+    pub fn store_dir(&self) -> PathBuf {
+        self.state.join("store")
+    }
+}
+
+// ------------------------------------------------------------------ events, scripts, daemon pid
+
+impl TestDaemon {
+    /// Every event of objective `id` (`orchctl watch ID -o json`, one JSON object a line).
+    /// The objective must have ended (watch ends with it; its exit code is the result).
+    pub fn events(&self, id: &str) -> Vec<Value> {
+        let out = self.ctl(&["watch", id, "-o", "json"]);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "orchctl watch {id} -o json failed\n{}",
+            describe(&out)
+        );
+        stdout(&out)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("watch line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Writes an executable script `name` inside the temp dir and returns its path.
+    pub fn write_script(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write_file(name, text);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        path
+    }
+
+    /// The pid of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("orchd is not running").id()
     }
 }
