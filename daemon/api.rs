@@ -576,7 +576,11 @@ impl Api {
         let result = match result {
             Ok(_) => "ok".to_string(),
             Err(s) if s.code() == tonic::Code::PermissionDenied => "denied".to_string(),
-            Err(s) => format!("error: {}", s.message()),
+            // One line per entry, whatever the message.
+            Err(s) => format!(
+                "error: {}",
+                s.message().split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
         };
         let entry = AuditEntry {
             time_ms: crate::model::now_ms(),

@@ -1760,7 +1760,13 @@ impl Engine {
                         }
                         _ => false,
                     }
+                } else if self.global_alerts.contains(&key)
+                    || self.store.has_marker(&key).unwrap_or(false)
+                {
+                    false
                 } else {
+                    // Kept in the store so a restart does not send it again.
+                    self.turn.writes.marker(&key);
                     self.global_alerts.insert(key)
                 };
                 if fresh {

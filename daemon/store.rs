@@ -203,6 +203,15 @@ impl WriteSet {
         self.put(T::Usage, key.as_bytes().to_vec(), json(u));
     }
 
+    /// Records that something happened once (e.g. a daemon-wide budget alert was sent).
+    pub fn marker(&mut self, key: &str) {
+        self.put(
+            T::Usage,
+            format!("marker:{key}").into_bytes(),
+            b"{}".to_vec(),
+        );
+    }
+
     /// Appends an audit entry under `seq` (from `Store::next_audit_seq`: keys keep the order
     /// of the calls, even within one millisecond).
     pub fn audit(&mut self, seq: u64, entry: &AuditEntry) {
@@ -561,6 +570,13 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether `WriteSet::marker(key)` was stored.
+    pub fn has_marker(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .tree(T::Usage)
+            .contains_key(format!("marker:{key}").as_bytes())?)
     }
 
     /// A usage total (zero when none was recorded).
