@@ -1248,7 +1248,11 @@ impl Engine {
                 return;
             }
             let leaf = leaf_name(&key.objective_id, key.step_index, key.number);
-            match engine.limiter.prepare(&leaf, &spec.limits) {
+            let uid = spec
+                .run_as
+                .as_ref()
+                .map_or_else(|| nix::unistd::Uid::current().as_raw(), |r| r.0);
+            match engine.limiter.prepare(&leaf, &spec.limits, uid) {
                 Ok(p) => spec.prepared = p,
                 Err(e) => {
                     let _ = engine.facts_tx.send(Fact::Ended {
@@ -1320,6 +1324,7 @@ fn run_spec(
             timeout: step.plan.timeout_ms.map(Duration::from_millis),
             idle_timeout: step.plan.idle_timeout_ms.map(Duration::from_millis),
             usage_format: UsageFormat::OrchLines,
+            run_as: run_as(obj.owner_uid, obj.owner_gid),
             limits: step.plan.limits,
             prepared: Default::default(),
         }
@@ -1980,6 +1985,24 @@ fn kill_leftover(a: &Attempt, limiter: &Limiter) -> bool {
         let _ = sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     }
     ours
+}
+
+/// Who an agent runs as: a daemon running as root runs each agent as the user who
+/// submitted it (with that user's supplementary groups); otherwise as the daemon's user.
+fn run_as(uid: u32, gid: u32) -> Option<(u32, u32, Vec<u32>)> {
+    if !nix::unistd::Uid::effective().is_root() || uid == 0 {
+        return None;
+    }
+    let groups = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .and_then(|u| {
+            let name = std::ffi::CString::new(u.name).ok()?;
+            nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok()
+        })
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![gid]);
+    Some((uid, gid, groups))
 }
 
 /// The cgroup leaf of an attempt.

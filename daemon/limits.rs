@@ -123,14 +123,15 @@ impl Limiter {
     }
 
     /// Creates the attempt's cgroup leaf (cgroup backend) and decides its limits.
-    pub fn prepare(&self, leaf: &str, limits: &Limits) -> Result<Prepared, LimitsError> {
+    /// `uid` is the user the attempt runs as (RLIMIT_NPROC counts that user's processes).
+    pub fn prepare(&self, leaf: &str, limits: &Limits, uid: u32) -> Result<Prepared, LimitsError> {
         match &self.backend {
             Backend::Rlimit => Ok(Prepared {
                 cgroup: None,
-                rlimits: rlimits_for(limits, &BTreeSet::new()),
+                rlimits: rlimits_for(limits, &BTreeSet::new(), uid),
                 memory_by_cgroup: false,
             }),
-            Backend::Cgroup(tree) => tree.prepare(leaf, limits),
+            Backend::Cgroup(tree) => tree.prepare(leaf, limits, uid),
         }
     }
 
@@ -153,7 +154,7 @@ impl Limiter {
 }
 
 /// The rlimits for `limits`, leaving out what the cgroup controllers enforce.
-pub fn rlimits_for(limits: &Limits, by_cgroup: &BTreeSet<String>) -> Vec<Rlimit> {
+pub fn rlimits_for(limits: &Limits, by_cgroup: &BTreeSet<String>, uid: u32) -> Vec<Rlimit> {
     let mut out = Vec::new();
     if let Some(m) = limits.memory_bytes
         && !by_cgroup.contains("memory")
@@ -186,7 +187,7 @@ pub fn rlimits_for(limits: &Limits, by_cgroup: &BTreeSet<String>) -> Vec<Rlimit>
     {
         // RLIMIT_NPROC counts every process of the user, so allow the attempt `p` more
         // than the user runs now. (Root is exempt from it; only pids.max binds root.)
-        let current = user_process_count(nix::unistd::Uid::current().as_raw());
+        let current = user_process_count(uid);
         out.push(Rlimit {
             resource: libc::RLIMIT_NPROC,
             soft: p + current,
@@ -331,7 +332,7 @@ fn detect_cgroup(instance: &str) -> Result<CgroupTree, String> {
 
 impl CgroupTree {
     /// Creates the leaf `name` under the base and writes its limits.
-    pub fn prepare(&self, name: &str, limits: &Limits) -> Result<Prepared, LimitsError> {
+    pub fn prepare(&self, name: &str, limits: &Limits, uid: u32) -> Result<Prepared, LimitsError> {
         let leaf = self.base.join(name);
         std::fs::create_dir_all(&leaf).map_err(io(&leaf, "create"))?;
         let write = |file: &str, value: String| -> Result<(), LimitsError> {
@@ -369,7 +370,7 @@ impl CgroupTree {
         }
         Ok(Prepared {
             cgroup: Some(leaf),
-            rlimits: rlimits_for(limits, &self.controllers),
+            rlimits: rlimits_for(limits, &self.controllers, uid),
             memory_by_cgroup,
         })
     }
@@ -471,7 +472,7 @@ mod tests {
             cpu_quota: Some(1.5),
             open_files: Some(100),
         };
-        let p = t.prepare("att-x", &limits).unwrap();
+        let p = t.prepare("att-x", &limits, 0).unwrap();
         let leaf = dir.path().join("att-x");
         assert_eq!(p.cgroup.as_deref(), Some(leaf.as_path()));
         let read = |f: &str| std::fs::read_to_string(leaf.join(f)).unwrap();
@@ -494,7 +495,7 @@ mod tests {
             pids: Some(20),
             ..Default::default()
         };
-        let p = t.prepare("att-y", &limits).unwrap();
+        let p = t.prepare("att-y", &limits, 0).unwrap();
         assert!(!dir.path().join("att-y/memory.max").exists());
         assert!(!p.memory_by_cgroup);
         let data = p

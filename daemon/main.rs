@@ -239,8 +239,27 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.with_context(|| format!("cannot bind socket {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+    // A system daemon shares its socket with the members of group `orch` (0660); every
+    // other daemon keeps it to its own user (0600).
+    let group = nix::unistd::Uid::effective()
+        .is_root()
+        .then(|| nix::unistd::Group::from_name("orch").ok().flatten())
+        .flatten();
+    let mode = match &group {
+        Some(g) => {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            nix::unistd::chown(path, None, Some(g.gid))
+                .and_then(|_| nix::unistd::chown(dir, None, Some(g.gid)))
+                .with_context(|| format!("cannot give {} to group orch", path.display()))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
+                .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    tracing::info!(socket = %path.display(), mode = format!("{mode:o}"), group = group.as_ref().map(|g| g.name.as_str()).unwrap_or(""), "socket bound");
     Ok(listener)
 }
 

@@ -54,6 +54,9 @@ pub struct RunSpec {
     pub prepared: Prepared,
     /// How usage and cost are read from stdout.
     pub usage_format: UsageFormat,
+    /// Run as this user (uid, gid, supplementary groups): a root daemon runs each agent
+    /// as the user who submitted it.
+    pub run_as: Option<(u32, u32, Vec<u32>)>,
 }
 
 /// How an agent reports usage on stdout (the profile's `usage`).
@@ -523,7 +526,8 @@ async fn run(
     };
     let mut env = spec.env.clone();
     if let Some((path, json)) = &spec.checkpoint {
-        if let Err(e) = write_private(path, json) {
+        let owner = spec.run_as.as_ref().map(|(u, g, _)| (*u, *g));
+        if let Err(e) = write_private(path, json, owner) {
             return AttemptEnd::spawn_error(format!(
                 "cannot write the checkpoint file {}: {e}",
                 path.display()
@@ -537,6 +541,10 @@ async fn run(
                 .ok()
         }),
         rlimits: spec.prepared.rlimits.clone(),
+        run_as: spec.run_as.clone(),
+        workdir: spec.run_as.as_ref().and_then(|_| {
+            std::ffi::CString::new(spec.workdir.clone().into_os_string().into_encoded_bytes()).ok()
+        }),
     };
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&spec.argv[1..])
@@ -784,7 +792,12 @@ async fn run(
     }
 }
 
-fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
+/// Writes `data` to a file only its owner can read; `owner` hands it to the agent's user.
+fn write_private(
+    path: &std::path::Path,
+    data: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -795,7 +808,11 @@ fn write_private(path: &std::path::Path, data: &str) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
-    std::io::Write::write_all(&mut f, data.as_bytes())
+    std::io::Write::write_all(&mut f, data.as_bytes())?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 /// The facts an outcome is decided from.

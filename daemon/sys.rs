@@ -43,6 +43,10 @@ pub struct ChildSetup {
     /// `cgroup.procs` of the attempt's leaf: the child moves itself there first.
     pub cgroup_procs: Option<std::ffi::CString>,
     pub rlimits: Vec<crate::limits::Rlimit>,
+    /// Switch to this user (uid, gid, supplementary groups) last, after the root-only steps.
+    pub run_as: Option<(u32, u32, Vec<libc::gid_t>)>,
+    /// Entered again after switching users, so the user must be able to enter it.
+    pub workdir: Option<std::ffi::CString>,
 }
 
 /// Runs in the forked child before `exec`: only async-signal-safe calls.
@@ -80,6 +84,24 @@ pub unsafe fn child_pre_exec(setup: &ChildSetup) -> io::Result<()> {
         // SAFETY: setrlimit is async-signal-safe and reads a local struct.
         if unsafe { libc::setrlimit(r.resource, &lim) } != 0 {
             return Err(io::Error::last_os_error());
+        }
+    }
+    if let Some((uid, gid, groups)) = &setup.run_as {
+        // SAFETY: setgroups/setgid/setuid are plain syscalls here (a forked child has one
+        // thread); the group list was allocated before fork.
+        unsafe {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(*gid) != 0
+                || libc::setuid(*uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(dir) = &setup.workdir {
+            // SAFETY: chdir with a NUL-terminated path prepared before fork.
+            if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
     }
     // Every signal back to its default action (ignored ones survive exec otherwise).

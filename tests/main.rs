@@ -9,5 +9,6 @@ mod grpc;
 mod lifecycle;
 mod plans;
 mod runs;
+mod security;
 mod supervisor;
 mod support;

@@ -1,0 +1,192 @@
+//! Who may do what: a root daemon runs each agent as the user who submitted it (with
+//! that user's groups), and other users may not control objectives they do not own.
+//! Needs root (it switches users); without root it says so and checks nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::TestDaemon;
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Opens a root daemon's socket to other users (what group `orch` does on a real system).
+fn open_to_everyone(d: &TestDaemon) {
+    for p in [d.dir(), d.socket()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+}
+
+/// `orchctl ARGS...` run as user `nobody`.
+fn ctl_as_nobody(d: &TestDaemon, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_orchctl"))
+        .arg("--socket")
+        .arg(d.socket())
+        .args(args)
+        .current_dir("/tmp")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/tmp")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run orchctl as nobody")
+}
+
+#[test]
+fn agents_of_a_root_daemon_run_as_the_submitting_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let d = TestDaemon::start();
+    open_to_everyone(&d);
+    let out = ctl_as_nobody(
+        &d,
+        &[
+            "submit",
+            "--wait",
+            "--retries",
+            "0",
+            "--workdir",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo uid=$(id -u) gid=$(id -g) groups=$(id -G)",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "submit as nobody: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let log = String::from_utf8_lossy(&d.logs(&[&id])).into_owned();
+    let expected_groups = nix::unistd::getgrouplist(c"nobody", nix::unistd::Gid::from_raw(NOBODY))
+        .map(|g| {
+            g.into_iter()
+                .map(|g| g.as_raw().to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(|_| vec![NOBODY.to_string()]);
+    assert!(
+        log.contains(&format!("uid={NOBODY} gid={NOBODY} ")),
+        "agent did not run as nobody: {log}"
+    );
+    for g in &expected_groups {
+        assert!(log.contains(g.as_str()), "group {g} missing: {log}");
+    }
+    assert!(!log.contains("groups=0"), "root's group leaked: {log}");
+    // Root's own objectives still run as root.
+    let root_id = d.submit(
+        &[
+            "--wait",
+            "--retries",
+            "0",
+            "--",
+            "sh",
+            "-c",
+            "echo uid=$(id -u)",
+        ],
+        0,
+    );
+    let log = String::from_utf8_lossy(&d.logs(&[&root_id])).into_owned();
+    assert!(log.contains("uid=0"), "{log}");
+}
+
+#[test]
+fn a_workdir_the_user_cannot_enter_is_a_spawn_error() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let d = TestDaemon::start();
+    open_to_everyone(&d);
+    let private = d.dir().join("private");
+    std::fs::create_dir(&private).expect("mkdir");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let dir = private.display().to_string();
+    let out = ctl_as_nobody(
+        &d,
+        &[
+            "submit",
+            "--wait",
+            "--retries",
+            "2",
+            "--workdir",
+            &dir,
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let v = d.status(&id);
+    let attempts = v["steps"][0]["attempts"]
+        .as_array()
+        .expect("attempts")
+        .clone();
+    assert_eq!(attempts.len(), 1, "spawn errors are not retried: {v}");
+    assert_eq!(attempts[0]["outcome"], "spawn_error", "{v}");
+}
+
+#[test]
+fn other_users_may_not_control_objectives_they_do_not_own() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let d = TestDaemon::start_with(&["--grace-period", "1s"], &[]);
+    open_to_everyone(&d);
+    let id = d.submit(&["--", "sleep", "30"], 0);
+    d.wait_for_state(&id, |v| v["state"] == "running", Duration::from_secs(20));
+    for action in ["cancel", "pause"] {
+        let out = ctl_as_nobody(&d, &[action, &id]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{action} by nobody must be refused"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("may not") && err.contains("65534"),
+            "{action}: {err}"
+        );
+    }
+    // Reading is allowed; the refusals are audited as denied with the caller's uid.
+    assert!(ctl_as_nobody(&d, &["status", &id]).status.success());
+    let audit = d.ctl_json(&["audit", "--objective", &id]);
+    let denied: Vec<_> = audit
+        .as_array()
+        .expect("audit array")
+        .iter()
+        .filter(|e| e["result"] == "denied" && e["uid"] == NOBODY)
+        .collect();
+    assert_eq!(denied.len(), 2, "{audit}");
+    // The owner (root) still may.
+    let out = d.ctl(&["cancel", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
