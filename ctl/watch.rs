@@ -247,8 +247,9 @@ async fn follow_stream(
     // Set after a terminal objective_state: when to ask whether it really ended.
     let mut grace_until: Option<tokio::time::Instant> = None;
     let mut trouble_since: Option<Instant> = None;
-    // Whether the last objective_state seen was final.
+    // Whether the last objective_state seen was final, and which state it was.
     let mut saw_end = false;
+    let mut end_state: Option<i32> = None;
     // Whether the stream was opened again to confirm an end whose final event did not come.
     let mut rechecked = false;
     let mut ticker = tokio::time::interval(live::TICK);
@@ -265,7 +266,9 @@ async fn follow_stream(
             {
                 grace_until = None;
                 let o = get(client, &id).await?;
-                if is_terminal(o.state) {
+                // Ended as the stream said: done. Ended otherwise (retried since, and the
+                // rest of its history is still on its way) or running: keep following.
+                if is_terminal(o.state) && end_state == Some(o.state) {
                     view.finish(Some(&o))?;
                     return Ok(o);
                 }
@@ -287,6 +290,7 @@ async fn follow_stream(
                 }
                 if let Some(Payload::ObjectiveState(s)) = &event.payload {
                     saw_end = is_terminal(s.state);
+                    end_state = saw_end.then_some(s.state);
                     grace_until = saw_end.then(|| tokio::time::Instant::now() + END_GRACE);
                 }
                 continue;
