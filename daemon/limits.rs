@@ -87,14 +87,14 @@ impl Limiter {
         if choice == "rlimit" {
             return Ok(Limiter {
                 backend: Backend::Rlimit,
-                detail: "rlimit (forced by config): own session and process group per attempt, setrlimit limits".into(),
+                detail: "forced by config; own session and process group per attempt, setrlimit limits".into(),
             });
         }
         match detect_cgroup(instance) {
             Ok(tree) => {
                 let ctl: Vec<&str> = tree.controllers.iter().map(String::as_str).collect();
                 let detail = format!(
-                    "cgroup-v2 at {} (controllers: {}; {})",
+                    "leaves under {} (controllers: {}; {})",
                     tree.base.display(),
                     if ctl.is_empty() {
                         "none".to_string()
@@ -115,7 +115,7 @@ impl Limiter {
             Err(why) if choice == "auto" => Ok(Limiter {
                 backend: Backend::Rlimit,
                 detail: format!(
-                    "rlimit (no usable cgroup v2 subtree: {why}): own session and process group per attempt, setrlimit limits"
+                    "no usable cgroup v2 subtree ({why}); own session and process group per attempt, setrlimit limits"
                 ),
             }),
             Err(why) => Err(LimitsError::Unavailable(why)),
