@@ -7,6 +7,7 @@ use orch_proto::v1::{
     StepState, Usage, UsageReport, event::Payload,
 };
 use orch_proto::words;
+pub use orch_proto::words::EVENT_KINDS;
 use serde_json::{Map, Value, json};
 
 /// RFC 3339 UTC text of a timestamp; `None` when unset (or the zero timestamp).
@@ -163,22 +164,6 @@ pub fn event_kind(e: &Event) -> String {
     }
     .to_string()
 }
-
-/// Every event kind this client knows, for `--kinds` checks and help.
-pub const EVENT_KINDS: [&str; 12] = [
-    "objective_submitted",
-    "objective_state",
-    "step_state",
-    "attempt_started",
-    "attempt_ended",
-    "retry_scheduled",
-    "checkpoint",
-    "usage",
-    "progress",
-    "budget_alert",
-    "approval_requested",
-    "approval_answered",
-];
 
 /// The payload's own fields, flattened into the event object.
 fn payload_fields(p: &Payload) -> Value {

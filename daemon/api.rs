@@ -2,6 +2,7 @@
 //! validates and resolves specs into domain types, forwards commands to the engine
 //! (reserving channel capacity first) and maps errors to `Status`. Queries read the store.
 
+use orch_proto::words::EVENT_KINDS;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -164,22 +165,6 @@ impl LogJob {
         }
     }
 }
-
-/// Every event kind, as words.
-pub const EVENT_KINDS: [&str; 12] = [
-    "objective_submitted",
-    "objective_state",
-    "step_state",
-    "attempt_started",
-    "attempt_ended",
-    "retry_scheduled",
-    "checkpoint",
-    "usage",
-    "progress",
-    "budget_alert",
-    "approval_requested",
-    "approval_answered",
-];
 
 /// One `Watch` call: history from the store, then live events, joined with no gap and no
 /// duplicate by sequence number. Only durable events are replayed; a watcher that falls

@@ -968,21 +968,7 @@ impl Engine {
             .steps
             .into_iter()
             .enumerate()
-            .map(|(i, plan)| Step {
-                objective_id: id.clone(),
-                index: i as u32,
-                state: StepState::Waiting,
-                plan,
-                attempts: 0,
-                counted_attempts: 0,
-                checkpoint: None,
-                next_attempt_ms: None,
-                progress: Progress::default(),
-                usage: Usage::default(),
-                message: String::new(),
-                agent_index: 0,
-                approved: false,
-            })
+            .map(|(i, plan)| Step::new(&id, i as u32, plan))
             .collect();
         for s in &steps {
             self.turn.writes.step(s);

@@ -87,7 +87,9 @@ impl Limiter {
         if choice == "rlimit" {
             return Ok(Limiter {
                 backend: Backend::Rlimit,
-                detail: "forced by config; own session and process group per attempt, setrlimit limits".into(),
+                detail:
+                    "forced by config; own session and process group per attempt, setrlimit limits"
+                        .into(),
             });
         }
         match detect_cgroup(instance) {

@@ -282,6 +282,25 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step as submitted: nothing run yet, waiting for its dependencies.
+    pub fn new(objective_id: &str, index: u32, plan: StepPlan) -> Step {
+        Step {
+            objective_id: objective_id.to_string(),
+            index,
+            plan,
+            state: StepState::Waiting,
+            attempts: 0,
+            counted_attempts: 0,
+            checkpoint: None,
+            next_attempt_ms: None,
+            progress: Progress::default(),
+            usage: Usage::default(),
+            message: String::new(),
+            agent_index: 0,
+            approved: false,
+        }
+    }
+
     /// The agent profile the next attempt uses (empty for a literal command).
     pub fn current_agent(&self) -> &str {
         match self.agent_index {
@@ -546,36 +565,28 @@ mod tests {
     }
 
     fn step(state: StepState, attempts: u32) -> Step {
+        let plan = StepPlan {
+            id: "s".into(),
+            agent: String::new(),
+            prompt: String::new(),
+            command: vec!["true".into()],
+            template: vec![],
+            workdir: "/".into(),
+            env: BTreeMap::new(),
+            needs: vec![],
+            timeout_ms: None,
+            idle_timeout_ms: None,
+            retry: RetryPolicy::default(),
+            limits: Limits::default(),
+            requires_approval: false,
+            fallback: vec![],
+            fallback_on_rate_limit: false,
+        };
         Step {
-            objective_id: "o".into(),
-            index: 0,
-            plan: StepPlan {
-                id: "s".into(),
-                agent: String::new(),
-                prompt: String::new(),
-                command: vec!["true".into()],
-                template: vec![],
-                workdir: "/".into(),
-                env: BTreeMap::new(),
-                needs: vec![],
-                timeout_ms: None,
-                idle_timeout_ms: None,
-                retry: RetryPolicy::default(),
-                limits: Limits::default(),
-                requires_approval: false,
-                fallback: vec![],
-                fallback_on_rate_limit: false,
-            },
             state,
             attempts,
             counted_attempts: attempts,
-            checkpoint: None,
-            next_attempt_ms: None,
-            progress: Progress::default(),
-            usage: Usage::default(),
-            message: String::new(),
-            agent_index: 0,
-            approved: false,
+            ..Step::new("o", 0, plan)
         }
     }
 

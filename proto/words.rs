@@ -53,6 +53,22 @@ pub fn log_stream(s: LogStream) -> String {
     word(s.as_str_name(), "LOG_STREAM_")
 }
 
+/// Every event kind, as words (the `kind` of `Event` and `--kinds` of `orchctl watch`).
+pub const EVENT_KINDS: [&str; 12] = [
+    "objective_submitted",
+    "objective_state",
+    "step_state",
+    "attempt_started",
+    "attempt_ended",
+    "retry_scheduled",
+    "checkpoint",
+    "usage",
+    "progress",
+    "budget_alert",
+    "approval_requested",
+    "approval_answered",
+];
+
 /// The objective states, as words, in contract order.
 pub const OBJECTIVE_STATES: [&str; 7] = [
     "pending",
