@@ -12,3 +12,4 @@ mod runs;
 mod security;
 mod supervisor;
 mod support;
+mod upgrade;
