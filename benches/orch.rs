@@ -6,6 +6,8 @@
 //! (attempt overhead per limits backend), `submit` (durable submit throughput and idle RSS),
 //! `recovery` (restart after `kill -9` with a large store), `events` (progress events to 1 and
 //! 100 watchers). Name one or more to run only those; no name runs all of them.
+//! `ORCH_BENCH_RECOVERY_ENDED=N` sets the number of ended objectives in the recovery store
+//! (default 10,000). Results and how to read them: `docs/benchmarks.md`.
 //!
 //! The figures are printed, never asserted: this is a measurement, not a test. Checks that
 //! make a figure meaningful (every objective succeeded, every watcher got every event, no
@@ -356,6 +358,19 @@ fn cpu_line(label: &str, before: (f64, f64), after: (f64, f64), wall: Duration, 
         100.0 * own / wall.as_secs_f64().max(1e-9),
         1e3 * own / n.max(1) as f64
     );
+}
+
+/// Processes `(pid, start ticks)` the bench kills when dropped, if still the same and alive.
+struct KillOnDrop(Vec<(u32, u64)>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for (pid, ticks) in &self.0 {
+            if same_alive(*pid, *ticks) {
+                let _ = signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
 }
 
 /// `(files, bytes)` under `dir`, recursively (read_dir plus one stat per entry).
@@ -1015,6 +1030,8 @@ async fn recovery() -> Result<()> {
             sleeps.push((a.pid, ticks));
         }
     }
+    // If this section fails half-way, the sleeps do not outlive the bench.
+    let _guard = KillOnDrop(sleeps.clone());
     let alive_before = sleeps.iter().filter(|(p, t)| same_alive(*p, *t)).count();
     let store_bytes = client
         .clone()
