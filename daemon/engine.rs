@@ -107,6 +107,8 @@ pub enum Command {
         caller: Caller,
         reply: Reply<()>,
     },
+    /// Bytes found under the logs directory at start (measured off the engine's task).
+    LogBytes(u64),
     /// Append an entry to the audit trail (committed with the turn).
     Audit(Box<AuditEntry>),
     /// Answer an approval gate.
@@ -448,6 +450,10 @@ impl Engine {
                 self.after(move |_| {
                     let _ = reply.send(r);
                 });
+            }
+            Command::LogBytes(n) => {
+                self.log_bytes += n;
+                self.enforce_log_cap();
             }
             Command::Audit(entry) => {
                 let seq = self.store.next_audit_seq();
@@ -1829,7 +1835,6 @@ impl Engine {
     /// identified by pid and start time), and reschedules their steps.
     pub async fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut report = Recovery::default();
-        self.log_bytes = dir_size(&self.logs_dir);
         for state in [
             ObjState::Pending,
             ObjState::Running,
@@ -2091,7 +2096,7 @@ fn file_size(p: &std::path::Path) -> u64 {
 }
 
 /// Bytes of the files under `dir` (recursively).
-fn dir_size(dir: &std::path::Path) -> u64 {
+pub fn dir_size(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -291,7 +291,8 @@ async fn serve(
     );
 
     let cfg = Arc::new(cfg);
-    let (events_tx, _) = broadcast::channel(4096);
+    // Live events buffered for watchers; one that falls further behind is re-fed from the store.
+    let (events_tx, _) = broadcast::channel(16384);
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut engine = engine::Engine::new(
         store.clone(),
@@ -314,6 +315,16 @@ async fn serve(
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (stop_engine, engine_stop_rx) = oneshot::channel();
     let engine_task = tokio::spawn(engine.run(cmd_rx, engine_stop_rx));
+    {
+        // Measuring the logs walks every file kept: done beside the engine, not before it.
+        let logs = state_dir.join("logs");
+        let engine = cmd_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(n) = tokio::task::spawn_blocking(move || engine::dir_size(&logs)).await {
+                let _ = engine.send(engine::Command::LogBytes(n)).await;
+            }
+        });
+    }
 
     let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
     let reloader = Arc::new(api::Reloader {

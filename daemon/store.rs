@@ -15,6 +15,8 @@ use crate::model::{Attempt, AuditEntry, Event, ObjState, Objective, Step, Usage}
 pub const SCHEMA_VERSION: u32 = 1;
 
 const META_SCHEMA: &[u8] = b"schema_version";
+/// sled's page cache.
+const CACHE_BYTES: u64 = 16 << 20;
 const META_LAST_SEQ: &[u8] = b"last_seq";
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +271,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // sled's default page cache is 1 GiB: memory would grow with history (and
+            // every fork would copy larger page tables). Live state is in the engine.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| match &source {
                 sled::Error::Io(e) if e.to_string().contains("lock") => StoreError::Locked {
