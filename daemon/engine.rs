@@ -144,6 +144,11 @@ pub struct Recovery {
 
 type Deferred = Box<dyn FnOnce(&mut Engine) + Send>;
 
+/// Runner facts (agent lines, usage, ends) taken into one turn at most.
+const MAX_FACTS_PER_TURN: usize = 512;
+/// API commands (submits, control calls) taken into one turn at most.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+
 /// Transitions collected during one turn, committed together.
 #[derive(Default)]
 struct Turn {
@@ -320,14 +325,15 @@ impl Engine {
                 _ = sleep_until_ms(timer) => {}
                 _ = tokio::time::sleep_until(self.housekeeping_at) => self.housekeeping(),
             }
-            // Group commit: take whatever else is already queued into the same turn.
-            for _ in 0..4096 {
+            // Group commit: take whatever else is already queued into the same turn, up to
+            // a bound that keeps one turn (and so the delay to the first event) short.
+            for _ in 0..MAX_FACTS_PER_TURN {
                 match self.facts_rx.try_recv() {
                     Ok(f) => self.on_fact(f),
                     Err(_) => break,
                 }
             }
-            for _ in 0..4096 {
+            for _ in 0..MAX_COMMANDS_PER_TURN {
                 match commands.try_recv() {
                     Ok(c) => self.on_command(c),
                     Err(_) => break,
