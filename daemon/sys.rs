@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn finds_processes_by_environment() {
-        let marker = format!("orch-test-{}", std::process::id());
+        let marker = format!("orch-test-{}-{}", std::process::id(), fastrand::u64(..));
         let mut child = std::process::Command::new("sleep")
             .arg("5")
             .env("ORCH_TEST_MARK", &marker)
@@ -397,7 +397,7 @@ mod tests {
         let found = processes_with_env(&[("ORCH_TEST_MARK", &marker)]);
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(found, vec![child.id()]);
+        assert_eq!(found, vec![child.id()], "processes with {marker}: {found:?}");
         assert!(processes_with_env(&[("ORCH_TEST_MARK", "nobody-has-this")]).is_empty());
     }
 
