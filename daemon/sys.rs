@@ -397,7 +397,11 @@ mod tests {
         let found = processes_with_env(&[("ORCH_TEST_MARK", &marker)]);
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(found, vec![child.id()], "processes with {marker}: {found:?}");
+        assert_eq!(
+            found,
+            vec![child.id()],
+            "processes with {marker}: {found:?}"
+        );
         assert!(processes_with_env(&[("ORCH_TEST_MARK", "nobody-has-this")]).is_empty());
     }
 
