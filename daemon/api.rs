@@ -711,6 +711,7 @@ pub fn resolve(
             template: profile.map(|p| p.command.clone()).unwrap_or_default(),
             workdir: workdir_text,
             env,
+            step_env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             needs: s.needs.clone(),
             timeout_ms: s
                 .timeout_ms

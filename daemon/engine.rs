@@ -1291,8 +1291,19 @@ fn run_spec(
         env.insert("ORCH_STEP_ID".into(), step.plan.id.clone());
         env.insert("ORCH_ATTEMPT".into(), number.to_string());
         env.remove("ORCH_CHECKPOINT_FILE");
-        for (k, v) in &step.plan.env {
-            env.insert(k.clone(), v.clone());
+        // A fallback agent gets its own profile's env (plus the step's), not the first's.
+        let fallback_env = (step.agent_index > 0)
+            .then(|| cfg.agents.get(step.current_agent()))
+            .flatten()
+            .map(|p| {
+                p.env
+                    .iter()
+                    .chain(step.plan.step_env.iter())
+                    .collect::<Vec<_>>()
+            });
+        match fallback_env {
+            Some(vars) => env.extend(vars.into_iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => env.extend(step.plan.env.iter().map(|(k, v)| (k.clone(), v.clone()))),
         }
         RunSpec {
             key: AttemptKey {

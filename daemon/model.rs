@@ -205,8 +205,11 @@ pub struct StepPlan {
     #[serde(default)]
     pub template: Vec<String>,
     pub workdir: String,
-    /// The step's own env (the client's env is kept on the objective).
+    /// What the step adds to the client's environment: its profile's `env`, then its own.
     pub env: BTreeMap<String, String>,
+    /// The step's own `env` (without its profile's), for fallback agents.
+    #[serde(default)]
+    pub step_env: BTreeMap<String, String>,
     pub needs: Vec<String>,
     pub timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
@@ -573,6 +576,7 @@ mod tests {
             template: vec![],
             workdir: "/".into(),
             env: BTreeMap::new(),
+            step_env: BTreeMap::new(),
             needs: vec![],
             timeout_ms: None,
             idle_timeout_ms: None,

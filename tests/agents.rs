@@ -1616,13 +1616,15 @@ fn fallback_on_rate_limit_goes_to_the_fallback_at_once() {
             );
             d.write_script(
                 "bin/steady",
-                "#!/bin/sh\necho \"steady: $1\" > steady.ran\n",
+                "#!/bin/sh\necho \"steady: $1 shared=$SHARED primary=${PRIMARY_ONLY:-none} step=$STEP_VAR\" > steady.ran\n",
             );
         },
         |dir| {
             format!(
-                "[agents.limited]\ncommand = [\"{dir}/bin/limited\", \"{{prompt}}\"]\n\n\
-                 [agents.steady]\ncommand = [\"{dir}/bin/steady\", \"{{prompt}}\"]\n",
+                "[agents.limited]\ncommand = [\"{dir}/bin/limited\", \"{{prompt}}\"]\n\
+                 env = {{ SHARED = \"limited\", PRIMARY_ONLY = \"1\" }}\n\n\
+                 [agents.steady]\ncommand = [\"{dir}/bin/steady\", \"{{prompt}}\"]\n\
+                 env = {{ SHARED = \"steady\" }}\n",
                 dir = dir.display()
             )
         },
@@ -1637,6 +1639,7 @@ prompt = "hello"
 fallback = ["steady"]
 fallback_on_rate_limit = true
 retry = { max_attempts = 3, initial_backoff = "30s" }
+env = { STEP_VAR = "x" }
 "#,
     );
     let started = Instant::now();
@@ -1649,7 +1652,11 @@ retry = { max_attempts = 3, initial_backoff = "30s" }
         .map(|x| x["agent"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(used, ["limited", "steady"], "{v}");
-    assert_eq!(read_work(&d, "steady.ran"), "steady: hello\n");
+    // The fallback runs with its own profile's env (and the step's), not the first agent's.
+    assert_eq!(
+        read_work(&d, "steady.ran"),
+        "steady: hello shared=steady primary=none step=x\n"
+    );
     let events = d.events(&id);
     assert!(
         of_kind(&events, "retry_scheduled").is_empty(),
