@@ -1322,15 +1322,9 @@ impl Orchestrator for Api {
     ) -> Result<Response<pb::UsageReport>, Status> {
         let id = req.into_inner().objective_id;
         let cfg = self.config.borrow().clone();
-        let now = chrono::Utc::now();
-        let today = self
-            .store
-            .usage_total(&format!("day:{}", now.format("%Y-%m-%d")))
-            .map_err(store_status)?;
-        let month = self
-            .store
-            .usage_total(&format!("month:{}", now.format("%Y-%m")))
-            .map_err(store_status)?;
+        let (day_key, month_key) = crate::model::usage_keys(chrono::Utc::now());
+        let today = self.store.usage_total(&day_key).map_err(store_status)?;
+        let month = self.store.usage_total(&month_key).map_err(store_status)?;
         let percent = |used: f64, limit: f64| {
             if limit > 0.0 {
                 used / limit * 100.0

@@ -497,17 +497,27 @@ impl Engine {
         }
     }
 
+    /// Root and the daemon's own user control everything; others their own objectives.
+    fn authorize(
+        &self,
+        caller: Caller,
+        owner: u32,
+        action: &str,
+        id: &str,
+    ) -> Result<(), EngineError> {
+        if caller.uid == 0 || caller.uid == self.own_uid || caller.uid == owner {
+            return Ok(());
+        }
+        Err(EngineError::PermissionDenied(format!(
+            "uid {} may not {action} objective {id} (owned by uid {owner})",
+            caller.uid
+        )))
+    }
+
     /// Fails unless `id` is a live objective, saying why.
     fn check_live(&self, id: &str, action: &str, caller: Caller) -> Result<(), EngineError> {
         if let Some(live) = self.live.get(id) {
-            // Root and the daemon's own user control everything; others their own objectives.
-            if caller.uid != 0 && caller.uid != self.own_uid && caller.uid != live.obj.owner_uid {
-                return Err(EngineError::PermissionDenied(format!(
-                    "uid {} may not {action} objective {id} (owned by uid {})",
-                    caller.uid, live.obj.owner_uid
-                )));
-            }
-            return Ok(());
+            return self.authorize(caller, live.obj.owner_uid, action, id);
         }
         Err(match self.store.objective(id)? {
             Some(o) => EngineError::FailedPrecondition(format!(
@@ -687,10 +697,7 @@ impl Engine {
         if s.state != StepState::AwaitingApproval {
             return Err(EngineError::FailedPrecondition(format!(
                 "step `{step}` is not awaiting approval ({})",
-                serde_json::to_value(s.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
+                s.state.word()
             )));
         }
         let index = s.index;
@@ -751,12 +758,7 @@ impl Engine {
             .store
             .objective(id)?
             .ok_or_else(|| EngineError::NotFound(format!("no objective with id `{id}`")))?;
-        if caller.uid != 0 && caller.uid != self.own_uid && caller.uid != obj.owner_uid {
-            return Err(EngineError::PermissionDenied(format!(
-                "uid {} may not retry objective {id} (owned by uid {})",
-                caller.uid, obj.owner_uid
-            )));
-        }
+        self.authorize(caller, obj.owner_uid, "retry", id)?;
         let mut steps = self.store.steps(id)?;
         let rerun = |s: &Step| matches!(s.state, StepState::Failed | StepState::Cancelled);
         let chosen: Vec<u32> = match step {
@@ -767,10 +769,7 @@ impl Engine {
                 if !rerun(s) {
                     return Err(EngineError::FailedPrecondition(format!(
                         "step `{name}` is {}; only failed or cancelled steps can be retried",
-                        serde_json::to_value(s.state)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default()
+                        s.state.word()
                     )));
                 }
                 vec![s.index]
@@ -1218,10 +1217,15 @@ impl Engine {
             usage: Usage::default(),
             message: String::new(),
         };
-        let mut spec = run_spec(&self.cfg, &self.logs_dir, &live.obj, step, number);
-        spec.argv = argv;
-        spec.usage_format = usage_format;
-        spec.stdin = (!agent.is_empty()).then(|| step.plan.prompt.clone().into_bytes());
+        let spec = run_spec(
+            &self.cfg,
+            &self.logs_dir,
+            &live.obj,
+            step,
+            number,
+            argv,
+            usage_format,
+        );
         self.turn.writes.attempt(&attempt);
         live.running.insert(
             index,
@@ -1275,12 +1279,15 @@ impl Engine {
 }
 
 /// The command, environment and files of one attempt.
+/// The attempt's argv and usage format come from `attempt_command`.
 fn run_spec(
     cfg: &Config,
     logs_dir: &std::path::Path,
     obj: &Objective,
     step: &Step,
     number: u32,
+    argv: Vec<String>,
+    usage_format: UsageFormat,
 ) -> RunSpec {
     {
         let mut env: BTreeMap<String, String> = match &obj.client_env {
@@ -1311,14 +1318,12 @@ fn run_spec(
                 step_index: step.index,
                 number,
             },
-            argv: step.plan.command.clone(),
+            argv,
             workdir: PathBuf::from(&step.plan.workdir),
             env: env.into_iter().collect(),
-            stdin: if step.plan.agent.is_empty() {
-                None
-            } else {
-                Some(step.plan.prompt.clone().into_bytes())
-            },
+            // Agent steps (including a fallback agent) get the prompt on stdin.
+            stdin: (!step.current_agent().is_empty())
+                .then(|| step.plan.prompt.clone().into_bytes()),
             log: attempt_log(logs_dir, &obj.id, &step.plan.id, number),
             log_max_bytes: cfg.logs.max_attempt_bytes.0,
             checkpoint: step.checkpoint.as_ref().map(|json| {
@@ -1332,7 +1337,7 @@ fn run_spec(
             grace: Duration::from_millis(cfg.grace_period.0),
             timeout: step.plan.timeout_ms.map(Duration::from_millis),
             idle_timeout: step.plan.idle_timeout_ms.map(Duration::from_millis),
-            usage_format: UsageFormat::OrchLines,
+            usage_format,
             run_as: run_as(obj.owner_uid, obj.owner_gid),
             limits: step.plan.limits,
             prepared: Default::default(),
@@ -1679,9 +1684,7 @@ impl Engine {
 
     /// Loads the day's and month's totals when the (UTC) date changed.
     fn refresh_totals(&mut self) {
-        let now = chrono::Utc::now();
-        let day = format!("day:{}", now.format("%Y-%m-%d"));
-        let month = format!("month:{}", now.format("%Y-%m"));
+        let (day, month) = crate::model::usage_keys(chrono::Utc::now());
         let load = |key: &str| self.store.usage_total(key).unwrap_or_default();
         if !self.totals.loaded {
             self.totals.total = load("total");
@@ -1749,9 +1752,11 @@ impl Engine {
     fn check_budgets(&mut self, id: &str) {
         let mut thresholds = self.cfg.budget.alert_percent.clone();
         thresholds.sort_by(|a, b| a.total_cmp(b));
+        // `budgets` brings the totals (and so the period keys) up to date first.
+        let budgets = self.budgets(id);
         let period = self.totals.day_key.clone();
         let month = self.totals.month_key.clone();
-        for (name, used, limit, own) in self.budgets(id) {
+        for (name, used, limit, own) in budgets {
             let percent = if limit > 0.0 {
                 used / limit * 100.0
             } else {

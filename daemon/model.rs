@@ -75,6 +75,21 @@ pub enum StepState {
 }
 
 impl StepState {
+    pub fn word(self) -> &'static str {
+        match self {
+            StepState::Waiting => "waiting",
+            StepState::Ready => "ready",
+            StepState::Running => "running",
+            StepState::Backoff => "backoff",
+            StepState::Paused => "paused",
+            StepState::AwaitingApproval => "awaiting_approval",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Cancelled => "cancelled",
+            StepState::Skipped => "skipped",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -455,6 +470,14 @@ pub struct AuditEntry {
     pub objective_id: String,
     /// `ok`, `denied` or `error: <message>`.
     pub result: String,
+}
+
+/// The store keys of the usage totals of the (UTC) day and month of `now`.
+pub fn usage_keys(now: chrono::DateTime<chrono::Utc>) -> (String, String) {
+    (
+        format!("day:{}", now.format("%Y-%m-%d")),
+        format!("month:{}", now.format("%Y-%m")),
+    )
 }
 
 /// Replaces `{name}` placeholders of `template` in one pass: text put in is never
