@@ -22,6 +22,17 @@ fn open_to_everyone(d: &TestDaemon) {
     }
 }
 
+/// A daemon whose socket other users can reach, or `None` (said on stderr) without root.
+fn shared_daemon(args: &[&str]) -> Option<TestDaemon> {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return None;
+    }
+    let d = TestDaemon::start_with(args, &[]);
+    open_to_everyone(&d);
+    Some(d)
+}
+
 /// `orchctl ARGS...` run as user `nobody`.
 fn ctl_as_nobody(d: &TestDaemon, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_orchctl"))
@@ -40,12 +51,9 @@ fn ctl_as_nobody(d: &TestDaemon, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn agents_of_a_root_daemon_run_as_the_submitting_user() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
+    let Some(d) = shared_daemon(&[]) else {
         return;
-    }
-    let d = TestDaemon::start();
-    open_to_everyone(&d);
+    };
     let out = ctl_as_nobody(
         &d,
         &[
@@ -106,12 +114,9 @@ fn agents_of_a_root_daemon_run_as_the_submitting_user() {
 
 #[test]
 fn a_workdir_the_user_cannot_enter_is_a_spawn_error() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
+    let Some(d) = shared_daemon(&[]) else {
         return;
-    }
-    let d = TestDaemon::start();
-    open_to_everyone(&d);
+    };
     let private = d.dir().join("private");
     std::fs::create_dir(&private).expect("mkdir");
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
@@ -151,12 +156,9 @@ fn a_workdir_the_user_cannot_enter_is_a_spawn_error() {
 
 #[test]
 fn other_users_may_not_control_objectives_they_do_not_own() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
+    let Some(d) = shared_daemon(&["--grace-period", "1s"]) else {
         return;
-    }
-    let d = TestDaemon::start_with(&["--grace-period", "1s"], &[]);
-    open_to_everyone(&d);
+    };
     let id = d.submit(&["--", "sleep", "30"], 0);
     d.wait_for_state(&id, |v| v["state"] == "running", Duration::from_secs(20));
     for action in ["cancel", "pause"] {
