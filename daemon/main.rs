@@ -4,6 +4,7 @@
 mod api;
 mod config;
 mod engine;
+mod executor;
 mod limits;
 mod logfile;
 mod model;
@@ -298,7 +299,7 @@ async fn serve(
         store.clone(),
         cfg.clone(),
         events_tx.clone(),
-        limiter.clone(),
+        Arc::new(executor::LocalExecutor::new(limiter.clone())),
         published.clone(),
     )?;
     let t = Instant::now();

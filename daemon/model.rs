@@ -459,6 +459,22 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Why the engine stops an attempt; decides its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    Shutdown,
+    BudgetExceeded,
+}
+
+/// What the engine asks of a running attempt (carried out by its executor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Stop(StopReason),
+    Pause,
+    Resume,
+}
+
 /// An entry of the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {

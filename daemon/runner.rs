@@ -243,21 +243,7 @@ impl LineParser {
     }
 }
 
-/// Why the engine stops an attempt; decides its outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    Cancelled,
-    Shutdown,
-    BudgetExceeded,
-}
-
-/// Requests from the engine to a running attempt.
-#[derive(Debug)]
-pub enum Control {
-    Stop(StopReason),
-    Pause,
-    Resume,
-}
+pub use crate::model::{Control, StopReason};
 
 /// A line of the agent protocol read from stdout.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,11 +32,6 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether `pid` is still the process that started at `start_ticks`.
-pub fn same_process(pid: u32, start_ticks: u64) -> bool {
-    process_start_ticks(pid) == Some(start_ticks)
-}
-
 /// Data the child needs before `exec`, prepared before `fork` (nothing is allocated in the child).
 #[derive(Debug, Clone, Default)]
 pub struct ChildSetup {
@@ -342,6 +337,90 @@ impl Watch {
     }
 }
 
+/// What recovery needs to find and kill the leftovers of an attempt: a seam, so the
+/// rules of `executor::local::kill_leftover` are tested against a process table in
+/// memory while `Host` is the real one.
+pub trait Processes: Send + Sync {
+    /// The start time of `pid` (clock ticks since boot), if it exists.
+    fn start_ticks(&self, pid: u32) -> Option<u64>;
+    /// Whether the process group `pgid` still has members.
+    fn group_alive(&self, pgid: u32) -> bool;
+    /// SIGKILL to the process group `pgid`.
+    fn kill_group(&self, pgid: u32);
+    /// SIGKILL to `pid`.
+    fn kill(&self, pid: u32);
+    /// Every process whose environment holds all of `vars`.
+    fn with_env(&self, vars: &[(&str, &str)]) -> Vec<u32>;
+    fn leaf_exists(&self, leaf: &std::path::Path) -> bool;
+    /// Whether a process is still in the cgroup leaf.
+    fn leaf_populated(&self, leaf: &std::path::Path) -> bool;
+    /// `cgroup.kill` on the leaf.
+    fn leaf_kill(&self, leaf: &std::path::Path);
+    /// Removes the (empty) leaf.
+    fn leaf_remove(&self, leaf: &std::path::Path);
+}
+
+/// This machine's processes and cgroups.
+pub struct Host;
+
+impl Processes for Host {
+    fn start_ticks(&self, pid: u32) -> Option<u64> {
+        process_start_ticks(pid)
+    }
+    fn group_alive(&self, pgid: u32) -> bool {
+        group_alive(pgid)
+    }
+    fn kill_group(&self, pgid: u32) {
+        let _ = signal_group(pgid, Signal::SIGKILL);
+    }
+    fn kill(&self, pid: u32) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+    fn with_env(&self, vars: &[(&str, &str)]) -> Vec<u32> {
+        processes_with_env(vars)
+    }
+    fn leaf_exists(&self, leaf: &std::path::Path) -> bool {
+        leaf.exists()
+    }
+    fn leaf_populated(&self, leaf: &std::path::Path) -> bool {
+        crate::limits::Leaf(leaf.to_path_buf()).populated()
+    }
+    fn leaf_kill(&self, leaf: &std::path::Path) {
+        let _ = crate::limits::Leaf(leaf.to_path_buf()).kill();
+    }
+    fn leaf_remove(&self, leaf: &std::path::Path) {
+        crate::limits::Leaf(leaf.to_path_buf()).remove();
+    }
+}
+
+/// The real uid of the daemon.
+pub fn current_uid() -> u32 {
+    nix::unistd::Uid::current().as_raw()
+}
+
+/// The effective uid of the daemon.
+pub fn effective_uid() -> u32 {
+    nix::unistd::Uid::effective().as_raw()
+}
+
+/// Who an agent runs as: a daemon running as root runs each agent as the user who
+/// submitted it (with that user's supplementary groups); otherwise as the daemon's user.
+pub fn run_as(uid: u32, gid: u32) -> Option<(u32, u32, Vec<u32>)> {
+    if effective_uid() != 0 || uid == 0 {
+        return None;
+    }
+    let groups = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .and_then(|u| {
+            let name = std::ffi::CString::new(u.name).ok()?;
+            nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok()
+        })
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![gid]);
+    Some((uid, gid, groups))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,8 +430,8 @@ mod tests {
         let me = std::process::id();
         let a = process_start_ticks(me).expect("own /proc/PID/stat");
         assert_eq!(process_start_ticks(me), Some(a));
-        assert!(same_process(me, a));
-        assert!(!same_process(me, a + 1));
+        assert_eq!(process_start_ticks(me), Some(a));
+        assert_ne!(process_start_ticks(me), Some(a + 1));
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! API commands: submit, cancel, pause, resume, approve, retry, and the daemon-level
+//! ones. Each control call finds the objective (live, or ended in the store), checks
+//! the caller, and hands the rest to the core, whose refusal is the API's answer.
+//! Replies go out once the turn that made them true is durable.
+
+use crate::model::{ObjState, Objective, Usage, now_ms};
+
+use super::machine::{self, Input, Run};
+use super::{Caller, Command, Engine, EngineError, EngineStatus, Live, NewObjective, Submitted};
+
+impl Engine {
+    pub(super) fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Submit { new, reply } => {
+                if self.shutting_down {
+                    let _ = reply.send(Err(EngineError::Unavailable("orchd is stopping".into())));
+                    return;
+                }
+                match self.submit(*new) {
+                    Ok(s) if s.existing => {
+                        let _ = reply.send(Ok(s));
+                    }
+                    // Acknowledged only after the commit has flushed it.
+                    r => self.after_reply(reply, r),
+                }
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(EngineStatus {
+                    running_attempts: self.running as u32,
+                    max_parallel: self.cfg.max_parallel(),
+                    last_seq: self.next_seq - 1,
+                });
+            }
+            Command::Ping { reply } => {
+                let _ = reply.send(());
+            }
+            Command::Cancel { id, caller, reply } => {
+                match self.control(&id, caller, Input::Cancel { by: caller.uid }) {
+                    Ok(()) => match self.live.get_mut(&id) {
+                        // Answered once every tree is gone and the objective ended.
+                        Some(live) => live.waiters.push(reply),
+                        None => self.after_reply(reply, Ok(())),
+                    },
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Pause { id, caller, reply } => {
+                let r = self.control(&id, caller, Input::Pause { by: caller.uid });
+                self.after_reply(reply, r);
+            }
+            Command::Resume { id, caller, reply } => {
+                let r = self.control(&id, caller, Input::Resume { by: caller.uid });
+                self.after_reply(reply, r);
+            }
+            Command::Approve {
+                id,
+                step,
+                approve,
+                reason,
+                caller,
+                reply,
+            } => {
+                let input = Input::Approve {
+                    step: step.clone(),
+                    approve,
+                    reason,
+                    by: caller.uid,
+                };
+                let r = self.control(&id, caller, input);
+                if r.is_ok() {
+                    tracing::info!(objective = %id, step, uid = caller.uid, approved = approve, "approval answered");
+                }
+                self.after_reply(reply, r);
+            }
+            Command::Retry {
+                id,
+                step,
+                caller,
+                reply,
+            } => {
+                let r = self.control(
+                    &id,
+                    caller,
+                    Input::Retry {
+                        step,
+                        by: caller.uid,
+                    },
+                );
+                self.after_reply(reply, r);
+            }
+            Command::LogBytes(n) => {
+                self.log_bytes += n;
+                self.enforce_log_cap();
+            }
+            Command::Audit(entry) => {
+                let seq = self.store.next_audit_seq();
+                self.turn.writes.audit(seq, &entry);
+            }
+            Command::Reload { cfg, reply } => {
+                tracing::info!("config reloaded");
+                self.cfg = cfg;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// A control call on objective `id`: the live one, or the ended one from the store
+    /// (only `retry` brings an ended objective back to life).
+    fn control(&mut self, id: &str, caller: Caller, input: Input) -> Result<(), EngineError> {
+        let action = input.action();
+        if let Some(live) = self.live.get(id) {
+            machine::authorize(caller.uid, self.own_uid, live.run.obj.owner_uid, action, id)?;
+            tracing::info!(objective = %id, uid = caller.uid, action, "control");
+            return Ok(self.input(id, input)?);
+        }
+        let obj = self
+            .store
+            .objective(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("no objective with id `{id}`")))?;
+        machine::authorize(caller.uid, self.own_uid, obj.owner_uid, action, id)?;
+        let stored = obj.state;
+        let retry = matches!(input, Input::Retry { .. });
+        let mut run = Run::new(obj, self.store.steps(id)?);
+        let d = machine::step(&mut run, input, self.ctx())?;
+        if !retry {
+            // Every objective that has not ended is live (recovery loads them all).
+            tracing::error!(objective = %id, state = stored.word(), "an objective that has not ended is not loaded");
+            return Err(EngineError::FailedPrecondition(format!(
+                "objective {id} is {} but not loaded; restart orchd",
+                stored.word()
+            )));
+        }
+        tracing::info!(objective = %id, uid = caller.uid, action, "control");
+        self.live
+            .insert(id.to_string(), Live::new(run, Some(stored)));
+        self.apply(id, d);
+        Ok(())
+    }
+
+    fn submit(&mut self, new: NewObjective) -> Result<Submitted, EngineError> {
+        if !new.request_id.is_empty()
+            && let Some(id) = self
+                .store
+                .objective_for_request(new.caller.uid, &new.request_id)?
+        {
+            return Ok(Submitted { id, existing: true });
+        }
+        let now = now_ms();
+        let id = ulid::Ulid::generate().to_string();
+        let obj = Objective {
+            id: id.clone(),
+            name: new.name,
+            goal: new.goal,
+            priority: new.priority,
+            budget: new.budget,
+            state: ObjState::Pending,
+            created_ms: now,
+            updated_ms: now,
+            message: String::new(),
+            owner_uid: new.caller.uid,
+            owner_gid: new.caller.gid,
+            request_id: new.request_id.clone(),
+            usage: Usage::default(),
+            client_env: new.client_env,
+            step_count: new.steps.len() as u32,
+            ended_seq: None,
+            alerts: Vec::new(),
+        };
+        if !new.request_id.is_empty() {
+            self.turn
+                .writes
+                .request_id(new.caller.uid, &new.request_id, &id);
+        }
+        let (run, d) = machine::submit(obj, new.steps, self.ctx());
+        self.live.insert(id.clone(), Live::new(run, None));
+        self.apply(&id, d);
+        tracing::info!(objective = %id, "objective submitted");
+        Ok(Submitted {
+            id,
+            existing: false,
+        })
+    }
+}

@@ -1,0 +1,683 @@
+//! The engine: one actor task that owns all live state. It `select!`s over API
+//! commands, executor facts and backoff timers; every decision is made by the pure core
+//! (`machine`), and each turn writes the decisions' records and events to the store in
+//! one atomic write, flushes once (group commit), publishes the events and only then
+//! acts (replies, spawns, signals). Only live objectives are kept in memory.
+//!
+//! Modules: `machine` (the pure transition core), `control` (API commands), `schedule`
+//! (ready queue, timers, slots), `attempt` (an attempt's command and environment),
+//! `budget` (usage totals and budgets), `recovery` (start after a crash or restart),
+//! `housekeeping` (retention and the log cap).
+
+mod attempt;
+mod budget;
+mod control;
+mod housekeeping;
+pub mod machine;
+mod recovery;
+mod schedule;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::Config;
+use crate::executor::{AttemptHandle, Executor};
+use crate::model::{
+    AuditEntry, Budget, Control, Event, EventKind, Millis, ObjState, Outcome, StepPlan, StopReason,
+    now_ms,
+};
+use crate::runner::{AgentLine, AttemptEnd, Fact};
+use crate::store::{Store, StoreError, WriteSet};
+
+pub use housekeeping::dir_size;
+use machine::{Ctx, Decision, Effect, Input, Invalid, Run};
+
+/// Who made a call (from SO_PEERCRED).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+/// A validated, resolved objective ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewObjective {
+    pub name: String,
+    pub goal: String,
+    pub priority: i32,
+    pub budget: Budget,
+    pub steps: Vec<StepPlan>,
+    pub client_env: Option<BTreeMap<String, String>>,
+    pub request_id: String,
+    pub caller: Caller,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Invalid> for EngineError {
+    fn from(e: Invalid) -> EngineError {
+        match e {
+            Invalid::NotFound(m) => EngineError::NotFound(m),
+            Invalid::FailedPrecondition(m) => EngineError::FailedPrecondition(m),
+            Invalid::PermissionDenied(m) => EngineError::PermissionDenied(m),
+        }
+    }
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// The result of a submit.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub id: String,
+    /// The request id matched an objective submitted before.
+    pub existing: bool,
+}
+
+/// Live figures for `DaemonStatus`.
+#[derive(Debug, Clone, Default)]
+pub struct EngineStatus {
+    pub running_attempts: u32,
+    pub max_parallel: u32,
+    pub last_seq: u64,
+}
+
+/// Commands from the API.
+#[derive(Debug)]
+pub enum Command {
+    Submit {
+        new: Box<NewObjective>,
+        reply: Reply<Submitted>,
+    },
+    Status {
+        reply: oneshot::Sender<EngineStatus>,
+    },
+    /// Answered when the loop turns: the systemd watchdog's liveness check.
+    Ping { reply: oneshot::Sender<()> },
+    /// Stop every attempt of the objective; answered once every tree is gone.
+    Cancel {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    Pause {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    Resume {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    /// Bytes found under the logs directory at start (measured off the engine's task).
+    LogBytes(u64),
+    /// Append an entry to the audit trail (committed with the turn).
+    Audit(Box<AuditEntry>),
+    /// Answer an approval gate.
+    Approve {
+        id: String,
+        step: String,
+        approve: bool,
+        reason: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    /// Use a new (validated) config from now on.
+    Reload {
+        cfg: Arc<Config>,
+        reply: oneshot::Sender<()>,
+    },
+    /// Re-run failed or cancelled steps (one, or all) of an ended objective.
+    Retry {
+        id: String,
+        step: Option<String>,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+}
+
+/// What recovery found on start.
+#[derive(Debug, Default, Clone)]
+pub struct Recovery {
+    pub objectives: usize,
+    pub interrupted_attempts: usize,
+    pub killed_trees: usize,
+}
+
+/// Something to do once the turn is durable.
+enum After {
+    Reply(Box<dyn FnOnce() + Send>),
+    Spawn(Box<crate::runner::RunSpec>),
+    /// The attempt could not even be described (e.g. its fallback profile is gone).
+    SpawnError(crate::runner::AttemptKey, String),
+    Order(String, u32, Control),
+    RemoveDirs(Vec<PathBuf>),
+    /// Count an ended attempt's log files against the daemon-wide cap.
+    CountLog(PathBuf),
+}
+
+/// Runner facts (agent lines, usage, ends) taken into one turn at most.
+const MAX_FACTS_PER_TURN: usize = 512;
+/// API commands (submits, control calls) taken into one turn at most.
+const MAX_COMMANDS_PER_TURN: usize = 4096;
+
+/// Transitions collected during one turn, committed together.
+#[derive(Default)]
+struct Turn {
+    writes: WriteSet,
+    events: Vec<Event>,
+    after: Vec<After>,
+}
+
+/// An objective that has not ended: the core's view plus what the actor holds for it.
+struct Live {
+    run: Run,
+    /// The state as last written (the by-state index key); `None` before the first write.
+    stored: Option<ObjState>,
+    /// Orders to running attempts, by step index.
+    handles: HashMap<u32, AttemptHandle>,
+    /// Answered when the objective ends (cancel waits for every tree to be gone).
+    waiters: Vec<Reply<()>>,
+}
+
+impl Live {
+    fn new(run: Run, stored: Option<ObjState>) -> Live {
+        Live {
+            run,
+            stored,
+            handles: HashMap::new(),
+            waiters: Vec::new(),
+        }
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    cfg: Arc<Config>,
+    logs_dir: PathBuf,
+    live: HashMap<String, Live>,
+    queue: schedule::Queue,
+    /// Attempts running now (every live objective's `run.running`).
+    running: usize,
+    next_seq: u64,
+    turn: Turn,
+    facts_tx: mpsc::UnboundedSender<Fact>,
+    facts_rx: mpsc::UnboundedReceiver<Fact>,
+    events: broadcast::Sender<Arc<Event>>,
+    executor: Arc<dyn Executor>,
+    /// The highest event seq that is durable and published (Watch replays up to it).
+    published: Arc<AtomicU64>,
+    /// The daemon's own uid (may control every objective, like root).
+    own_uid: u32,
+    /// Bytes under the logs directory (kept under `[logs] max_total_bytes`).
+    log_bytes: u64,
+    /// When retention and the log cap run next.
+    housekeeping_at: tokio::time::Instant,
+    budgets: budget::Budgets,
+    shutting_down: bool,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        cfg: Arc<Config>,
+        events: broadcast::Sender<Arc<Event>>,
+        executor: Arc<dyn Executor>,
+        published: Arc<AtomicU64>,
+    ) -> Result<Engine, StoreError> {
+        let (facts_tx, facts_rx) = mpsc::unbounded_channel();
+        let next_seq = store.last_seq()? + 1;
+        published.store(next_seq - 1, Ordering::SeqCst);
+        tracing::info!(executor = executor.name(), "attempts run on this executor");
+        Ok(Engine {
+            logs_dir: cfg.state_dir().join("logs"),
+            store,
+            cfg,
+            live: HashMap::new(),
+            queue: schedule::Queue::default(),
+            running: 0,
+            next_seq,
+            turn: Turn::default(),
+            facts_tx,
+            facts_rx,
+            events,
+            executor,
+            published,
+            own_uid: crate::sys::effective_uid(),
+            log_bytes: 0,
+            housekeeping_at: tokio::time::Instant::now(),
+            budgets: budget::Budgets::default(),
+            shutting_down: false,
+        })
+    }
+
+    // ------------------------------------------------------------ turn plumbing
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            now: now_ms(),
+            jitter: fastrand::f64() * 2.0 - 1.0,
+            draining: self.shutting_down,
+        }
+    }
+
+    /// Feeds one input to a live objective's core and applies the decision.
+    fn input(&mut self, id: &str, input: Input) -> Result<(), Invalid> {
+        let ctx = self.ctx();
+        let Some(live) = self.live.get_mut(id) else {
+            return Ok(());
+        };
+        let before = live.run.running.len();
+        let d = machine::step(&mut live.run, input, ctx)?;
+        // Slots: `Start` opens an attempt, `Ended` closes one.
+        self.running = (self.running + live.run.running.len()).saturating_sub(before);
+        self.apply(id, d);
+        Ok(())
+    }
+
+    /// Records a decision in the turn (numbered events, changed records) and carries out
+    /// its in-memory effects now and its outside effects once the turn is durable.
+    fn apply(&mut self, id: &str, d: Decision) {
+        let Some(live) = self.live.get_mut(id) else {
+            return;
+        };
+        let now = now_ms();
+        for e in d.events {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            if let EventKind::ObjectiveState { state, .. } = &e.kind
+                && state.is_terminal()
+            {
+                live.run.obj.ended_seq = Some(seq);
+            }
+            let e = Event {
+                seq,
+                time_ms: now,
+                objective_id: id.to_string(),
+                step_id: e.step_id,
+                attempt: e.attempt,
+                kind: e.kind,
+            };
+            self.turn.writes.event(&e);
+            self.turn.events.push(e);
+        }
+        if d.objective {
+            self.turn.writes.objective(&live.run.obj, live.stored);
+            live.stored = Some(live.run.obj.state);
+        }
+        for i in &d.steps {
+            if let Some(s) = live.run.steps.get(*i as usize) {
+                self.turn.writes.step(s);
+            }
+        }
+        for a in &d.attempts {
+            self.turn.writes.attempt(a);
+        }
+        for effect in d.effects {
+            let Some(live) = self.live.get_mut(id) else {
+                break;
+            };
+            match effect {
+                Effect::Enqueue { step } => self.queue.push(live.run.obj.priority, id, step),
+                Effect::Timer { step, due } => self.queue.timer(due, id, step),
+                Effect::Dequeue { timers } => self.queue.remove(id, timers),
+                Effect::Spawn { step, attempt } => self.spawn_after(id, step, attempt),
+                Effect::Order { step, order } => {
+                    self.turn
+                        .after
+                        .push(After::Order(id.to_string(), step, order))
+                }
+                Effect::Ended => {
+                    tracing::info!(objective = %id, state = live.run.obj.state.word(), "objective ended");
+                    // Every step is terminal, so nothing of it runs any more.
+                    if let Some(live) = self.live.remove(id) {
+                        for w in live.waiters {
+                            self.turn.after.push(After::Reply(Box::new(move || {
+                                let _ = w.send(Ok(()));
+                            })));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn after_reply<T: Send + 'static>(&mut self, reply: Reply<T>, r: Result<T, EngineError>) {
+        self.turn.after.push(After::Reply(Box::new(move || {
+            let _ = reply.send(r);
+        })));
+    }
+
+    /// Writes the turn atomically, flushes, publishes its events, then acts.
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        let turn = std::mem::take(&mut self.turn);
+        if !turn.writes.is_empty() {
+            self.store.write(&turn.writes)?;
+            self.store.flush().await?;
+        }
+        if let Some(last) = turn.events.last() {
+            self.published.store(last.seq, Ordering::SeqCst);
+        }
+        for e in turn.events {
+            // No receivers is fine.
+            let _ = self.events.send(Arc::new(e));
+        }
+        for a in turn.after {
+            self.act(a);
+        }
+        Ok(())
+    }
+
+    /// Carries out one effect of a durable turn.
+    fn act(&mut self, a: After) {
+        match a {
+            After::Reply(f) => f(),
+            After::Spawn(spec) => {
+                let key = spec.key.clone();
+                let handle = self.executor.start(*spec, self.facts_tx.clone());
+                if let Some(live) = self.live.get_mut(&key.objective_id) {
+                    live.handles.insert(key.step_index, handle);
+                }
+            }
+            After::SpawnError(key, message) => {
+                let _ = self.facts_tx.send(Fact::Ended {
+                    key,
+                    end: AttemptEnd::spawn_error(message),
+                });
+            }
+            After::Order(id, step, order) => {
+                if let Some(h) = self.live.get(&id).and_then(|l| l.handles.get(&step)) {
+                    h.send(order);
+                }
+            }
+            After::RemoveDirs(dirs) => {
+                tokio::task::spawn_blocking(move || {
+                    for d in dirs {
+                        if let Err(e) = std::fs::remove_dir_all(&d)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(dir = %d.display(), error = %e, "cannot remove");
+                        }
+                    }
+                });
+            }
+            After::CountLog(log) => {
+                self.log_bytes += housekeeping::file_size(&log)
+                    + housekeeping::file_size(&crate::logfile::rotated(&log));
+                if self.log_bytes > self.cfg.logs.max_total_bytes.0 {
+                    // Its deletions are committed with the next turn.
+                    self.enforce_log_cap();
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ the loop
+
+    /// Runs until `shutdown` resolves, then drains: stops every attempt (TERM, grace,
+    /// KILL), records them `interrupted`, flushes.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) -> Result<(), StoreError> {
+        loop {
+            let timer = self.queue.next_timer();
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(f) = self.facts_rx.recv() => self.on_fact(f),
+                c = commands.recv() => match c {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = sleep_until_ms(timer) => {}
+                _ = tokio::time::sleep_until(self.housekeeping_at) => self.housekeeping(),
+            }
+            // Group commit: take whatever else is already queued into the same turn, up to
+            // a bound that keeps one turn (and so the delay to the first event) short.
+            for _ in 0..MAX_FACTS_PER_TURN {
+                match self.facts_rx.try_recv() {
+                    Ok(f) => self.on_fact(f),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..MAX_COMMANDS_PER_TURN {
+                match commands.try_recv() {
+                    Ok(c) => self.on_command(c),
+                    Err(_) => break,
+                }
+            }
+            self.fire_timers();
+            self.schedule();
+            self.commit().await?;
+        }
+        self.drain().await
+    }
+
+    async fn drain(&mut self) -> Result<(), StoreError> {
+        self.shutting_down = true;
+        let grace = Duration::from_millis(self.cfg.grace_period.0);
+        let mut n = 0;
+        for live in self.live.values() {
+            for h in live.handles.values() {
+                h.send(Control::Stop(StopReason::Shutdown));
+                n += 1;
+            }
+        }
+        tracing::info!(
+            attempts = n,
+            grace_ms = grace.as_millis() as u64,
+            "stopping running attempts"
+        );
+        // Executors end every attempt within the grace period plus the kill; the extra
+        // margin covers a process stuck in the kernel.
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(5);
+        while self.running > 0 {
+            match tokio::time::timeout_at(deadline, self.facts_rx.recv()).await {
+                Ok(Some(f)) => self.on_fact(f),
+                _ => break,
+            }
+        }
+        // Whatever did not report is recorded as interrupted all the same.
+        let left: Vec<(String, u32, u32)> = self
+            .live
+            .iter()
+            .flat_map(|(id, l)| {
+                l.run
+                    .running
+                    .values()
+                    .map(move |r| (id.clone(), r.attempt.step_index, r.attempt.number))
+            })
+            .collect();
+        for (id, step, attempt) in left {
+            tracing::warn!(objective = %id, step, "attempt did not stop in time");
+            let end = machine::End::of(
+                Outcome::Interrupted,
+                "the daemon stopped; the process did not exit in time",
+            );
+            self.attempt_input(&id, Input::Ended { step, attempt, end });
+        }
+        self.commit().await?;
+        self.store.flush().await
+    }
+
+    // ------------------------------------------------------------ facts
+
+    /// An input about a running attempt; a refusal there is a bug, logged, not fatal.
+    fn attempt_input(&mut self, id: &str, input: Input) {
+        if let Err(e) = self.input(id, input) {
+            tracing::error!(objective = %id, error = %e, "the engine refused a fact");
+        }
+    }
+
+    fn on_fact(&mut self, f: Fact) {
+        match f {
+            Fact::Usage {
+                key,
+                peak_rss_bytes,
+                cpu_ms,
+            } => self.attempt_input(
+                &key.objective_id,
+                Input::Sample {
+                    step: key.step_index,
+                    attempt: key.number,
+                    peak_rss_bytes,
+                    cpu_ms,
+                },
+            ),
+            Fact::Started {
+                key,
+                pid,
+                start_ticks,
+                cgroup,
+            } => self.attempt_input(
+                &key.objective_id,
+                Input::Started {
+                    step: key.step_index,
+                    attempt: key.number,
+                    pid,
+                    start_ticks,
+                    cgroup,
+                },
+            ),
+            Fact::Line { key, line } => {
+                let (step, attempt) = (key.step_index, key.number);
+                let input = match line {
+                    AgentLine::Checkpoint(json) => Input::Checkpoint {
+                        step,
+                        attempt,
+                        json,
+                    },
+                    AgentLine::Progress { percent, message } => Input::Progress {
+                        step,
+                        attempt,
+                        percent,
+                        message,
+                    },
+                    AgentLine::Usage {
+                        input_tokens,
+                        output_tokens,
+                        cost_usd,
+                        model,
+                    } => {
+                        let Some((delta, model)) = self.priced(
+                            &key.objective_id,
+                            step,
+                            input_tokens,
+                            output_tokens,
+                            cost_usd,
+                            model,
+                        ) else {
+                            return;
+                        };
+                        self.attempt_input(
+                            &key.objective_id,
+                            Input::Usage {
+                                step,
+                                attempt,
+                                delta,
+                                model,
+                            },
+                        );
+                        self.budgets.add(&self.store, &mut self.turn.writes, &delta);
+                        self.check_budgets(&key.objective_id);
+                        return;
+                    }
+                    AgentLine::RateLimited { until_ms } => {
+                        tracing::warn!(objective = %key.objective_id, step, attempt, until = until_ms, "the agent's provider rate-limited it");
+                        Input::RateLimited {
+                            step,
+                            attempt,
+                            until_ms,
+                        }
+                    }
+                    AgentLine::Malformed(problem) => {
+                        tracing::warn!(objective = %key.objective_id, step, attempt, %problem, "malformed agent protocol line (kept in the log)");
+                        return;
+                    }
+                };
+                self.attempt_input(&key.objective_id, input);
+            }
+            Fact::Ended { key, end } => self.on_ended(key, end),
+        }
+    }
+
+    fn on_ended(&mut self, key: crate::runner::AttemptKey, end: AttemptEnd) {
+        let id = key.objective_id.clone();
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        live.handles.remove(&key.step_index);
+        let step_id = live
+            .run
+            .running
+            .get(&key.step_index)
+            .map(|r| r.attempt.step_id.clone());
+        let Some(step_id) = step_id else {
+            return;
+        };
+        tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
+        self.turn
+            .after
+            .push(After::CountLog(crate::logfile::attempt_log(
+                &self.logs_dir,
+                &id,
+                &step_id,
+                key.number,
+            )));
+        if let Some(exited) = end.exited_at {
+            // Measured once the end is durable: the per-attempt exit-to-recorded overhead.
+            let (obj, n) = (id.clone(), key.number);
+            self.turn.after.push(After::Reply(Box::new(move || {
+                tracing::debug!(objective = %obj, attempt = n, exit_to_recorded_us = exited.elapsed().as_micros() as u64, "attempt end recorded");
+            })));
+        }
+        let end = machine::End {
+            outcome: end.outcome,
+            exit_code: end.exit_code,
+            signal: end.signal,
+            message: end.message,
+            peak_rss_bytes: end.peak_rss_bytes,
+            cpu_ms: end.cpu_ms,
+        };
+        self.attempt_input(
+            &id,
+            Input::Ended {
+                step: key.step_index,
+                attempt: key.number,
+                end,
+            },
+        );
+    }
+}
+
+async fn sleep_until_ms(at: Option<Millis>) {
+    match at {
+        Some(t) => {
+            let wait = (t - now_ms()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await
+        }
+        None => std::future::pending().await,
+    }
+}
