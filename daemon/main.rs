@@ -7,6 +7,7 @@ mod engine;
 mod limits;
 mod logfile;
 mod model;
+mod plans;
 mod runner;
 mod store;
 mod sys;
