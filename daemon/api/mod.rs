@@ -179,7 +179,7 @@ impl Api {
         action: &str,
         make: fn(String, Caller, crate::engine::Reply<()>) -> Command,
     ) -> Result<Response<pb::Objective>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let raw = req.into_inner().id;
         let result = async {
             let id = required_id(raw.clone())?;
@@ -194,17 +194,26 @@ impl Api {
     }
 }
 
-/// The caller's credentials from the Unix socket (SO_PEERCRED).
-pub fn caller<T>(req: &Request<T>) -> Caller {
-    req.extensions()
+/// The caller's credentials from the Unix socket (SO_PEERCRED). A call that carries none
+/// (not over the Unix socket, or the kernel would not say) is refused: it must never be
+/// taken for some user, let alone root.
+pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    let cred = req
+        .extensions()
         .get::<UdsConnectInfo>()
         .and_then(|i| i.peer_cred)
-        .map(|c| Caller {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid().unwrap_or(0),
-        })
-        .unwrap_or_default()
+        .ok_or_else(|| {
+            tracing::warn!("refused a call without peer credentials");
+            Status::unauthenticated(
+                "cannot identify the caller: the connection has no peer credentials \
+                 (SO_PEERCRED); orchd accepts calls only over its Unix socket",
+            )
+        })?;
+    Ok(Caller {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().unwrap_or(0),
+    })
 }
 
 fn engine_status(e: EngineError) -> Status {
@@ -228,4 +237,41 @@ fn spec_status(e: SpecError) -> Status {
 
 fn plan_status(e: PlanError) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_without_connection_info_is_refused() {
+        let e = caller(&Request::new(())).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("no peer credentials"), "{e}");
+    }
+
+    #[test]
+    fn a_call_without_peer_credentials_is_refused_not_taken_for_root() {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(UdsConnectInfo {
+            peer_addr: None,
+            peer_cred: None,
+        });
+        let e = caller(&req).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn the_peer_credentials_name_the_caller() {
+        let (ours, _theirs) = tokio::net::UnixStream::pair().expect("a socket pair");
+        let mut req = Request::new(());
+        req.extensions_mut().insert(UdsConnectInfo {
+            peer_addr: None,
+            peer_cred: ours.peer_cred().ok(),
+        });
+        let who = caller(&req).expect("credentials of a Unix socket peer");
+        assert_eq!(who.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(who.gid, nix::unistd::getgid().as_raw());
+        assert_eq!(who.pid, std::process::id() as i32);
+    }
 }

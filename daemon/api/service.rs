@@ -81,7 +81,7 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let dry_run = req.get_ref().dry_run;
         let result = self.submit_inner(who, req.into_inner()).await;
         if !dry_run {
@@ -173,7 +173,7 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::Objective>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let result = async {
             let id = required_id(r.id.clone())?;
@@ -197,7 +197,7 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::Objective>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let action = if r.approve { "approve" } else { "deny" };
         let result = async {
@@ -371,7 +371,7 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let result = self
             .reloader
             .reload()
