@@ -44,11 +44,11 @@ pub(super) fn open(api: &Api, req: pb::WatchRequest) -> Result<BoxStream<pb::Eve
     };
     // Subscribed before reading history, so nothing published meanwhile is missed.
     let live = api.events.subscribe();
-    let next = match (&objective, req.from_seq) {
-        (Some(_), seq) => seq,
-        (None, 0) => api.published.load(AtomicOrdering::SeqCst) + 1,
-        (None, seq) => seq,
-    };
+    let next = first_seq(
+        objective.is_some(),
+        req.from_seq,
+        api.published.load(AtomicOrdering::SeqCst),
+    );
     let (tx, rx) = mpsc::channel(256);
     let job = WatchJob {
         store: api.store.clone(),
@@ -62,6 +62,17 @@ pub(super) fn open(api: &Api, req: pb::WatchRequest) -> Result<BoxStream<pb::Eve
     };
     tokio::spawn(job.run(live, tx));
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// The first sequence number a watch looks at. `from_seq` set (even to 0): from there.
+/// Unset: an objective's watch starts at its first event, the global one is live only
+/// (after `published`, the last durable event).
+fn first_seq(objective: bool, from_seq: Option<u64>, published: u64) -> u64 {
+    match (objective, from_seq) {
+        (_, Some(seq)) => seq,
+        (true, None) => 0,
+        (false, None) => published + 1,
+    }
 }
 
 /// One `Watch` call: history from the store, then live events, joined with no gap and no
@@ -196,5 +207,55 @@ impl WatchJob {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_seq;
+    use orch_proto::v1 as pb;
+    use prost::Message;
+
+    /// `WatchRequest` as clients built before `from_seq` became `optional` encode it.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OldWatchRequest {
+        #[prost(string, tag = "1")]
+        objective_id: String,
+        #[prost(uint64, tag = "2")]
+        from_seq: u64,
+        #[prost(string, repeated, tag = "3")]
+        kinds: Vec<String>,
+    }
+
+    fn from_old_client(from_seq: u64) -> Option<u64> {
+        let old = OldWatchRequest {
+            from_seq,
+            ..Default::default()
+        };
+        pb::WatchRequest::decode(old.encode_to_vec().as_slice())
+            .unwrap_or_else(|e| panic!("decode: {e}"))
+            .from_seq
+    }
+
+    #[test]
+    fn old_clients_keep_their_meaning() {
+        // Their 0 is never sent: unset, so still live only.
+        assert_eq!(from_old_client(0), None);
+        assert_eq!(first_seq(false, from_old_client(0), 41), 42);
+        assert_eq!(from_old_client(7), Some(7));
+    }
+
+    #[test]
+    fn unset_from_seq_is_live_only_without_an_objective() {
+        assert_eq!(first_seq(false, None, 41), 42);
+        assert_eq!(first_seq(true, None, 41), 0);
+    }
+
+    #[test]
+    fn a_set_from_seq_is_honoured_even_when_zero() {
+        assert_eq!(first_seq(false, Some(0), 41), 0);
+        assert_eq!(first_seq(false, Some(7), 41), 7);
+        assert_eq!(first_seq(true, Some(0), 41), 0);
+        assert_eq!(first_seq(true, Some(50), 41), 50);
     }
 }
