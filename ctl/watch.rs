@@ -145,7 +145,7 @@ pub async fn run(args: WatchArgs, client: &mut Client, format: Format) -> Result
             let mut view = view_for(format, true);
             let request = WatchRequest {
                 objective_id: String::new(),
-                from_seq: from,
+                from_seq: args.from,
                 kinds,
             };
             let r = client.api.watch(request).await;
@@ -215,7 +215,7 @@ pub async fn follow_objective(
     }
     let request = WatchRequest {
         objective_id: id.to_string(),
-        from_seq: from,
+        from_seq: Some(from),
         kinds: wanted,
     };
     let r = client.api.watch(request.clone()).await;
@@ -277,13 +277,13 @@ async fn follow_stream(
         };
         let why = match next {
             Ok(Some(event)) => {
-                if request.from_seq > 0 && event.seq < request.from_seq {
+                if request.from_seq.is_some_and(|from| event.seq < from) {
                     // Already shown before a reconnect.
                     continue;
                 }
                 trouble_since = None;
                 rechecked = false;
-                request.from_seq = event.seq.saturating_add(1);
+                request.from_seq = Some(event.seq.saturating_add(1));
                 let kind = json::event_kind(&event);
                 if kinds.is_empty() || kinds.contains(&kind) {
                     view.show(&event)?;

@@ -8,6 +8,7 @@ mod executor;
 mod limits;
 mod logfile;
 mod model;
+mod plans;
 mod runner;
 mod store;
 mod sys;

@@ -587,7 +587,7 @@ fn kinds_filter_unknown_kinds_and_the_global_stream() {
         let mut c = d.client().await;
         c.watch(WatchRequest {
             objective_id: a.clone(),
-            from_seq: 0,
+            from_seq: None,
             kinds: vec!["nope".into()],
         })
         .await
@@ -814,7 +814,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
                 let mut stream = c
                     .watch(WatchRequest {
                         objective_id: id,
-                        from_seq: 0,
+                        from_seq: None,
                         kinds: vec![],
                     })
                     .await
@@ -927,7 +927,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
-                from_seq: 0,
+                from_seq: None,
                 kinds: vec![],
             },
             Duration::from_secs(30),
@@ -975,7 +975,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             let mut s = c
                 .watch(WatchRequest {
                     objective_id: String::new(),
-                    from_seq: 1,
+                    from_seq: Some(1),
                     kinds: vec![],
                 })
                 .await
@@ -1039,7 +1039,7 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
         let stalled_all = stalled_client
             .watch(WatchRequest {
                 objective_id: String::new(),
-                from_seq: 1,
+                from_seq: Some(1),
                 kinds: vec![],
             })
             .await
@@ -1055,7 +1055,7 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
         let stalled_one = stalled_client
             .watch(WatchRequest {
                 objective_id: id.clone(),
-                from_seq: 0,
+                from_seq: None,
                 kinds: vec![],
             })
             .await
@@ -1082,7 +1082,7 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
-                from_seq: 0,
+                from_seq: None,
                 kinds: vec![],
             },
             Duration::from_secs(30),
@@ -1139,7 +1139,7 @@ fn a_watcher_far_behind_the_broadcast_is_refed_from_the_store() {
         let stalled = slow
             .watch(WatchRequest {
                 objective_id: String::new(),
-                from_seq: 0,
+                from_seq: None,
                 kinds: vec![],
             })
             .await
@@ -1159,7 +1159,7 @@ fn a_watcher_far_behind_the_broadcast_is_refed_from_the_store() {
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
-                from_seq: 0,
+                from_seq: None,
                 kinds: vec![],
             },
             Duration::from_secs(60),
@@ -1547,7 +1547,7 @@ fn every_watch_ends_with_the_final_state_even_when_opened_as_it_ends() {
                             &mut c,
                             WatchRequest {
                                 objective_id: id.clone(),
-                                from_seq: 0,
+                                from_seq: None,
                                 kinds: vec![],
                             },
                             Duration::from_secs(20),

@@ -13,3 +13,4 @@ mod security;
 mod supervisor;
 mod support;
 mod upgrade;
+mod watch_from;

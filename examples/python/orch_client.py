@@ -205,6 +205,10 @@ def submit(pb, stub, command, timeout):
 def watch(pb, stub, objective_id, from_seq, deadline):
     """Prints the objective's events from from_seq (0: its first) until it ends.
 
+    WatchRequest.from_seq is a proto3 optional field: this client always sets
+    it, and a set value (0 included) is where the stream starts. Left unset, a
+    watch without objective_id would be live only.
+
     orchd ends the stream after the objective's final objective_state event.
     Should a stream close before that event came (a watch opened at the very
     moment the objective ended can stop short), it is opened once more after

@@ -1,0 +1,386 @@
+//! The `orch.v1.Orchestrator` service: thin routing from each RPC to the engine (commands),
+//! the store (queries), `plans` (submit) and the stream jobs (`watch`, `logs`).
+
+use std::collections::HashSet;
+
+use tonic::{Request, Response, Status};
+
+use orch_proto::v1 as pb;
+use orch_proto::v1::orchestrator_server::Orchestrator;
+use orch_proto::validate::{check_env, parallel_groups};
+
+use super::convert::{obj_state_from_pb, resolved_plan_pb, summary_pb, ts, usage_pb};
+use super::{
+    Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, required_id,
+    spec_status, store_status, watch,
+};
+use crate::engine::{Caller, Command, NewObjective};
+use crate::plans;
+
+impl Api {
+    /// Checks, resolves and (unless a dry run) submits an objective.
+    async fn submit_inner(
+        &self,
+        who: Caller,
+        req: pb::SubmitRequest,
+    ) -> Result<pb::SubmitResponse, Status> {
+        let spec = req.spec.ok_or_else(|| {
+            Status::invalid_argument("spec: missing (an objective needs a spec with steps)")
+        })?;
+        check_env(&req.env, "env").map_err(spec_status)?;
+        if req.request_id.len() > 200 {
+            return Err(Status::invalid_argument(
+                "request_id: longer than 200 bytes",
+            ));
+        }
+        let cfg = self.config.borrow().clone();
+        let agents: HashSet<String> = cfg.agents.keys().cloned().collect();
+        let input = super::convert::objective_input(&spec, &agents).map_err(spec_status)?;
+        let resolved = plans::resolve(&input, &cfg, &req.workdir).map_err(plan_status)?;
+        let groups = parallel_groups(&spec).map_err(spec_status)?;
+        let plan = resolved_plan_pb(&resolved.name, &resolved.steps, groups);
+        if req.dry_run {
+            return Ok(pb::SubmitResponse {
+                id: String::new(),
+                existing: false,
+                plan: Some(plan),
+            });
+        }
+        let new = NewObjective {
+            name: resolved.name,
+            goal: resolved.goal,
+            priority: resolved.priority,
+            budget: resolved.budget,
+            steps: resolved.steps,
+            client_env: if req.env.is_empty() {
+                None
+            } else {
+                Some(req.env.into_iter().collect())
+            },
+            request_id: req.request_id,
+            caller: who,
+        };
+        let done = self
+            .ask(|reply| Command::Submit {
+                new: Box::new(new),
+                reply,
+            })
+            .await?
+            .map_err(engine_status)?;
+        Ok(pb::SubmitResponse {
+            id: done.id,
+            existing: done.existing,
+            plan: Some(plan),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Orchestrator for Api {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let who = caller(&req)?;
+        let dry_run = req.get_ref().dry_run;
+        let result = self.submit_inner(who, req.into_inner()).await;
+        if !dry_run {
+            let id = result.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+            self.audit(who, "submit", &id, &result).await;
+        }
+        result.map(Response::new)
+    }
+
+    async fn get_objective(
+        &self,
+        req: Request<pb::GetObjectiveRequest>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("id: missing"));
+        }
+        read_objective(&self.store, &id).map(Response::new)
+    }
+
+    async fn list_objectives(
+        &self,
+        req: Request<pb::ListObjectivesRequest>,
+    ) -> Result<Response<pb::ListObjectivesResponse>, Status> {
+        let req = req.into_inner();
+        let state = match req.state {
+            None => None,
+            Some(v) => {
+                let s = pb::ObjectiveState::try_from(v)
+                    .ok()
+                    .and_then(obj_state_from_pb)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("state: {v} is not an objective state"))
+                    })?;
+                Some(s)
+            }
+        };
+        let objectives = self
+            .store
+            .list(state, req.limit as usize)
+            .map_err(store_status)?;
+        let mut out = Vec::with_capacity(objectives.len());
+        for o in &objectives {
+            let steps = self.store.steps(&o.id).map_err(store_status)?;
+            out.push(summary_pb(o, &steps));
+        }
+        Ok(Response::new(pb::ListObjectivesResponse {
+            objectives: out,
+        }))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        self.control(req, "cancel", |id, caller, reply| Command::Cancel {
+            id,
+            caller,
+            reply,
+        })
+        .await
+    }
+
+    async fn pause(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        self.control(req, "pause", |id, caller, reply| Command::Pause {
+            id,
+            caller,
+            reply,
+        })
+        .await
+    }
+
+    async fn resume(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        self.control(req, "resume", |id, caller, reply| Command::Resume {
+            id,
+            caller,
+            reply,
+        })
+        .await
+    }
+
+    async fn retry(
+        &self,
+        req: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let result = async {
+            let id = required_id(r.id.clone())?;
+            let step = (!r.step_id.trim().is_empty()).then(|| r.step_id.trim().to_string());
+            self.ask(|reply| Command::Retry {
+                id: id.clone(),
+                step,
+                caller: who,
+                reply,
+            })
+            .await?
+            .map_err(engine_status)?;
+            read_objective(&self.store, &id)
+        }
+        .await;
+        self.audit(who, "retry", r.id.trim(), &result).await;
+        result.map(Response::new)
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::Objective>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let action = if r.approve { "approve" } else { "deny" };
+        let result = async {
+            let id = required_id(r.id.clone())?;
+            if r.step_id.trim().is_empty() {
+                return Err(Status::invalid_argument(
+                    "step_id: missing (the step waiting for approval)",
+                ));
+            }
+            self.ask(|reply| Command::Approve {
+                id: id.clone(),
+                step: r.step_id.trim().to_string(),
+                approve: r.approve,
+                reason: r.reason.clone(),
+                caller: who,
+                reply,
+            })
+            .await?
+            .map_err(engine_status)?;
+            read_objective(&self.store, &id)
+        }
+        .await;
+        self.audit(who, action, r.id.trim(), &result).await;
+        result.map(Response::new)
+    }
+
+    type WatchStream = BoxStream<pb::Event>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        watch::open(self, req.into_inner()).map(Response::new)
+    }
+
+    type StreamLogsStream = BoxStream<pb::LogChunk>;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        logs::open(self, req.into_inner()).map(Response::new)
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let cfg = self.config.borrow().clone();
+        let agents = cfg
+            .agents
+            .iter()
+            .map(|(name, p)| pb::AgentProfile {
+                name: name.clone(),
+                command: p.command.clone(),
+                usage: p.usage.clone(),
+                found: p.command.first().is_some_and(|prog| plans::on_path(prog)),
+                env: p.env.clone().into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn get_usage(
+        &self,
+        req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::UsageReport>, Status> {
+        let id = req.into_inner().objective_id;
+        let cfg = self.config.borrow().clone();
+        let (day_key, month_key) = crate::model::usage_keys(chrono::Utc::now());
+        let today = self.store.usage_total(&day_key).map_err(store_status)?;
+        let month = self.store.usage_total(&month_key).map_err(store_status)?;
+        let percent = |used: f64, limit: f64| {
+            if limit > 0.0 {
+                used / limit * 100.0
+            } else {
+                100.0
+            }
+        };
+        let mut report = pb::UsageReport {
+            today: Some(usage_pb(&today)),
+            this_month: Some(usage_pb(&month)),
+            daily_budget_usd: cfg.budget.daily_usd,
+            monthly_budget_usd: cfg.budget.monthly_usd,
+            ..Default::default()
+        };
+        if id.trim().is_empty() {
+            let total = self.store.usage_total("total").map_err(store_status)?;
+            report.usage = Some(usage_pb(&total));
+            // In total, the tightest daemon-wide budget applies.
+            if let Some(d) = cfg.budget.daily_usd {
+                report.budget_usd = Some(d);
+                report.budget_used_percent = Some(percent(today.cost_usd, d));
+            } else if let Some(m) = cfg.budget.monthly_usd {
+                report.budget_usd = Some(m);
+                report.budget_used_percent = Some(percent(month.cost_usd, m));
+            }
+        } else {
+            let o = self
+                .store
+                .objective(id.trim())
+                .map_err(store_status)?
+                .ok_or_else(|| {
+                    Status::not_found(format!("no objective with id `{}`", id.trim()))
+                })?;
+            report.usage = Some(usage_pb(&o.usage));
+            report.max_tokens = o.budget.max_tokens;
+            if let Some(b) = o.budget.max_cost_usd {
+                report.budget_usd = Some(b);
+                report.budget_used_percent = Some(percent(o.usage.cost_usd, b));
+            }
+        }
+        Ok(Response::new(report))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let req = req.into_inner();
+        let objective = (!req.objective_id.is_empty()).then_some(req.objective_id.as_str());
+        let entries = self
+            .store
+            .audit(objective, req.limit as usize)
+            .map_err(store_status)?
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                time: ts(e.time_ms),
+                uid: e.uid,
+                gid: e.gid,
+                pid: e.pid,
+                action: e.action,
+                objective_id: e.objective_id,
+                result: e.result,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+
+    async fn daemon_status(
+        &self,
+        _req: Request<pb::DaemonStatusRequest>,
+    ) -> Result<Response<pb::DaemonStatusResponse>, Status> {
+        let live = self.ask(|reply| Command::Status { reply }).await?;
+        let counts = self
+            .store
+            .counts()
+            .map_err(store_status)?
+            .into_iter()
+            .map(|(s, n)| (s.word().to_string(), n))
+            .collect();
+        let info = &self.info;
+        Ok(Response::new(pb::DaemonStatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_s: info.started.elapsed().as_secs(),
+            socket: info.socket.display().to_string(),
+            state_dir: info.state_dir.display().to_string(),
+            store_bytes: self.store.size_on_disk(),
+            limits_backend: info.limits_backend.clone(),
+            counts,
+            max_parallel: live.max_parallel,
+            running_attempts: live.running_attempts,
+            config_path: info.config_path.display().to_string(),
+            limits_detail: info.limits_detail.clone(),
+            last_event_seq: live.last_seq,
+        }))
+    }
+
+    async fn reload_config(
+        &self,
+        req: Request<pb::ReloadConfigRequest>,
+    ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
+        let who = caller(&req)?;
+        let result = self
+            .reloader
+            .reload()
+            .await
+            .map(|path| pb::ReloadConfigResponse {
+                config_path: path.display().to_string(),
+            })
+            .map_err(|e| Status::failed_precondition(format!("{e}; the running config is kept")));
+        self.audit(who, "reload", "", &result).await;
+        result.map(Response::new)
+    }
+}
