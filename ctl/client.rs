@@ -51,28 +51,39 @@ impl Client {
         &mut self,
         r: std::result::Result<tonic::Response<T>, tonic::Status>,
     ) -> Result<T> {
-        match r {
-            Ok(resp) => {
-                self.reached = true;
-                Ok(resp.into_inner())
-            }
-            Err(status) => Err(self.status_error(status)),
-        }
+        self.answered(r).map_err(|status| self.status_error(status))
     }
 
-    /// Maps a gRPC status to an error: UNAVAILABLE on the first call means the daemon
-    /// cannot be reached (exit 3); anything else is a refusal (exit 1, or 2 for bad input).
+    /// Unwraps a response, noting that the daemon answered; a status is left as it is
+    /// (for callers that tell a lost connection from a refusal).
+    pub fn answered<T>(
+        &mut self,
+        r: std::result::Result<tonic::Response<T>, tonic::Status>,
+    ) -> std::result::Result<T, tonic::Status> {
+        let resp = r?;
+        self.reached = true;
+        Ok(resp.into_inner())
+    }
+
+    /// Maps a gRPC status to an error (see [`status_error`]).
     pub fn status_error(&self, status: tonic::Status) -> CtlError {
-        if status.code() == tonic::Code::Unavailable && !self.reached {
-            return CtlError::Unreachable {
-                socket: self.socket.clone(),
-                cause: status_message(&status),
-            };
-        }
-        CtlError::Refused {
-            code: status.code(),
-            message: status_message(&status),
-        }
+        status_error(status, self.reached, &self.socket)
+    }
+}
+
+/// Maps a gRPC status to an error: UNAVAILABLE before the daemon ever answered (`reached`)
+/// means it cannot be reached at `socket` (exit 3); anything else is a refusal (exit 1, or
+/// 2 for bad input).
+pub fn status_error(status: tonic::Status, reached: bool, socket: &Path) -> CtlError {
+    if status.code() == tonic::Code::Unavailable && !reached {
+        return CtlError::Unreachable {
+            socket: socket.to_path_buf(),
+            cause: status_message(&status),
+        };
+    }
+    CtlError::Refused {
+        code: status.code(),
+        message: status_message(&status),
     }
 }
 
@@ -134,6 +145,35 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("cannot reach orchd at"), "{text}");
         assert!(text.contains("systemctl --user start orchd"), "{text}");
+    }
+
+    #[test]
+    fn refusals_exit_1() {
+        let s = tonic::Status::failed_precondition("objective already ended");
+        let e = status_error(s, true, Path::new("/s"));
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.to_string(), "objective already ended");
+        let e = status_error(
+            tonic::Status::invalid_argument("bad"),
+            true,
+            Path::new("/s"),
+        );
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn unavailable_is_unreachable_only_before_an_answer() {
+        let down = || tonic::Status::unavailable("connection refused");
+        let e = status_error(down(), false, Path::new("/run/orch/orchd.sock"));
+        assert_eq!(e.exit_code(), 3);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot reach orchd at /run/orch/orchd.sock"),
+            "{text}"
+        );
+        let e = status_error(down(), true, Path::new("/run/orch/orchd.sock"));
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.to_string(), "connection refused");
     }
 
     #[test]

@@ -4,8 +4,7 @@ mod cli;
 mod client;
 mod commands;
 mod error;
-#[cfg(test)]
-mod fake;
+mod follow;
 mod json;
 mod live;
 mod logs;

@@ -1,18 +1,17 @@
 //! `orchctl watch` and the waiting behind `submit --wait/--watch`: follows the Watch
-//! stream, shows events through an [`EventView`], and decides when an objective ended.
+//! stream of a [`Follow`] (orchd, or a script in tests), shows events through an
+//! [`EventView`], and decides when an objective ended.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use orch_proto::v1::{
-    Event, GetObjectiveRequest, Objective, ObjectiveState, WatchRequest, event::Payload,
-};
+use orch_proto::v1::{Event, Objective, ObjectiveState, WatchRequest, event::Payload};
 use tokio::time::MissedTickBehavior;
-use tonic::Streaming;
 
 use crate::cli::WatchArgs;
 use crate::client::{Client, is_connection_loss, status_message};
 use crate::error::{CtlError, Result};
+use crate::follow::{EventStream, Follow};
 use crate::json::{self, EVENT_KINDS};
 use crate::live::{self, LiveView};
 use crate::output::{self, Format};
@@ -148,37 +147,47 @@ pub async fn run(args: WatchArgs, client: &mut Client, format: Format) -> Result
                 from_seq: args.from,
                 kinds,
             };
-            let r = client.api.watch(request).await;
-            let mut stream = client.check(r).map_err(watch_unavailable)?;
-            loop {
-                match stream.message().await {
-                    Ok(Some(event)) => view.show(&event)?,
-                    Ok(None) => break,
-                    Err(status) => return Err(client.status_error(status)),
-                }
-            }
-            view.finish(None)
+            follow_all(client, request, view.as_mut()).await
         }
     }
+}
+
+/// Shows the events `request` asks for until the daemon closes the stream (`watch` without
+/// an id: nothing to wait for, so a broken stream is an error, not a reason to reconnect).
+async fn follow_all<F: Follow>(
+    source: &mut F,
+    request: WatchRequest,
+    view: &mut dyn EventView,
+) -> Result<()> {
+    let r = source.watch(request).await;
+    let mut stream = r.map_err(|status| watch_unavailable(source.error(status)))?;
+    loop {
+        match stream.next_event().await {
+            Ok(Some(event)) => view.show(&event)?,
+            Ok(None) => break,
+            Err(status) => return Err(source.error(status)),
+        }
+    }
+    view.finish(None)
 }
 
 /// Shows one objective's events (from `from`, or its first event) until it ends, in the
 /// view `format` and stdout call for: the live view on a terminal in table format, else a
 /// line per event. Exit 0 iff it succeeded (for `watch ID` and `submit --watch`).
-pub async fn show_objective(
-    client: &mut Client,
+pub async fn show_objective<F: Follow>(
+    source: &mut F,
     id: &str,
     from: u64,
     kinds: &[String],
     format: Format,
 ) -> Result<()> {
     let mut view: Box<dyn EventView> = if format == Format::Table && stdout_is_live_terminal() {
-        let start = get(client, id).await?;
+        let start = get(source, id).await?;
         Box::new(LiveView::on_stdout(&start, kinds))
     } else {
         view_for(format, false)
     };
-    let end = follow_objective(client, id, from, kinds, view.as_mut()).await?;
+    let end = follow_objective(source, id, from, kinds, view.as_mut()).await?;
     exit_for(&end)
 }
 
@@ -199,8 +208,8 @@ fn watch_unavailable(e: CtlError) -> CtlError {
 /// those of the wanted `kinds` (empty = all; a view that [wants every
 /// kind](EventView::wants_every_kind) gets all and filters itself), and returns the
 /// objective as it ended.
-pub async fn follow_objective(
-    client: &mut Client,
+pub async fn follow_objective<F: Follow>(
+    source: &mut F,
     id: &str,
     from: u64,
     kinds: &[String],
@@ -218,9 +227,9 @@ pub async fn follow_objective(
         from_seq: Some(from),
         kinds: wanted,
     };
-    let r = client.api.watch(request.clone()).await;
-    let stream = client.check(r).map_err(watch_unavailable)?;
-    follow_stream(client, request, stream, kinds, view)
+    let r = source.watch(request.clone()).await;
+    let stream = r.map_err(|status| watch_unavailable(source.error(status)))?;
+    follow_stream(source, request, stream, kinds, view)
         .await
         .map_err(watch_unavailable)
 }
@@ -236,10 +245,10 @@ enum Interrupted {
 /// Follows `stream` (opened with `request`) to the objective's end. When the stream breaks
 /// or closes early (e.g. orchd restarts) it is opened again after the last event seen,
 /// for up to [`RECONNECT_FOR`], so nothing is shown twice and nothing is missed.
-async fn follow_stream(
-    client: &mut Client,
+async fn follow_stream<F: Follow>(
+    source: &mut F,
     mut request: WatchRequest,
-    mut stream: Streaming<Event>,
+    mut stream: F::Events,
     kinds: &[String],
     view: &mut dyn EventView,
 ) -> Result<Objective> {
@@ -256,7 +265,7 @@ async fn follow_stream(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
-            next = stream.message() => next,
+            next = stream.next_event() => next,
             _ = ticker.tick() => {
                 view.tick()?;
                 continue;
@@ -265,7 +274,7 @@ async fn follow_stream(
                 if grace_until.is_some() =>
             {
                 grace_until = None;
-                let o = get(client, &id).await?;
+                let o = get(source, &id).await?;
                 // Ended as the stream said: done. Ended otherwise (retried since, and the
                 // rest of its history is still on its way) or running: keep following.
                 if is_terminal(o.state) && end_state == Some(o.state) {
@@ -297,11 +306,11 @@ async fn follow_stream(
             }
             Ok(None) => Interrupted::Closed,
             Err(status) if is_connection_loss(&status) => Interrupted::Lost(status),
-            Err(status) => return Err(client.status_error(status)),
+            Err(status) => return Err(source.error(status)),
         };
         if let Interrupted::Closed = why {
             // The normal end: the daemon closes the stream once the objective ended.
-            match get(client, &id).await {
+            match get(source, &id).await {
                 Ok(o) if is_terminal(o.state) && (saw_end || rechecked) => {
                     view.finish(Some(&o))?;
                     return Ok(o);
@@ -313,13 +322,13 @@ async fn follow_stream(
                     // end) confirms the end.
                     rechecked = true;
                     tokio::time::sleep(RECHECK_AFTER).await;
-                    match client.api.watch(request.clone()).await {
+                    match source.watch(request.clone()).await {
                         Ok(s) => {
-                            stream = s.into_inner();
+                            stream = s;
                             continue;
                         }
                         Err(status) if is_connection_loss(&status) => {}
-                        Err(status) => return Err(client.status_error(status)),
+                        Err(status) => return Err(source.error(status)),
                     }
                 }
                 Ok(_) => {}
@@ -346,35 +355,34 @@ async fn follow_stream(
             )));
         }
         tokio::time::sleep(RECONNECT_EVERY).await;
-        if client.reconnect().await.is_err() {
+        if source.reconnect().await.is_err() {
             continue;
         }
-        match client.api.watch(request.clone()).await {
-            Ok(s) => stream = s.into_inner(),
+        match source.watch(request.clone()).await {
+            Ok(s) => stream = s,
             Err(status) if is_connection_loss(&status) => {}
-            Err(status) => return Err(client.status_error(status)),
+            Err(status) => return Err(source.error(status)),
         }
     }
 }
 
-async fn get(client: &mut Client, id: &str) -> Result<Objective> {
-    let r = client
-        .api
-        .get_objective(GetObjectiveRequest { id: id.to_string() })
-        .await;
-    client.check(r)
+/// The objective as it is now.
+async fn get<F: Follow>(source: &mut F, id: &str) -> Result<Objective> {
+    let r = source.objective(id).await;
+    r.map_err(|status| source.error(status))
 }
 
 /// Waits until the objective ends (following its Watch stream) and returns it as it ended.
-pub async fn wait(client: &mut Client, id: &str) -> Result<Objective> {
+pub async fn wait<F: Follow>(source: &mut F, id: &str) -> Result<Objective> {
     let kinds = ["objective_state".to_string()];
-    follow_objective(client, id, 0, &kinds, &mut Silent).await
+    follow_objective(source, id, 0, &kinds, &mut Silent).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{self, Script, state_event, step_event};
+    use crate::follow::script::{Scripted, Watch, state_event, step_event};
+    use tonic::Status;
 
     /// Records the sequence numbers it was shown.
     #[derive(Default)]
@@ -387,25 +395,27 @@ mod tests {
         }
     }
 
+    /// A Watch answer: `items`, then the stream stays open (unless an item is an error).
+    fn open_stream(items: Vec<Result<Event, Status>>) -> Watch {
+        Watch::Stream {
+            items,
+            close: false,
+        }
+    }
+
     #[tokio::test]
     async fn history_with_a_retry_is_followed_to_the_real_end() {
         use ObjectiveState::*;
-        let d = fake::start(Script {
-            events: Some(vec![
-                state_event(1, Running),
-                state_event(2, Failed),
-                state_event(3, Running),
-                state_event(4, Succeeded),
-            ]),
-            close: false,
-            states: vec![Succeeded],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let events = vec![
+            state_event(1, Running),
+            state_event(2, Failed),
+            state_event(3, Running),
+            state_event(4, Succeeded),
+        ];
+        let mut d = Scripted::replaying(events, false, vec![Succeeded]);
         let mut seen = Recorder::default();
         let started = Instant::now();
-        let end = follow_objective(&mut client, "o", 0, &[], &mut seen).await;
+        let end = follow_objective(&mut d, "o", 0, &[], &mut seen).await;
         let end = end.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(seen.0, vec![1, 2, 3, 4]);
         assert_eq!(end.state, Succeeded as i32);
@@ -416,17 +426,11 @@ mod tests {
     #[tokio::test]
     async fn closed_stream_ends_with_the_final_state() {
         use ObjectiveState::*;
-        let d = fake::start(Script {
-            events: Some(vec![state_event(1, Running), state_event(2, Failed)]),
-            close: true,
-            states: vec![Failed],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let events = vec![state_event(1, Running), state_event(2, Failed)];
+        let mut d = Scripted::replaying(events, true, vec![Failed]);
         let mut seen = Recorder::default();
         let kinds = vec!["step_state".to_string()];
-        let end = follow_objective(&mut client, "o", 0, &kinds, &mut seen).await;
+        let end = follow_objective(&mut d, "o", 0, &kinds, &mut seen).await;
         let end = end.unwrap_or_else(|e| panic!("{e}"));
         assert!(seen.0.is_empty(), "objective_state was not asked for");
         assert_eq!(exit_for(&end).err().map(|e| e.exit_code()), Some(1));
@@ -437,54 +441,42 @@ mod tests {
         use ObjectiveState::*;
         // The stream closes before the final objective_state although the objective ended
         // (an orchd race): the client asks again from after the last event, then stops.
-        let d = fake::start(Script {
-            events: Some(vec![state_event(1, Running), step_event(2, "s")]),
-            close: true,
-            states: vec![Succeeded],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let events = vec![state_event(1, Running), step_event(2, "s")];
+        let mut d = Scripted::replaying(events, true, vec![Succeeded]);
         let mut seen = Recorder::default();
-        let end = follow_objective(&mut client, "o", 0, &[], &mut seen).await;
+        let end = follow_objective(&mut d, "o", 0, &[], &mut seen).await;
         let end = end.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(end.state, Succeeded as i32);
         assert_eq!(seen.0, vec![1, 2], "nothing shown twice");
-        assert_eq!(d.requests().len(), 2, "one more Watch to confirm the end");
+        assert_eq!(d.requests.len(), 2, "one more Watch to confirm the end");
+        assert_eq!(d.reconnects, 0);
     }
 
     #[tokio::test]
     async fn stream_that_ends_early_is_an_error() {
         use ObjectiveState::*;
-        let d = fake::start(Script {
-            events: Some(vec![state_event(1, Running)]),
-            close: true,
-            states: vec![Running],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let end = follow_objective(&mut client, "o", 0, &[], &mut Silent).await;
-        assert_eq!(end.err().map(|e| e.exit_code()), Some(1));
+        let mut d = Scripted::replaying(vec![state_event(1, Running)], true, vec![Running]);
+        let end = follow_objective(&mut d, "o", 0, &[], &mut Silent).await;
+        let e = end.err().unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1);
+        let text = e.to_string();
+        assert!(
+            text.contains("the event stream ended before the objective did"),
+            "{text}"
+        );
+        assert!(d.reconnects > 0, "it tried to get the stream back");
     }
 
     #[tokio::test]
     async fn unimplemented_watch_is_a_clean_error() {
         use ObjectiveState::*;
         // An orchd without Watch: waiting does not fall back to polling; it says why.
-        let d = fake::start(Script {
-            events: None,
-            close: true,
-            states: vec![Running, Succeeded],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let e = wait(&mut client, "o").await.err();
+        let mut d = Scripted::without_watch(vec![Running, Succeeded]);
+        let e = wait(&mut d, "o").await.err();
         let e = e.unwrap_or_else(|| panic!("must fail"));
         assert_eq!(e.exit_code(), 1);
         assert!(e.to_string().contains("cannot stream events"), "{e}");
-        let e = follow_objective(&mut client, "o", 0, &[], &mut Silent)
+        let e = follow_objective(&mut d, "o", 0, &[], &mut Silent)
             .await
             .err();
         let e = e.unwrap_or_else(|| panic!("must fail"));
@@ -495,24 +487,16 @@ mod tests {
     #[tokio::test]
     async fn wait_follows_the_stream_to_the_end() {
         use ObjectiveState::*;
-        let d = fake::start(Script {
-            events: Some(vec![
-                state_event(1, Running),
-                step_event(2, "s"),
-                state_event(3, Cancelled),
-            ]),
-            close: true,
-            states: vec![Cancelled],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let end = wait(&mut client, "o")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let events = vec![
+            state_event(1, Running),
+            step_event(2, "s"),
+            state_event(3, Cancelled),
+        ];
+        let mut d = Scripted::replaying(events, true, vec![Cancelled]);
+        let end = wait(&mut d, "o").await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(end.state, Cancelled as i32);
         assert_eq!(
-            d.requests(),
+            d.kinds(),
             vec![vec!["objective_state".to_string()]],
             "--wait asks only for objective_state"
         );
@@ -540,46 +524,170 @@ mod tests {
     #[tokio::test]
     async fn a_view_that_wants_every_kind_gets_every_kind() {
         use ObjectiveState::*;
-        let d = fake::start(Script {
-            events: Some(vec![
-                state_event(1, Running),
-                step_event(2, "s"),
-                state_event(3, Succeeded),
-            ]),
-            close: true,
-            states: vec![Succeeded],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let events = vec![
+            state_event(1, Running),
+            step_event(2, "s"),
+            state_event(3, Succeeded),
+        ];
+        let mut d = Scripted::replaying(events, true, vec![Succeeded]);
         let mut view = Everything::default();
         let kinds = vec!["attempt_ended".to_string()];
-        let end = follow_objective(&mut client, "o", 0, &kinds, &mut view).await;
+        let end = follow_objective(&mut d, "o", 0, &kinds, &mut view).await;
         let end = end.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(view.0, vec![1, 2, 3]);
         assert_eq!(view.1, Some(Succeeded as i32), "finish gets the end");
-        assert_eq!(d.requests(), vec![Vec::<String>::new()]);
+        assert_eq!(d.kinds(), vec![Vec::<String>::new()]);
         assert!(exit_for(&end).is_ok());
     }
 
     #[tokio::test]
-    async fn refusals_exit_1() {
-        let d = fake::start(Script {
-            events: None,
+    async fn a_lost_connection_is_resumed_after_the_last_event() {
+        use ObjectiveState::*;
+        // The connection breaks after two events (e.g. orchd restarts); the stream opened
+        // again replays the history, and only what follows the last event seen is shown.
+        let first = open_stream(vec![
+            Ok(state_event(1, Running)),
+            Ok(step_event(2, "s")),
+            Err(Status::unavailable("transport error")),
+        ]);
+        let again = Watch::Stream {
+            items: vec![
+                Ok(state_event(1, Running)),
+                Ok(step_event(2, "s")),
+                Ok(state_event(3, Succeeded)),
+            ],
             close: true,
-            states: vec![],
-        });
-        let mut client = Client::connect(&d.socket)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let r = client
-            .api
-            .cancel(orch_proto::v1::ObjectiveRef { id: "o".into() })
-            .await;
-        let e = client.check(r).err();
+        };
+        let mut d = Scripted::new(vec![first, again], vec![Ok(Succeeded)]);
+        let mut seen = Recorder::default();
+        let end = follow_objective(&mut d, "o", 0, &[], &mut seen).await;
+        let end = end.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(end.state, Succeeded as i32);
+        assert_eq!(seen.0, vec![1, 2, 3], "nothing shown twice, nothing missed");
+        assert_eq!((d.reconnects, d.requests.len()), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_stays_lost_is_an_error() {
+        use ObjectiveState::*;
+        let items = vec![
+            Ok(state_event(1, Running)),
+            Err(Status::unavailable("transport error")),
+        ];
+        // orchd stays down: no fresh connection, and GetObjective on the old one fails.
+        let down = Err(Status::unavailable("connection refused"));
+        let mut d = Scripted::new(vec![open_stream(items)], vec![down]);
+        d.refuse_reconnect = true;
+        let e = follow_objective(&mut d, "o", 0, &[], &mut Silent).await;
+        let e = e.err().unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1, "it was reached before: not exit 3");
+        // A stream yields its error once and then ends (as tonic's does), so by the
+        // deadline what is reported is the ended stream.
+        assert_eq!(
+            e.to_string(),
+            "watching o: the event stream ended before the objective did (did orchd stop?)"
+        );
+        assert!(d.reconnects > 1, "it kept trying");
+        assert_eq!(d.requests.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_mid_stream_is_an_error_at_once() {
+        use ObjectiveState::*;
+        // An error that is the daemon's answer, not a lost connection: no reconnecting.
+        let items = vec![
+            Ok(state_event(1, Running)),
+            Err(Status::permission_denied("not your objective")),
+        ];
+        let mut d = Scripted::new(vec![open_stream(items)], vec![]);
+        let mut seen = Recorder::default();
+        let e = follow_objective(&mut d, "o", 0, &[], &mut seen).await;
+        let e = e.err().unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.to_string(), "not your objective");
+        assert_eq!(seen.0, vec![1]);
+        assert_eq!((d.reconnects, d.requests.len()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_objective_is_refused() {
+        let refused = Watch::Refused(Status::not_found("no objective o"));
+        let mut d = Scripted::new(vec![refused], vec![]);
+        let e = wait(&mut d, "o").await.err();
         let e = e.unwrap_or_else(|| panic!("must fail"));
         assert_eq!(e.exit_code(), 1);
-        assert_eq!(e.to_string(), "objective already ended");
+        assert_eq!(e.to_string(), "no objective o");
+        let e = follow_objective(&mut d, "o", 0, &[], &mut Silent).await;
+        assert_eq!(e.err().map(|e| e.exit_code()), Some(1));
+        assert_eq!(d.reconnects, 0);
+    }
+
+    #[tokio::test]
+    async fn an_objective_gone_when_the_stream_closes_is_an_error() {
+        use ObjectiveState::*;
+        // Removed while being watched: GetObjective after the close says NOT_FOUND.
+        let events = vec![Ok(state_event(1, Running))];
+        let stream = Watch::Stream {
+            items: events,
+            close: true,
+        };
+        let gone = Err(Status::not_found("no objective o"));
+        let mut d = Scripted::new(vec![stream], vec![gone]);
+        let e = follow_objective(&mut d, "o", 0, &[], &mut Silent).await;
+        let e = e.err().unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.to_string(), "no objective o");
+        assert_eq!(d.reconnects, 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_daemon_exits_3() {
+        let down = Watch::Refused(Status::unavailable("connection refused"));
+        let mut d = Scripted::new(vec![down], vec![]);
+        let e = wait(&mut d, "o").await.err();
+        let e = e.unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.to_string().starts_with("cannot reach orchd at"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn watching_every_objective_shows_all_until_the_stream_closes() {
+        use ObjectiveState::*;
+        let events = vec![state_event(4, Running), step_event(5, "s")];
+        let mut d = Scripted::replaying(events, true, vec![]);
+        let mut seen = Everything::default();
+        let request = WatchRequest::default();
+        let r = follow_all(&mut d, request, &mut seen).await;
+        r.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(seen.0, vec![4, 5]);
+        assert_eq!(seen.1, None, "finish without an objective");
+        assert_eq!(d.requests.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn watching_every_objective_stops_at_a_broken_stream() {
+        use ObjectiveState::*;
+        let items = vec![
+            Ok(state_event(4, Running)),
+            Err(Status::unavailable("transport error")),
+        ];
+        let mut d = Scripted::new(vec![open_stream(items)], vec![]);
+        let mut seen = Recorder::default();
+        let r = follow_all(&mut d, WatchRequest::default(), &mut seen).await;
+        let e = r.err().unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.to_string(), "transport error");
+        assert_eq!(seen.0, vec![4]);
+        assert_eq!(d.reconnects, 0, "nothing to resume without an objective");
+    }
+
+    #[tokio::test]
+    async fn watching_every_objective_without_watch_is_a_clean_error() {
+        let mut d = Scripted::without_watch(vec![]);
+        let r = follow_all(&mut d, WatchRequest::default(), &mut Silent).await;
+        let e = r.err().unwrap_or_else(|| panic!("must fail"));
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("cannot stream events"), "{e}");
     }
 
     #[test]
