@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Budget, Limits, RetryPolicy};
+use crate::model::{Budget, Limits, Outcome, RetryPolicy};
 
 const T0: Millis = 5_000_000;
 

@@ -1,0 +1,503 @@
+//! Submit, attempts from start to end, facts about them, and budgets.
+
+use super::*;
+
+// ------------------------------------------------------------ submit
+
+#[test]
+fn submit_readies_steps_without_needs_and_records_everything() {
+    let (run, d) = new(vec![plan("a", &[]), plan("b", &["a"])]);
+    assert_eq!(said(&d), ["objective_submitted", "step a ready"]);
+    assert_eq!(states(&run), [S::Ready, S::Waiting]);
+    assert!(d.objective);
+    assert_eq!(d.steps.len(), 2);
+    assert_eq!(d.effects, [Effect::Enqueue { step: 0 }]);
+    assert_eq!(run.obj.state, ObjState::Pending);
+}
+
+#[test]
+fn an_objective_whose_only_ready_step_awaits_approval_awaits_approval() {
+    let (run, d) = new(vec![gated("deploy", &[])]);
+    assert_eq!(
+        said(&d),
+        [
+            "objective_submitted",
+            "step deploy awaiting_approval",
+            "approval_requested deploy",
+            "objective awaiting_approval"
+        ]
+    );
+    assert_eq!(run.obj.state, ObjState::AwaitingApproval);
+}
+
+#[test]
+fn a_gate_beside_a_ready_step_leaves_the_objective_pending() {
+    let (run, _) = new(vec![gated("a", &[]), plan("b", &[])]);
+    assert_eq!(states(&run), [S::AwaitingApproval, S::Ready]);
+    assert_eq!(run.obj.state, ObjState::Pending);
+}
+
+// ------------------------------------------------------------ start and end
+
+#[test]
+fn start_opens_the_next_attempt_and_spawns_it_once_durable() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    let d = start(&mut run, 0);
+    assert_eq!(said(&d), ["step a running", "objective running"]);
+    assert_eq!(d.attempts.len(), 1);
+    assert_eq!(d.attempts[0].number, 1);
+    assert_eq!(d.attempts[0].started_ms, T0);
+    assert!(has(
+        &d,
+        &Effect::Spawn {
+            step: 0,
+            attempt: 1
+        }
+    ));
+    assert!(run.running.contains_key(&0));
+}
+
+#[test]
+fn only_a_ready_step_starts() {
+    let mut run = run_of(vec![plan("a", &[]), plan("b", &["a"])]);
+    let e = refused(
+        &mut run,
+        Input::Start {
+            step: 1,
+            agent: String::new(),
+            command: vec![],
+        },
+    );
+    assert_eq!(
+        e,
+        Invalid::FailedPrecondition("step `b` of objective OBJ is waiting, not ready".into())
+    );
+}
+
+#[test]
+fn success_releases_dependents_and_the_last_one_ends_the_objective() {
+    let mut run = run_of(vec![plan("a", &[]), plan("b", &["a"])]);
+    start(&mut run, 0);
+    let d = end(&mut run, 0, Outcome::Success);
+    assert_eq!(
+        said(&d),
+        ["attempt_ended a", "step a succeeded", "step b ready"]
+    );
+    assert!(has(&d, &Effect::Enqueue { step: 1 }));
+    start(&mut run, 1);
+    let d = end(&mut run, 1, Outcome::Success);
+    assert_eq!(
+        said(&d),
+        ["attempt_ended b", "step b succeeded", "objective succeeded"]
+    );
+    assert_eq!(d.effects, [Effect::Dequeue { timers: true }, Effect::Ended]);
+    assert!(run.obj.state.is_terminal());
+}
+
+#[test]
+fn a_failure_with_retries_left_backs_off_by_the_policy() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let d = end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(
+        said(&d),
+        ["attempt_ended a", "step a backoff", "retry_scheduled a"]
+    );
+    let due = T0 + 2_000;
+    assert!(has(&d, &Effect::Timer { step: 0, due }));
+    assert_eq!(run.steps[0].next_attempt_ms, Some(due));
+    assert_eq!(run.steps[0].counted_attempts, 1);
+    assert_eq!(run.obj.state, ObjState::Running);
+}
+
+#[test]
+fn the_backoff_timer_readies_the_step_and_the_next_attempt_is_number_two() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    end(&mut run, 0, Outcome::Timeout);
+    let d = ok(&mut run, Input::TimerFired { step: 0 });
+    assert_eq!(said(&d), ["step a ready"]);
+    assert_eq!(run.steps[0].next_attempt_ms, None);
+    let d = start(&mut run, 0);
+    assert!(has(
+        &d,
+        &Effect::Spawn {
+            step: 0,
+            attempt: 2
+        }
+    ));
+}
+
+#[test]
+fn a_timer_for_a_step_no_longer_in_backoff_does_nothing() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let d = ok(&mut run, Input::TimerFired { step: 0 });
+    assert!(d.is_empty());
+}
+
+#[test]
+fn exhausted_retries_fail_the_step_skip_its_dependents_and_fail_the_objective() {
+    let mut p = plan("a", &[]);
+    p.retry.max_attempts = 1;
+    let mut run = run_of(vec![p, plan("b", &["a"])]);
+    start(&mut run, 0);
+    let d = end_with(&mut run, 0, End::of(Outcome::ExitFailure, "exit status 3"));
+    assert_eq!(
+        said(&d),
+        [
+            "attempt_ended a",
+            "step a failed",
+            "step b skipped",
+            "objective failed"
+        ]
+    );
+    assert_eq!(run.steps[1].message, "dependency `a` did not succeed");
+    assert_eq!(run.obj.message, "step `a` failed: exit status 3");
+}
+
+#[test]
+fn exhausted_retries_fall_back_to_the_next_agent_with_fresh_attempts() {
+    let mut p = plan("a", &[]);
+    p.retry.max_attempts = 1;
+    p.agent = "claude".into();
+    p.fallback = vec!["codex".into()];
+    let mut run = run_of(vec![p]);
+    start(&mut run, 0);
+    let d = end_with(&mut run, 0, End::of(Outcome::ExitFailure, "exit status 1"));
+    assert_eq!(said(&d), ["attempt_ended a", "step a ready"]);
+    let s = &run.steps[0];
+    assert_eq!((s.agent_index, s.counted_attempts), (1, 0));
+    assert_eq!(s.current_agent(), "codex");
+    assert_eq!(
+        s.message,
+        "attempts exhausted (exit status 1); falling back to agent `codex`"
+    );
+}
+
+#[test]
+fn an_outcome_the_policy_does_not_retry_fails_at_once() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    end(&mut run, 0, Outcome::SpawnError);
+    assert_eq!(states(&run), [S::Failed]);
+}
+
+#[test]
+fn an_interrupted_attempt_runs_again_without_using_a_retry() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let d = end(&mut run, 0, Outcome::Interrupted);
+    assert_eq!(said(&d), ["attempt_ended a", "step a ready"]);
+    assert!(has(&d, &Effect::Enqueue { step: 0 }));
+    assert_eq!(run.steps[0].counted_attempts, 0);
+}
+
+#[test]
+fn an_interrupted_attempt_while_draining_is_not_queued() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let draining = Ctx {
+        draining: true,
+        ..ctx()
+    };
+    let d = step(
+        &mut run,
+        Input::Ended {
+            step: 0,
+            attempt: 1,
+            end: End::of(Outcome::Interrupted, "stopping"),
+        },
+        draining,
+    )
+    .expect("accepted");
+    assert_eq!(states(&run), [S::Ready]);
+    assert!(
+        !d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Enqueue { .. }))
+    );
+}
+
+#[test]
+fn a_rate_limited_attempt_waits_for_the_reset_without_using_a_retry() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::RateLimited {
+            step: 0,
+            attempt: 1,
+            until_ms: T0 + 60_000,
+        },
+    );
+    let d = end(&mut run, 0, Outcome::ExitFailure);
+    assert!(has(
+        &d,
+        &Effect::Timer {
+            step: 0,
+            due: T0 + 60_000
+        }
+    ));
+    assert_eq!(run.steps[0].counted_attempts, 0);
+    assert_eq!(
+        run.steps[0].message,
+        "rate limited by the provider; waiting for the reset"
+    );
+}
+
+#[test]
+fn a_rate_limit_falls_back_when_the_step_says_so() {
+    let mut p = plan("a", &[]);
+    p.agent = "claude".into();
+    p.fallback = vec!["codex".into()];
+    p.fallback_on_rate_limit = true;
+    let mut run = run_of(vec![p]);
+    start(&mut run, 0);
+    let until_ms = T0 + 60_000;
+    ok(
+        &mut run,
+        Input::RateLimited {
+            step: 0,
+            attempt: 1,
+            until_ms,
+        },
+    );
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(states(&run), [S::Ready]);
+    assert_eq!(run.steps[0].current_agent(), "codex");
+}
+
+#[test]
+fn a_reset_already_past_is_an_ordinary_failure() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::RateLimited {
+            step: 0,
+            attempt: 1,
+            until_ms: T0 - 1,
+        },
+    );
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(run.steps[0].counted_attempts, 1);
+    assert_eq!(run.steps[0].next_attempt_ms, Some(T0 + 2_000));
+}
+
+#[test]
+fn facts_about_another_attempt_are_ignored() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let stale = ok(
+        &mut run,
+        Input::Ended {
+            step: 0,
+            attempt: 7,
+            end: End::of(Outcome::Success, ""),
+        },
+    );
+    assert!(stale.is_empty());
+    let started = ok(
+        &mut run,
+        Input::Started {
+            step: 0,
+            attempt: 9,
+            pid: 1,
+            start_ticks: None,
+            cgroup: None,
+        },
+    );
+    assert!(started.is_empty());
+    assert_eq!(states(&run), [S::Running]);
+}
+
+#[test]
+fn started_records_the_pid_and_says_so() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let d = ok(
+        &mut run,
+        Input::Started {
+            step: 0,
+            attempt: 1,
+            pid: 4242,
+            start_ticks: Some(77),
+            cgroup: None,
+        },
+    );
+    assert_eq!(said(&d), ["attempt_started a"]);
+    assert_eq!(d.attempts[0].pid, Some(4242));
+    assert_eq!(d.attempts[0].pid_start_ticks, Some(77));
+}
+
+#[test]
+fn samples_stay_in_memory_and_reach_the_attempt_record_at_its_end() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let d = ok(
+        &mut run,
+        Input::Sample {
+            step: 0,
+            attempt: 1,
+            peak_rss_bytes: 5_000,
+            cpu_ms: 30,
+        },
+    );
+    assert!(d.is_empty());
+    let d = end(&mut run, 0, Outcome::Success);
+    assert_eq!(
+        (d.attempts[0].peak_rss_bytes, d.attempts[0].cpu_ms),
+        (5_000, 30)
+    );
+    assert_eq!(d.attempts[0].ended_ms, Some(T0));
+}
+
+#[test]
+fn usage_adds_up_on_the_attempt_the_step_and_the_objective() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let delta = Usage {
+        input_tokens: 10,
+        output_tokens: 5,
+        cost_usd: 0.5,
+    };
+    for _ in 0..2 {
+        ok(
+            &mut run,
+            Input::Usage {
+                step: 0,
+                attempt: 1,
+                delta,
+                model: "m".into(),
+            },
+        );
+    }
+    assert_eq!(run.obj.usage.tokens(), 30);
+    assert_eq!(run.steps[0].usage.cost_usd, 1.0);
+    let d = end(&mut run, 0, Outcome::Success);
+    assert_eq!(d.attempts[0].usage.input_tokens, 20);
+}
+
+#[test]
+fn checkpoints_and_progress_are_kept_on_the_step() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let d = ok(
+        &mut run,
+        Input::Checkpoint {
+            step: 0,
+            attempt: 1,
+            json: "{\"n\":1}".into(),
+        },
+    );
+    assert_eq!(said(&d), ["checkpoint a"]);
+    let d = ok(
+        &mut run,
+        Input::Progress {
+            step: 0,
+            attempt: 1,
+            percent: Some(50.0),
+            message: "half".into(),
+        },
+    );
+    assert_eq!(said(&d), ["progress a"]);
+    assert_eq!(run.steps[0].checkpoint.as_deref(), Some("{\"n\":1}"));
+    assert_eq!(run.steps[0].progress.percent, Some(50.0));
+}
+
+#[test]
+fn an_objective_budget_alert_is_sent_once() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    let alert = Input::Alert {
+        key: Some("objective_usd:80".into()),
+        percent: 80.0,
+        budget: "objective_usd".into(),
+        used: 8.0,
+        limit: 10.0,
+    };
+    assert_eq!(said(&ok(&mut run, alert.clone())), ["budget_alert"]);
+    assert!(ok(&mut run, alert).is_empty());
+    let global = Input::Alert {
+        key: None,
+        percent: 80.0,
+        budget: "daily_usd".into(),
+        used: 8.0,
+        limit: 10.0,
+    };
+    assert_eq!(said(&ok(&mut run, global)), ["budget_alert"]);
+}
+
+// ------------------------------------------------------------ budgets
+
+#[test]
+fn an_exhausted_budget_stops_running_attempts_and_fails_the_rest() {
+    let mut run = run_of(vec![plan("a", &[]), plan("b", &[]), plan("c", &["a"])]);
+    start(&mut run, 0);
+    let why = "objective budget of $1.00 exhausted".to_string();
+    let d = ok(&mut run, Input::Exhaust { why: why.clone() });
+    assert_eq!(said(&d), ["step b failed"]);
+    assert!(has(
+        &d,
+        &Effect::Order {
+            step: 0,
+            order: Control::Stop(StopReason::BudgetExceeded)
+        }
+    ));
+    assert!(has(&d, &Effect::Dequeue { timers: true }));
+    let d = end(&mut run, 0, Outcome::BudgetExceeded);
+    assert_eq!(
+        said(&d),
+        [
+            "attempt_ended a",
+            "step a failed",
+            "step c skipped",
+            "objective failed"
+        ]
+    );
+    assert_eq!(run.steps[0].message, why);
+    assert_eq!(run.obj.message, why);
+}
+
+#[test]
+fn a_second_exhaustion_changes_nothing() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::Exhaust {
+            why: "first".into(),
+        },
+    );
+    let d = ok(
+        &mut run,
+        Input::Exhaust {
+            why: "second".into(),
+        },
+    );
+    assert!(d.is_empty());
+    assert_eq!(run.exhausted.as_deref(), Some("first"));
+}
+
+#[test]
+fn an_exhausted_budget_beats_a_retry_and_a_rate_limit() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::RateLimited {
+            step: 0,
+            attempt: 1,
+            until_ms: T0 + 5_000,
+        },
+    );
+    ok(
+        &mut run,
+        Input::Exhaust {
+            why: "daily".into(),
+        },
+    );
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(states(&run), [S::Failed]);
+    assert_eq!(run.obj.state, ObjState::Failed);
+}
