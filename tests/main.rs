@@ -1,6 +1,7 @@
 //! End-to-end tests (`e2e`): the real `orchd` and `orchctl` binaries on a private socket and state dir.
 
 mod agents;
+mod approval_state;
 mod cli;
 mod config;
 mod durability;
