@@ -371,6 +371,83 @@ pub struct Attempt {
     pub message: String,
 }
 
+impl Attempt {
+    /// Attempt `number` of a step, opened at `started_ms`, before anything ran.
+    pub fn new(objective_id: &str, step_index: u32, step_id: &str, number: u32) -> Attempt {
+        Attempt {
+            objective_id: objective_id.to_string(),
+            step_index,
+            step_id: step_id.to_string(),
+            number,
+            agent: String::new(),
+            command: Vec::new(),
+            pid: None,
+            pid_start_ticks: None,
+            cgroup: None,
+            started_ms: 0,
+            ended_ms: None,
+            outcome: None,
+            exit_code: None,
+            signal: None,
+            peak_rss_bytes: 0,
+            cpu_ms: 0,
+            usage: Usage::default(),
+            message: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl StepPlan {
+    /// A step running `true`, needing `needs`, with the default policy (tests).
+    pub fn literal(id: &str, needs: &[&str]) -> StepPlan {
+        StepPlan {
+            id: id.into(),
+            agent: String::new(),
+            prompt: String::new(),
+            command: vec!["true".into()],
+            template: vec![],
+            workdir: "/".into(),
+            env: BTreeMap::new(),
+            step_env: BTreeMap::new(),
+            needs: needs.iter().map(|n| n.to_string()).collect(),
+            timeout_ms: None,
+            idle_timeout_ms: None,
+            retry: RetryPolicy::default(),
+            limits: Limits::default(),
+            requires_approval: false,
+            fallback: vec![],
+            fallback_on_rate_limit: false,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Objective {
+    /// A pending objective `id` of `steps` steps owned by `owner`, created at `now` (tests).
+    pub fn pending(id: &str, steps: usize, owner: u32, now: Millis) -> Objective {
+        Objective {
+            id: id.into(),
+            name: "test".into(),
+            goal: String::new(),
+            priority: 0,
+            budget: Budget::default(),
+            state: ObjState::Pending,
+            created_ms: now,
+            updated_ms: now,
+            message: String::new(),
+            owner_uid: owner,
+            owner_gid: owner,
+            request_id: String::new(),
+            usage: Usage::default(),
+            client_env: None,
+            step_count: steps as u32,
+            ended_seq: None,
+            alerts: vec![],
+        }
+    }
+}
+
 /// What happened, as stored in the sequenced event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -607,24 +684,7 @@ mod tests {
     }
 
     fn step(state: StepState, attempts: u32) -> Step {
-        let plan = StepPlan {
-            id: "s".into(),
-            agent: String::new(),
-            prompt: String::new(),
-            command: vec!["true".into()],
-            template: vec![],
-            workdir: "/".into(),
-            env: BTreeMap::new(),
-            step_env: BTreeMap::new(),
-            needs: vec![],
-            timeout_ms: None,
-            idle_timeout_ms: None,
-            retry: RetryPolicy::default(),
-            limits: Limits::default(),
-            requires_approval: false,
-            fallback: vec![],
-            fallback_on_rate_limit: false,
-        };
+        let plan = StepPlan::literal("s", &[]);
         Step {
             state,
             attempts,

@@ -173,24 +173,9 @@ mod tests {
 
     fn attempt(pid: Option<u32>, ticks: Option<u64>) -> Attempt {
         Attempt {
-            objective_id: "O".into(),
-            step_index: 0,
-            step_id: "s".into(),
-            number: 1,
-            agent: String::new(),
-            command: vec![],
             pid,
             pid_start_ticks: ticks,
-            cgroup: None,
-            started_ms: 0,
-            ended_ms: None,
-            outcome: None,
-            exit_code: None,
-            signal: None,
-            peak_rss_bytes: 0,
-            cpu_ms: 0,
-            usage: Default::default(),
-            message: String::new(),
+            ..Attempt::new("O", 0, "s", 1)
         }
     }
 

@@ -23,24 +23,10 @@ impl Tx<'_> {
         }
         step.attempts += 1;
         let attempt = Attempt {
-            objective_id: id,
-            step_index: index,
-            step_id: step.plan.id.clone(),
-            number: step.attempts,
             agent,
             command,
-            pid: None,
-            pid_start_ticks: None,
-            cgroup: None,
             started_ms: now,
-            ended_ms: None,
-            outcome: None,
-            exit_code: None,
-            signal: None,
-            peak_rss_bytes: 0,
-            cpu_ms: 0,
-            usage: Usage::default(),
-            message: String::new(),
+            ..Attempt::new(&id, index, &step.plan.id, step.attempts)
         };
         let number = attempt.number;
         self.d.attempts.push(attempt.clone());

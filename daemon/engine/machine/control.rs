@@ -16,17 +16,21 @@ impl Tx<'_> {
         self.run.obj.message = why.clone();
         self.d.objective = true;
         self.effect(Effect::Dequeue { timers: true });
-        let idle: Vec<u32> = self
-            .run
-            .steps
-            .iter()
-            .filter(|s| !s.state.is_terminal() && !self.run.running.contains_key(&s.index))
-            .map(|s| s.index)
-            .collect();
-        for index in idle {
+        for index in self.idle(true) {
             self.set_step(index, StepState::Cancelled, why.clone());
         }
         self.order_running(Control::Stop(StopReason::Cancelled));
+    }
+
+    /// Steps that have not ended and run nothing now (`waiting` ones only if asked).
+    fn idle(&self, waiting: bool) -> Vec<u32> {
+        self.run
+            .steps
+            .iter()
+            .filter(|s| !s.state.is_terminal() && !self.run.running.contains_key(&s.index))
+            .filter(|s| waiting || s.state != StepState::Waiting)
+            .map(|s| s.index)
+            .collect()
     }
 
     pub(super) fn order_running(&mut self, order: Control) {
@@ -221,17 +225,7 @@ impl Tx<'_> {
         self.run.obj.message = why.clone();
         self.d.objective = true;
         self.effect(Effect::Dequeue { timers: true });
-        let idle: Vec<u32> = self
-            .run
-            .steps
-            .iter()
-            .filter(|s| {
-                !s.state.is_terminal()
-                    && s.state != StepState::Waiting
-                    && !self.run.running.contains_key(&s.index)
-            })
-            .map(|s| s.index)
-            .collect();
+        let idle = self.idle(false);
         for index in idle {
             self.set_step(index, StepState::Failed, why.clone());
         }

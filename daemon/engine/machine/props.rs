@@ -1,12 +1,10 @@
 //! Property tests of the core: random plans driven by random input sequences, checking
 //! after every input the invariants the rest of orch relies on.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Budget, Limits, Outcome, RetryPolicy};
+use crate::model::Outcome;
 
 const T0: Millis = 5_000_000;
 
@@ -27,40 +25,22 @@ fn plans() -> impl Strategy<Value = Vec<StepPlan>> {
         specs
             .into_iter()
             .enumerate()
-            .map(
-                |(i, (needs, gate, fallback, on_rate, max_attempts))| StepPlan {
-                    id: format!("s{i}"),
-                    agent: if fallback {
-                        "first".into()
-                    } else {
-                        String::new()
-                    },
-                    prompt: String::new(),
-                    command: vec!["true".into()],
-                    template: vec![],
-                    workdir: "/".into(),
-                    env: BTreeMap::new(),
-                    step_env: BTreeMap::new(),
-                    needs: (0..i)
-                        .filter(|j| needs & (1 << j) != 0)
-                        .map(|j| format!("s{j}"))
-                        .collect(),
-                    timeout_ms: None,
-                    idle_timeout_ms: None,
-                    retry: RetryPolicy {
-                        max_attempts,
-                        ..RetryPolicy::default()
-                    },
-                    limits: Limits::default(),
-                    requires_approval: gate,
-                    fallback: if fallback {
-                        vec!["second".into()]
-                    } else {
-                        vec![]
-                    },
-                    fallback_on_rate_limit: on_rate,
-                },
-            )
+            .map(|(i, (needs, gate, fallback, on_rate, max_attempts))| {
+                let needs: Vec<String> = (0..i)
+                    .filter(|j| needs & (1 << j) != 0)
+                    .map(|j| format!("s{j}"))
+                    .collect();
+                let needs: Vec<&str> = needs.iter().map(String::as_str).collect();
+                let mut p = StepPlan::literal(&format!("s{i}"), &needs);
+                if fallback {
+                    p.agent = "first".into();
+                    p.fallback = vec!["second".into()];
+                }
+                p.retry.max_attempts = max_attempts;
+                p.requires_approval = gate;
+                p.fallback_on_rate_limit = on_rate;
+                p
+            })
             .collect()
     })
 }
@@ -160,25 +140,7 @@ fn input(run: &Run, a: &Act) -> Input {
 }
 
 fn objective(n: usize) -> Objective {
-    Objective {
-        id: "P".into(),
-        name: "prop".into(),
-        goal: String::new(),
-        priority: 0,
-        budget: Budget::default(),
-        state: ObjState::Pending,
-        created_ms: T0,
-        updated_ms: T0,
-        message: String::new(),
-        owner_uid: 1,
-        owner_gid: 1,
-        request_id: String::new(),
-        usage: Usage::default(),
-        client_env: None,
-        step_count: n as u32,
-        ended_seq: None,
-        alerts: vec![],
-    }
+    Objective::pending("P", n, 1, T0)
 }
 
 /// The invariants that hold after every input.

@@ -223,14 +223,7 @@ fn an_interrupted_attempt_while_draining_is_not_queued() {
 fn a_rate_limited_attempt_waits_for_the_reset_without_using_a_retry() {
     let mut run = run_of(vec![plan("a", &[])]);
     start(&mut run, 0);
-    ok(
-        &mut run,
-        Input::RateLimited {
-            step: 0,
-            attempt: 1,
-            until_ms: T0 + 60_000,
-        },
-    );
+    rate_limit(&mut run, 0, T0 + 60_000);
     let d = end(&mut run, 0, Outcome::ExitFailure);
     assert!(has(
         &d,
@@ -255,14 +248,7 @@ fn a_rate_limit_falls_back_when_the_step_says_so() {
     let mut run = run_of(vec![p]);
     start(&mut run, 0);
     let until_ms = T0 + 60_000;
-    ok(
-        &mut run,
-        Input::RateLimited {
-            step: 0,
-            attempt: 1,
-            until_ms,
-        },
-    );
+    rate_limit(&mut run, 0, until_ms);
     end(&mut run, 0, Outcome::ExitFailure);
     assert_eq!(states(&run), [S::Ready]);
     assert_eq!(run.steps[0].current_agent(), "codex");
@@ -272,14 +258,7 @@ fn a_rate_limit_falls_back_when_the_step_says_so() {
 fn a_reset_already_past_is_an_ordinary_failure() {
     let mut run = run_of(vec![plan("a", &[])]);
     start(&mut run, 0);
-    ok(
-        &mut run,
-        Input::RateLimited {
-            step: 0,
-            attempt: 1,
-            until_ms: T0 - 1,
-        },
-    );
+    rate_limit(&mut run, 0, T0 - 1);
     end(&mut run, 0, Outcome::ExitFailure);
     assert_eq!(run.steps[0].counted_attempts, 1);
     assert_eq!(run.steps[0].next_attempt_ms, Some(T0 + 2_000));
@@ -483,14 +462,7 @@ fn a_second_exhaustion_changes_nothing() {
 fn an_exhausted_budget_beats_a_retry_and_a_rate_limit() {
     let mut run = run_of(vec![plan("a", &[])]);
     start(&mut run, 0);
-    ok(
-        &mut run,
-        Input::RateLimited {
-            step: 0,
-            attempt: 1,
-            until_ms: T0 + 5_000,
-        },
-    );
+    rate_limit(&mut run, 0, T0 + 5_000);
     ok(
         &mut run,
         Input::Exhaust {

@@ -2,14 +2,12 @@
 //! fact about an attempt, and the precedence of what follows an attempt's end. No I/O:
 //! each test builds a `Run`, feeds inputs, and checks the decision and the states.
 
-use std::collections::BTreeMap;
-
 use super::*;
 
 mod attempts;
 mod control;
 mod table;
-use crate::model::{Budget, Limits, Outcome, RetryPolicy, StopReason};
+use crate::model::{Outcome, StopReason};
 
 const T0: Millis = 1_000_000;
 const OWNER: u32 = 1000;
@@ -19,27 +17,9 @@ fn ctx() -> Ctx {
 }
 
 fn plan(id: &str, needs: &[&str]) -> StepPlan {
-    StepPlan {
-        id: id.into(),
-        agent: String::new(),
-        prompt: String::new(),
-        command: vec!["true".into()],
-        template: vec![],
-        workdir: "/".into(),
-        env: BTreeMap::new(),
-        step_env: BTreeMap::new(),
-        needs: needs.iter().map(|n| n.to_string()).collect(),
-        timeout_ms: None,
-        idle_timeout_ms: None,
-        retry: RetryPolicy {
-            jitter: 0.0,
-            ..RetryPolicy::default()
-        },
-        limits: Limits::default(),
-        requires_approval: false,
-        fallback: vec![],
-        fallback_on_rate_limit: false,
-    }
+    let mut p = StepPlan::literal(id, needs);
+    p.retry.jitter = 0.0;
+    p
 }
 
 fn gated(id: &str, needs: &[&str]) -> StepPlan {
@@ -50,25 +30,7 @@ fn gated(id: &str, needs: &[&str]) -> StepPlan {
 }
 
 fn objective(n: usize) -> Objective {
-    Objective {
-        id: "OBJ".into(),
-        name: "test".into(),
-        goal: String::new(),
-        priority: 0,
-        budget: Budget::default(),
-        state: ObjState::Pending,
-        created_ms: T0,
-        updated_ms: T0,
-        message: String::new(),
-        owner_uid: OWNER,
-        owner_gid: OWNER,
-        request_id: String::new(),
-        usage: Usage::default(),
-        client_env: None,
-        step_count: n as u32,
-        ended_seq: None,
-        alerts: vec![],
-    }
+    Objective::pending("OBJ", n, OWNER, T0)
 }
 
 fn new(plans: Vec<StepPlan>) -> (Run, Decision) {
@@ -122,6 +84,18 @@ fn end_with(run: &mut Run, s: u32, end: End) -> Decision {
 
 fn end(run: &mut Run, s: u32, outcome: Outcome) -> Decision {
     end_with(run, s, End::of(outcome, outcome.word()))
+}
+
+/// The provider refused attempt 1 of step `s` until `until_ms`.
+fn rate_limit(run: &mut Run, s: u32, until_ms: Millis) {
+    ok(
+        run,
+        Input::RateLimited {
+            step: s,
+            attempt: 1,
+            until_ms,
+        },
+    );
 }
 
 fn states(run: &Run) -> Vec<StepState> {
