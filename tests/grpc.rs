@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orch_proto::v1::{
     GetObjectiveRequest, ListObjectivesRequest, ObjectiveSpec, ObjectiveState, StepSpec,
@@ -14,22 +14,13 @@ use serde_json::Value;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{TestDaemon, describe, health, run_deadline, stdout};
-
-fn step(id: &str, command: &[&str]) -> StepSpec {
-    StepSpec {
-        id: id.into(),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
+use crate::support::{
+    STATE_DEADLINE, TestDaemon, command_step, describe, health, is_terminal, objective_until,
+    require_python_grpc, run_deadline, stdout, submit_request,
+};
 
 fn request(d: &TestDaemon, spec: Option<ObjectiveSpec>) -> SubmitRequest {
-    SubmitRequest {
-        spec,
-        workdir: d.work_dir().display().to_string(),
-        ..Default::default()
-    }
+    submit_request(d.work_dir(), spec)
 }
 
 #[tokio::test]
@@ -45,7 +36,7 @@ async fn orchestrator_calls_and_status_codes() {
 
     let spec = ObjectiveSpec {
         name: "over-grpc".into(),
-        steps: vec![step("only", &["true"])],
+        steps: vec![command_step("only", &["true"])],
         ..Default::default()
     };
     let reply = client
@@ -63,22 +54,15 @@ async fn orchestrator_calls_and_status_codes() {
     assert_eq!(plan.steps.len(), 1);
     assert_eq!(plan.steps[0].id, "only");
 
-    // Poll (bounded) until it ends.
-    let end = Instant::now() + Duration::from_secs(15);
-    let done = loop {
-        let o = client
-            .get_objective(GetObjectiveRequest {
-                id: reply.id.clone(),
-            })
-            .await
-            .expect("GetObjective of a stored objective")
-            .into_inner();
-        if o.state() == ObjectiveState::Succeeded || o.state() == ObjectiveState::Failed {
-            break o;
-        }
-        assert!(Instant::now() < end, "objective never ended: {o:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Followed over Watch (bounded) until it ends.
+    let done = objective_until(
+        &mut client,
+        &reply.id,
+        "its end",
+        STATE_DEADLINE,
+        is_terminal,
+    )
+    .await;
     assert_eq!(done.state(), ObjectiveState::Succeeded, "{done:?}");
     assert_eq!(done.name, "over-grpc");
     assert_eq!(done.steps.len(), 1);
@@ -96,7 +80,7 @@ async fn orchestrator_calls_and_status_codes() {
     // Invalid specs: INVALID_ARGUMENT naming the field, and nothing stored.
     let dup = ObjectiveSpec {
         name: "dup".into(),
-        steps: vec![step("a", &["true"]), step("a", &["true"])],
+        steps: vec![command_step("a", &["true"]), command_step("a", &["true"])],
         ..Default::default()
     };
     let err = client
@@ -279,19 +263,7 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn python_example_client_works() {
-    let have_grpc = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have_grpc {
-        let why = "python3 with the grpc and grpc_tools modules is not available";
-        if std::env::var_os("ORCH_TEST_PYTHON").is_some_and(|v| v == "1") {
-            panic!("ORCH_TEST_PYTHON=1 but {why} (pip install grpcio grpcio-tools)");
-        }
-        eprintln!(
-            "skipping python_example_client_works: {why} (set ORCH_TEST_PYTHON=1 to require it)"
-        );
+    if !require_python_grpc() {
         return;
     }
     let d = TestDaemon::start();
@@ -344,6 +316,6 @@ fn python_example_client_works() {
     let py_id = submitted["id"]
         .as_str()
         .unwrap_or_else(|| panic!("`submitted` has no id: {submitted}"));
-    let v = d.wait_for_state(py_id, crate::support::ended, crate::support::STATE_DEADLINE);
+    let v = d.wait_ended(py_id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
 }
