@@ -19,6 +19,7 @@ use orch_proto::v1::{
     event::Payload,
 };
 use serde_json::Value;
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::support::{
@@ -104,6 +105,40 @@ async fn small_window_client(socket: &Path) -> OrchestratorClient<Channel> {
     OrchestratorClient::new(channel)
 }
 
+/// A client on its own connection to `socket`.
+async fn connect(socket: &Path) -> OrchestratorClient<Channel> {
+    orch_proto::connect(socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// Submits a one-step `bash -c SCRIPT` objective over gRPC; returns its id.
+async fn submit_rpc(
+    client: &mut OrchestratorClient<Channel>,
+    name: &str,
+    workdir: &Path,
+    script: &str,
+) -> String {
+    client
+        .submit(script_request(name, workdir, script))
+        .await
+        .unwrap_or_else(|e| panic!("Submit: {e}"))
+        .into_inner()
+        .id
+}
+
+/// The stream of `Watch(request)`.
+async fn watch(
+    client: &mut OrchestratorClient<Channel>,
+    request: WatchRequest,
+) -> Streaming<Event> {
+    client
+        .watch(request)
+        .await
+        .unwrap_or_else(|e| panic!("Watch: {e}"))
+        .into_inner()
+}
+
 /// Every event of `Watch(request)` until the stream ends (bounded by `deadline`), each with
 /// the wall-clock time (ms) it arrived.
 async fn collect(
@@ -111,11 +146,22 @@ async fn collect(
     request: WatchRequest,
     deadline: Duration,
 ) -> Vec<(Event, i64)> {
-    let mut stream = client
-        .watch(request)
-        .await
-        .unwrap_or_else(|e| panic!("Watch: {e}"))
-        .into_inner();
+    drain(watch(client, request).await, deadline).await
+}
+
+/// [`collect`] without the arrival times.
+async fn collect_events(
+    client: &mut OrchestratorClient<Channel>,
+    request: WatchRequest,
+    deadline: Duration,
+) -> Vec<Event> {
+    let got = collect(client, request, deadline).await;
+    got.into_iter().map(|(e, _)| e).collect()
+}
+
+/// Every event of `stream` until it ends (bounded by `deadline`), each with the wall-clock
+/// time (ms) it arrived.
+async fn drain(mut stream: Streaming<Event>, deadline: Duration) -> Vec<(Event, i64)> {
     let mut got = Vec::new();
     let end = tokio::time::Instant::now() + deadline;
     loop {
@@ -127,6 +173,24 @@ async fn collect(
                 "Watch stream did not end within {deadline:?} ({} events)",
                 got.len()
             ),
+        }
+    }
+}
+
+/// The events of a global `stream` (which never ends) up to the first whose seq is at least
+/// `last`; each must come within 30 s.
+async fn global_until(stream: &mut Streaming<Event>, last: u64, what: &str) -> Vec<Event> {
+    let mut got = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no event within 30 s"))
+            .unwrap_or_else(|e| panic!("{what}: Watch: {e}"))
+            .expect("a global watch does not end");
+        let done = e.seq >= last;
+        got.push(e);
+        if done {
+            return got;
         }
     }
 }
@@ -551,12 +615,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
     let rt = multi_thread_runtime();
     rt.block_on(async {
         let mut client = d.client().await;
-        let id = client
-            .submit(script_request("noisy", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
+        let id = submit_rpc(&mut client, "noisy", d.work_dir(), &script).await;
 
         // 100 watchers, each on its own connection, all attached before the noise starts.
         let (attached_tx, mut attached_rx) = tokio::sync::mpsc::channel::<()>(WATCHERS);
@@ -566,18 +625,16 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             let id = id.clone();
             let attached = attached_tx.clone();
             tasks.push(tokio::spawn(async move {
-                let mut c = orch_proto::connect(&socket)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e}"));
-                let mut stream = c
-                    .watch(WatchRequest {
+                let mut c = connect(&socket).await;
+                let mut stream = watch(
+                   &mut c,
+                   WatchRequest {
                         objective_id: id,
                         from_seq: 0,
                         kinds: vec![],
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("Watch: {e}"))
-                    .into_inner();
+                    },
+               )
+               .await;
                 let mut got: Vec<(Event, i64)> = Vec::new();
                 let end = tokio::time::Instant::now() + Duration::from_secs(90);
                 loop {
@@ -609,9 +666,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             let socket = d.socket().to_path_buf();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let mut c = orch_proto::connect(&socket)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e}"));
+                let mut c = connect(&socket).await;
                 let mut worst = Duration::ZERO;
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) || n == 0 {
@@ -681,7 +736,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             );
         }
         // A fresh watcher of the history gets the same list.
-        let again: Vec<Event> = collect(
+        let again: Vec<Event> = collect_events(
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
@@ -690,10 +745,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             },
             Duration::from_secs(30),
         )
-        .await
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+.await;
         assert_eq!(again, first);
 
         // Numbers for the notes: delivery delay of live events, and throughput.
@@ -727,30 +779,17 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
         // stream from seq 1 up to the objective's last event (a global watch never ends).
         let last_seq = first.last().map(|e| e.seq).unwrap_or(0);
         let replay = |socket: PathBuf| async move {
-            let mut c = orch_proto::connect(&socket)
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e}"));
-            let mut s = c
-                .watch(WatchRequest {
+            let mut c = connect(&socket).await;
+            let mut s = watch(
+               &mut c,
+               WatchRequest {
                     objective_id: String::new(),
                     from_seq: 1,
                     kinds: vec![],
-                })
-                .await
-                .unwrap_or_else(|e| panic!("Watch: {e}"))
-                .into_inner();
-            let mut n = 0u64;
-            loop {
-                let e = tokio::time::timeout(Duration::from_secs(30), s.message())
-                    .await
-                    .expect("replay within 30 s")
-                    .unwrap_or_else(|e| panic!("Watch: {e}"))
-                    .expect("a global watch does not end");
-                n += 1;
-                if e.seq >= last_seq {
-                    return n;
-                }
-            }
+                },
+           )
+           .await;
+            global_until(&mut s, last_seq, "replay").await.len() as u64
         };
         let t = Instant::now();
         let n1 = replay(d.socket().to_path_buf()).await;
@@ -784,41 +823,31 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
     rt.block_on(async {
         let mut client = d.client().await;
         let t = Instant::now();
-        let base_id = client
-            .submit(script_request("baseline", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
+        let base_id = submit_rpc(&mut client, "baseline", d.work_dir(), &script).await;
         let baseline = time_to_end(&mut client, &base_id, t).await;
 
         // Watchers that never read: the whole log from seq 1, and (below) the next objective.
         let mut stalled_client = small_window_client(d.socket()).await;
-        let stalled_all = stalled_client
-            .watch(WatchRequest {
+        let stalled_all = watch(
+           &mut stalled_client,
+           WatchRequest {
                 objective_id: String::new(),
                 from_seq: 1,
                 kinds: vec![],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("Watch: {e}"))
-            .into_inner();
+            },
+       )
+       .await;
         let t = Instant::now();
-        let id = client
-            .submit(script_request("with-a-stalled-watcher", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
-        let stalled_one = stalled_client
-            .watch(WatchRequest {
+        let id = submit_rpc(&mut client, "with-a-stalled-watcher", d.work_dir(), &script).await;
+        let stalled_one = watch(
+           &mut stalled_client,
+           WatchRequest {
                 objective_id: id.clone(),
                 from_seq: 0,
                 kinds: vec![],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("Watch: {e}"))
-            .into_inner();
+            },
+       )
+       .await;
         let with_stalled = time_to_end(&mut client, &id, t).await;
         let s = Instant::now();
         client
@@ -836,7 +865,7 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
         assert!(status_took < Duration::from_secs(2), "DaemonStatus took {status_took:?}");
 
         // A fresh watcher still gets the full history.
-        let fresh: Vec<Event> = collect(
+        let fresh: Vec<Event> = collect_events(
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
@@ -845,39 +874,23 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
             },
             Duration::from_secs(30),
         )
-        .await
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+.await;
         assert_eq!(progress_count(&fresh), 300);
         assert!(fresh.windows(2).all(|w| w[0].seq < w[1].seq));
         assert!(fresh.last().is_some_and(is_final));
 
         // The stalled streams, read at last, hold every event in order (none skipped).
-        let mut one = stalled_one;
-        let mut got = Vec::new();
-        while let Some(e) = tokio::time::timeout(Duration::from_secs(30), one.message())
+        let got: Vec<Event> = drain(stalled_one, Duration::from_secs(30))
             .await
-            .expect("the stalled stream delivers when read")
-            .unwrap_or_else(|e| panic!("stalled Watch: {e}"))
-        {
-            got.push(e);
-        }
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
         assert_eq!(got, fresh, "the stalled objective watcher, read late");
         let mut all = stalled_all;
         let last = fresh.last().map(|e| e.seq).unwrap_or(0);
-        let mut n = 0;
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(30), all.message())
-                .await
-                .expect("the stalled global stream delivers when read")
-                .unwrap_or_else(|e| panic!("stalled Watch: {e}"))
-                .expect("a global watch does not end");
-            n += 1;
+        let got = global_until(&mut all, last, "the stalled global stream").await;
+        for (n, e) in (1..).zip(&got) {
             assert_eq!(e.seq, n, "the global stream skips or repeats nothing");
-            if e.seq == last {
-                break;
-            }
         }
     });
 }
@@ -894,26 +907,21 @@ fn a_watcher_far_behind_the_broadcast_is_refed_from_the_store() {
     rt.block_on(async {
         let mut client = d.client().await;
         let mut slow = small_window_client(d.socket()).await;
-        let stalled = slow
-            .watch(WatchRequest {
+        let stalled = watch(
+            &mut slow,
+            WatchRequest {
                 objective_id: String::new(),
                 from_seq: 0,
                 kinds: vec![],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("Watch: {e}"))
-            .into_inner();
+            },
+        )
+        .await;
         let t = Instant::now();
-        let id = client
-            .submit(script_request("flood", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
+        let id = submit_rpc(&mut client, "flood", d.work_dir(), &script).await;
         let took = time_to_end(&mut client, &id, t).await;
         eprintln!("{EVENTS} progress events written in {took:?} while a watcher did not read");
 
-        let fresh: Vec<Event> = collect(
+        let fresh: Vec<Event> = collect_events(
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
@@ -922,27 +930,12 @@ fn a_watcher_far_behind_the_broadcast_is_refed_from_the_store() {
             },
             Duration::from_secs(60),
         )
-        .await
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+        .await;
         assert_eq!(progress_count(&fresh), EVENTS as usize);
         let last = fresh.last().map(|e| e.seq).unwrap_or(0);
 
         let mut stalled = stalled;
-        let mut got = Vec::new();
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(30), stalled.message())
-                .await
-                .expect("the stalled stream delivers when read")
-                .unwrap_or_else(|e| panic!("the stalled watcher got an error instead: {e}"))
-                .expect("a global watch does not end");
-            let done = e.seq == last;
-            got.push(e);
-            if done {
-                break;
-            }
-        }
+        let got = global_until(&mut stalled, last, "the stalled watcher").await;
         assert_eq!(got, fresh, "the late reader gets every event, in order");
     });
 }
@@ -1257,16 +1250,7 @@ fn every_watch_ends_with_the_final_state_even_when_opened_as_it_ends() {
         let mut short = 0;
         let mut watches = 0;
         for i in 0..OBJECTIVES {
-            let id = client
-                .submit(script_request(
-                    &format!("end-race-{i}"),
-                    d.work_dir(),
-                    "true",
-                ))
-                .await
-                .unwrap_or_else(|e| panic!("Submit: {e}"))
-                .into_inner()
-                .id;
+            let id = submit_rpc(&mut client, &format!("end-race-{i}"), d.work_dir(), "true").await;
             let mut loops = Vec::new();
             for j in 0..LOOPS {
                 let socket = d.socket().to_path_buf();
@@ -1274,13 +1258,11 @@ fn every_watch_ends_with_the_final_state_even_when_opened_as_it_ends() {
                 loops.push(tokio::spawn(async move {
                     // Spread over the objective's short life (tens of milliseconds).
                     tokio::time::sleep(Duration::from_millis(3 * j as u64)).await;
-                    let mut c = orch_proto::connect(&socket)
-                        .await
-                        .unwrap_or_else(|e| panic!("connect: {e}"));
+                    let mut c = connect(&socket).await;
                     let mut lists = Vec::new();
                     // Until a watch began after the end was durable (it then replays it).
                     loop {
-                        let got: Vec<Event> = collect(
+                        let got: Vec<Event> = collect_events(
                             &mut c,
                             WatchRequest {
                                 objective_id: id.clone(),
@@ -1289,10 +1271,7 @@ fn every_watch_ends_with_the_final_state_even_when_opened_as_it_ends() {
                             },
                             Duration::from_secs(20),
                         )
-                        .await
-                        .into_iter()
-                        .map(|(e, _)| e)
-                        .collect();
+                        .await;
                         let done = lists.len() > 200
                             || c.get_objective(GetObjectiveRequest { id: id.clone() })
                                 .await
