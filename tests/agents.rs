@@ -15,8 +15,8 @@ use orch_proto::v1::ListAgentsRequest;
 use serde_json::{Value, json};
 
 use crate::support::{
-    STATE_DEADLINE, TestDaemon, array, attempts, block_on, describe, of_kind, poll_until, rfc3339,
-    signal_pid, stderr, stdout, step, utf8, wait_process_gone,
+    STATE_DEADLINE, TestDaemon, array, attempts, block_on, describe, of_kind, poll_until,
+    refusal_problems, rfc3339, signal_pid, stderr, stdout, step, utf8, wait_process_gone,
 };
 
 // ------------------------------------------------------------------ helpers
@@ -300,7 +300,8 @@ fn priority_orders_ready_steps_across_objectives_oldest_first_within_one() {
 
     let objective = |name: &str, priority: Option<i32>| {
         let prio = priority.map_or(String::new(), |p| format!("priority = {p}\n"));
-        let p = d.write_plan(&format!("{name}.toml"),
+        let p = d.write_plan(
+            &format!("{name}.toml"),
             &format!(
                 "name = \"{name}\"\n{prio}\n[[steps]]\nid = \"run\"\ncommand = [\"sh\", \"-c\", \"echo {name} >> ran.txt\"]\n"
             ),
@@ -530,7 +531,8 @@ model = "test-model"
         },
     );
     let day = chrono::Utc::now().date_naive();
-    let p = d.write_plan("usage.toml",
+    let p = d.write_plan(
+        "usage.toml",
         r#"name = "usage"
 
 [[steps]]
@@ -1142,7 +1144,8 @@ fn monthly_budget_stops_spending_and_later_objectives_do_not_start() {
 // ------------------------------------------------------------------ approvals
 
 fn gated_plan(d: &TestDaemon, tag: &str) -> String {
-    d.write_plan(&format!("gated-{tag}.toml"),
+    d.write_plan(
+        &format!("gated-{tag}.toml"),
         &format!(
             r#"name = "gated-{tag}"
 
@@ -1540,7 +1543,8 @@ fn claude_rejected_rate_limit_event_waits_until_resets_at() {
             reset = reset_s
         ),
     );
-    let p = d.write_plan("claude-limited.toml",
+    let p = d.write_plan(
+        "claude-limited.toml",
         "[[steps]]\nid = \"ask\"\nagent = \"claude\"\nprompt = \"hello\"\nretry = { max_attempts = 1 }\n",
     );
     let id = d.submit(&["--wait", &p], 0);
@@ -1794,16 +1798,10 @@ fn agent_plan_errors_name_file_step_and_key_and_store_nothing() {
             }
             args.push(&path);
             let out = d.ctl(&args);
-            let err = stderr(&out);
-            let mut problems = Vec::new();
-            if out.status.code() != Some(2) {
-                problems.push("exit code is not 2".to_string());
-            }
-            for w in std::iter::once(name).chain(words) {
-                if !err.contains(w) {
-                    problems.push(format!("stderr does not contain `{w}`"));
-                }
-            }
+            let exact: Vec<&str> = std::iter::once(*name)
+                .chain(words.iter().copied())
+                .collect();
+            let problems = refusal_problems(&out, 2, &exact, &[]);
             if !problems.is_empty() {
                 failures.push(format!(
                     "{name} (dry run: {dry}): {}\n{}",

@@ -786,7 +786,8 @@ fn crash_rounds() {
 #[test]
 fn backoff_spacing_follows_the_policy() {
     let d = TestDaemon::start();
-    let p = d.write_plan("backoff.toml",
+    let p = d.write_plan(
+        "backoff.toml",
         r#"name = "backoff-timing"
 
 [[steps]]
@@ -1386,7 +1387,8 @@ fn retry_reruns_failed_steps_from_their_checkpoint() {
     let d = TestDaemon::start();
     let (mark, _reaper) = mark_of(&d);
     // Fails until it has a checkpoint; the dependent is skipped meanwhile.
-    let p = d.write_plan("retry.toml",
+    let p = d.write_plan(
+        "retry.toml",
         r#"name = "retry-me"
 
 [[steps]]
@@ -1405,25 +1407,16 @@ command = ["true"]
     assert_eq!(step(&v, "flaky")["state"], "failed", "{v}");
     assert_eq!(step(&v, "after")["state"], "skipped", "{v}");
 
-    for (args, what) in [
-        (vec!["retry", id.as_str(), "nosuchstep"], "an unknown step"),
-        (
-            vec!["retry", id.as_str(), "after"],
-            "a skipped (not failed) step",
-        ),
-    ] {
-        let out = d.ctl(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "retry of {what}\n{}",
-            describe(&out)
-        );
+    // Refused (exit 1), saying why.
+    let refused = |args: &[&str], what: &str| {
+        let out = d.ctl_exits(args, 1, &format!("retry of {what}"));
         assert!(
             !stderr(&out).trim().is_empty(),
             "retry of {what} gave no reason"
         );
-    }
+    };
+    refused(&["retry", &id, "nosuchstep"], "an unknown step");
+    refused(&["retry", &id, "after"], "a skipped (not failed) step");
 
     let out = d.ctl(&["retry", &id]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -1437,30 +1430,14 @@ command = ["true"]
     assert_eq!(outcomes(step(&v, "after")), vec!["success"], "{v}");
     assert_eq!(step(&v, "flaky")["checkpoint"], json!({"seen": 1}), "{v}");
 
-    let out = d.ctl(&["retry", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "retry of a succeeded objective\n{}",
-        describe(&out)
-    );
+    d.ctl_exits(&["retry", &id], 1, "retry of a succeeded objective");
 
     let running = d.submit(
         &["--env", &format!("{MARK}={mark}"), "--", "sleep", "30.72"],
         0,
     );
     d.wait_started(&running, STATE_DEADLINE);
-    let out = d.ctl(&["retry", &running]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "retry of a running objective\n{}",
-        describe(&out)
-    );
-    assert!(
-        !stderr(&out).trim().is_empty(),
-        "retry of a running objective gave no reason"
-    );
+    refused(&["retry", &running], "a running objective");
     let out = d.ctl(&["cancel", &running]);
     assert!(out.status.success(), "{}", describe(&out));
 }

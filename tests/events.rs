@@ -627,14 +627,14 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             tasks.push(tokio::spawn(async move {
                 let mut c = connect(&socket).await;
                 let mut stream = watch(
-                   &mut c,
-                   WatchRequest {
+                    &mut c,
+                    WatchRequest {
                         objective_id: id,
                         from_seq: 0,
                         kinds: vec![],
                     },
-               )
-               .await;
+                )
+                .await;
                 let mut got: Vec<(Event, i64)> = Vec::new();
                 let end = tokio::time::Instant::now() + Duration::from_secs(90);
                 loop {
@@ -745,7 +745,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             },
             Duration::from_secs(30),
         )
-.await;
+        .await;
         assert_eq!(again, first);
 
         // Numbers for the notes: delivery delay of live events, and throughput.
@@ -781,14 +781,14 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
         let replay = |socket: PathBuf| async move {
             let mut c = connect(&socket).await;
             let mut s = watch(
-               &mut c,
-               WatchRequest {
+                &mut c,
+                WatchRequest {
                     objective_id: String::new(),
                     from_seq: 1,
                     kinds: vec![],
                 },
-           )
-           .await;
+            )
+            .await;
             global_until(&mut s, last_seq, "replay").await.len() as u64
         };
         let t = Instant::now();
@@ -829,25 +829,25 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
         // Watchers that never read: the whole log from seq 1, and (below) the next objective.
         let mut stalled_client = small_window_client(d.socket()).await;
         let stalled_all = watch(
-           &mut stalled_client,
-           WatchRequest {
+            &mut stalled_client,
+            WatchRequest {
                 objective_id: String::new(),
                 from_seq: 1,
                 kinds: vec![],
             },
-       )
-       .await;
+        )
+        .await;
         let t = Instant::now();
         let id = submit_rpc(&mut client, "with-a-stalled-watcher", d.work_dir(), &script).await;
         let stalled_one = watch(
-           &mut stalled_client,
-           WatchRequest {
+            &mut stalled_client,
+            WatchRequest {
                 objective_id: id.clone(),
                 from_seq: 0,
                 kinds: vec![],
             },
-       )
-       .await;
+        )
+        .await;
         let with_stalled = time_to_end(&mut client, &id, t).await;
         let s = Instant::now();
         client
@@ -874,7 +874,7 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
             },
             Duration::from_secs(30),
         )
-.await;
+        .await;
         assert_eq!(progress_count(&fresh), 300);
         assert!(fresh.windows(2).all(|w| w[0].seq < w[1].seq));
         assert!(fresh.last().is_some_and(is_final));

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use orch_proto::v1::orchestrator_client::OrchestratorClient;
 use orch_proto::v1::{
     GetObjectiveRequest, ListObjectivesRequest, ObjectiveSpec, ObjectiveState, StepSpec,
     SubmitRequest,
@@ -12,6 +13,7 @@ use orch_proto::v1::{
 use prost::Message;
 use serde_json::Value;
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
@@ -21,6 +23,19 @@ use crate::support::{
 
 fn request(d: &TestDaemon, spec: Option<ObjectiveSpec>) -> SubmitRequest {
     submit_request(d.work_dir(), spec)
+}
+
+/// Submits `spec`, which must be refused as INVALID_ARGUMENT (`why`: why it must); returns
+/// the refusal's message.
+async fn refused(
+    client: &mut OrchestratorClient<Channel>,
+    d: &TestDaemon,
+    spec: Option<ObjectiveSpec>,
+    why: &str,
+) -> String {
+    let err = client.submit(request(d, spec)).await.expect_err(why);
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    err.message().to_string()
 }
 
 #[tokio::test]
@@ -83,33 +98,31 @@ async fn orchestrator_calls_and_status_codes() {
         steps: vec![command_step("a", &["true"]), command_step("a", &["true"])],
         ..Default::default()
     };
-    let err = client
-        .submit(request(&d, Some(dup)))
-        .await
-        .expect_err("duplicate step ids must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let msg = refused(
+        &mut client,
+        &d,
+        Some(dup),
+        "duplicate step ids must be refused",
+    )
+    .await;
     assert!(
-        err.message().contains("steps[")
-            && err.message().contains(".id")
-            && err.message().contains("duplicate"),
-        "the message does not name the field: {:?}",
-        err.message()
+        msg.contains("steps[") && msg.contains(".id") && msg.contains("duplicate"),
+        "the message does not name the field: {msg:?}"
     );
     let no_steps = ObjectiveSpec {
         name: "empty".into(),
         ..Default::default()
     };
-    let err = client
-        .submit(request(&d, Some(no_steps)))
-        .await
-        .expect_err("a spec without steps must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("steps"), "{:?}", err.message());
-    let err = client
-        .submit(request(&d, None))
-        .await
-        .expect_err("a request without a spec must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let why = "a spec without steps must be refused";
+    let msg = refused(&mut client, &d, Some(no_steps), why).await;
+    assert!(msg.contains("steps"), "{msg:?}");
+    refused(
+        &mut client,
+        &d,
+        None,
+        "a request without a spec must be refused",
+    )
+    .await;
     let unknown_agent = ObjectiveSpec {
         name: "agentless".into(),
         steps: vec![StepSpec {
@@ -120,16 +133,9 @@ async fn orchestrator_calls_and_status_codes() {
         }],
         ..Default::default()
     };
-    let err = client
-        .submit(request(&d, Some(unknown_agent)))
-        .await
-        .expect_err("an unknown agent must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains("no-such-agent"),
-        "{:?}",
-        err.message()
-    );
+    let why = "an unknown agent must be refused";
+    let msg = refused(&mut client, &d, Some(unknown_agent), why).await;
+    assert!(msg.contains("no-such-agent"), "{msg:?}");
 
     let listed = client
         .list_objectives(ListObjectivesRequest::default())

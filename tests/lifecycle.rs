@@ -27,6 +27,16 @@ fn durable_view(v: &Value) -> Value {
     })
 }
 
+/// Submits `agent` (a command line of distinctive words) with no retries and waits until it
+/// runs; returns the id and the status then.
+fn start_agent(d: &TestDaemon, agent: &str) -> (String, Value) {
+    let mut args = vec!["--retries", "0", "--"];
+    args.extend(agent.split(' '));
+    let id = d.submit(&args, 0);
+    let running = d.wait_started(&id, STATE_DEADLINE);
+    (id, running)
+}
+
 /// Waits (after a restart) until the first attempt has an outcome; returns the status.
 fn wait_first_attempt_closed(d: &TestDaemon, id: &str) -> Value {
     d.wait_for_state(
@@ -111,8 +121,7 @@ fn ended_objectives_survive_a_restart() {
 fn crash_closes_the_running_attempt_as_interrupted() {
     const AGENT: &str = "sleep 30.7";
     let mut d = TestDaemon::start();
-    let id = d.submit(&["--retries", "0", "--", "sleep", "30.7"], 0);
-    let running = d.wait_started(&id, STATE_DEADLINE);
+    let (id, running) = start_agent(&d, AGENT);
     let pid = first_pid(&running);
 
     d.kill9();
@@ -138,8 +147,7 @@ fn crash_closes_the_running_attempt_as_interrupted() {
 fn sigterm_stops_running_agents() {
     const AGENT: &str = "sleep 30.8";
     let mut d = TestDaemon::start();
-    let id = d.submit(&["--retries", "0", "--", "sleep", "30.8"], 0);
-    let running = d.wait_started(&id, STATE_DEADLINE);
+    let (id, running) = start_agent(&d, AGENT);
     let pid = first_pid(&running);
     assert!(process_alive(pid), "agent {pid} is not running: {running}");
 

@@ -1,7 +1,7 @@
 //! Plan files that do not validate: `orchctl submit` exits 2 naming the file, the key and the
 //! problem, and nothing is stored.
 
-use crate::support::{TestDaemon, describe, stderr, utf8};
+use crate::support::{TestDaemon, describe, refusal_problems, stderr, utf8};
 
 const CMD: &str = r#"command = ["true"]"#;
 
@@ -95,20 +95,7 @@ fn invalid_plans_exit_2_naming_file_and_key_and_store_nothing() {
     for (name, text, words) in bad_plans() {
         let path = d.write_plan(name, &text);
         let out = d.ctl(&["submit", &path]);
-        let err = stderr(&out);
-        let mut problems = Vec::new();
-        if out.status.code() != Some(2) {
-            problems.push("exit code is not 2".to_string());
-        }
-        if !err.contains(name) {
-            problems.push(format!("stderr does not name the file `{name}`"));
-        }
-        let lower = err.to_lowercase();
-        for w in &words {
-            if !lower.contains(&w.to_lowercase()) {
-                problems.push(format!("stderr does not mention `{w}`"));
-            }
-        }
+        let problems = refusal_problems(&out, 2, &[name], &words);
         if !problems.is_empty() {
             failures.push(format!(
                 "{name}: {}\n{}",

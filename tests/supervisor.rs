@@ -11,6 +11,7 @@ use std::fs;
 use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -145,6 +146,24 @@ impl Sup {
         args.push("--");
         args.extend_from_slice(argv);
         self.submit(&args, 0)
+    }
+
+    /// `orchctl ACTION ID`, asserted to succeed.
+    fn control(&self, action: &str, id: &str) -> Output {
+        self.ctl_exits(&[action, id], 0, &self.tag())
+    }
+
+    /// `orchctl ACTION ID`, asserted to be refused (exit 1) with a message naming the
+    /// objective's `state`.
+    fn refused(&self, action: &str, id: &str, state: &str) {
+        let what = format!("{} {action} of a {state} objective", self.tag());
+        let out = self.ctl_exits(&[action, id], 1, &what);
+        assert!(
+            stderr(&out).contains(state),
+            "{} the refusal should name the state\n{}",
+            self.tag(),
+            describe(&out)
+        );
     }
 
     /// The raw log of the objective's only step (no headers), with extra `logs` flags.
@@ -386,14 +405,8 @@ fn cancel_leaves_no_process_of_the_tree(b: Backend) {
     });
 
     let t = Instant::now();
-    let out = s.ctl(&["cancel", &id]);
+    let out = s.control("cancel", &id);
     let took = t.elapsed();
-    assert!(
-        out.status.success(),
-        "{} cancel\n{}",
-        s.tag(),
-        describe(&out)
-    );
     assert!(
         stdout(&out).contains("cancelled"),
         "{} cancel should print the state\n{}",
@@ -472,13 +485,7 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
     );
     let leaf = s.cgroup().then(|| attempt_leaf(main, &s.tag()));
 
-    let out = s.ctl(&["pause", &id]);
-    assert!(
-        out.status.success(),
-        "{} pause\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.control("pause", &id);
     s.wait_for_state(
         &id,
         |v| v["state"] == "paused" && v["steps"][0]["state"] == "paused",
@@ -517,28 +524,9 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
     }
     assert!(process_alive(main), "{} paused, not dead", s.tag());
 
-    let out = s.ctl(&["pause", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} pause of a paused objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("paused"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("pause", &id, "paused");
 
-    let out = s.ctl(&["resume", &id]);
-    assert!(
-        out.status.success(),
-        "{} resume\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.control("resume", &id);
     s.wait_state(&id, &["running"], STATE_DEADLINE);
     poll_until(
         &format!("{} the log to grow again after resume", s.tag()),
@@ -551,60 +539,15 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
         s.tag()
     );
 
-    let out = s.ctl(&["resume", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} resume of a running objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("running"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("resume", &id, "running");
 
-    let out = s.ctl(&["cancel", &id]);
-    assert!(
-        out.status.success(),
-        "{} cancel\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.control("cancel", &id);
     let v = s.status(&id);
     assert_eq!(v["state"], "cancelled", "{} {v}", s.tag());
-    let out = s.ctl(&["pause", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} pause of a cancelled objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("cancelled"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("pause", &id, "cancelled");
 
     let done = s.submit(&["--wait", "--", "true"], 0);
-    let out = s.ctl(&["pause", &done]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} pause of a succeeded objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("succeeded"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("pause", &done, "succeeded");
 }
 
 // ------------------------------------------------------------------ output

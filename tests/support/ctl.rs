@@ -73,6 +73,29 @@ pub fn ulid_first_line(out: &Output) -> String {
     id
 }
 
+/// What is wrong with a refusal that should exit `code` and mention each of `exact` (as
+/// written) and of `any_case` (in any case) on stderr: one line a problem, none when it is
+/// right.
+pub fn refusal_problems(out: &Output, code: i32, exact: &[&str], any_case: &[&str]) -> Vec<String> {
+    let err = stderr(out);
+    let lower = err.to_lowercase();
+    let mut problems = Vec::new();
+    if out.status.code() != Some(code) {
+        problems.push(format!("exit code is not {code}"));
+    }
+    for w in exact {
+        if !err.contains(w) {
+            problems.push(format!("stderr does not contain `{w}`"));
+        }
+    }
+    for w in any_case {
+        if !lower.contains(&w.to_lowercase()) {
+            problems.push(format!("stderr does not mention `{w}`"));
+        }
+    }
+    problems
+}
+
 /// Polls `child` until it exits or `deadline` passes (a child's exit has no event to wait on
 /// short of blocking in `wait`, which could not be bounded).
 pub fn wait_deadline(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
@@ -287,6 +310,19 @@ impl TestDaemon {
     /// Runs `orchctl ARGS...` against this daemon, in the work dir.
     pub fn ctl(&self, args: &[&str]) -> Output {
         orchctl(self.socket(), self.work_dir(), args)
+    }
+
+    /// Runs `orchctl ARGS...` and asserts its exit code (`what` names the case in the failure
+    /// message); returns the output for further checks.
+    pub fn ctl_exits(&self, args: &[&str], code: i32, what: &str) -> Output {
+        let out = self.ctl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "orchctl {args:?}: {what}\n{}",
+            describe(&out)
+        );
+        out
     }
 
     /// `orchctl ARGS...` against this daemon, not started yet (for commands that keep
