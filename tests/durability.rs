@@ -1133,6 +1133,7 @@ fn sigterm_drains_a_tree_that_ignores_it() {
         0,
     );
     d.wait_started(&id, STATE_DEADLINE);
+    // The attempt's children announce themselves nowhere but in /proc: polled.
     let tree = poll_until("both sleeps running", STATE_DEADLINE, || {
         let a = marked_agents(&mark);
         (a.len() >= 3).then_some(a)

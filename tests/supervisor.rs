@@ -491,6 +491,7 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
         |v| v["state"] == "paused" && v["steps"][0]["state"] == "paused",
         STATE_DEADLINE,
     );
+    // The freezer and /proc send no event: polled.
     poll_until(
         &format!("{} the paused tree to be frozen / stopped", s.tag()),
         STATE_DEADLINE,
@@ -528,6 +529,7 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
 
     s.control("resume", &id);
     s.wait_state(&id, &["running"], STATE_DEADLINE);
+    // Output is not an event: the log is read again until it grew.
     poll_until(
         &format!("{} the log to grow again after resume", s.tag()),
         secs(5),

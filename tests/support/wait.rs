@@ -402,3 +402,36 @@ impl TestDaemon {
         })
     }
 }
+
+/// The waits fail at once, and say why, when what they wait for can no longer happen, and
+/// name what they waited for when the deadline passes.
+mod tests {
+    use std::time::Duration;
+
+    use crate::support::TestDaemon;
+
+    #[test]
+    #[should_panic(expected = "ended without state running")]
+    fn a_state_an_ended_objective_cannot_reach_fails_at_once() {
+        let d = TestDaemon::start();
+        let id = d.submit(&["--wait", "--retries", "0", "--", "false"], 1);
+        // Far longer than the test may take: only the end of the stream can stop this wait.
+        d.wait_state(&id, &["running"], Duration::from_secs(600));
+    }
+
+    #[test]
+    #[should_panic(expected = "ended without reaching the awaited state")]
+    fn a_status_an_ended_objective_cannot_reach_fails_at_once() {
+        let d = TestDaemon::start();
+        let id = d.submit(&["--wait", "--retries", "0", "--", "false"], 1);
+        d.wait_for_state(&id, |v| v["state"] == "running", Duration::from_secs(600));
+    }
+
+    #[test]
+    #[should_panic(expected = "state succeeded not within 300ms")]
+    fn a_wait_past_its_deadline_names_what_it_waited_for() {
+        let d = TestDaemon::start();
+        let id = d.submit(&["--retries", "0", "--", "sleep", "30.61"], 0);
+        d.wait_state(&id, &["succeeded"], Duration::from_millis(300));
+    }
+}
