@@ -10,20 +10,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use orch_proto::v1::ListAgentsRequest;
 use serde_json::{Value, json};
 
 use crate::support::{
-    STATE_DEADLINE, TestDaemon, array, attempts, describe, ended, first_attempt_has_pid,
-    poll_until, rfc3339, stderr, stdout, step, wait_process_gone,
+    STATE_DEADLINE, TestDaemon, array, attempts, block_on, describe, of_kind, poll_until,
+    refusal_problems, rfc3339, signal_pid, stderr, stdout, step, utf8, wait_process_gone,
 };
 
 // ------------------------------------------------------------------ helpers
-
-fn utf8(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
 
 /// A daemon whose config (`orchd.toml` in its temp dir) is `config(dir)`, after `setup(d)`
 /// wrote whatever files the config names.
@@ -41,11 +37,6 @@ fn daemon_with(
     d
 }
 
-/// Writes a plan file and returns its path as text.
-fn plan(d: &TestDaemon, name: &str, text: &str) -> String {
-    utf8(&d.write_file(name, text)).to_string()
-}
-
 /// A file in the clients' working directory (the default workdir of every step).
 fn work_file(d: &TestDaemon, name: &str) -> PathBuf {
     d.work_dir().join(name)
@@ -54,10 +45,6 @@ fn work_file(d: &TestDaemon, name: &str) -> PathBuf {
 fn read_work(d: &TestDaemon, name: &str) -> String {
     let p = work_file(d, name);
     fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-}
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["kind"] == kind).collect()
 }
 
 fn num(v: &Value, what: &str) -> f64 {
@@ -121,10 +108,7 @@ fn agent_names(d: &TestDaemon) -> BTreeSet<String> {
 
 /// `orchctl audit -o json` as an array.
 fn audit(d: &TestDaemon) -> Vec<Value> {
-    match d.ctl_json(&["audit", "--limit", "1000"]) {
-        Value::Array(a) => a,
-        other => panic!("audit -o json is not an array: {other}"),
-    }
+    d.audit(&["--limit", "1000"])
 }
 
 /// The uid of this test process (the caller the daemon sees).
@@ -155,8 +139,7 @@ fn diamond_dag_runs_in_order_with_middle_steps_overlapping() {
              sleep 0.2; echo {me}-end >> order.txt"
         )
     };
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "diamond.toml",
         &format!(
             r#"name = "diamond"
@@ -235,8 +218,7 @@ command = ["sh", "-c", "sleep 0.2; echo a >> order.txt"]
 #[test]
 fn failed_step_skips_its_dependents_and_fails_the_objective_after_the_rest() {
     let d = TestDaemon::start_with(&["--max-parallel", "4"], &[]);
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "broken.toml",
         r#"name = "broken"
 
@@ -314,12 +296,11 @@ fn priority_orders_ready_steps_across_objectives_oldest_first_within_one() {
         ],
         0,
     );
-    d.wait_for_state(&blocker, first_attempt_has_pid, STATE_DEADLINE);
+    d.wait_started(&blocker, STATE_DEADLINE);
 
     let objective = |name: &str, priority: Option<i32>| {
         let prio = priority.map_or(String::new(), |p| format!("priority = {p}\n"));
-        let p = plan(
-            &d,
+        let p = d.write_plan(
             &format!("{name}.toml"),
             &format!(
                 "name = \"{name}\"\n{prio}\n[[steps]]\nid = \"run\"\ncommand = [\"sh\", \"-c\", \"echo {name} >> ran.txt\"]\n"
@@ -344,7 +325,7 @@ fn priority_orders_ready_steps_across_objectives_oldest_first_within_one() {
     }
     fs::write(work_file(&d, "release"), "").expect("create release");
     for id in ids.iter().chain([&blocker]) {
-        let v = d.wait_for_state(id, ended, STATE_DEADLINE);
+        let v = d.wait_ended(id, STATE_DEADLINE);
         assert_eq!(v["state"], "succeeded", "{v}");
     }
     assert_eq!(
@@ -419,8 +400,7 @@ usage = "claude-stream-json"
     assert_not_pwned(&pwned);
 
     // The prompt on stdin, and every placeholder replaced inside its argv element.
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "reader.toml",
         &format!(
             "[[steps]]\nid = \"read\"\nagent = \"reader\"\nprompt = {}\n\n\
@@ -551,8 +531,7 @@ model = "test-model"
         },
     );
     let day = chrono::Utc::now().date_naive();
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "usage.toml",
         r#"name = "usage"
 
@@ -797,8 +776,7 @@ usage = "claude-stream-json"
             )
         },
     );
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "claude.toml",
         r#"name = "claude"
 
@@ -973,8 +951,7 @@ fn assert_alerts(events: &[Value], budget: &str, limit: f64, step_size: f64, thr
 #[test]
 fn objective_budget_stops_a_spending_step_with_alerts_at_50_80_100() {
     let d = TestDaemon::start();
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "spender.toml",
         &format!(
             r#"name = "spender"
@@ -1058,8 +1035,7 @@ command = ["touch", "later.ran"]
 #[test]
 fn token_budget_stops_a_step_at_max_tokens() {
     let d = TestDaemon::start();
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "tokens.toml",
         &format!(
             "name = \"tokens\"\nmax_tokens = 1000\n\n[[steps]]\nid = \"talk\"\ncommand = {}\n",
@@ -1100,8 +1076,7 @@ fn daemon_budget_stops_spending(key: &str, what: &str) {
         |_| {},
         |_| format!("[budget]\n{key} = 0.01\nalert_percent = [50, 100]\n"),
     );
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "spend.toml",
         &format!(
             "name = \"spend\"\n\n[[steps]]\nid = \"spend\"\ncommand = {}\n",
@@ -1169,8 +1144,7 @@ fn monthly_budget_stops_spending_and_later_objectives_do_not_start() {
 // ------------------------------------------------------------------ approvals
 
 fn gated_plan(d: &TestDaemon, tag: &str) -> String {
-    plan(
-        d,
+    d.write_plan(
         &format!("gated-{tag}.toml"),
         &format!(
             r#"name = "gated-{tag}"
@@ -1215,7 +1189,8 @@ fn until_awaiting_approval(d: &TestDaemon, tag: &str) -> String {
         "a step still runs, so the objective is running: {v}"
     );
     fs::write(work_file(d, &format!("{tag}.go")), "").expect("create the go file");
-    let v = d.wait_for_state(&id, |v| v["state"] == "awaiting_approval", STATE_DEADLINE);
+    d.wait_state(&id, &["awaiting_approval"], STATE_DEADLINE);
+    let v = d.status(&id);
     assert_eq!(step(&v, "prep")["state"], "succeeded", "{v}");
     assert_eq!(step(&v, "slow")["state"], "succeeded", "{v}");
     assert!(attempts(step(&v, "deploy")).is_empty(), "{v}");
@@ -1224,20 +1199,19 @@ fn until_awaiting_approval(d: &TestDaemon, tag: &str) -> String {
     id
 }
 
-/// The audit entries of `action` for objective `id` (polled: the trail is written with the
-/// daemon's next turn).
+/// The audit entries of `action` for objective `id`, once there are `n` (see
+/// `TestDaemon::wait_audit`).
 fn audited(d: &TestDaemon, action: &str, id: &str, n: usize) -> Vec<Value> {
-    poll_until(
-        &format!("{n} `{action}` audit entries for {id}"),
-        STATE_DEADLINE,
-        || {
-            let entries: Vec<Value> = audit(d)
-                .into_iter()
-                .filter(|e| e["action"] == action && e["objective_id"] == id)
-                .collect();
-            (entries.len() >= n).then_some(entries)
-        },
-    )
+    d.wait_audit(&format!("{n} `{action}` audit entries for {id}"), |a| {
+        a.iter()
+            .filter(|e| e.action == action && e.objective_id == id)
+            .count()
+            >= n
+    });
+    audit(d)
+        .into_iter()
+        .filter(|e| e["action"] == action && e["objective_id"] == id)
+        .collect()
 }
 
 #[test]
@@ -1273,7 +1247,7 @@ fn approve_starts_a_gated_step_and_is_audited() {
 
     let out = d.ctl(&["approve", &id, "deploy"]);
     assert!(out.status.success(), "{}", describe(&out));
-    let v = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
     assert!(work_file(&d, "yes-deploy.ran").exists());
     assert!(work_file(&d, "yes-notify.ran").exists());
@@ -1319,7 +1293,7 @@ fn deny_fails_the_step_with_the_reason_and_skips_its_dependents() {
     let reason = "not on a Friday";
     let out = d.ctl(&["deny", &id, "deploy", "--reason", reason]);
     assert!(out.status.success(), "{}", describe(&out));
-    let v = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "failed", "{v}");
     let deploy = step(&v, "deploy");
     assert_eq!(deploy["state"], "failed", "{v}");
@@ -1390,8 +1364,7 @@ echo "backup done"
             )
         },
     );
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "fallback.toml",
         r#"name = "fallback"
 
@@ -1476,8 +1449,7 @@ echo "attempt $ORCH_ATTEMPT ran"
         |_| String::new(),
     );
     let (until, until_ms) = in_secs(3);
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "limited.toml",
         &format!(
             r#"name = "limited"
@@ -1571,8 +1543,7 @@ fn claude_rejected_rate_limit_event_waits_until_resets_at() {
             reset = reset_s
         ),
     );
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "claude-limited.toml",
         "[[steps]]\nid = \"ask\"\nagent = \"claude\"\nprompt = \"hello\"\nretry = { max_attempts = 1 }\n",
     );
@@ -1629,8 +1600,7 @@ fn fallback_on_rate_limit_goes_to_the_fallback_at_once() {
             )
         },
     );
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "switch.toml",
         r#"[[steps]]
 id = "ask"
@@ -1674,8 +1644,7 @@ fn dry_run_prints_the_resolved_plan_and_stores_nothing() {
         |_| "[agents.echoer]\ncommand = [\"printf\", \"%s\", \"{prompt}\"]\n".to_string(),
     );
     let prompt = "say $(hello) 'quoted'";
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "dry.toml",
         &format!(
             r#"name = "dry"
@@ -1821,7 +1790,7 @@ fn agent_plan_errors_name_file_step_and_key_and_store_nothing() {
     ];
     let mut failures = Vec::new();
     for (name, text, words) in &cases {
-        let path = plan(&d, name, text);
+        let path = d.write_plan(name, text);
         for dry in [false, true] {
             let mut args = vec!["submit"];
             if dry {
@@ -1829,16 +1798,10 @@ fn agent_plan_errors_name_file_step_and_key_and_store_nothing() {
             }
             args.push(&path);
             let out = d.ctl(&args);
-            let err = stderr(&out);
-            let mut problems = Vec::new();
-            if out.status.code() != Some(2) {
-                problems.push("exit code is not 2".to_string());
-            }
-            for w in std::iter::once(name).chain(words) {
-                if !err.contains(w) {
-                    problems.push(format!("stderr does not contain `{w}`"));
-                }
-            }
+            let exact: Vec<&str> = std::iter::once(*name)
+                .chain(words.iter().copied())
+                .collect();
+            let problems = refusal_problems(&out, 2, &exact, &[]);
             if !problems.is_empty() {
                 failures.push(format!(
                     "{name} (dry run: {dry}): {}\n{}",
@@ -1849,7 +1812,7 @@ fn agent_plan_errors_name_file_step_and_key_and_store_nothing() {
         }
     }
     // The cycle is named: every step on it, in order, and not the step off it.
-    let out = d.ctl(&["submit", &plan(&d, "cycle3.toml", &cases[2].1)]);
+    let out = d.ctl(&["submit", &d.write_plan("cycle3.toml", &cases[2].1)]);
     let err = stderr(&out);
     let named = ["a -> c -> b -> a", "c -> b -> a -> c", "b -> a -> c -> b"]
         .iter()
@@ -1918,13 +1881,13 @@ fn config_reload_applies_a_good_config_and_keeps_the_old_one_on_error() {
     let out = d.ctl(&["submit", "--agent", "bad", "--prompt", "hi"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 
-    let entries = poll_until("two reload audit entries", STATE_DEADLINE, || {
-        let e: Vec<Value> = audit(&d)
-            .into_iter()
-            .filter(|e| e["action"] == "reload")
-            .collect();
-        (e.len() >= 2).then_some(e)
+    d.wait_audit("two reload audit entries", |a| {
+        a.iter().filter(|e| e.action == "reload").count() >= 2
     });
+    let entries: Vec<Value> = audit(&d)
+        .into_iter()
+        .filter(|e| e["action"] == "reload")
+        .collect();
     assert!(entries.iter().any(|e| e["result"] == "ok"), "{entries:?}");
     assert!(
         entries.iter().any(|e| e["result"]
@@ -1937,12 +1900,22 @@ fn config_reload_applies_a_good_config_and_keeps_the_old_one_on_error() {
     }
 
     // SIGHUP: the same, by signal.
-    let pid = Pid::from_raw(i32::try_from(d.pid()).expect("pid fits i32"));
+    let pid = d.pid();
     let gamma = "[agents.gamma]\ncommand = [\"true\"]\n";
     fs::write(&config, format!("{alpha}\n{beta}\n{gamma}")).expect("write the config");
-    signal::kill(pid, Signal::SIGHUP).expect("send SIGHUP");
+    signal_pid(pid, Signal::SIGHUP).expect("send SIGHUP");
+    // A reload announces itself by no event: poll the agents (over gRPC).
     poll_until("gamma after SIGHUP", STATE_DEADLINE, || {
-        agent_names(&d).contains("gamma").then_some(())
+        let agents = block_on(async {
+            d.client()
+                .await
+                .list_agents(ListAgentsRequest {})
+                .await
+                .unwrap_or_else(|e| panic!("ListAgents: {e}"))
+                .into_inner()
+                .agents
+        });
+        agents.iter().any(|a| a.name == "gamma").then_some(())
     });
     assert_eq!(agent_names(&d), names(&["alpha", "beta", "gamma", "shell"]));
 
@@ -1951,7 +1924,8 @@ fn config_reload_applies_a_good_config_and_keeps_the_old_one_on_error() {
         format!("{alpha}\n[agents.worse]\ncommand = [\"true\"]\nusage = \"telepathy\"\n"),
     )
     .expect("write the config");
-    signal::kill(pid, Signal::SIGHUP).expect("send SIGHUP");
+    signal_pid(pid, Signal::SIGHUP).expect("send SIGHUP");
+    // Nor does a refused one, but in the daemon's log.
     poll_until(
         "the refusal of the SIGHUP config in the log",
         STATE_DEADLINE,
@@ -2115,16 +2089,14 @@ command = ["bash", "-c", "printf 'codex stand-in: %s\n' \"$0\"", "{prompt}"]
     assert!(out.status.success(), "{}", describe(&out));
     let id = crate::support::ulid_first_line(&out);
 
-    let v = d.wait_for_state(
-        &id,
-        |v| v["state"] == "awaiting_approval" || ended(v),
-        STATE_DEADLINE,
-    );
+    let awaiting_or_ended = ["awaiting_approval", "succeeded", "failed", "cancelled"];
+    d.wait_state(&id, &awaiting_or_ended, STATE_DEADLINE);
+    let v = d.status(&id);
     assert_eq!(v["state"], "awaiting_approval", "{v}");
     assert_eq!(step(&v, "fix")["state"], "awaiting_approval", "{v}");
     let out = d.ctl(&["approve", &id, "fix"]);
     assert!(out.status.success(), "{}", describe(&out));
-    let v = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(v["budget"]["max_cost_usd"], 5.0, "{v}");
     assert_eq!(v["budget"]["max_tokens"], 2_000_000, "{v}");

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use crate::support::{TestDaemon, describe, run_deadline, stderr, stdout};
+use crate::support::{TestDaemon, describe, run_deadline, stderr, stdout, utf8};
 
 /// `orchd ARGS... --print-config` with `env`; asserts exit 0 and returns `max_parallel`.
 ///
@@ -40,9 +40,9 @@ fn printed_max_parallel(d: &TestDaemon, args: &[&str], env: &[(&str, &str)]) -> 
 fn print_config_layers_flag_env_file_default() {
     let d = TestDaemon::prepare(&[], &[]);
     let file = d.write_file("orchd.toml", "max_parallel = 3\n");
-    let file = file.to_str().expect("utf-8 temp path");
+    let file = utf8(&file);
     let other = d.write_file("other.toml", "max_parallel = 4\n");
-    let other = other.to_str().expect("utf-8 temp path");
+    let other = utf8(&other);
 
     // Default: the number of CPUs (as the OS reports them online, or as this process may use).
     let default = printed_max_parallel(&d, &[], &[]);
@@ -134,13 +134,8 @@ fn bad_config_is_refused_naming_the_key() {
 
     // Starting (not just printing) with a bad config fails too, before serving.
     let path = d.write_file("start.toml", "max_paralel = 2\n");
-    let mut cmd = d.orchd();
-    cmd.arg("--socket")
-        .arg(d.socket())
-        .arg("--state-dir")
-        .arg(d.state_dir())
-        .arg("--config")
-        .arg(&path);
+    let mut cmd = d.orchd_at(d.socket(), d.state_dir());
+    cmd.arg("--config").arg(&path);
     let out = run_deadline(&mut cmd, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("orchd started with a bad config\n{e}"));
     assert!(!out.status.success(), "{}", describe(&out));

@@ -18,13 +18,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, FixedOffset, Utc};
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
+use orch_proto::v1::GetObjectiveRequest;
 use serde_json::{Value, json};
 
 use crate::support::{
-    CMD_DEADLINE, STATE_DEADLINE, TestDaemon, attempts, describe, ended, first_attempt_has_pid,
-    orchctl_command, process_alive, rfc3339, run_deadline, stderr, stdout, step,
+    CMD_DEADLINE, Gate, STATE_DEADLINE, TestDaemon, assert_strictly_increasing, attempts, block_on,
+    describe, ended, holders_of, orchctl_command, outcomes, pids_with_env, poll_until,
+    proc_cmdline, proc_environ, proc_start_ticks, rfc3339, run_deadline, seq, sigkill, stderr,
+    step, ulid_first_line,
 };
 
 // ------------------------------------------------------------------ helpers
@@ -44,48 +45,13 @@ struct Agent {
     start_ticks: Option<u64>,
 }
 
-/// The start time of `pid` in clock ticks after boot, while it is a live process.
-fn proc_start_ticks(pid: u32) -> Option<u64> {
-    if !process_alive(pid) {
-        return None;
-    }
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
-}
-
-fn proc_environ(pid: u32) -> HashMap<String, String> {
-    let raw = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    raw.split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
 /// Live (not zombie) processes whose environment holds `DURA_MARK=mark`.
 fn marked_agents(mark: &str) -> Vec<Agent> {
-    let me = std::process::id();
-    let pids: Vec<u32> = fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.into_iter()
-        .filter(|p| *p != me)
-        .filter_map(|pid| {
+    pids_with_env(MARK, mark)
+        .into_iter()
+        .map(|pid| {
             let env = proc_environ(pid);
-            if env.get(MARK).map(String::as_str) != Some(mark) || !process_alive(pid) {
-                return None;
-            }
-            let argv = fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-                .unwrap_or_default();
-            Some(Agent {
+            Agent {
                 pid,
                 objective: env.get("ORCH_OBJECTIVE_ID").cloned().unwrap_or_default(),
                 step: env.get("ORCH_STEP_ID").cloned().unwrap_or_default(),
@@ -93,9 +59,9 @@ fn marked_agents(mark: &str) -> Vec<Agent> {
                     .get("ORCH_ATTEMPT")
                     .and_then(|a| a.parse().ok())
                     .unwrap_or(0),
-                argv,
+                argv: proc_cmdline(pid),
                 start_ticks: proc_start_ticks(pid),
-            })
+            }
         })
         .collect()
 }
@@ -114,10 +80,7 @@ impl Drop for Reaper {
                 return;
             }
             for a in agents {
-                let _ = signal::kill(
-                    Pid::from_raw(i32::try_from(a.pid).expect("pid fits i32")),
-                    Signal::SIGKILL,
-                );
+                sigkill(a.pid);
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -158,7 +121,8 @@ fn mark_of(d: &TestDaemon) -> (String, Reaper) {
     (mark.clone(), Reaper { mark })
 }
 
-/// Polls until no process is marked with `mark`; returns what is left after `deadline`.
+/// Polls /proc until no process is marked with `mark` (their end sends no event); returns
+/// what is left after `deadline`.
 fn wait_no_marked(mark: &str, deadline: Duration) -> Vec<Agent> {
     let end = Instant::now() + deadline;
     loop {
@@ -170,42 +134,6 @@ fn wait_no_marked(mark: &str, deadline: Duration) -> Vec<Agent> {
     }
 }
 
-/// `orchctl watch ID -o json`: its exit code and the events it printed.
-fn watch_history(d: &TestDaemon, id: &str) -> (Option<i32>, Vec<Value>) {
-    let out = d.ctl(&["watch", id, "-o", "json"]);
-    let events = stdout(&out)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap_or_else(|e| {
-                panic!(
-                    "watch {id} printed a line that is not JSON ({e}): {l}\n{}",
-                    describe(&out)
-                )
-            })
-        })
-        .collect();
-    (out.status.code(), events)
-}
-
-fn seq_of(e: &Value) -> u64 {
-    e["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("event without a numeric seq: {e}"))
-}
-
-/// Panics unless the seqs are strictly increasing (so: no duplicates, never backwards).
-fn assert_strictly_increasing(seqs: &[u64], what: &str) {
-    for w in seqs.windows(2) {
-        assert!(
-            w[0] < w[1],
-            "{what}: event seq {} is followed by {} (duplicate or backwards); all: {seqs:?}",
-            w[0],
-            w[1]
-        );
-    }
-}
-
 /// Milliseconds from `a` to `b`.
 fn ms_between(a: &DateTime<FixedOffset>, b: &DateTime<FixedOffset>) -> i64 {
     (*b - *a).num_milliseconds()
@@ -213,10 +141,6 @@ fn ms_between(a: &DateTime<FixedOffset>, b: &DateTime<FixedOffset>) -> i64 {
 
 fn now_utc() -> DateTime<FixedOffset> {
     Utc::now().fixed_offset()
-}
-
-fn plan(d: &TestDaemon, name: &str, text: &str) -> String {
-    d.write_file(name, text).display().to_string()
 }
 
 /// The events tree of a stopped daemon's store: seq → stored JSON.
@@ -290,14 +214,6 @@ fn mentions_number(text: &str, n: u32) -> bool {
         let after = i + m.len() >= b.len() || !b[i + m.len()].is_ascii_digit();
         before && after
     })
-}
-
-/// The attempt outcomes of a step, in order.
-fn outcomes(step: &Value) -> Vec<String> {
-    attempts(step)
-        .iter()
-        .map(|a| a["outcome"].as_str().unwrap_or("(running)").to_string())
-        .collect()
 }
 
 /// A small deterministic PRNG (xorshift64*), so a failing run can be repeated by its seed.
@@ -435,35 +351,6 @@ fn assert_no_leftover_agents(d: &TestDaemon, mark: &str, when: &str) -> usize {
     }
 }
 
-/// The processes that have `path` open (pid, arguments and scheduler state).
-fn lock_holders(path: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let fds = fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten();
-        if fds
-            .into_iter()
-            .any(|fd| fs::read_link(fd.path()).ok().as_deref() == Some(path))
-        {
-            let argv = fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-                .unwrap_or_default();
-            let state = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|st| st.rfind(')').map(|i| st[i + 1..].trim().chars().next()))
-                .flatten()
-                .unwrap_or('?');
-            out.push(format!("pid {pid} `{argv}` (state {state})"));
-        }
-    }
-    out
-}
-
 /// Reads a live `watch -o json` output file (a cut-off last line is dropped).
 fn read_live_events(path: &Path) -> Vec<Value> {
     let text = fs::read_to_string(path).unwrap_or_default();
@@ -511,7 +398,7 @@ fn crash_rounds() {
 
     for round in 0..rounds {
         // A dead daemon's lock must be free; if not, say who holds it (for the bug report).
-        for holder in lock_holders(&d.state_dir().join("orchd.lock")) {
+        for holder in holders_of(&d.state_dir().join("orchd.lock")) {
             println!(
                 "round {round}: before the restart, the state dir lock is still open in {holder}"
             );
@@ -546,7 +433,7 @@ fn crash_rounds() {
                     text.push_str(&format!("needs = [\"{}\"]\n", CRASH_STEPS[i - 1]));
                 }
             }
-            let p = plan(&d, &format!("crash-r{round}-c{c}.toml"), &text);
+            let p = d.write_plan(&format!("crash-r{round}-c{c}.toml"), &text);
             let id = d.submit(&[&p], 0);
             submitted.push(id.clone());
             chains.push(Chain { id, work, round });
@@ -567,9 +454,7 @@ fn crash_rounds() {
                         &["submit", "--retries", "0", "--", "true"],
                     );
                     match run_deadline(&mut cmd, CMD_DEADLINE) {
-                        Ok(out) if out.status.success() => {
-                            ok.push(crate::support::ulid_first_line(&out))
-                        }
+                        Ok(out) if out.status.success() => ok.push(ulid_first_line(&out)),
                         _ => failed += 1,
                     }
                     thread::sleep(Duration::from_millis(15));
@@ -589,7 +474,7 @@ fn crash_rounds() {
         let _ = watcher.wait();
 
         let events = read_live_events(&live_path);
-        let seqs: Vec<u64> = events.iter().map(seq_of).collect();
+        let seqs: Vec<u64> = events.iter().map(seq).collect();
         assert_strictly_increasing(&seqs, &format!("round {round}: live watch"));
         if let Some(first) = seqs.first() {
             assert!(
@@ -619,31 +504,16 @@ fn crash_rounds() {
         .chain(quick.iter().cloned())
         .collect();
     let drain_deadline = Duration::from_secs(90);
-    let end = Instant::now() + drain_deadline;
-    let list = loop {
-        let list = d.list(&[]);
-        let present: BTreeSet<String> = list
-            .iter()
-            .filter_map(|o| o["id"].as_str().map(String::from))
-            .collect();
-        let missing: Vec<&String> = acked.difference(&present).collect();
-        assert!(
-            missing.is_empty(),
-            "acknowledged objectives are missing after the crashes: {missing:?}"
-        );
-        if list.iter().all(ended) {
-            break list;
-        }
-        assert!(
-            Instant::now() < end,
-            "not every objective ended within {drain_deadline:?} of the last restart: {:?}",
-            list.iter()
-                .filter(|o| !ended(o))
-                .map(|o| format!("{} {}", o["id"], o["state"]))
-                .collect::<Vec<_>>()
-        );
-        thread::sleep(Duration::from_millis(100));
-    };
+    let list = d.wait_all_ended(drain_deadline);
+    let present: BTreeSet<String> = list
+        .iter()
+        .filter_map(|o| o["id"].as_str().map(String::from))
+        .collect();
+    let missing: Vec<&String> = acked.difference(&present).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged objectives are missing after the crashes: {missing:?}"
+    );
     let drained_at = t0.elapsed();
     for o in &list {
         assert_eq!(o["state"], "succeeded", "an objective did not succeed: {o}");
@@ -668,7 +538,7 @@ fn crash_rounds() {
                 s.spawn(move || {
                     chunk
                         .iter()
-                        .map(|c| watch_history(d, &c.id))
+                        .map(|c| d.watch_json(&c.id, &[]))
                         .collect::<Vec<_>>()
                 })
             })
@@ -694,7 +564,7 @@ fn crash_rounds() {
             Some(0),
             "{ctx}: watch did not exit 0 for a succeeded objective"
         );
-        let seqs: Vec<u64> = history.iter().map(seq_of).collect();
+        let seqs: Vec<u64> = history.iter().map(seq).collect();
         assert_strictly_increasing(&seqs, &format!("{ctx}: watch history"));
         let status = d.status(id);
         assert_eq!(status["state"], "succeeded", "{ctx}: {status}");
@@ -732,10 +602,10 @@ fn crash_rounds() {
                 .find(|e| {
                     e["kind"] == "step_state" && e["step_id"] == s && e["state"] == "succeeded"
                 })
-                .map(seq_of)
+                .map(seq)
                 .unwrap_or_else(|| panic!("{ctx}: no step_state succeeded event for {s}"));
             if let Some(late) = history.iter().find(|e| {
-                e["kind"] == "attempt_started" && e["step_id"] == s && seq_of(e) > succeeded_seq
+                e["kind"] == "attempt_started" && e["step_id"] == s && seq(e) > succeeded_seq
             }) {
                 panic!("{ctx}: step {s} ran again after it succeeded: {late}");
             }
@@ -871,7 +741,7 @@ fn crash_rounds() {
         "meta/last_seq {last_seq} is below the highest stored event {max_key}"
     );
     for e in &live {
-        let seq = seq_of(e);
+        let seq = seq(e);
         let s = stored.get(&seq).unwrap_or_else(|| {
             panic!("event {e} was streamed live (so acknowledged) but is not in the store after the crashes")
         });
@@ -888,9 +758,9 @@ fn crash_rounds() {
         let from_store: Vec<u64> = stored
             .values()
             .filter(|e| e["objective_id"] == chain.id.as_str())
-            .map(seq_of)
+            .map(seq)
             .collect();
-        let from_watch: Vec<u64> = history.iter().map(seq_of).collect();
+        let from_watch: Vec<u64> = history.iter().map(seq).collect();
         assert_eq!(
             from_watch, from_store,
             "chain {}: watch history and store disagree",
@@ -916,8 +786,7 @@ fn crash_rounds() {
 #[test]
 fn backoff_spacing_follows_the_policy() {
     let d = TestDaemon::start();
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "backoff.toml",
         r#"name = "backoff-timing"
 
@@ -938,7 +807,7 @@ retry = { max_attempts = 3, initial_backoff = "300ms", max_backoff = "10s", mult
         assert_eq!(x["outcome"], "exit_failure", "{v}");
     }
 
-    let (code, history) = watch_history(&d, &id);
+    let (code, history) = d.watch_json(&id, &[]);
     assert_eq!(code, Some(1), "watch of a failed objective exits 1");
     let scheduled: Vec<&Value> = history
         .iter()
@@ -1009,8 +878,7 @@ retry = { max_attempts = 3, initial_backoff = "300ms", max_backoff = "10s", mult
 fn backoff_is_visible_and_survives_restarts() {
     let mut d = TestDaemon::start();
     // Attempt 1 fails, attempt 2 succeeds after a 4 s ±20 % backoff.
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "slow-backoff.toml",
         r#"name = "slow-backoff"
 
@@ -1064,7 +932,7 @@ retry = { max_attempts = 2, initial_backoff = "4s", jitter = 0.2 }
     }
     d.launch();
     let ready = now_utc();
-    let v = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
     let a = attempts(&v["steps"][0]);
     assert_eq!(a.len(), 2, "{v}");
@@ -1084,8 +952,7 @@ retry = { max_attempts = 2, initial_backoff = "4s", jitter = 0.2 }
 fn outcomes_that_are_not_retried() {
     let d = TestDaemon::start();
     let (mark, _reaper) = mark_of(&d);
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "no-retry.toml",
         r#"name = "no-retry"
 
@@ -1144,10 +1011,10 @@ retry = { max_attempts = 2, initial_backoff = "100ms", retry_exit_codes = [75] }
         ],
         0,
     );
-    d.wait_for_state(&c, first_attempt_has_pid, STATE_DEADLINE);
+    d.wait_started(&c, STATE_DEADLINE);
     let out = d.ctl(&["cancel", &c]);
     assert!(out.status.success(), "{}", describe(&out));
-    let v = d.wait_for_state(&c, ended, STATE_DEADLINE);
+    let v = d.wait_ended(&c, STATE_DEADLINE);
     assert_eq!(v["state"], "cancelled", "{v}");
     assert_eq!(outcomes(&v["steps"][0]), vec!["cancelled"], "{v}");
     let left = wait_no_marked(&mark, Duration::from_secs(3));
@@ -1173,8 +1040,7 @@ if [ "$ORCH_ATTEMPT" = 1 ]; then
 fi
 exit 0
 "#;
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "ckpt.toml",
         &format!(
             r#"name = "ckpt"
@@ -1215,7 +1081,7 @@ retry = {{ max_attempts = 2, initial_backoff = "100ms" }}
         .unwrap_or_else(|e| panic!("ORCH_CHECKPOINT_FILE is not JSON ({e}): {handed}"));
     assert_eq!(handed, good, "ORCH_CHECKPOINT_FILE of attempt 2");
 
-    let (code, history) = watch_history(&d, &id);
+    let (code, history) = d.watch_json(&id, &[]);
     assert_eq!(code, Some(0));
     let ckpts: Vec<&Value> = history
         .iter()
@@ -1266,8 +1132,9 @@ fn sigterm_drains_a_tree_that_ignores_it() {
         ],
         0,
     );
-    d.wait_for_state(&id, first_attempt_has_pid, STATE_DEADLINE);
-    let tree = crate::support::poll_until("both sleeps running", STATE_DEADLINE, || {
+    d.wait_started(&id, STATE_DEADLINE);
+    // The attempt's children announce themselves nowhere but in /proc: polled.
+    let tree = poll_until("both sleeps running", STATE_DEADLINE, || {
         let a = marked_agents(&mark);
         (a.len() >= 3).then_some(a)
     });
@@ -1306,7 +1173,7 @@ fn sigterm_drains_a_tree_that_ignores_it() {
     assert!(v["steps"][0]["attempts"][1]["outcome"].is_null(), "{v}");
     let out = d.ctl(&["cancel", &id]);
     assert!(out.status.success(), "{}", describe(&out));
-    let v = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "cancelled", "{v}");
     let status = d.stop();
     assert!(status.success(), "orchd exited with {status:?} on SIGTERM");
@@ -1320,10 +1187,10 @@ fn paused_objective_stays_paused_after_a_crash() {
         &["--env", &format!("{MARK}={mark}"), "--", "sleep", "30.75"],
         0,
     );
-    d.wait_for_state(&id, first_attempt_has_pid, STATE_DEADLINE);
+    d.wait_started(&id, STATE_DEADLINE);
     let out = d.ctl(&["pause", &id]);
     assert!(out.status.success(), "{}", describe(&out));
-    d.wait_for_state(&id, |v| v["state"] == "paused", STATE_DEADLINE);
+    d.wait_state(&id, &["paused"], STATE_DEADLINE);
 
     d.kill9();
     d.launch();
@@ -1402,10 +1269,10 @@ fn retention_removes_old_ended_objectives_only() {
     let (mark, _reaper) = mark_of(&d);
     let old = d.submit(&["--wait", "--", "sh", "-c", "echo to-be-forgotten"], 0);
     let old_status = d.status(&old);
-    let (_, history) = watch_history(&d, &old);
+    let (_, history) = d.watch_json(&old, &[]);
     let old_max_seq = history
         .iter()
-        .map(seq_of)
+        .map(seq)
         .max()
         .expect("events of the old objective");
     let logs = d.state_dir().join("logs").join(&old);
@@ -1418,7 +1285,7 @@ fn retention_removes_old_ended_objectives_only() {
         &["--env", &format!("{MARK}={mark}"), "--", "sleep", "30.73"],
         0,
     );
-    d.wait_for_state(&keep, first_attempt_has_pid, STATE_DEADLINE);
+    d.wait_started(&keep, STATE_DEADLINE);
     let status = d.stop();
     assert!(status.success(), "orchd exited with {status:?} on SIGTERM");
 
@@ -1430,15 +1297,22 @@ fn retention_removes_old_ended_objectives_only() {
     }
     d.launch();
 
-    crate::support::poll_until(
+    // Removal sends no event: poll for the objective (over gRPC) and its log dir.
+    poll_until(
         "retention removes the old objective",
         STATE_DEADLINE,
         || {
-            let out = d.ctl(&["status", &old]);
-            (out.status.code() == Some(1)).then_some(())
+            let got = block_on(async {
+                d.client()
+                    .await
+                    .get_objective(GetObjectiveRequest { id: old.clone() })
+                    .await
+            });
+            got.is_err_and(|e| e.code() == tonic::Code::NotFound)
+                .then_some(())
         },
     );
-    crate::support::poll_until("retention removes the old logs", STATE_DEADLINE, || {
+    poll_until("retention removes the old logs", STATE_DEADLINE, || {
         (!logs.exists()).then_some(())
     });
     let listed: Vec<Value> = d.list(&[]);
@@ -1446,7 +1320,7 @@ fn retention_removes_old_ended_objectives_only() {
         listed.iter().all(|o| o["id"] != old.as_str()),
         "a removed objective is still listed: {listed:?}"
     );
-    let (code, events) = watch_history(&d, &old);
+    let (code, events) = d.watch_json(&old, &[]);
     assert!(
         code != Some(0) && events.is_empty(),
         "events of a removed objective are still served ({code:?}): {events:?}"
@@ -1459,10 +1333,10 @@ fn retention_removes_old_ended_objectives_only() {
 
     // Sequence numbers do not fall back when the newest events were removed.
     let fresh = d.submit(&["--wait", "--", "true"], 0);
-    let (_, history) = watch_history(&d, &fresh);
+    let (_, history) = d.watch_json(&fresh, &[]);
     let min = history
         .iter()
-        .map(seq_of)
+        .map(seq)
         .min()
         .expect("events of the new objective");
     assert!(
@@ -1480,11 +1354,11 @@ fn submit_with_a_request_id_is_idempotent() {
     let mut d = TestDaemon::start();
     let first = d.ctl(&["submit", "--request-id", "dura-key-1", "--", "true"]);
     assert!(first.status.success(), "{}", describe(&first));
-    let id = crate::support::ulid_first_line(&first);
+    let id = ulid_first_line(&first);
     let again = d.ctl(&["submit", "--request-id", "dura-key-1", "--", "true"]);
     assert!(again.status.success(), "{}", describe(&again));
     assert_eq!(
-        crate::support::ulid_first_line(&again),
+        ulid_first_line(&again),
         id,
         "same request id, another objective"
     );
@@ -1502,7 +1376,7 @@ fn submit_with_a_request_id_is_idempotent() {
     assert_eq!(list.len(), 2, "two request ids, two objectives: {list:?}");
 
     // Remembered across a restart.
-    d.wait_for_state(&id, ended, STATE_DEADLINE);
+    d.wait_ended(&id, STATE_DEADLINE);
     d.restart();
     let after = d.submit(&["--request-id", "dura-key-1", "--", "true"], 0);
     assert_eq!(after, id, "the request id was forgotten across a restart");
@@ -1514,8 +1388,7 @@ fn retry_reruns_failed_steps_from_their_checkpoint() {
     let d = TestDaemon::start();
     let (mark, _reaper) = mark_of(&d);
     // Fails until it has a checkpoint; the dependent is skipped meanwhile.
-    let p = plan(
-        &d,
+    let p = d.write_plan(
         "retry.toml",
         r#"name = "retry-me"
 
@@ -1535,29 +1408,20 @@ command = ["true"]
     assert_eq!(step(&v, "flaky")["state"], "failed", "{v}");
     assert_eq!(step(&v, "after")["state"], "skipped", "{v}");
 
-    for (args, what) in [
-        (vec!["retry", id.as_str(), "nosuchstep"], "an unknown step"),
-        (
-            vec!["retry", id.as_str(), "after"],
-            "a skipped (not failed) step",
-        ),
-    ] {
-        let out = d.ctl(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "retry of {what}\n{}",
-            describe(&out)
-        );
+    // Refused (exit 1), saying why.
+    let refused = |args: &[&str], what: &str| {
+        let out = d.ctl_exits(args, 1, &format!("retry of {what}"));
         assert!(
             !stderr(&out).trim().is_empty(),
             "retry of {what} gave no reason"
         );
-    }
+    };
+    refused(&["retry", &id, "nosuchstep"], "an unknown step");
+    refused(&["retry", &id, "after"], "a skipped (not failed) step");
 
     let out = d.ctl(&["retry", &id]);
     assert!(out.status.success(), "{}", describe(&out));
-    let v = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(
         outcomes(step(&v, "flaky")),
@@ -1567,30 +1431,14 @@ command = ["true"]
     assert_eq!(outcomes(step(&v, "after")), vec!["success"], "{v}");
     assert_eq!(step(&v, "flaky")["checkpoint"], json!({"seen": 1}), "{v}");
 
-    let out = d.ctl(&["retry", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "retry of a succeeded objective\n{}",
-        describe(&out)
-    );
+    d.ctl_exits(&["retry", &id], 1, "retry of a succeeded objective");
 
     let running = d.submit(
         &["--env", &format!("{MARK}={mark}"), "--", "sleep", "30.72"],
         0,
     );
-    d.wait_for_state(&running, first_attempt_has_pid, STATE_DEADLINE);
-    let out = d.ctl(&["retry", &running]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "retry of a running objective\n{}",
-        describe(&out)
-    );
-    assert!(
-        !stderr(&out).trim().is_empty(),
-        "retry of a running objective gave no reason"
-    );
+    d.wait_started(&running, STATE_DEADLINE);
+    refused(&["retry", &running], "a running objective");
     let out = d.ctl(&["cancel", &running]);
     assert!(out.status.success(), "{}", describe(&out));
 }
@@ -1601,7 +1449,7 @@ command = ["true"]
 fn event_seqs_never_repeat_across_restarts() {
     let mut d = TestDaemon::start();
     let (mark, _reaper) = mark_of(&d);
-    let go = d.dir().join("go");
+    let go = Gate::new(&d, "go");
     let id = d.submit(
         &[
             "--retries",
@@ -1611,7 +1459,7 @@ fn event_seqs_never_repeat_across_restarts() {
             "--",
             "sh",
             "-c",
-            &format!("while [ ! -e '{}' ]; do sleep 0.05; done", go.display()),
+            &go.wait(),
         ],
         0,
     );
@@ -1644,8 +1492,8 @@ fn event_seqs_never_repeat_across_restarts() {
     );
     d.launch();
     d.wait_for_state(&id, running(3), STATE_DEADLINE);
-    fs::write(&go, "").expect("create the go file");
-    let v = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    go.open();
+    let v = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(
         outcomes(&v["steps"][0]),
@@ -1654,9 +1502,9 @@ fn event_seqs_never_repeat_across_restarts() {
     );
     let fresh = d.submit(&["--wait", "--", "true"], 0);
 
-    let (code, h1) = watch_history(&d, &id);
+    let (code, h1) = d.watch_json(&id, &[]);
     assert_eq!(code, Some(0));
-    let s1: Vec<u64> = h1.iter().map(seq_of).collect();
+    let s1: Vec<u64> = h1.iter().map(seq).collect();
     assert_strictly_increasing(&s1, "history across a restart and a crash");
     assert!(
         s1.iter().any(|s| *s <= m1),
@@ -1675,9 +1523,9 @@ fn event_seqs_never_repeat_across_restarts() {
         3,
         "{h1:?}"
     );
-    let (code, h2) = watch_history(&d, &fresh);
+    let (code, h2) = d.watch_json(&fresh, &[]);
     assert_eq!(code, Some(0));
-    let s2: Vec<u64> = h2.iter().map(seq_of).collect();
+    let s2: Vec<u64> = h2.iter().map(seq).collect();
     assert_strictly_increasing(&s2, "history of a new objective");
     assert!(
         s2.iter().all(|s| *s > m2),

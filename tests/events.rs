@@ -5,195 +5,31 @@
 //! Agents that must still run while a test looks at them wait for a gate file the test
 //! creates, so nothing depends on timing; every wait is bounded by a deadline.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper_util::rt::TokioIo;
 use orch_proto::v1::orchestrator_client::OrchestratorClient;
 use orch_proto::v1::{
-    DaemonStatusRequest, Event, GetObjectiveRequest, ObjectiveRef, ObjectiveSpec, ObjectiveState,
-    StepSpec, SubmitRequest, WatchRequest, event::Payload,
+    DaemonStatusRequest, Event, GetObjectiveRequest, ObjectiveRef, ObjectiveState, WatchRequest,
+    event::Payload,
 };
 use serde_json::Value;
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::support::{
-    CMD_DEADLINE, STATE_DEADLINE, TestDaemon, describe, ended, poll_until, rfc3339, run_deadline,
-    stderr, stdout, wait_deadline,
+    CMD_DEADLINE, Follower, Gate, STATE_DEADLINE, TestDaemon, WATCH_DEADLINE,
+    assert_strictly_increasing, describe, is_state, is_terminal, json_lines, objective_until,
+    poll_until, progress, require_program, require_python_grpc, rfc3339, run_deadline,
+    script_request, seq, seqs, stderr, stdout,
 };
 
-/// How long a watch of an objective may take to end.
-const WATCH_DEADLINE: Duration = Duration::from_secs(30);
-
 // ------------------------------------------------------------------ helpers
-
-/// A started command whose stdout lines arrive as they are printed; killed on drop.
-struct Follower {
-    what: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    err: Option<thread::JoinHandle<Vec<u8>>>,
-}
-
-impl Follower {
-    fn start(mut cmd: Command) -> Follower {
-        let what = format!("{cmd:?}");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        let out = child.stdout.take().expect("piped stdout");
-        let mut err_pipe = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let err = thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = err_pipe.read_to_end(&mut buf);
-            buf
-        });
-        Follower {
-            what,
-            child,
-            lines: rx,
-            seen: Vec::new(),
-            err: Some(err),
-        }
-    }
-
-    /// The next line (`None` at the end of output); panics when none comes within `deadline`.
-    fn next_line(&mut self, deadline: Duration) -> Option<String> {
-        match self.lines.recv_timeout(deadline) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                "{}: no output line within {deadline:?}; so far:\n{}",
-                self.what,
-                self.seen.join("\n")
-            ),
-        }
-    }
-
-    /// The next line if one comes within `wait`.
-    fn try_next_line(&mut self, wait: Duration) -> Option<String> {
-        let line = self.lines.recv_timeout(wait).ok()?;
-        self.seen.push(line.clone());
-        Some(line)
-    }
-
-    /// Reads lines until one satisfies `pred` (that one included), within `deadline`.
-    fn until(&mut self, what: &str, deadline: Duration, pred: impl Fn(&str) -> bool) {
-        let end = Instant::now() + deadline;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.next_line(left.max(Duration::from_millis(1))) {
-                Some(line) if pred(&line) => return,
-                Some(_) => {}
-                None => {
-                    let err = self.stderr_now();
-                    panic!(
-                        "{}: output ended before {what}; it printed:\n{}\nstderr:\n{err}",
-                        self.what,
-                        self.seen.join("\n"),
-                    )
-                }
-            }
-        }
-    }
-
-    fn stderr_now(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.err
-            .take()
-            .and_then(|h| h.join().ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// Whether the process still runs.
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits (bounded) for the process to exit; returns its status, every stdout line it
-    /// printed and its stderr.
-    fn finish(mut self, deadline: Duration) -> (ExitStatus, Vec<String>, String) {
-        let status = match wait_deadline(&mut self.child, deadline) {
-            Some(s) => s,
-            None => {
-                let err = self.stderr_now();
-                panic!(
-                    "{} did not end within {deadline:?}; it printed:\n{}\nstderr:\n{err}",
-                    self.what,
-                    self.seen.join("\n")
-                );
-            }
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        let err = self
-            .err
-            .take()
-            .and_then(|h| h.join().ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        (status, std::mem::take(&mut self.seen), err)
-    }
-
-    /// Kills the process; returns the lines read so far.
-    fn kill(mut self) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::take(&mut self.seen)
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A file the test creates to let a waiting agent go on.
-struct Gate(PathBuf);
-
-impl Gate {
-    fn new(d: &TestDaemon, name: &str) -> Gate {
-        Gate(d.dir().join(format!("gate-{name}")))
-    }
-
-    /// Shell text that waits until the gate is open.
-    fn wait(&self) -> String {
-        format!("while [ ! -e '{}' ]; do sleep 0.02; done", self.0.display())
-    }
-
-    fn open(&self) {
-        std::fs::write(&self.0, b"open").unwrap_or_else(|e| panic!("open the gate: {e}"));
-    }
-}
-
-/// Shell text printing one progress line (`message` may use shell variables).
-fn progress(percent: u32, message: &str) -> String {
-    format!(r#"echo "::orch-progress::{{\"percent\":{percent},\"message\":\"{message}\"}}""#)
-}
 
 /// Submits a one-step `bash -c SCRIPT` objective with no retries; returns its id.
 fn submit_script(d: &TestDaemon, name: &str, script: &str) -> String {
@@ -203,59 +39,20 @@ fn submit_script(d: &TestDaemon, name: &str, script: &str) -> String {
     )
 }
 
-/// Parses JSON Lines, panicking on anything else.
+/// Parses the lines a `Follower` read as JSON Lines.
 fn parse_lines(lines: &[String], what: &str) -> Vec<Value> {
-    lines
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{what}: a line is not JSON ({e}): {l}"))
-        })
-        .collect()
-}
-
-fn seq(e: &Value) -> u64 {
-    e["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("event without a numeric seq: {e}"))
-}
-
-fn seqs(events: &[Value]) -> Vec<u64> {
-    events.iter().map(seq).collect()
-}
-
-fn assert_strictly_increasing(events: &[Value], what: &str) {
-    let s = seqs(events);
-    assert!(
-        s.windows(2).all(|w| w[0] < w[1]),
-        "{what}: seqs are not strictly increasing: {s:?}"
-    );
-}
-
-fn is_state(e: &Value, state: &str) -> bool {
-    e["kind"] == "objective_state" && e["state"] == state
-}
-
-/// `orchctl watch ID ARGS... -o json` run to its end: exit code and events.
-fn watch_json(d: &TestDaemon, id: &str, args: &[&str]) -> (Option<i32>, Vec<Value>) {
-    let mut full = vec!["watch", id, "-o", "json"];
-    full.extend_from_slice(args);
-    let mut cmd = d.ctl_command(&full);
-    let out = run_deadline(&mut cmd, WATCH_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
-    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
-    (out.status.code(), parse_lines(&lines, "watch -o json"))
+    json_lines(&lines.join("\n"), what)
 }
 
 /// The whole history of an ended objective (asserting `watch` exits with `code`).
 fn history(d: &TestDaemon, id: &str, code: i32) -> Vec<Value> {
-    let (got, events) = watch_json(d, id, &[]);
+    let (got, events) = d.watch_json(id, &[]);
     assert_eq!(
         got,
         Some(code),
         "watch {id}: wrong exit code; events {events:?}"
     );
-    assert_strictly_increasing(&events, "history");
+    assert_strictly_increasing(&seqs(&events), "history");
     events
 }
 
@@ -308,20 +105,38 @@ async fn small_window_client(socket: &Path) -> OrchestratorClient<Channel> {
     OrchestratorClient::new(channel)
 }
 
-fn command_spec(name: &str, workdir: &Path, script: &str) -> SubmitRequest {
-    SubmitRequest {
-        spec: Some(ObjectiveSpec {
-            name: name.into(),
-            steps: vec![StepSpec {
-                id: "main".into(),
-                command: vec!["bash".into(), "-c".into(), script.into()],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        workdir: workdir.display().to_string(),
-        ..Default::default()
-    }
+/// A client on its own connection to `socket`.
+async fn connect(socket: &Path) -> OrchestratorClient<Channel> {
+    orch_proto::connect(socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+/// Submits a one-step `bash -c SCRIPT` objective over gRPC; returns its id.
+async fn submit_rpc(
+    client: &mut OrchestratorClient<Channel>,
+    name: &str,
+    workdir: &Path,
+    script: &str,
+) -> String {
+    client
+        .submit(script_request(name, workdir, script))
+        .await
+        .unwrap_or_else(|e| panic!("Submit: {e}"))
+        .into_inner()
+        .id
+}
+
+/// The stream of `Watch(request)`.
+async fn watch(
+    client: &mut OrchestratorClient<Channel>,
+    request: WatchRequest,
+) -> Streaming<Event> {
+    client
+        .watch(request)
+        .await
+        .unwrap_or_else(|e| panic!("Watch: {e}"))
+        .into_inner()
 }
 
 /// Every event of `Watch(request)` until the stream ends (bounded by `deadline`), each with
@@ -331,11 +146,22 @@ async fn collect(
     request: WatchRequest,
     deadline: Duration,
 ) -> Vec<(Event, i64)> {
-    let mut stream = client
-        .watch(request)
-        .await
-        .unwrap_or_else(|e| panic!("Watch: {e}"))
-        .into_inner();
+    drain(watch(client, request).await, deadline).await
+}
+
+/// [`collect`] without the arrival times.
+async fn collect_events(
+    client: &mut OrchestratorClient<Channel>,
+    request: WatchRequest,
+    deadline: Duration,
+) -> Vec<Event> {
+    let got = collect(client, request, deadline).await;
+    got.into_iter().map(|(e, _)| e).collect()
+}
+
+/// Every event of `stream` until it ends (bounded by `deadline`), each with the wall-clock
+/// time (ms) it arrived.
+async fn drain(mut stream: Streaming<Event>, deadline: Duration) -> Vec<(Event, i64)> {
     let mut got = Vec::new();
     let end = tokio::time::Instant::now() + deadline;
     loop {
@@ -347,6 +173,24 @@ async fn collect(
                 "Watch stream did not end within {deadline:?} ({} events)",
                 got.len()
             ),
+        }
+    }
+}
+
+/// The events of a global `stream` (which never ends) up to the first whose seq is at least
+/// `last`; each must come within 30 s.
+async fn global_until(stream: &mut Streaming<Event>, last: u64, what: &str) -> Vec<Event> {
+    let mut got = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no event within 30 s"))
+            .unwrap_or_else(|e| panic!("{what}: Watch: {e}"))
+            .expect("a global watch does not end");
+        let done = e.seq >= last;
+        got.push(e);
+        if done {
+            return got;
         }
     }
 }
@@ -365,32 +209,15 @@ fn progress_count(events: &[Event]) -> usize {
     events.iter().filter(|e| e.kind == "progress").count()
 }
 
-/// Polls GetObjective every 10 ms until the objective ended; returns how long that took.
+/// Follows objective `id` until it ended (asserting success); returns how long after `since`.
 async fn time_to_end(
     client: &mut OrchestratorClient<Channel>,
     id: &str,
     since: Instant,
 ) -> Duration {
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = client
-            .get_objective(GetObjectiveRequest { id: id.into() })
-            .await
-            .unwrap_or_else(|e| panic!("GetObjective: {e}"))
-            .into_inner();
-        if matches!(
-            ObjectiveState::try_from(o.state),
-            Ok(ObjectiveState::Succeeded | ObjectiveState::Failed | ObjectiveState::Cancelled)
-        ) {
-            assert_eq!(o.state, ObjectiveState::Succeeded as i32, "{o:?}");
-            return since.elapsed();
-        }
-        assert!(
-            Instant::now() < end,
-            "objective {id} did not end within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let o = objective_until(client, id, "its end", Duration::from_secs(60), is_terminal).await;
+    assert_eq!(o.state, ObjectiveState::Succeeded as i32, "{o:?}");
+    since.elapsed()
 }
 
 // ------------------------------------------------------------------ --from and reconnects
@@ -419,7 +246,7 @@ fn reconnect_with_from_gets_every_event_exactly_once() {
     gate.open();
     // It comes back with --from last-seen+1 and follows to the end by itself.
     let from = (last_seen + 1).to_string();
-    let (code, after) = watch_json(&d, &id, &["--from", &from]);
+    let (code, after) = d.watch_json(&id, &["--from", &from]);
     assert_eq!(code, Some(0), "the resumed watch exits 0: {after:?}");
 
     let full = history(&d, &id, 0);
@@ -442,7 +269,7 @@ fn reconnect_with_from_gets_every_event_exactly_once() {
             Some(e) => seq(e).to_string(),
             None => (seq(&full[k - 1]) + 1).to_string(),
         };
-        let (code, tail) = watch_json(&d, &id, &["--from", &from]);
+        let (code, tail) = d.watch_json(&id, &["--from", &from]);
         assert_eq!(code, Some(0), "watch --from {from}");
         assert_eq!(tail, full[k..].to_vec(), "watch --from {from} (split {k})");
     }
@@ -483,7 +310,7 @@ fn reconnect_with_from_across_a_daemon_restart() {
     gate.open();
 
     let from = (last_seen + 1).to_string();
-    let (code, after) = watch_json(&d, &id, &["--from", &from]);
+    let (code, after) = d.watch_json(&id, &["--from", &from]);
     assert_eq!(code, Some(0), "the resumed watch exits 0: {after:?}");
     let full = history(&d, &id, 0);
     let mut joined = before.clone();
@@ -542,7 +369,7 @@ fn kinds_filter_unknown_kinds_and_the_global_stream() {
             Some(h)
         },
     );
-    d.wait_for_state(&heartbeat, ended, STATE_DEADLINE);
+    d.wait_ended(&heartbeat, STATE_DEADLINE);
     let a = d.submit(
         &[
             "--wait",
@@ -562,7 +389,7 @@ fn kinds_filter_unknown_kinds_and_the_global_stream() {
 
     // --kinds: only those kinds, and all of them.
     let full_a = history(&d, &a, 0);
-    let (code, filtered) = watch_json(&d, &a, &["--kinds", "attempt_ended,objective_state"]);
+    let (code, filtered) = d.watch_json(&a, &["--kinds", "attempt_ended,objective_state"]);
     assert_eq!(code, Some(0));
     let expected: Vec<Value> = full_a
         .iter()
@@ -571,7 +398,7 @@ fn kinds_filter_unknown_kinds_and_the_global_stream() {
         .collect();
     assert!(expected.len() >= 3, "{full_a:?}");
     assert_eq!(filtered, expected);
-    let (code, only_progress) = watch_json(&d, &a, &["--kinds", "progress"]);
+    let (code, only_progress) = d.watch_json(&a, &["--kinds", "progress"]);
     assert_eq!(code, Some(0));
     assert_eq!(only_progress.len(), 1, "{only_progress:?}");
     assert_eq!(only_progress[0]["percent"], 50.0);
@@ -629,7 +456,7 @@ fn kinds_filter_unknown_kinds_and_the_global_stream() {
     });
     assert!(live.running(), "a global watch does not end by itself");
     let live_events = parse_lines(&live.kill(), "live watch");
-    assert_strictly_increasing(&live_events, "live watch");
+    assert_strictly_increasing(&seqs(&live_events), "live watch");
     assert!(
         live_events
             .iter()
@@ -729,12 +556,7 @@ fn watch_follows_live_and_exits_with_the_objective_result() {
 /// gives it a pseudo-terminal, when that is installed.
 #[test]
 fn watch_on_a_terminal_shows_the_live_view_and_a_summary() {
-    let have_script = Command::new("script")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_script {
-        eprintln!("skipping: `script` (util-linux) is not installed");
+    if !require_program("script", "util-linux, to give orchctl a pseudo-terminal") {
         return;
     }
     let d = TestDaemon::start();
@@ -793,12 +615,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
     let rt = multi_thread_runtime();
     rt.block_on(async {
         let mut client = d.client().await;
-        let id = client
-            .submit(command_spec("noisy", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
+        let id = submit_rpc(&mut client, "noisy", d.work_dir(), &script).await;
 
         // 100 watchers, each on its own connection, all attached before the noise starts.
         let (attached_tx, mut attached_rx) = tokio::sync::mpsc::channel::<()>(WATCHERS);
@@ -808,18 +625,16 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             let id = id.clone();
             let attached = attached_tx.clone();
             tasks.push(tokio::spawn(async move {
-                let mut c = orch_proto::connect(&socket)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e}"));
-                let mut stream = c
-                    .watch(WatchRequest {
+                let mut c = connect(&socket).await;
+                let mut stream = watch(
+                    &mut c,
+                    WatchRequest {
                         objective_id: id,
                         from_seq: None,
                         kinds: vec![],
-                    })
-                    .await
-                    .unwrap_or_else(|e| panic!("Watch: {e}"))
-                    .into_inner();
+                    },
+                )
+                .await;
                 let mut got: Vec<(Event, i64)> = Vec::new();
                 let end = tokio::time::Instant::now() + Duration::from_secs(90);
                 loop {
@@ -851,9 +666,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             let socket = d.socket().to_path_buf();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let mut c = orch_proto::connect(&socket)
-                    .await
-                    .unwrap_or_else(|e| panic!("connect: {e}"));
+                let mut c = connect(&socket).await;
                 let mut worst = Duration::ZERO;
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) || n == 0 {
@@ -923,7 +736,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             );
         }
         // A fresh watcher of the history gets the same list.
-        let again: Vec<Event> = collect(
+        let again: Vec<Event> = collect_events(
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
@@ -932,10 +745,7 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
             },
             Duration::from_secs(30),
         )
-        .await
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+        .await;
         assert_eq!(again, first);
 
         // Numbers for the notes: delivery delay of live events, and throughput.
@@ -969,30 +779,17 @@ fn hundred_watchers_see_the_same_ordered_events_of_a_noisy_step() {
         // stream from seq 1 up to the objective's last event (a global watch never ends).
         let last_seq = first.last().map(|e| e.seq).unwrap_or(0);
         let replay = |socket: PathBuf| async move {
-            let mut c = orch_proto::connect(&socket)
-                .await
-                .unwrap_or_else(|e| panic!("connect: {e}"));
-            let mut s = c
-                .watch(WatchRequest {
+            let mut c = connect(&socket).await;
+            let mut s = watch(
+                &mut c,
+                WatchRequest {
                     objective_id: String::new(),
                     from_seq: Some(1),
                     kinds: vec![],
-                })
-                .await
-                .unwrap_or_else(|e| panic!("Watch: {e}"))
-                .into_inner();
-            let mut n = 0u64;
-            loop {
-                let e = tokio::time::timeout(Duration::from_secs(30), s.message())
-                    .await
-                    .expect("replay within 30 s")
-                    .unwrap_or_else(|e| panic!("Watch: {e}"))
-                    .expect("a global watch does not end");
-                n += 1;
-                if e.seq >= last_seq {
-                    return n;
-                }
-            }
+                },
+            )
+            .await;
+            global_until(&mut s, last_seq, "replay").await.len() as u64
         };
         let t = Instant::now();
         let n1 = replay(d.socket().to_path_buf()).await;
@@ -1026,41 +823,31 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
     rt.block_on(async {
         let mut client = d.client().await;
         let t = Instant::now();
-        let base_id = client
-            .submit(command_spec("baseline", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
+        let base_id = submit_rpc(&mut client, "baseline", d.work_dir(), &script).await;
         let baseline = time_to_end(&mut client, &base_id, t).await;
 
         // Watchers that never read: the whole log from seq 1, and (below) the next objective.
         let mut stalled_client = small_window_client(d.socket()).await;
-        let stalled_all = stalled_client
-            .watch(WatchRequest {
+        let stalled_all = watch(
+            &mut stalled_client,
+            WatchRequest {
                 objective_id: String::new(),
                 from_seq: Some(1),
                 kinds: vec![],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("Watch: {e}"))
-            .into_inner();
+            },
+        )
+        .await;
         let t = Instant::now();
-        let id = client
-            .submit(command_spec("with-a-stalled-watcher", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
-        let stalled_one = stalled_client
-            .watch(WatchRequest {
+        let id = submit_rpc(&mut client, "with-a-stalled-watcher", d.work_dir(), &script).await;
+        let stalled_one = watch(
+            &mut stalled_client,
+            WatchRequest {
                 objective_id: id.clone(),
                 from_seq: None,
                 kinds: vec![],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("Watch: {e}"))
-            .into_inner();
+            },
+        )
+        .await;
         let with_stalled = time_to_end(&mut client, &id, t).await;
         let s = Instant::now();
         client
@@ -1078,7 +865,7 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
         assert!(status_took < Duration::from_secs(2), "DaemonStatus took {status_took:?}");
 
         // A fresh watcher still gets the full history.
-        let fresh: Vec<Event> = collect(
+        let fresh: Vec<Event> = collect_events(
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
@@ -1087,39 +874,23 @@ fn a_watcher_that_stops_reading_does_not_slow_the_engine() {
             },
             Duration::from_secs(30),
         )
-        .await
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+        .await;
         assert_eq!(progress_count(&fresh), 300);
         assert!(fresh.windows(2).all(|w| w[0].seq < w[1].seq));
         assert!(fresh.last().is_some_and(is_final));
 
         // The stalled streams, read at last, hold every event in order (none skipped).
-        let mut one = stalled_one;
-        let mut got = Vec::new();
-        while let Some(e) = tokio::time::timeout(Duration::from_secs(30), one.message())
+        let got: Vec<Event> = drain(stalled_one, Duration::from_secs(30))
             .await
-            .expect("the stalled stream delivers when read")
-            .unwrap_or_else(|e| panic!("stalled Watch: {e}"))
-        {
-            got.push(e);
-        }
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
         assert_eq!(got, fresh, "the stalled objective watcher, read late");
         let mut all = stalled_all;
         let last = fresh.last().map(|e| e.seq).unwrap_or(0);
-        let mut n = 0;
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(30), all.message())
-                .await
-                .expect("the stalled global stream delivers when read")
-                .unwrap_or_else(|e| panic!("stalled Watch: {e}"))
-                .expect("a global watch does not end");
-            n += 1;
+        let got = global_until(&mut all, last, "the stalled global stream").await;
+        for (n, e) in (1..).zip(&got) {
             assert_eq!(e.seq, n, "the global stream skips or repeats nothing");
-            if e.seq == last {
-                break;
-            }
         }
     });
 }
@@ -1136,26 +907,21 @@ fn a_watcher_far_behind_the_broadcast_is_refed_from_the_store() {
     rt.block_on(async {
         let mut client = d.client().await;
         let mut slow = small_window_client(d.socket()).await;
-        let stalled = slow
-            .watch(WatchRequest {
+        let stalled = watch(
+            &mut slow,
+            WatchRequest {
                 objective_id: String::new(),
                 from_seq: None,
                 kinds: vec![],
-            })
-            .await
-            .unwrap_or_else(|e| panic!("Watch: {e}"))
-            .into_inner();
+            },
+        )
+        .await;
         let t = Instant::now();
-        let id = client
-            .submit(command_spec("flood", d.work_dir(), &script))
-            .await
-            .unwrap_or_else(|e| panic!("Submit: {e}"))
-            .into_inner()
-            .id;
+        let id = submit_rpc(&mut client, "flood", d.work_dir(), &script).await;
         let took = time_to_end(&mut client, &id, t).await;
         eprintln!("{EVENTS} progress events written in {took:?} while a watcher did not read");
 
-        let fresh: Vec<Event> = collect(
+        let fresh: Vec<Event> = collect_events(
             &mut client,
             WatchRequest {
                 objective_id: id.clone(),
@@ -1164,42 +930,17 @@ fn a_watcher_far_behind_the_broadcast_is_refed_from_the_store() {
             },
             Duration::from_secs(60),
         )
-        .await
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
+        .await;
         assert_eq!(progress_count(&fresh), EVENTS as usize);
         let last = fresh.last().map(|e| e.seq).unwrap_or(0);
 
         let mut stalled = stalled;
-        let mut got = Vec::new();
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(30), stalled.message())
-                .await
-                .expect("the stalled stream delivers when read")
-                .unwrap_or_else(|e| panic!("the stalled watcher got an error instead: {e}"))
-                .expect("a global watch does not end");
-            let done = e.seq == last;
-            got.push(e);
-            if done {
-                break;
-            }
-        }
+        let got = global_until(&mut stalled, last, "the stalled watcher").await;
         assert_eq!(got, fresh, "the late reader gets every event, in order");
     });
 }
 
 // ------------------------------------------------------------------ audit
-
-/// `orchctl audit ARGS... -o json` as an array.
-fn audit(d: &TestDaemon, args: &[&str]) -> Vec<Value> {
-    let mut full = vec!["audit"];
-    full.extend_from_slice(args);
-    match d.ctl_json(&full) {
-        Value::Array(a) => a,
-        other => panic!("audit -o json is not an array: {other}"),
-    }
-}
 
 /// Runs `orchctl ARGS...`; returns its output and its pid.
 fn ctl_with_pid(d: &TestDaemon, args: &[&str]) -> (std::process::Output, u32) {
@@ -1226,7 +967,7 @@ fn audit_records_callers_actions_and_refusals() {
     let id = crate::support::ulid_first_line(&out);
     let (out, cancel_pid) = ctl_with_pid(&d, &["cancel", &id]);
     assert!(out.status.success(), "{}", describe(&out));
-    d.wait_for_state(&id, ended, STATE_DEADLINE);
+    d.wait_ended(&id, STATE_DEADLINE);
     // Refused: resume of an objective that is not paused, cancel of an unknown id.
     let (out, resume_pid) = ctl_with_pid(&d, &["resume", &id]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -1237,10 +978,8 @@ fn audit_records_callers_actions_and_refusals() {
     let other = d.submit(&["--", "true"], 0);
 
     // Entries are written with the engine's next turn: wait until all five are in.
-    let entries = poll_until("five audit entries", STATE_DEADLINE, || {
-        let a = audit(&d, &[]);
-        (a.len() >= 5).then_some(a)
-    });
+    d.wait_audit("five audit entries", |a| a.len() >= 5);
+    let entries = d.audit(&[]);
     assert_eq!(entries.len(), 5, "{entries:?}");
     for e in &entries {
         let mut keys: Vec<&str> = e
@@ -1308,11 +1047,11 @@ fn audit_records_callers_actions_and_refusals() {
     assert_eq!(entries[0]["objective_id"], other.as_str(), "{entries:?}");
 
     // --objective and --limit.
-    let mine = audit(&d, &["--objective", &id]);
+    let mine = d.audit(&["--objective", &id]);
     let actions: Vec<&str> = mine.iter().filter_map(|e| e["action"].as_str()).collect();
     assert_eq!(actions, ["resume", "cancel", "submit"], "{mine:?}");
     assert!(mine.iter().all(|e| e["objective_id"] == id.as_str()));
-    let newest = audit(&d, &["--limit", "1"]);
+    let newest = d.audit(&["--limit", "1"]);
     assert_eq!(newest.len(), 1);
     assert_eq!(newest[0], entries[0]);
 
@@ -1336,10 +1075,8 @@ fn audit_is_newest_first_even_within_one_millisecond() {
             assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::NotFound));
         }
     });
-    let entries = poll_until("500 audit entries", STATE_DEADLINE, || {
-        let a = audit(&d, &[]);
-        (a.len() >= ids.len()).then_some(a)
-    });
+    d.wait_audit("500 audit entries", |a| a.len() >= ids.len());
+    let entries = d.audit(&[]);
     let got: Vec<&str> = entries
         .iter()
         .filter_map(|e| e["objective_id"].as_str())
@@ -1382,7 +1119,7 @@ fn status_and_watch_show_the_last_progress() {
     );
 
     gate.open();
-    let s = d.wait_for_state(&id, ended, STATE_DEADLINE);
+    let s = d.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(s["state"], "succeeded", "{s}");
     assert_eq!(s["steps"][0]["progress"]["percent"], 100.0, "{s}");
     assert_eq!(s["steps"][0]["progress"]["message"], "done", "{s}");
@@ -1416,18 +1153,7 @@ fn status_and_watch_show_the_last_progress() {
 
 #[test]
 fn python_client_follows_watch_to_the_end() {
-    let have_grpc = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_grpc {
-        let why = "python3 with the grpc and grpc_tools modules is not available";
-        if std::env::var_os("ORCH_TEST_PYTHON").is_some_and(|v| v == "1") {
-            panic!(
-                "ORCH_TEST_PYTHON=1 but {why} (pip install -r examples/python/requirements.txt)"
-            );
-        }
-        eprintln!("skipping python_client_follows_watch_to_the_end: {why}");
+    if !require_python_grpc() {
         return;
     }
     let d = TestDaemon::start();
@@ -1524,12 +1250,7 @@ fn every_watch_ends_with_the_final_state_even_when_opened_as_it_ends() {
         let mut short = 0;
         let mut watches = 0;
         for i in 0..OBJECTIVES {
-            let id = client
-                .submit(command_spec(&format!("end-race-{i}"), d.work_dir(), "true"))
-                .await
-                .unwrap_or_else(|e| panic!("Submit: {e}"))
-                .into_inner()
-                .id;
+            let id = submit_rpc(&mut client, &format!("end-race-{i}"), d.work_dir(), "true").await;
             let mut loops = Vec::new();
             for j in 0..LOOPS {
                 let socket = d.socket().to_path_buf();
@@ -1537,13 +1258,11 @@ fn every_watch_ends_with_the_final_state_even_when_opened_as_it_ends() {
                 loops.push(tokio::spawn(async move {
                     // Spread over the objective's short life (tens of milliseconds).
                     tokio::time::sleep(Duration::from_millis(3 * j as u64)).await;
-                    let mut c = orch_proto::connect(&socket)
-                        .await
-                        .unwrap_or_else(|e| panic!("connect: {e}"));
+                    let mut c = connect(&socket).await;
                     let mut lists = Vec::new();
                     // Until a watch began after the end was durable (it then replays it).
                     loop {
-                        let got: Vec<Event> = collect(
+                        let got: Vec<Event> = collect_events(
                             &mut c,
                             WatchRequest {
                                 objective_id: id.clone(),
@@ -1552,10 +1271,7 @@ fn every_watch_ends_with_the_final_state_even_when_opened_as_it_ends() {
                             },
                             Duration::from_secs(20),
                         )
-                        .await
-                        .into_iter()
-                        .map(|(e, _)| e)
-                        .collect();
+                        .await;
                         let done = lists.len() > 200
                             || c.get_objective(GetObjectiveRequest { id: id.clone() })
                                 .await

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use orch_proto::v1::orchestrator_client::OrchestratorClient;
 use orch_proto::v1::{
     GetObjectiveRequest, ListObjectivesRequest, ObjectiveSpec, ObjectiveState, StepSpec,
     SubmitRequest,
@@ -12,24 +13,29 @@ use orch_proto::v1::{
 use prost::Message;
 use serde_json::Value;
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{TestDaemon, describe, health, run_deadline, stdout};
-
-fn step(id: &str, command: &[&str]) -> StepSpec {
-    StepSpec {
-        id: id.into(),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
+use crate::support::{
+    STATE_DEADLINE, TestDaemon, command_step, describe, health, is_terminal, objective_until,
+    require_python_grpc, run_deadline, stdout, submit_request,
+};
 
 fn request(d: &TestDaemon, spec: Option<ObjectiveSpec>) -> SubmitRequest {
-    SubmitRequest {
-        spec,
-        workdir: d.work_dir().display().to_string(),
-        ..Default::default()
-    }
+    submit_request(d.work_dir(), spec)
+}
+
+/// Submits `spec`, which must be refused as INVALID_ARGUMENT (`why`: why it must); returns
+/// the refusal's message.
+async fn refused(
+    client: &mut OrchestratorClient<Channel>,
+    d: &TestDaemon,
+    spec: Option<ObjectiveSpec>,
+    why: &str,
+) -> String {
+    let err = client.submit(request(d, spec)).await.expect_err(why);
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    err.message().to_string()
 }
 
 #[tokio::test]
@@ -45,7 +51,7 @@ async fn orchestrator_calls_and_status_codes() {
 
     let spec = ObjectiveSpec {
         name: "over-grpc".into(),
-        steps: vec![step("only", &["true"])],
+        steps: vec![command_step("only", &["true"])],
         ..Default::default()
     };
     let reply = client
@@ -63,22 +69,15 @@ async fn orchestrator_calls_and_status_codes() {
     assert_eq!(plan.steps.len(), 1);
     assert_eq!(plan.steps[0].id, "only");
 
-    // Poll (bounded) until it ends.
-    let end = Instant::now() + Duration::from_secs(15);
-    let done = loop {
-        let o = client
-            .get_objective(GetObjectiveRequest {
-                id: reply.id.clone(),
-            })
-            .await
-            .expect("GetObjective of a stored objective")
-            .into_inner();
-        if o.state() == ObjectiveState::Succeeded || o.state() == ObjectiveState::Failed {
-            break o;
-        }
-        assert!(Instant::now() < end, "objective never ended: {o:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Followed over Watch (bounded) until it ends.
+    let done = objective_until(
+        &mut client,
+        &reply.id,
+        "its end",
+        STATE_DEADLINE,
+        is_terminal,
+    )
+    .await;
     assert_eq!(done.state(), ObjectiveState::Succeeded, "{done:?}");
     assert_eq!(done.name, "over-grpc");
     assert_eq!(done.steps.len(), 1);
@@ -96,36 +95,34 @@ async fn orchestrator_calls_and_status_codes() {
     // Invalid specs: INVALID_ARGUMENT naming the field, and nothing stored.
     let dup = ObjectiveSpec {
         name: "dup".into(),
-        steps: vec![step("a", &["true"]), step("a", &["true"])],
+        steps: vec![command_step("a", &["true"]), command_step("a", &["true"])],
         ..Default::default()
     };
-    let err = client
-        .submit(request(&d, Some(dup)))
-        .await
-        .expect_err("duplicate step ids must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let msg = refused(
+        &mut client,
+        &d,
+        Some(dup),
+        "duplicate step ids must be refused",
+    )
+    .await;
     assert!(
-        err.message().contains("steps[")
-            && err.message().contains(".id")
-            && err.message().contains("duplicate"),
-        "the message does not name the field: {:?}",
-        err.message()
+        msg.contains("steps[") && msg.contains(".id") && msg.contains("duplicate"),
+        "the message does not name the field: {msg:?}"
     );
     let no_steps = ObjectiveSpec {
         name: "empty".into(),
         ..Default::default()
     };
-    let err = client
-        .submit(request(&d, Some(no_steps)))
-        .await
-        .expect_err("a spec without steps must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("steps"), "{:?}", err.message());
-    let err = client
-        .submit(request(&d, None))
-        .await
-        .expect_err("a request without a spec must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let why = "a spec without steps must be refused";
+    let msg = refused(&mut client, &d, Some(no_steps), why).await;
+    assert!(msg.contains("steps"), "{msg:?}");
+    refused(
+        &mut client,
+        &d,
+        None,
+        "a request without a spec must be refused",
+    )
+    .await;
     let unknown_agent = ObjectiveSpec {
         name: "agentless".into(),
         steps: vec![StepSpec {
@@ -136,16 +133,9 @@ async fn orchestrator_calls_and_status_codes() {
         }],
         ..Default::default()
     };
-    let err = client
-        .submit(request(&d, Some(unknown_agent)))
-        .await
-        .expect_err("an unknown agent must be refused");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains("no-such-agent"),
-        "{:?}",
-        err.message()
-    );
+    let why = "an unknown agent must be refused";
+    let msg = refused(&mut client, &d, Some(unknown_agent), why).await;
+    assert!(msg.contains("no-such-agent"), "{msg:?}");
 
     let listed = client
         .list_objectives(ListObjectivesRequest::default())
@@ -279,19 +269,7 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn python_example_client_works() {
-    let have_grpc = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have_grpc {
-        let why = "python3 with the grpc and grpc_tools modules is not available";
-        if std::env::var_os("ORCH_TEST_PYTHON").is_some_and(|v| v == "1") {
-            panic!("ORCH_TEST_PYTHON=1 but {why} (pip install grpcio grpcio-tools)");
-        }
-        eprintln!(
-            "skipping python_example_client_works: {why} (set ORCH_TEST_PYTHON=1 to require it)"
-        );
+    if !require_python_grpc() {
         return;
     }
     let d = TestDaemon::start();
@@ -344,6 +322,6 @@ fn python_example_client_works() {
     let py_id = submitted["id"]
         .as_str()
         .unwrap_or_else(|| panic!("`submitted` has no id: {submitted}"));
-    let v = d.wait_for_state(py_id, crate::support::ended, crate::support::STATE_DEADLINE);
+    let v = d.wait_ended(py_id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    STATE_DEADLINE, TestDaemon, attempts, block_on, describe, first_attempt_has_pid, health,
-    kill_if_named, kill_running_attempts, process_alive, run_deadline, stderr, wait_process_gone,
+    STATE_DEADLINE, TestDaemon, attempts, block_on, describe, first_pid, health, kill_if_named,
+    kill_running_attempts, process_alive, run_deadline, stderr, temp_dir, wait_process_gone,
 };
 
 /// What must survive a restart unchanged: identity, state and every attempt.
@@ -25,6 +25,39 @@ fn durable_view(v: &Value) -> Value {
         "id": v["id"], "name": v["name"], "state": v["state"],
         "created_at": v["created_at"], "steps": steps,
     })
+}
+
+/// Submits `agent` (a command line of distinctive words) with no retries and waits until it
+/// runs; returns the id and the status then.
+fn start_agent(d: &TestDaemon, agent: &str) -> (String, Value) {
+    let mut args = vec!["--retries", "0", "--"];
+    args.extend(agent.split(' '));
+    let id = d.submit(&args, 0);
+    let running = d.wait_started(&id, STATE_DEADLINE);
+    (id, running)
+}
+
+/// Waits (after a restart) until the first attempt has an outcome; returns the status.
+fn wait_first_attempt_closed(d: &TestDaemon, id: &str) -> Value {
+    d.wait_for_state(
+        id,
+        |v| {
+            !v["steps"][0]["attempts"][0]["outcome"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty()
+        },
+        STATE_DEADLINE,
+    )
+}
+
+/// Stops the daemon (asserting a clean exit) and kills whatever attempt of `id` it left
+/// running (a rescheduled one may run after a restart).
+fn stop_leaving_nothing(d: &mut TestDaemon, id: &str, agent: &str) {
+    let last = d.status(id);
+    let status = d.stop();
+    kill_running_attempts(&last, agent);
+    assert!(status.success(), "orchd exited with {status:?} on SIGTERM");
 }
 
 #[test]
@@ -88,14 +121,8 @@ fn ended_objectives_survive_a_restart() {
 fn crash_closes_the_running_attempt_as_interrupted() {
     const AGENT: &str = "sleep 30.7";
     let mut d = TestDaemon::start();
-    let id = d.submit(&["--retries", "0", "--", "sleep", "30.7"], 0);
-    let running = d.wait_for_state(&id, first_attempt_has_pid, STATE_DEADLINE);
-    let pid = u32::try_from(
-        running["steps"][0]["attempts"][0]["pid"]
-            .as_u64()
-            .expect("pid"),
-    )
-    .expect("pid fits u32");
+    let (id, running) = start_agent(&d, AGENT);
+    let pid = first_pid(&running);
 
     d.kill9();
     // The orphan (if the daemon's death did not take it along) must not outlive the test.
@@ -106,40 +133,22 @@ fn crash_closes_the_running_attempt_as_interrupted() {
     );
 
     d.restart();
-    let v = d.wait_for_state(
-        &id,
-        |v| {
-            !v["steps"][0]["attempts"][0]["outcome"]
-                .as_str()
-                .unwrap_or("")
-                .is_empty()
-        },
-        STATE_DEADLINE,
-    );
+    let v = wait_first_attempt_closed(&d, &id);
     let first = &attempts(&v["steps"][0])[0];
     assert_eq!(first["outcome"], "interrupted", "{v}");
     assert_eq!(first["pid"], pid, "{v}");
     crate::support::rfc3339(&first["ended_at"], "ended_at of the interrupted attempt");
 
     // A rescheduled attempt may be running now: stop the daemon and leave nothing behind.
-    let last = d.status(&id);
-    let status = d.stop();
-    kill_running_attempts(&last, AGENT);
-    assert!(status.success(), "orchd exited with {status:?} on SIGTERM");
+    stop_leaving_nothing(&mut d, &id, AGENT);
 }
 
 #[test]
 fn sigterm_stops_running_agents() {
     const AGENT: &str = "sleep 30.8";
     let mut d = TestDaemon::start();
-    let id = d.submit(&["--retries", "0", "--", "sleep", "30.8"], 0);
-    let running = d.wait_for_state(&id, first_attempt_has_pid, STATE_DEADLINE);
-    let pid = u32::try_from(
-        running["steps"][0]["attempts"][0]["pid"]
-            .as_u64()
-            .expect("pid"),
-    )
-    .expect("pid fits u32");
+    let (id, running) = start_agent(&d, AGENT);
+    let pid = first_pid(&running);
     assert!(process_alive(pid), "agent {pid} is not running: {running}");
 
     let status = d.stop();
@@ -151,24 +160,12 @@ fn sigterm_stops_running_agents() {
 
     // The stop is recorded: the attempt was interrupted, not lost.
     d.restart();
-    let v = d.wait_for_state(
-        &id,
-        |v| {
-            !v["steps"][0]["attempts"][0]["outcome"]
-                .as_str()
-                .unwrap_or("")
-                .is_empty()
-        },
-        STATE_DEADLINE,
-    );
+    let v = wait_first_attempt_closed(&d, &id);
     assert_eq!(
         v["steps"][0]["attempts"][0]["outcome"], "interrupted",
         "{v}"
     );
-    let last = d.status(&id);
-    let status = d.stop();
-    kill_running_attempts(&last, AGENT);
-    assert!(status.success(), "orchd exited with {status:?} on SIGTERM");
+    stop_leaving_nothing(&mut d, &id, AGENT);
 }
 
 #[test]
@@ -217,29 +214,12 @@ fn assert_refused(d: &TestDaemon, mut cmd: Command, what: &str) {
 #[test]
 fn a_second_daemon_is_refused() {
     let d = TestDaemon::start();
-    let other = crate::support::temp_dir();
-
-    let mut same = d.orchd();
-    same.arg("--socket")
-        .arg(d.socket())
-        .arg("--state-dir")
-        .arg(d.state_dir());
+    let other = temp_dir();
+    let same = d.orchd_at(d.socket(), d.state_dir());
     assert_refused(&d, same, "same socket and state dir");
-
-    let mut same_state = d.orchd();
-    same_state
-        .arg("--socket")
-        .arg(other.path().join("other.sock"))
-        .arg("--state-dir")
-        .arg(d.state_dir());
+    let same_state = d.orchd_at(&other.path().join("other.sock"), d.state_dir());
     assert_refused(&d, same_state, "same state dir, another socket");
-
-    let mut same_socket = d.orchd();
-    same_socket
-        .arg("--socket")
-        .arg(d.socket())
-        .arg("--state-dir")
-        .arg(other.path().join("state"));
+    let same_socket = d.orchd_at(d.socket(), &other.path().join("state"));
     assert_refused(&d, same_socket, "same socket, another state dir");
 }
 

@@ -1,7 +1,7 @@
 //! Plan files that do not validate: `orchctl submit` exits 2 naming the file, the key and the
 //! problem, and nothing is stored.
 
-use crate::support::{TestDaemon, describe, stderr};
+use crate::support::{TestDaemon, describe, refusal_problems, stderr, utf8};
 
 const CMD: &str = r#"command = ["true"]"#;
 
@@ -93,23 +93,9 @@ fn invalid_plans_exit_2_naming_file_and_key_and_store_nothing() {
     let d = TestDaemon::start();
     let mut failures = Vec::new();
     for (name, text, words) in bad_plans() {
-        let path = d.write_file(name, &text);
-        let path = path.to_str().expect("utf-8 temp path");
-        let out = d.ctl(&["submit", path]);
-        let err = stderr(&out);
-        let mut problems = Vec::new();
-        if out.status.code() != Some(2) {
-            problems.push("exit code is not 2".to_string());
-        }
-        if !err.contains(name) {
-            problems.push(format!("stderr does not name the file `{name}`"));
-        }
-        let lower = err.to_lowercase();
-        for w in &words {
-            if !lower.contains(&w.to_lowercase()) {
-                problems.push(format!("stderr does not mention `{w}`"));
-            }
-        }
+        let path = d.write_plan(name, &text);
+        let out = d.ctl(&["submit", &path]);
+        let problems = refusal_problems(&out, 2, &[name], &words);
         if !problems.is_empty() {
             failures.push(format!(
                 "{name}: {}\n{}",
@@ -132,8 +118,7 @@ fn invalid_plans_exit_2_naming_file_and_key_and_store_nothing() {
 fn missing_plan_file_is_invalid_input() {
     let d = TestDaemon::start();
     let missing = d.dir().join("missing.toml");
-    let missing = missing.to_str().expect("utf-8 temp path");
-    let out = d.ctl(&["submit", missing]);
+    let out = d.ctl(&["submit", utf8(&missing)]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(stderr(&out).contains("missing.toml"), "{}", describe(&out));
 }
@@ -141,11 +126,11 @@ fn missing_plan_file_is_invalid_input() {
 #[test]
 fn a_valid_yaml_plan_runs() {
     let d = TestDaemon::start();
-    let plan = d.write_file(
+    let plan = d.write_plan(
         "two.yaml",
         "name: two\nsteps:\n  - id: a\n    command: [\"true\"]\n  - id: b\n    needs: [a]\n    command: [\"true\"]\n",
     );
-    let id = d.submit(&["--wait", plan.to_str().expect("utf-8 temp path")], 0);
+    let id = d.submit(&["--wait", &plan], 0);
     let v = d.status(&id);
     assert_eq!(v["name"], "two", "{v}");
     assert_eq!(v["state"], "succeeded", "{v}");

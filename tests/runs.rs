@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{TestDaemon, array, attempts, rfc3339, step};
+use crate::support::{STATE_DEADLINE, TestDaemon, array, attempts, rfc3339, step};
 
 #[test]
 fn echo_succeeds_and_is_recorded() {
@@ -52,7 +52,7 @@ fn submit_json_prints_the_id_as_an_object() {
         .as_str()
         .unwrap_or_else(|| panic!("submit -o json has no string id: {v}"));
     assert!(ulid::Ulid::from_string(id).is_ok(), "`{id}` is not a ULID");
-    let done = d.wait_for_state(id, crate::support::ended, crate::support::STATE_DEADLINE);
+    let done = d.wait_ended(id, STATE_DEADLINE);
     assert_eq!(done["state"], "succeeded", "{done}");
 }
 
@@ -125,7 +125,7 @@ fn steps_run_in_dependency_order() {
     let out = out.display();
     // Listed out of order on purpose: only `needs` can put them in order. `first` dawdles so a
     // dependent started too early would write before it.
-    let plan = d.write_file(
+    let plan = d.write_plan(
         "ordered.toml",
         &format!(
             r#"name = "ordered"
@@ -146,8 +146,7 @@ command = ["sh", "-c", "echo second >> '{out}'"]
 "#
         ),
     );
-    let plan = plan.to_str().expect("utf-8 temp path");
-    let id = d.submit(&["--wait", plan], 0);
+    let id = d.submit(&["--wait", &plan], 0);
 
     let written = std::fs::read_to_string(d.dir().join("order.txt")).expect("read order.txt");
     assert_eq!(written, "first\nsecond\nthird\n");

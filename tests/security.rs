@@ -1,19 +1,16 @@
 //! Who may do what: a root daemon runs each agent as the user who submitted it (with
 //! that user's groups), and other users may not control objectives they do not own.
-//! Needs root (it switches users); without root it says so and checks nothing.
+//! Needs root (it switches users): without root each test says it was skipped
+//! (`support::require_root`), and under `ORCH_TEST_ROOT=1` (CI) it fails instead.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::TestDaemon;
+use crate::support::{ORCHCTL, TestDaemon, first_line, require_root};
 
 const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
 
 /// Opens a root daemon's socket to other users (what group `orch` does on a real system).
 fn open_to_everyone(d: &TestDaemon) {
@@ -22,10 +19,10 @@ fn open_to_everyone(d: &TestDaemon) {
     }
 }
 
-/// A daemon whose socket other users can reach, or `None` (said on stderr) without root.
+/// A daemon whose socket other users can reach, or `None` without root (see
+/// `require_root`).
 fn shared_daemon(args: &[&str]) -> Option<TestDaemon> {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
+    if !require_root("to run agents and orchctl as user nobody") {
         return None;
     }
     let d = TestDaemon::start_with(args, &[]);
@@ -35,7 +32,7 @@ fn shared_daemon(args: &[&str]) -> Option<TestDaemon> {
 
 /// `orchctl ARGS...` run as user `nobody`.
 fn ctl_as_nobody(d: &TestDaemon, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_orchctl"))
+    Command::new(ORCHCTL)
         .arg("--socket")
         .arg(d.socket())
         .args(args)
@@ -74,11 +71,7 @@ fn agents_of_a_root_daemon_run_as_the_submitting_user() {
         "submit as nobody: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let id = first_line(&out);
     let log = String::from_utf8_lossy(&d.logs(&[&id])).into_owned();
     let expected_groups = nix::unistd::getgrouplist(c"nobody", nix::unistd::Gid::from_raw(NOBODY))
         .map(|g| {
@@ -140,11 +133,7 @@ fn a_workdir_the_user_cannot_enter_is_a_spawn_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let id = first_line(&out);
     let v = d.status(&id);
     let attempts = v["steps"][0]["attempts"]
         .as_array()
@@ -160,7 +149,7 @@ fn other_users_may_not_control_objectives_they_do_not_own() {
         return;
     };
     let id = d.submit(&["--", "sleep", "30"], 0);
-    d.wait_for_state(&id, |v| v["state"] == "running", Duration::from_secs(20));
+    d.wait_state(&id, &["running"], Duration::from_secs(20));
     for action in ["cancel", "pause"] {
         let out = ctl_as_nobody(&d, &[action, &id]);
         assert_eq!(

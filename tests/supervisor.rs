@@ -8,24 +8,21 @@
 //! another test's, and whatever a failed test leaves running is killed by its marker.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::support::{
-    STATE_DEADLINE, TestDaemon, attempts, describe, ended, first_attempt_has_pid, pids_in_session,
-    pids_with_argv, pids_with_cmdline, poll_until, proc_cgroup, proc_session, proc_state,
-    process_alive, rfc3339, stderr, stdout, temp_dir, wait_deadline, wait_process_gone,
+    Follower, Gate, STATE_DEADLINE, TestDaemon, announce, attempts, cgroup_key, cgroup2_mount,
+    describe, first_pid, ignores_signal, pids_in_session, pids_with_argv, pids_with_cmdline,
+    poll_until, proc_cgroup, proc_cmdline, proc_session, proc_state, process_alive, rfc3339,
+    sigkill, stderr, stdout, temp_dir, utf8, wait_process_gone,
 };
 
 /// Grace period between SIGTERM and SIGKILL given to every daemon here.
@@ -113,10 +110,10 @@ impl Sup {
                     "unknown limits backend: {st}"
                 );
                 if got != "cgroup-v2" {
-                    eprintln!(
-                        "{test}: `auto` did not pick cgroup-v2 on this machine ({}); the cgroup paths are not exercised",
+                    announce(&format!(
+                        "NOT CHECKED {test} [auto]: `auto` did not pick cgroup-v2 on this machine ({}); the cgroup paths are not exercised",
                         st["limits_detail"]
-                    );
+                    ));
                 }
             }
         }
@@ -151,6 +148,24 @@ impl Sup {
         self.submit(&args, 0)
     }
 
+    /// `orchctl ACTION ID`, asserted to succeed.
+    fn control(&self, action: &str, id: &str) -> Output {
+        self.ctl_exits(&[action, id], 0, &self.tag())
+    }
+
+    /// `orchctl ACTION ID`, asserted to be refused (exit 1) with a message naming the
+    /// objective's `state`.
+    fn refused(&self, action: &str, id: &str, state: &str) {
+        let what = format!("{} {action} of a {state} objective", self.tag());
+        let out = self.ctl_exits(&[action, id], 1, &what);
+        assert!(
+            stderr(&out).contains(state),
+            "{} the refusal should name the state\n{}",
+            self.tag(),
+            describe(&out)
+        );
+    }
+
     /// The raw log of the objective's only step (no headers), with extra `logs` flags.
     fn step_log(&self, id: &str, step: &str, flags: &[&str]) -> Vec<u8> {
         let mut args = vec![id, step];
@@ -178,7 +193,7 @@ impl Drop for Sup {
         }
         // Agents live in their own sessions and outlive a killed daemon; leave nothing behind.
         for pid in pids_with_cmdline(&self.marker) {
-            let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            sigkill(pid);
         }
     }
 }
@@ -203,13 +218,6 @@ fn step_id(v: &Value) -> String {
         .to_string()
 }
 
-fn main_pid(v: &Value) -> u32 {
-    let pid = v["steps"][0]["attempts"][0]["pid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("first attempt has no pid: {v}"));
-    u32::try_from(pid).expect("pid fits u32")
-}
-
 fn message(a: &Value) -> String {
     a["message"].as_str().unwrap_or_default().to_string()
 }
@@ -223,20 +231,6 @@ fn attempt_duration(a: &Value) -> Duration {
         .unwrap_or_else(|_| panic!("ended_at before started_at: {a}"))
 }
 
-/// Where cgroup v2 is mounted.
-fn cgroup2_mount() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
-    for l in info.lines() {
-        if let Some((left, right)) = l.split_once(" - ")
-            && right.split_whitespace().next() == Some("cgroup2")
-            && let Some(mount) = left.split_whitespace().nth(4)
-        {
-            return PathBuf::from(mount);
-        }
-    }
-    panic!("no cgroup2 mount in /proc/self/mountinfo");
-}
-
 /// The cgroup directory `pid` is in, asserted to be an attempt leaf of an orch daemon.
 fn attempt_leaf(pid: u32, tag: &str) -> PathBuf {
     let cg = proc_cgroup(pid).unwrap_or_else(|| panic!("{tag} pid {pid} has no cgroup v2 path"));
@@ -247,25 +241,8 @@ fn attempt_leaf(pid: u32, tag: &str) -> PathBuf {
     cgroup2_mount().join(cg.trim_start_matches('/'))
 }
 
-/// A `KEY VALUE` line of a cgroup file.
-fn cgroup_key(dir: &std::path::Path, file: &str, key: &str) -> Option<u64> {
-    fs::read_to_string(dir.join(file))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Whether `sig` is ignored by `pid` (the `SigIgn` mask of /proc/PID/status).
-fn ignores(pid: u32, sig: i32) -> bool {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
-}
-
-/// The single live process running exactly `argv`, once it exists.
+/// The single live process running exactly `argv`, once it exists (polled: /proc sends no
+/// event).
 fn the_process(what: &str, argv: &[&str]) -> u32 {
     poll_until(what, STATE_DEADLINE, || match pids_with_argv(argv)[..] {
         [pid] => Some(pid),
@@ -276,7 +253,7 @@ fn the_process(what: &str, argv: &[&str]) -> u32 {
 fn describe_pid(pid: u32) -> String {
     format!(
         "pid {pid} `{}` (state {:?})",
-        crate::support::proc_argv(pid).join(" "),
+        proc_cmdline(pid),
         proc_state(pid)
     )
 }
@@ -291,7 +268,7 @@ fn memory_hog_ends_as_memory_limit(b: Backend) {
         &["--retries", "0", "--memory", "64M"],
         &["python3", "-c", &code],
     );
-    let v = s.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = s.wait_ended(&id, STATE_DEADLINE);
     let a = the_attempt(&v);
     assert_eq!(a["outcome"], "memory_limit", "{} {v}", s.tag());
     assert_eq!(v["state"], "failed", "{} {v}", s.tag());
@@ -312,7 +289,7 @@ fn cpu_spinner_ends_as_cpu_limit(b: Backend) {
         &["--retries", "0", "--cpu-seconds", "1"],
         &["bash", "-c", &script],
     );
-    let v = s.wait_for_state(&id, ended, secs(20));
+    let v = s.wait_ended(&id, secs(20));
     let a = the_attempt(&v);
     assert_eq!(a["outcome"], "cpu_limit", "{} {v}", s.tag());
     assert_eq!(v["state"], "failed", "{} {v}", s.tag());
@@ -350,7 +327,7 @@ fn timeout_and_idle_timeout_fire(b: Backend) {
         &["bash", "-c", &idle_script],
     );
     for (id, says, not) in [(&wall, "timed out", "idle"), (&idle, "idle", "timed out")] {
-        let v = s.wait_for_state(id, ended, secs(10));
+        let v = s.wait_ended(id, secs(10));
         let a = the_attempt(&v);
         assert_eq!(a["outcome"], "timeout", "{} {v}", s.tag());
         let msg = message(a);
@@ -381,14 +358,14 @@ fn cancel_leaves_no_process_of_the_tree(b: Backend) {
         r#"trap "" TERM; (trap "" TERM; sleep {child_arg}) & setsid sleep {escapee_arg} & sleep {last_arg}"#
     );
     let id = s.run(&["--retries", "0"], &["bash", "-c", &script]);
-    let v = s.wait_for_state(&id, first_attempt_has_pid, STATE_DEADLINE);
-    let main = main_pid(&v);
+    let v = s.wait_started(&id, STATE_DEADLINE);
+    let main = first_pid(&v);
     let child = the_process("the TERM-ignoring child", &["sleep", &child_arg]);
     let escapee = the_process("the setsid grandchild", &["sleep", &escapee_arg]);
     let last = the_process("the main script's sleep", &["sleep", &last_arg]);
     // The set-up is what the test means: TERM is ignored, and the escapee has its own session.
     assert!(
-        ignores(child, libc::SIGTERM),
+        ignores_signal(child, libc::SIGTERM),
         "{} the child should ignore SIGTERM",
         s.tag()
     );
@@ -428,14 +405,8 @@ fn cancel_leaves_no_process_of_the_tree(b: Backend) {
     });
 
     let t = Instant::now();
-    let out = s.ctl(&["cancel", &id]);
+    let out = s.control("cancel", &id);
     let took = t.elapsed();
-    assert!(
-        out.status.success(),
-        "{} cancel\n{}",
-        s.tag(),
-        describe(&out)
-    );
     assert!(
         stdout(&out).contains("cancelled"),
         "{} cancel should print the state\n{}",
@@ -475,7 +446,7 @@ fn cancel_leaves_no_process_of_the_tree(b: Backend) {
             s.tag(),
             describe_pid(escapee)
         );
-        let _ = signal::kill(Pid::from_raw(escapee as i32), Signal::SIGKILL);
+        sigkill(escapee);
         assert!(wait_process_gone(escapee, secs(5)), "kill the escapee");
     }
 
@@ -487,7 +458,7 @@ fn cancel_leaves_no_process_of_the_tree(b: Backend) {
 
 /// Whether the attempt's tree is stopped: its leaf frozen (cgroup) or its main process
 /// stopped by SIGSTOP (process group).
-fn tree_stopped(main: u32, leaf: Option<&std::path::Path>) -> bool {
+fn tree_stopped(main: u32, leaf: Option<&Path>) -> bool {
     match leaf {
         Some(l) => cgroup_key(l, "cgroup.events", "frozen") == Some(1),
         None => proc_state(main) == Some('T'),
@@ -503,29 +474,24 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
         s.marker
     );
     let id = s.run(&["--retries", "0"], &["bash", "-c", &script]);
-    let v = s.wait_for_state(&id, first_attempt_has_pid, STATE_DEADLINE);
+    let v = s.wait_started(&id, STATE_DEADLINE);
     let step = step_id(&v);
-    let main = main_pid(&v);
+    let main = first_pid(&v);
     let log_len = || s.step_log(&id, &step, &[]).len();
-    poll_until("the ticker's third line in the log", STATE_DEADLINE, || {
-        String::from_utf8_lossy(&s.step_log(&id, &step, &[]))
-            .contains("tick 2")
-            .then_some(())
-    });
+    Follower::start(s.ctl_command(&["logs", "-f", &id, &step])).until(
+        "the ticker's third line in the log",
+        STATE_DEADLINE,
+        |l| l.contains("tick 2"),
+    );
     let leaf = s.cgroup().then(|| attempt_leaf(main, &s.tag()));
 
-    let out = s.ctl(&["pause", &id]);
-    assert!(
-        out.status.success(),
-        "{} pause\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.control("pause", &id);
     s.wait_for_state(
         &id,
         |v| v["state"] == "paused" && v["steps"][0]["state"] == "paused",
         STATE_DEADLINE,
     );
+    // The freezer and /proc send no event: polled.
     poll_until(
         &format!("{} the paused tree to be frozen / stopped", s.tag()),
         STATE_DEADLINE,
@@ -559,29 +525,11 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
     }
     assert!(process_alive(main), "{} paused, not dead", s.tag());
 
-    let out = s.ctl(&["pause", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} pause of a paused objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("paused"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("pause", &id, "paused");
 
-    let out = s.ctl(&["resume", &id]);
-    assert!(
-        out.status.success(),
-        "{} resume\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    s.wait_for_state(&id, |v| v["state"] == "running", STATE_DEADLINE);
+    s.control("resume", &id);
+    s.wait_state(&id, &["running"], STATE_DEADLINE);
+    // Output is not an event: the log is read again until it grew.
     poll_until(
         &format!("{} the log to grow again after resume", s.tag()),
         secs(5),
@@ -593,60 +541,15 @@ fn pause_stops_output_and_resume_restarts_it(b: Backend) {
         s.tag()
     );
 
-    let out = s.ctl(&["resume", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} resume of a running objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("running"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("resume", &id, "running");
 
-    let out = s.ctl(&["cancel", &id]);
-    assert!(
-        out.status.success(),
-        "{} cancel\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.control("cancel", &id);
     let v = s.status(&id);
     assert_eq!(v["state"], "cancelled", "{} {v}", s.tag());
-    let out = s.ctl(&["pause", &id]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} pause of a cancelled objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("cancelled"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("pause", &id, "cancelled");
 
     let done = s.submit(&["--wait", "--", "true"], 0);
-    let out = s.ctl(&["pause", &done]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{} pause of a succeeded objective\n{}",
-        s.tag(),
-        describe(&out)
-    );
-    assert!(
-        stderr(&out).contains("succeeded"),
-        "{} the refusal should name the state\n{}",
-        s.tag(),
-        describe(&out)
-    );
+    s.refused("pause", &done, "succeeded");
 }
 
 // ------------------------------------------------------------------ output
@@ -659,29 +562,25 @@ fn hundred_megabytes_of_output_are_captured_whole() {
     let cfg_dir = temp_dir();
     let cfg = cfg_dir.path().join("orchd.toml");
     fs::write(&cfg, "[logs]\nmax_attempt_bytes = \"512M\"\n").expect("write the config");
-    let s = Sup::start(
-        "big_output",
-        Backend::Auto,
-        &["--config", cfg.to_str().expect("utf-8 path")],
-    );
+    let s = Sup::start("big_output", Backend::Auto, &["--config", utf8(&cfg)]);
     let script = format!("head -c {SIZE} /dev/zero | tr '\\0' x; : {}", s.marker);
-    let t = Instant::now();
     let id = s.run(&["--retries", "0"], &["bash", "-c", &script]);
-    let mut latencies = Vec::new();
-    let v = loop {
-        let call = Instant::now();
-        let out = s.ctl(&["daemon", "status", "-o", "json"]);
-        latencies.push(call.elapsed());
-        assert!(out.status.success(), "daemon status\n{}", describe(&out));
-        let v = s.status(&id);
-        if ended(&v) {
-            break v;
+    // `daemon status`, again and again until the objective has ended (awaited on a thread of
+    // its own, bounded), timing each call.
+    let (v, latencies) = thread::scope(|scope| {
+        let ended = scope.spawn(|| s.wait_ended(&id, secs(60)));
+        let mut latencies = Vec::new();
+        while !ended.is_finished() {
+            let call = Instant::now();
+            let out = s.ctl(&["daemon", "status", "-o", "json"]);
+            latencies.push(call.elapsed());
+            assert!(out.status.success(), "daemon status\n{}", describe(&out));
         }
-        assert!(
-            t.elapsed() < secs(60),
-            "100 MB of output not done within 60 s: {v}"
-        );
-    };
+        let v = ended
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (v, latencies)
+    });
     let a = the_attempt(&v);
     assert_eq!(a["outcome"], "success", "{v}");
     let took = attempt_duration(a);
@@ -716,60 +615,22 @@ fn hundred_megabytes_of_output_are_captured_whole() {
 #[test]
 fn logs_follow_tail_and_stream_selection() {
     let s = Sup::start("logs_follow", Backend::Auto, &[]);
-    let gate = s.dir().join(format!("gate-{}", s.marker));
+    let gate = Gate::new(&s, &s.marker);
     let script = format!(
-        "echo line 1; echo err 1 >&2; echo line 2; while [ ! -e '{}' ]; do sleep 0.05; done; for i in 3 4 5; do echo line $i; sleep 0.1; done",
-        gate.display()
+        "echo line 1; echo err 1 >&2; echo line 2; {}; for i in 3 4 5; do echo line $i; sleep 0.1; done",
+        gate.wait()
     );
     let id = s.run(&["--retries", "0"], &["bash", "-c", &script]);
-    let v = s.wait_for_state(&id, first_attempt_has_pid, STATE_DEADLINE);
+    let v = s.wait_started(&id, STATE_DEADLINE);
     let step = step_id(&v);
 
-    let mut follower = s
-        .ctl_command(&["logs", "-f", &id, &step])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn orchctl logs -f");
-    let (tx, rx) = mpsc::channel();
-    let out = follower.stdout.take().expect("piped stdout");
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut err = follower.stderr.take().expect("piped stderr");
-    let err_reader = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let mut seen: Vec<String> = Vec::new();
-    let until = Instant::now() + secs(10);
-    while !seen.iter().any(|l| l == "line 2") {
-        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(line) => seen.push(line),
-            Err(_) => {
-                let _ = follower.kill();
-                panic!("logs -f printed {seen:?} but not `line 2` within 10 s");
-            }
-        }
-    }
+    let mut follower = Follower::start(s.ctl_command(&["logs", "-f", &id, &step]));
+    follower.until("`line 2`", secs(10), |l| l == "line 2");
     // The step waits at the gate, so what came so far was followed live.
     assert_eq!(s.status(&id)["state"], "running", "held at the gate");
-    fs::write(&gate, "").expect("open the gate");
-    let Some(status) = wait_deadline(&mut follower, secs(10)) else {
-        let _ = follower.kill();
-        let _ = follower.wait();
-        panic!("logs -f did not end by itself within 10 s of opening the gate; printed {seen:?}");
-    };
-    reader.join().expect("stdout reader");
-    seen.extend(rx.try_iter());
-    let err_text = err_reader.join().expect("stderr reader");
+    gate.open();
+    // `logs -f` ends by itself once the attempt has ended.
+    let (status, seen, err_text) = follower.finish(secs(10));
     assert!(
         status.success(),
         "logs -f exited with {status:?}: {err_text}"
@@ -788,7 +649,7 @@ fn logs_follow_tail_and_stream_selection() {
         seen.iter().any(|l| l == "err 1"),
         "logs -f shows both streams: {seen:?}"
     );
-    let v = s.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = s.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{v}");
 
     let text =
@@ -813,7 +674,7 @@ fn peak_rss_of_a_200_mib_program(b: Backend) {
         s.marker
     );
     let id = s.run(&["--retries", "0"], &["python3", "-c", &code]);
-    let v = s.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = s.wait_ended(&id, STATE_DEADLINE);
     let a = the_attempt(&v);
     assert_eq!(a["outcome"], "success", "{} {v}", s.tag());
     let peak = a["peak_rss_bytes"].as_u64().unwrap_or(0);
@@ -837,15 +698,16 @@ fn max_parallel_holds_the_second_objective_ready() {
     let first = s.run(&["--retries", "0"], &["bash", "-c", &script]);
     let second = s.run(&["--retries", "0"], &["bash", "-c", &script]);
     // Whichever the daemon starts first, the other one must wait.
-    let (running, waiting) = poll_until("one of the two to start", STATE_DEADLINE, || {
-        if first_attempt_has_pid(&s.status(&first)) {
-            Some((first.clone(), second.clone()))
-        } else if first_attempt_has_pid(&s.status(&second)) {
-            Some((second.clone(), first.clone()))
-        } else {
-            None
-        }
-    });
+    let started = s.wait_first_of(
+        &[&first, &second],
+        "one of the two to start",
+        STATE_DEADLINE,
+        |o| o.steps[0].attempts.first().is_some_and(|a| a.pid.is_some()),
+    );
+    let (running, waiting) = match started {
+        0 => (first.clone(), second.clone()),
+        _ => (second.clone(), first.clone()),
+    };
     let w = s.status(&waiting);
     let d = s.ctl_json(&["daemon", "status"]);
     let r = s.status(&running);
@@ -859,8 +721,8 @@ fn max_parallel_holds_the_second_objective_ready() {
     assert_eq!(d["max_parallel"], 1, "{d}");
     assert_eq!(d["running_attempts"], 1, "{d}");
 
-    let r = s.wait_for_state(&running, ended, secs(10));
-    let w = s.wait_for_state(&waiting, ended, secs(10));
+    let r = s.wait_ended(&running, secs(10));
+    let w = s.wait_ended(&waiting, secs(10));
     assert_eq!(r["state"], "succeeded", "{r}");
     assert_eq!(w["state"], "succeeded", "{w}");
     let r_end = rfc3339(&the_attempt(&r)["ended_at"], "ended_at");
@@ -883,23 +745,23 @@ fn spawn_errors_say_why_and_are_never_retried() {
         "#!/bin/sh\necho hi\n",
     );
     fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod 644");
-    let script = script.to_str().expect("utf-8 path");
+    let script = utf8(&script);
     let not_exec = s.run(&["--retries", "3"], &[script]);
 
     let missing = format!("/nonexistent-orch-test-{}", s.marker);
-    let plan = s.write_file(
+    let plan = s.write_plan(
         "bad-workdir.toml",
         &format!(
             "name = \"bad-workdir\"\n\n[[steps]]\nid = \"main\"\ncommand = [\"true\"]\nworkdir = \"{missing}\"\n"
         ),
     );
-    let bad_dir = s.submit(&["--retries", "3", plan.to_str().expect("utf-8 path")], 0);
+    let bad_dir = s.submit(&["--retries", "3", &plan], 0);
 
     for (id, says) in [
         (&not_exec, vec!["permission denied", script]),
         (&bad_dir, vec![missing.as_str()]),
     ] {
-        let v = s.wait_for_state(id, ended, STATE_DEADLINE);
+        let v = s.wait_ended(id, STATE_DEADLINE);
         assert_eq!(v["state"], "failed", "{v}");
         let a = the_attempt(&v);
         assert_eq!(a["outcome"], "spawn_error", "{v}");
@@ -954,10 +816,10 @@ fn children_inherit_no_signal_mask_fds_or_oom_score(b: Backend) {
     );
     let oom_set = fs::write(format!("/proc/{daemon_pid}/oom_score_adj"), "500").is_ok();
     if !oom_set {
-        eprintln!(
-            "{}: cannot raise orchd's oom_score_adj; not checked",
+        announce(&format!(
+            "NOT CHECKED {}: cannot raise orchd's oom_score_adj, so its inheritance is not checked",
             s.tag()
-        );
+        ));
     }
 
     let script = format!(
@@ -965,7 +827,7 @@ fn children_inherit_no_signal_mask_fds_or_oom_score(b: Backend) {
         s.marker
     );
     let id = s.run(&["--retries", "0"], &["bash", "-c", &script]);
-    let v = s.wait_for_state(&id, ended, STATE_DEADLINE);
+    let v = s.wait_ended(&id, STATE_DEADLINE);
     assert_eq!(v["state"], "succeeded", "{} {v}", s.tag());
     let step = step_id(&v);
     let log = String::from_utf8_lossy(&s.step_log(&id, &step, &[])).into_owned();

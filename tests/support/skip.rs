@@ -1,0 +1,68 @@
+//! Tests that need something this machine may lack (root, Python's grpc, a program) check it
+//! first: a skip is announced on stderr past the test harness's output capture, and becomes a
+//! failure where the environment says it must not happen (CI: `ORCH_TEST_ROOT=1` as root,
+//! `ORCH_TEST_PYTHON=1` with the Python requirements installed).
+
+use std::io::Write;
+use std::process::Command;
+
+/// The running test's name (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string()
+}
+
+/// Writes `line` to the real stderr: `eprintln!` from a passing test is captured and never
+/// shown, which would make a skip silent.
+pub fn announce(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Whether a test may go on when `have` is false: announces `SKIPPED <test>: needs <what>`
+/// and returns false, or panics when `$env=1` demands that nothing be skipped.
+fn require(have: bool, what: &str, env: Option<&str>) -> bool {
+    if have {
+        return true;
+    }
+    let test = test_name();
+    if let Some(env) = env
+        && std::env::var_os(env).is_some_and(|v| v == "1")
+    {
+        panic!("{test}: needs {what}, and {env}=1 says it must not be skipped");
+    }
+    let hint = env.map_or(String::new(), |e| format!("; {e}=1 makes this a failure"));
+    announce(&format!("SKIPPED {test}: needs {what}{hint}"));
+    false
+}
+
+/// Whether this process runs as root; without it, says the test was skipped and returns false
+/// (panics instead under `ORCH_TEST_ROOT=1`). `why`: what the test needs root for.
+pub fn require_root(why: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    require(root, &format!("root ({why})"), Some("ORCH_TEST_ROOT"))
+}
+
+/// Whether `python3` with the `grpc` and `grpc_tools` modules is available; without them,
+/// says the test was skipped and returns false (panics instead under `ORCH_TEST_PYTHON=1`).
+pub fn require_python_grpc() -> bool {
+    let have = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(
+        have,
+        "python3 with the grpc and grpc_tools modules (pip install -r examples/python/requirements.txt)",
+        Some("ORCH_TEST_PYTHON"),
+    )
+}
+
+/// Whether `program --version` runs; without it, says the test was skipped and returns false.
+pub fn require_program(program: &str, why: &str) -> bool {
+    let have = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(have, &format!("`{program}` ({why})"), None)
+}
