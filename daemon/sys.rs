@@ -468,11 +468,19 @@ mod tests {
     #[test]
     fn finds_processes_by_environment() {
         let marker = format!("orch-test-{}-{}", std::process::id(), fastrand::u64(..));
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
+        // Until the child has exec'd, /proc shows the test's own environment: wait for
+        // the line the shell prints once it runs.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "echo up; exec sleep 5"])
             .env("ORCH_TEST_MARK", &marker)
+            .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("spawn sleep");
+            .expect("spawn sh");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("piped stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+            .expect("read the child's first line");
+        assert_eq!(line, "up\n");
         let found = processes_with_env(&[("ORCH_TEST_MARK", &marker)]);
         let _ = child.kill();
         let _ = child.wait();

@@ -49,9 +49,13 @@ struct Agent {
 fn marked_agents(mark: &str) -> Vec<Agent> {
     pids_with_env(MARK, mark)
         .into_iter()
-        .map(|pid| {
+        .filter_map(|pid| {
+            // Read once more for the ids: a process that exited in between is gone.
             let env = proc_environ(pid);
-            Agent {
+            if env.get(MARK).map(String::as_str) != Some(mark) {
+                return None;
+            }
+            Some(Agent {
                 pid,
                 objective: env.get("ORCH_OBJECTIVE_ID").cloned().unwrap_or_default(),
                 step: env.get("ORCH_STEP_ID").cloned().unwrap_or_default(),
@@ -61,7 +65,7 @@ fn marked_agents(mark: &str) -> Vec<Agent> {
                     .unwrap_or(0),
                 argv: proc_cmdline(pid),
                 start_ticks: proc_start_ticks(pid),
-            }
+            })
         })
         .collect()
 }
