@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::model::Limits;
+use crate::sys::{self, Signal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimitsError {
@@ -236,28 +237,11 @@ fn own_cgroup() -> Option<String> {
         .map(|p| p.trim().to_string())
 }
 
-fn writable(path: &Path) -> bool {
-    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
-}
-
 /// Whether systemd delegated the cgroup at `dir` (xattr `trusted.delegate` or `user.delegate` = 1).
 fn delegated(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
     [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
         let mut buf = [0u8; 8];
-        // SAFETY: getxattr writes at most buf.len() bytes into buf; path and name are NUL-terminated.
-        let n = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        n > 0 && buf[..n as usize].starts_with(b"1")
+        matches!(sys::read_xattr(dir, name, &mut buf), Ok(n) if n > 0 && buf[..n].starts_with(b"1"))
     })
 }
 
@@ -265,7 +249,7 @@ fn detect_cgroup(instance: &str) -> Result<CgroupTree, String> {
     let mount = cgroup2_mount().ok_or("no cgroup2 file system mounted")?;
     let own = own_cgroup().ok_or("this process has no cgroup v2 path")?;
     let own_dir = mount.join(own.trim_start_matches('/'));
-    if !writable(&own_dir) {
+    if !sys::can_write(&own_dir) {
         return Err(format!(
             "{} is not writable (not delegated)",
             own_dir.display()
@@ -402,9 +386,9 @@ impl Leaf {
     }
 
     /// Sends `sig` to every process in the leaf.
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub fn signal(&self, sig: Signal) {
         for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+            let _ = sys::signal_process(pid, sig);
         }
     }
 

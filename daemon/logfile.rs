@@ -283,11 +283,11 @@ impl LogReader {
 
     /// Watches the log's directory for changes (a write, a rotation), by inotify.
     pub fn watcher(&self) -> io::Result<crate::sys::Watch> {
-        use nix::sys::inotify::AddWatchFlags as F;
-        crate::sys::Watch::new(
+        use crate::sys::WatchFlags as F;
+        Ok(crate::sys::Watch::new(
             self.path.parent().unwrap_or(Path::new(".")),
             F::IN_MODIFY | F::IN_CREATE | F::IN_MOVED_TO | F::IN_CLOSE_WRITE,
-        )
+        )?)
     }
 }
 

@@ -150,7 +150,6 @@ struct StateLock {
 }
 
 fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
-    use std::os::fd::AsRawFd;
     let path = dir.join("orchd.lock");
     let mut file = fs::OpenOptions::new()
         .create(true)
@@ -159,19 +158,11 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    let lock = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    // SAFETY: F_SETLK reads the flock struct we pass and the fd is open for writing.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) } != 0 {
-        let err = std::io::Error::last_os_error();
-        let holder = fs::read_to_string(&path).unwrap_or_default();
-        let holder = holder.trim();
-        if matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
+    match sys::try_lock_record(&file) {
+        Ok(true) => {}
+        Ok(false) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
             bail!(
                 "another orchd{} is already running with state directory {}",
                 if holder.is_empty() {
@@ -182,7 +173,7 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
                 dir.display()
             );
         }
-        bail!("cannot lock {}: {err}", path.display());
+        Err(err) => bail!("cannot lock {}: {err}", path.display()),
     }
     file.set_len(0).ok();
     let _ = writeln!(file, "{}", std::process::id());
@@ -237,21 +228,18 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
     // Created with a restrictive umask so there is no window where it is wider than 0600.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
+    let listener = sys::with_umask(0o177, || UnixListener::bind(path));
     let listener = listener.with_context(|| format!("cannot bind socket {}", path.display()))?;
     // A system daemon shares its socket with the members of group `orch` (0660); every
     // other daemon keeps it to its own user (0600).
-    let group = nix::unistd::Uid::effective()
-        .is_root()
-        .then(|| nix::unistd::Group::from_name("orch").ok().flatten())
+    let group = (sys::effective_uid() == 0)
+        .then(|| sys::group_id("orch").ok().flatten())
         .flatten();
-    let mode = match &group {
-        Some(g) => {
+    let mode = match group {
+        Some(gid) => {
             let dir = path.parent().unwrap_or(Path::new("/"));
-            nix::unistd::chown(path, None, Some(g.gid))
-                .and_then(|_| nix::unistd::chown(dir, None, Some(g.gid)))
+            sys::set_owner(path, None, Some(gid))
+                .and_then(|_| sys::set_owner(dir, None, Some(gid)))
                 .with_context(|| format!("cannot give {} to group orch", path.display()))?;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
                 .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
@@ -261,7 +249,7 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     };
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-    tracing::info!(socket = %path.display(), mode = format!("{mode:o}"), group = group.as_ref().map(|g| g.name.as_str()).unwrap_or(""), "socket bound");
+    tracing::info!(socket = %path.display(), mode = format!("{mode:o}"), group = if group.is_some() { "orch" } else { "" }, "socket bound");
     Ok(listener)
 }
 
