@@ -536,6 +536,32 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// How an attempt ended: its outcome, status, message and resource figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct End {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: String,
+    pub peak_rss_bytes: u64,
+    pub cpu_ms: u64,
+}
+
+impl End {
+    /// An end with only an outcome and a message (an attempt that could not start,
+    /// synthetic ends).
+    pub fn of(outcome: Outcome, message: &str) -> End {
+        End {
+            outcome,
+            exit_code: None,
+            signal: None,
+            message: message.to_string(),
+            peak_rss_bytes: 0,
+            cpu_ms: 0,
+        }
+    }
+}
+
 /// Why the engine stops an attempt; decides its outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {

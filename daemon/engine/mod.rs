@@ -637,6 +637,7 @@ impl Engine {
         let Some(step_id) = step_id else {
             return;
         };
+        let AttemptEnd { end, exited_at } = end;
         tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
         self.turn
             .after
@@ -646,21 +647,13 @@ impl Engine {
                 &step_id,
                 key.number,
             )));
-        if let Some(exited) = end.exited_at {
+        if let Some(exited) = exited_at {
             // Measured once the end is durable: the per-attempt exit-to-recorded overhead.
             let (obj, n) = (id.clone(), key.number);
             self.turn.after.push(After::Reply(Box::new(move || {
                 tracing::debug!(objective = %obj, attempt = n, exit_to_recorded_us = exited.elapsed().as_micros() as u64, "attempt end recorded");
             })));
         }
-        let end = machine::End {
-            outcome: end.outcome,
-            exit_code: end.exit_code,
-            signal: end.signal,
-            message: end.message,
-            peak_rss_bytes: end.peak_rss_bytes,
-            cpu_ms: end.cpu_ms,
-        };
         self.attempt_input(
             &id,
             Input::Ended {

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::limits::{Leaf, Prepared};
 use crate::logfile::{LogWriter, Stream};
-use crate::model::{Limits, Outcome, now_ms};
+use crate::model::{End, Limits, Outcome, now_ms};
 use crate::sys::{self, ChildSetup, Reaped, Signal};
 
 pub use crate::model::{Control, StopReason};
@@ -65,15 +65,10 @@ pub struct RunSpec {
     pub run_as: Option<(u32, u32, Vec<u32>)>,
 }
 
-/// How an attempt ended.
+/// How an attempt ended, and when its main process was reaped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptEnd {
-    pub outcome: Outcome,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub message: String,
-    pub peak_rss_bytes: u64,
-    pub cpu_ms: u64,
+    pub end: End,
     /// When the main process was reaped (for the exit-to-recorded measurement).
     pub exited_at: Option<Instant>,
 }
@@ -82,12 +77,7 @@ impl AttemptEnd {
     /// An attempt that could not start.
     pub fn spawn_error(message: String) -> AttemptEnd {
         AttemptEnd {
-            outcome: Outcome::SpawnError,
-            exit_code: None,
-            signal: None,
-            message,
-            peak_rss_bytes: 0,
-            cpu_ms: 0,
+            end: End::of(Outcome::SpawnError, &message),
             exited_at: None,
         }
     }
@@ -367,10 +357,7 @@ async fn run(
         Err(e) => {
             tree.kill();
             let _ = child.wait();
-            return AttemptEnd {
-                message: format!("cannot watch pid {pid}: {e}"),
-                ..AttemptEnd::spawn_error(String::new())
-            };
+            return AttemptEnd::spawn_error(format!("cannot watch pid {pid}: {e}"));
         }
     };
 
@@ -555,12 +542,14 @@ async fn run(
     }
     tracing::debug!(objective = %spec.key.objective_id, attempt = spec.key.number, pid, exit_to_report_us = exited_at.elapsed().as_micros() as u64, "attempt reaped");
     AttemptEnd {
-        outcome,
-        exit_code: reaped.exit_code,
-        signal: reaped.signal,
-        message,
-        peak_rss_bytes,
-        cpu_ms,
+        end: End {
+            outcome,
+            exit_code: reaped.exit_code,
+            signal: reaped.signal,
+            message,
+            peak_rss_bytes,
+            cpu_ms,
+        },
         exited_at: Some(exited_at),
     }
 }

@@ -2,32 +2,8 @@
 //! interruption, cancel, an exhausted budget, a provider's rate limit, retries and
 //! fallback agents lives here and nowhere else.
 
+pub use crate::model::End;
 use crate::model::{Outcome, Step};
-
-/// How an attempt ended, as the core needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct End {
-    pub outcome: Outcome,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub message: String,
-    pub peak_rss_bytes: u64,
-    pub cpu_ms: u64,
-}
-
-impl End {
-    /// An end with only an outcome and a message (tests, synthetic ends).
-    pub fn of(outcome: Outcome, message: &str) -> End {
-        End {
-            outcome,
-            exit_code: None,
-            signal: None,
-            message: message.to_string(),
-            peak_rss_bytes: 0,
-            cpu_ms: 0,
-        }
-    }
-}
 
 /// What becomes of a step after one of its attempts ended.
 #[derive(Debug, Clone, PartialEq)]
