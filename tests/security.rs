@@ -181,3 +181,17 @@ fn other_users_may_not_control_objectives_they_do_not_own() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn throwaway_users_exist_for_the_test_and_are_gone_after() {
+    if !require_root("to create users") {
+        return;
+    }
+    let u = crate::support::TestUser::create(true);
+    let out = u.command("id").arg("-un").output().expect("run id");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), u.name);
+    assert!(u.groups().contains(&crate::support::orch_group()));
+    let name = u.name.clone();
+    drop(u);
+    assert!(nix::unistd::User::from_name(&name).ok().flatten().is_none());
+}

@@ -9,7 +9,8 @@
 //! - `json`: accessors for `orchctl ... -o json` (status, attempts, events, seqs);
 //! - `procfs`: processes in /proc and the cgroup v2 tree;
 //! - `plans`: plan files, gRPC submit requests, progress lines, gate files;
-//! - `skip`: tests that need root or Python's grpc say when they are skipped.
+//! - `skip`: tests that need root or Python's grpc say when they are skipped;
+//! - `users`: throwaway users (and group `orch`) for the multi-user tests, as root.
 
 mod ctl;
 mod daemon;
@@ -17,6 +18,7 @@ mod json;
 mod plans;
 mod procfs;
 mod skip;
+mod users;
 mod wait;
 
 pub use ctl::*;
@@ -25,4 +27,5 @@ pub use json::*;
 pub use plans::*;
 pub use procfs::*;
 pub use skip::*;
+pub use users::*;
 pub use wait::*;
