@@ -189,6 +189,12 @@ fn throwaway_users_exist_for_the_test_and_are_gone_after() {
     }
     let u = crate::support::TestUser::create(true);
     let out = u.command("id").arg("-un").output().expect("run id");
+    let unreachable = u.orchctl_at(std::path::Path::new("/nonexistent/orchd.sock"), &["list"]);
+    assert_eq!(unreachable.status.code(), Some(3), "{unreachable:?}");
+    if let Some(d) = shared_daemon(&[]) {
+        let listed = u.orchctl(&d, &["list"]);
+        assert!(listed.status.success(), "{listed:?}");
+    }
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), u.name);
     assert!(u.groups().contains(&crate::support::orch_group()));
     let name = u.name.clone();
