@@ -315,6 +315,14 @@ pub fn usage_report(r: &UsageReport) -> Value {
         ("max_tokens", r.max_tokens.map(Value::from)),
         ("daily_budget_usd", r.daily_budget_usd.map(Value::from)),
         ("monthly_budget_usd", r.monthly_budget_usd.map(Value::from)),
+        (
+            "machine_daily_budget_usd",
+            r.machine_daily_budget_usd.map(Value::from),
+        ),
+        (
+            "machine_monthly_budget_usd",
+            r.machine_monthly_budget_usd.map(Value::from),
+        ),
     ];
     for (k, v) in optional {
         if let Some(v) = v {
@@ -323,6 +331,12 @@ pub fn usage_report(r: &UsageReport) -> Value {
     }
     m.insert("today".into(), usage(r.today.as_ref()));
     m.insert("this_month".into(), usage(r.this_month.as_ref()));
+    m.insert("machine_today".into(), usage(r.machine_today.as_ref()));
+    m.insert(
+        "machine_this_month".into(),
+        usage(r.machine_this_month.as_ref()),
+    );
+    m.insert("uid".into(), Value::from(r.uid));
     Value::Object(m)
 }
 

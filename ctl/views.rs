@@ -427,7 +427,11 @@ pub fn agents(list: &[AgentProfile]) -> String {
 /// The `usage` view.
 pub fn usage(r: &UsageReport, id: Option<&str>) -> String {
     let mut pairs = vec![(
-        if id.is_some() { "Objective" } else { "Total" },
+        if id.is_some() {
+            "Objective"
+        } else {
+            "Your total"
+        },
         output::usage(r.usage.as_ref()),
     )];
     if let Some(b) = r.budget_usd {
@@ -453,6 +457,25 @@ pub fn usage(r: &UsageReport, id: Option<&str>) -> String {
             s.push_str(&format!(" of {} monthly budget", cost(m)));
         }
         pairs.push(("This month", s));
+    }
+    for (label, used, cap) in [
+        (
+            "All users today",
+            r.machine_today.as_ref(),
+            r.machine_daily_budget_usd,
+        ),
+        (
+            "All users, month",
+            r.machine_this_month.as_ref(),
+            r.machine_monthly_budget_usd,
+        ),
+    ] {
+        if let Some(cap) = cap {
+            pairs.push((
+                label,
+                format!("{} of {} machine-wide cap", output::usage(used), cost(cap)),
+            ));
+        }
     }
     key_values(&pairs)
 }

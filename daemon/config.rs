@@ -115,8 +115,15 @@ pub struct DefaultsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BudgetConfig {
+    /// Each user's own spend per UTC day (overridden per user in `[users.NAME]`).
     pub daily_usd: Option<f64>,
+    /// Each user's own spend per UTC month.
     pub monthly_usd: Option<f64>,
+    /// Every user together per UTC day: once reached, new submits are refused; work
+    /// already submitted goes on.
+    pub machine_daily_usd: Option<f64>,
+    /// Every user together per UTC month (like `machine_daily_usd`).
+    pub machine_monthly_usd: Option<f64>,
     pub alert_percent: Vec<f64>,
 }
 
@@ -125,9 +132,30 @@ impl Default for BudgetConfig {
         BudgetConfig {
             daily_usd: None,
             monthly_usd: None,
+            machine_daily_usd: None,
+            machine_monthly_usd: None,
             alert_percent: vec![50.0, 80.0, 100.0],
         }
     }
+}
+
+/// `[users.NAME]` (a user name or a numeric uid): one user's own limits, over the
+/// `[budget]` and `max_parallel_per_user` defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserConfig {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    pub max_parallel: Option<u32>,
+}
+
+/// One user's effective limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UserLimits {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    /// Attempts of this user running at once (never above `max_parallel`).
+    pub max_parallel: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +227,9 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub max_parallel: Option<u32>,
+    /// Attempts one user may run at once (default: `max_parallel`); free slots are
+    /// shared fairly between users with work waiting.
+    pub max_parallel_per_user: Option<u32>,
     pub retention: Dur,
     pub grace_period: Dur,
     /// `auto`, `cgroup-v2` or `rlimit`.
@@ -208,6 +239,8 @@ pub struct Config {
     pub logs: LogsConfig,
     pub prices: BTreeMap<String, Price>,
     pub agents: BTreeMap<String, AgentProfile>,
+    /// Per-user limits by user name or uid.
+    pub users: BTreeMap<String, UserConfig>,
 }
 
 impl Default for Config {
@@ -216,6 +249,7 @@ impl Default for Config {
             socket: None,
             state_dir: None,
             max_parallel: None,
+            max_parallel_per_user: None,
             retention: Dur(30 * 86_400_000),
             grace_period: Dur(10_000),
             limits_backend: "auto".into(),
@@ -224,6 +258,7 @@ impl Default for Config {
             logs: LogsConfig::default(),
             prices: BTreeMap::new(),
             agents: BTreeMap::new(),
+            users: BTreeMap::new(),
         }
     }
 }
@@ -402,19 +437,46 @@ impl Config {
                 ));
             }
         }
-        for (k, v) in [
-            ("budget.daily_usd", self.budget.daily_usd),
-            ("budget.monthly_usd", self.budget.monthly_usd),
-        ] {
+        let mut amounts = vec![
+            ("budget.daily_usd".to_string(), self.budget.daily_usd),
+            ("budget.monthly_usd".to_string(), self.budget.monthly_usd),
+            (
+                "budget.machine_daily_usd".to_string(),
+                self.budget.machine_daily_usd,
+            ),
+            (
+                "budget.machine_monthly_usd".to_string(),
+                self.budget.machine_monthly_usd,
+            ),
+        ];
+        for (name, u) in &self.users {
+            amounts.push((format!("users.{name}.daily_usd"), u.daily_usd));
+            amounts.push((format!("users.{name}.monthly_usd"), u.monthly_usd));
+            if u.max_parallel == Some(0) {
+                return Err(invalid(
+                    origin,
+                    &format!("users.{name}.max_parallel"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (k, v) in amounts {
             if let Some(v) = v
                 && !(v.is_finite() && v >= 0.0)
             {
                 return Err(invalid(
                     origin,
-                    k,
+                    &k,
                     format!("{v} is not a non-negative amount"),
                 ));
             }
+        }
+        if self.max_parallel_per_user == Some(0) {
+            return Err(invalid(
+                origin,
+                "max_parallel_per_user",
+                "must be at least 1",
+            ));
         }
         for (name, a) in &self.agents {
             let key = format!("agents.{name}");
@@ -450,6 +512,24 @@ impl Config {
 
     pub fn max_parallel(&self) -> u32 {
         self.max_parallel.unwrap_or_else(default_parallel)
+    }
+
+    /// The limits of user `uid` (named `name`, if it has a name): its `[users.NAME]` or
+    /// `[users.UID]` entry over the `[budget]` and `max_parallel_per_user` defaults.
+    pub fn user_limits(&self, uid: u32, name: Option<&str>) -> UserLimits {
+        let own = name
+            .and_then(|n| self.users.get(n))
+            .or_else(|| self.users.get(&uid.to_string()));
+        let max = self.max_parallel();
+        UserLimits {
+            daily_usd: own.and_then(|u| u.daily_usd).or(self.budget.daily_usd),
+            monthly_usd: own.and_then(|u| u.monthly_usd).or(self.budget.monthly_usd),
+            max_parallel: own
+                .and_then(|u| u.max_parallel)
+                .or(self.max_parallel_per_user)
+                .unwrap_or(max)
+                .min(max),
+        }
     }
 
     /// The daemon-wide retry policy (built-in defaults overlaid by `[defaults.retry]`).
@@ -572,6 +652,58 @@ usage = "claude-stream-json"
         assert_eq!(c.limits().memory_bytes, Some(2 << 30));
         assert_eq!(c.logs.max_attempt_bytes.0, 64 << 20);
         assert_eq!(c.agents["claude"].usage, "claude-stream-json");
+    }
+
+    #[test]
+    fn user_limits_layer_the_user_over_the_defaults_and_never_exceed_max_parallel() {
+        let c = parse(
+            r#"
+max_parallel = 4
+max_parallel_per_user = 2
+[budget]
+daily_usd = 10.0
+machine_daily_usd = 50.0
+[users.alice]
+daily_usd = 20.0
+max_parallel = 9
+[users.1001]
+monthly_usd = 5.0
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let alice = c.user_limits(1000, Some("alice"));
+        assert_eq!(alice.daily_usd, Some(20.0));
+        assert_eq!(alice.max_parallel, 4, "capped by max_parallel");
+        let by_uid = c.user_limits(1001, Some("bob"));
+        assert_eq!(
+            (by_uid.daily_usd, by_uid.monthly_usd),
+            (Some(10.0), Some(5.0))
+        );
+        assert_eq!(by_uid.max_parallel, 2);
+        let other = c.user_limits(1002, None);
+        assert_eq!((other.daily_usd, other.max_parallel), (Some(10.0), 2));
+        assert_eq!(
+            Config::default().user_limits(5, None).max_parallel,
+            Config::default().max_parallel()
+        );
+    }
+
+    #[test]
+    fn user_limits_are_checked() {
+        for (text, key) in [
+            ("[users.bob]\nmax_parallel = 0", "users.bob.max_parallel"),
+            ("[users.bob]\ndaily_usd = -1.0", "users.bob.daily_usd"),
+            (
+                "[budget]\nmachine_daily_usd = nan",
+                "budget.machine_daily_usd",
+            ),
+            ("max_parallel_per_user = 0", "max_parallel_per_user"),
+            ("[users.bob]\nweekly_usd = 1.0", "weekly_usd"),
+        ] {
+            let e = parse(text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

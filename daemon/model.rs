@@ -591,6 +591,12 @@ pub struct AuditEntry {
     pub result: String,
 }
 
+/// The store key of user `uid`'s own share of the usage total `key` (`day:…`, `month:…`,
+/// `total`); the keys without a user are every user's together.
+pub fn user_usage_key(uid: u32, key: &str) -> String {
+    format!("user:{uid}:{key}")
+}
+
 /// The store keys of the usage totals of the (UTC) day and month of `now`.
 pub fn usage_keys(now: chrono::DateTime<chrono::Utc>) -> (String, String) {
     (

@@ -8,6 +8,7 @@ mod durability;
 mod events;
 mod grpc;
 mod lifecycle;
+mod multiuser;
 mod plans;
 mod runs;
 mod security;

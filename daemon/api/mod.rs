@@ -222,6 +222,7 @@ fn engine_status(e: EngineError) -> Status {
         EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
         EngineError::Unavailable(m) => Status::unavailable(m),
         EngineError::PermissionDenied(m) => Status::permission_denied(m),
+        EngineError::ResourceExhausted(m) => Status::resource_exhausted(m),
         EngineError::Store(e) => store_status(e),
     }
 }

@@ -265,11 +265,14 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::GetUsageRequest>,
     ) -> Result<Response<pb::UsageReport>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().objective_id;
         let cfg = self.config.borrow().clone();
         let (day_key, month_key) = crate::model::usage_keys(chrono::Utc::now());
-        let today = self.store.usage_total(&day_key).map_err(store_status)?;
-        let month = self.store.usage_total(&month_key).map_err(store_status)?;
+        let total = |key: &str| self.store.usage_total(key).map_err(store_status);
+        let mine = |key: &str| total(&crate::model::user_usage_key(who.uid, key));
+        let (today, month) = (mine(&day_key)?, mine(&month_key)?);
+        let limits = cfg.user_limits(who.uid, crate::sys::user_name(who.uid).as_deref());
         let percent = |used: f64, limit: f64| {
             if limit > 0.0 {
                 used / limit * 100.0
@@ -280,18 +283,22 @@ impl Orchestrator for Api {
         let mut report = pb::UsageReport {
             today: Some(usage_pb(&today)),
             this_month: Some(usage_pb(&month)),
-            daily_budget_usd: cfg.budget.daily_usd,
-            monthly_budget_usd: cfg.budget.monthly_usd,
+            daily_budget_usd: limits.daily_usd,
+            monthly_budget_usd: limits.monthly_usd,
+            machine_today: Some(usage_pb(&total(&day_key)?)),
+            machine_this_month: Some(usage_pb(&total(&month_key)?)),
+            machine_daily_budget_usd: cfg.budget.machine_daily_usd,
+            machine_monthly_budget_usd: cfg.budget.machine_monthly_usd,
+            uid: who.uid,
             ..Default::default()
         };
         if id.trim().is_empty() {
-            let total = self.store.usage_total("total").map_err(store_status)?;
-            report.usage = Some(usage_pb(&total));
-            // In total, the tightest daemon-wide budget applies.
-            if let Some(d) = cfg.budget.daily_usd {
+            report.usage = Some(usage_pb(&mine("total")?));
+            // In total, the caller's tightest budget applies.
+            if let Some(d) = limits.daily_usd {
                 report.budget_usd = Some(d);
                 report.budget_used_percent = Some(percent(today.cost_usd, d));
-            } else if let Some(m) = cfg.budget.monthly_usd {
+            } else if let Some(m) = limits.monthly_usd {
                 report.budget_usd = Some(m);
                 report.budget_used_percent = Some(percent(month.cost_usd, m));
             }

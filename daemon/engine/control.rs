@@ -101,6 +101,8 @@ impl Engine {
             Command::Reload { cfg, reply } => {
                 tracing::info!("config reloaded");
                 self.cfg = cfg;
+                // Users may have been renamed since; names are looked up again.
+                self.user_names.clear();
                 let _ = reply.send(());
             }
         }
@@ -146,6 +148,10 @@ impl Engine {
                 .objective_for_request(new.caller.uid, &new.request_id)?
         {
             return Ok(Submitted { id, existing: true });
+        }
+        if let Some(why) = self.submit_block(new.caller.uid) {
+            tracing::warn!(uid = new.caller.uid, reason = %why, "submit refused");
+            return Err(EngineError::ResourceExhausted(why));
         }
         let now = now_ms();
         let id = ulid::Ulid::generate().to_string();

@@ -68,6 +68,9 @@ pub enum EngineError {
     Unavailable(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A budget or limit refuses new work.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -218,6 +221,10 @@ pub struct Engine {
     queue: schedule::Queue,
     /// Attempts running now (every live objective's `run.running`).
     running: usize,
+    /// The same, by the objectives' owners.
+    running_by_user: HashMap<u32, usize>,
+    /// User names by uid, for `[users.NAME]` (looked up once).
+    user_names: HashMap<u32, Option<String>>,
     next_seq: u64,
     turn: Turn,
     facts_tx: mpsc::UnboundedSender<Fact>,
@@ -255,6 +262,8 @@ impl Engine {
             live: HashMap::new(),
             queue: schedule::Queue::default(),
             running: 0,
+            running_by_user: HashMap::new(),
+            user_names: HashMap::new(),
             next_seq,
             turn: Turn::default(),
             facts_tx,
@@ -289,9 +298,21 @@ impl Engine {
         let before = live.run.running.len();
         let d = machine::step(&mut live.run, input, ctx)?;
         // Slots: `Start` opens an attempt, `Ended` closes one.
-        self.running = (self.running + live.run.running.len()).saturating_sub(before);
+        let (after, uid) = (live.run.running.len(), live.run.obj.owner_uid);
+        self.count_running(uid, before, after);
         self.apply(id, d);
         Ok(())
+    }
+
+    /// Slots in use, in all and by user, after an objective went from `before` to `after`
+    /// running attempts.
+    fn count_running(&mut self, uid: u32, before: usize, after: usize) {
+        self.running = (self.running + after).saturating_sub(before);
+        let mine = self.running_by_user.entry(uid).or_default();
+        *mine = (*mine + after).saturating_sub(before);
+        if *mine == 0 {
+            self.running_by_user.remove(&uid);
+        }
     }
 
     /// Records a decision in the turn (numbered events, changed records) and carries out
@@ -337,9 +358,12 @@ impl Engine {
                 break;
             };
             match effect {
-                Effect::Enqueue { step } => self.queue.push(live.run.obj.priority, id, step),
+                Effect::Enqueue { step } => {
+                    let (uid, priority) = (live.run.obj.owner_uid, live.run.obj.priority);
+                    self.queue.push(uid, priority, id, step)
+                }
                 Effect::Timer { step, due } => self.queue.timer(due, id, step),
-                Effect::Dequeue { timers } => self.queue.remove(id, timers),
+                Effect::Dequeue { timers } => self.queue.remove(live.run.obj.owner_uid, id, timers),
                 Effect::Spawn { step, attempt } => self.spawn_after(id, step, attempt),
                 Effect::Order { step, order } => {
                     self.turn
@@ -600,7 +624,7 @@ impl Engine {
                                 model,
                             },
                         );
-                        self.budgets.add(&self.store, &mut self.turn.writes, &delta);
+                        self.count_usage(&key.objective_id, &delta);
                         self.check_budgets(&key.objective_id);
                         return;
                     }

@@ -51,7 +51,7 @@ impl Engine {
                 let input = Input::Recover { gone, kept };
                 match machine::step(&mut run, input, self.ctx()) {
                     Ok(d) => {
-                        self.running += run.running.len();
+                        self.count_running(run.obj.owner_uid, 0, run.running.len());
                         let mut live = Live::new(run, Some(stored));
                         live.handles.extend(handles);
                         self.live.insert(id.clone(), live);

@@ -1,9 +1,12 @@
-//! Scheduling: the ready queue (priority, then oldest objective, then plan order), the
-//! backoff timers, and giving free slots (`max_parallel`) to ready steps. The queue is
-//! plain data; starting an attempt is an input to the core.
+//! Scheduling: the ready queue, the backoff timers, and giving free slots
+//! (`max_parallel`) to ready steps, shared fairly between users: the next slot goes to
+//! the user with work waiting who runs the fewest attempts (below their own
+//! `max_parallel`), ties to the one served least recently; priorities (then age, then
+//! plan order) order a user's own work. The queue is plain data; starting an attempt is
+//! an input to the core.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{Millis, now_ms};
 
@@ -13,32 +16,68 @@ use super::{After, Engine, attempt};
 /// `(priority high first, objective id oldest first, step index)`.
 type ReadyKey = (Reverse<i32>, String, u32);
 
-/// Ready steps and backoff timers of every live objective.
+/// Ready steps (per user) and backoff timers of every live objective.
 #[derive(Debug, Default)]
 pub struct Queue {
-    ready: BTreeSet<ReadyKey>,
+    ready: BTreeMap<u32, BTreeSet<ReadyKey>>,
     timers: BTreeSet<(Millis, String, u32)>,
+    /// The turn each user was last given a slot in.
+    served: HashMap<u32, u64>,
+    turns: u64,
 }
 
 impl Queue {
-    pub fn push(&mut self, priority: i32, id: &str, step: u32) {
-        self.ready.insert((Reverse(priority), id.to_string(), step));
+    pub fn push(&mut self, uid: u32, priority: i32, id: &str, step: u32) {
+        self.ready
+            .entry(uid)
+            .or_default()
+            .insert((Reverse(priority), id.to_string(), step));
     }
 
     pub fn timer(&mut self, due: Millis, id: &str, step: u32) {
         self.timers.insert((due, id.to_string(), step));
     }
 
-    /// Drops the objective's queued steps, and its timers when `timers`.
-    pub fn remove(&mut self, id: &str, timers: bool) {
-        self.ready.retain(|(_, o, _)| o != id);
+    /// Drops user `uid`'s queued steps of objective `id`, and its timers when `timers`.
+    pub fn remove(&mut self, uid: u32, id: &str, timers: bool) {
+        if let Some(q) = self.ready.get_mut(&uid) {
+            q.retain(|(_, o, _)| o != id);
+            if q.is_empty() {
+                self.ready.remove(&uid);
+            }
+        }
         if timers {
             self.timers.retain(|(_, o, _)| o != id);
         }
     }
 
-    pub fn pop_ready(&mut self) -> Option<(String, u32)> {
-        self.ready.pop_first().map(|(_, id, step)| (id, step))
+    /// The next step to give a slot to: from the user with work waiting who runs the
+    /// fewest attempts (`running`) and is below their own cap (`cap`), ties to the user
+    /// served least recently, then the lower uid; that user's best step.
+    pub fn pick(
+        &mut self,
+        running: impl Fn(u32) -> usize,
+        cap: impl Fn(u32) -> usize,
+    ) -> Option<(String, u32)> {
+        let uid = self
+            .ready
+            .keys()
+            .copied()
+            .filter(|u| running(*u) < cap(*u))
+            .min_by_key(|u| (running(*u), self.served.get(u).copied().unwrap_or(0), *u))?;
+        let q = self.ready.get_mut(&uid)?;
+        let (_, id, step) = q.pop_first()?;
+        if q.is_empty() {
+            self.ready.remove(&uid);
+        }
+        self.turns += 1;
+        self.served.insert(uid, self.turns);
+        Some((id, step))
+    }
+
+    /// The users with steps waiting.
+    pub fn users(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ready.keys().copied()
     }
 
     /// When the first timer is due.
@@ -74,7 +113,15 @@ impl Engine {
         }
         let max = self.cfg.max_parallel() as usize;
         while self.running < max {
-            let Some((id, step)) = self.queue.pop_ready() else {
+            let users: Vec<u32> = self.queue.users().collect();
+            let caps: HashMap<u32, usize> = users
+                .into_iter()
+                .map(|uid| (uid, self.limits_of(uid).max_parallel as usize))
+                .collect();
+            let by_user = &self.running_by_user;
+            let running = |uid: u32| by_user.get(&uid).copied().unwrap_or(0);
+            let cap = |uid: u32| caps.get(&uid).copied().unwrap_or(0);
+            let Some((id, step)) = self.queue.pick(running, cap) else {
                 break;
             };
             // No new attempt under an exhausted budget.
@@ -144,16 +191,19 @@ impl Engine {
 mod tests {
     use super::*;
 
+    fn all(q: &mut Queue) -> Vec<(String, u32)> {
+        std::iter::from_fn(|| q.pick(|_| 0, |_| usize::MAX)).collect()
+    }
+
     #[test]
-    fn ready_steps_go_by_priority_then_age_then_plan_order() {
+    fn a_users_steps_go_by_priority_then_age_then_plan_order() {
         let mut q = Queue::default();
-        q.push(0, "01B", 0);
-        q.push(5, "01C", 1);
-        q.push(0, "01A", 2);
-        q.push(0, "01A", 1);
-        let order: Vec<_> = std::iter::from_fn(|| q.pop_ready()).collect();
+        q.push(1, 0, "01B", 0);
+        q.push(1, 5, "01C", 1);
+        q.push(1, 0, "01A", 2);
+        q.push(1, 0, "01A", 1);
         assert_eq!(
-            order,
+            all(&mut q),
             [
                 ("01C".into(), 1),
                 ("01A".into(), 1),
@@ -161,6 +211,40 @@ mod tests {
                 ("01B".into(), 0)
             ]
         );
+    }
+
+    #[test]
+    fn the_user_running_least_gets_the_slot_whatever_the_priorities() {
+        let mut q = Queue::default();
+        q.push(1, i32::MAX, "A1", 0);
+        q.push(1, i32::MAX, "A2", 0);
+        q.push(2, 0, "B1", 0);
+        let running = |uid: u32| if uid == 1 { 3 } else { 0 };
+        assert_eq!(q.pick(running, |_| 10), Some(("B1".into(), 0)));
+        assert_eq!(q.pick(running, |_| 10), Some(("A1".into(), 0)));
+    }
+
+    #[test]
+    fn equals_take_turns() {
+        let mut q = Queue::default();
+        for i in 0..3 {
+            q.push(1, 0, &format!("A{i}"), 0);
+            q.push(2, 0, &format!("B{i}"), 0);
+        }
+        let order: Vec<String> = all(&mut q).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(order, ["A0", "B0", "A1", "B1", "A2", "B2"]);
+    }
+
+    #[test]
+    fn a_user_at_their_cap_waits_while_others_run() {
+        let mut q = Queue::default();
+        q.push(1, 0, "A", 0);
+        q.push(2, 0, "B", 0);
+        let cap = |uid: u32| if uid == 1 { 1 } else { 5 };
+        let running = |uid: u32| if uid == 1 { 1 } else { 4 };
+        assert_eq!(q.pick(running, cap), Some(("B".into(), 0)));
+        assert_eq!(q.pick(running, cap), None, "user 1 is at their cap");
+        assert_eq!(q.pick(|_| 0, cap), Some(("A".into(), 0)));
     }
 
     #[test]
@@ -177,12 +261,12 @@ mod tests {
     #[test]
     fn removing_an_objective_keeps_its_timers_unless_asked() {
         let mut q = Queue::default();
-        q.push(0, "A", 0);
+        q.push(7, 0, "A", 0);
         q.timer(10, "A", 1);
-        q.remove("A", false);
-        assert_eq!(q.pop_ready(), None);
+        q.remove(7, "A", false);
+        assert_eq!(all(&mut q), vec![]);
         assert_eq!(q.next_timer(), Some(10));
-        q.remove("A", true);
+        q.remove(7, "A", true);
         assert_eq!(q.next_timer(), None);
     }
 }

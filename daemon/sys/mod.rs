@@ -19,7 +19,7 @@ pub use nix::sys::signal::Signal;
 pub use process::{
     ProcUsage, Reaped, current_uid, effective_uid, group_alive, group_id, pidfd_open,
     process_start_ticks, processes_with_env, reap, run_as, session_members, signal_group,
-    signal_process, usage_of,
+    signal_process, usage_of, user_name,
 };
 pub use watch::{Watch, WatchFlags, readable_fd};
 

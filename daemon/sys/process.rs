@@ -194,6 +194,14 @@ pub fn group_id(name: &str) -> Result<Option<u32>, SysError> {
         .map_err(|e| SysError::name("getgrnam", name, e.into()))
 }
 
+/// The name of user `uid` in the passwd database, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
 /// Who an agent runs as: a daemon running as root runs each agent as the user who
 /// submitted it (with that user's supplementary groups); otherwise as the daemon's user.
 pub fn run_as(uid: u32, gid: u32) -> Option<(u32, u32, Vec<u32>)> {
