@@ -91,6 +91,7 @@ pub struct RetryConfig {
     pub jitter: Option<f64>,
     pub retry_on: Option<Vec<String>>,
     pub retry_exit_codes: Option<Vec<i32>>,
+    pub max_rate_limit_waits: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -556,6 +557,9 @@ impl Config {
         }
         if let Some(v) = &r.retry_exit_codes {
             p.retry_exit_codes = v.clone();
+        }
+        if let Some(v) = r.max_rate_limit_waits {
+            p.max_rate_limit_waits = v;
         }
         p
     }

@@ -167,6 +167,14 @@ pub struct RetryPolicy {
     pub retry_on: Vec<Outcome>,
     /// Empty = every exit code.
     pub retry_exit_codes: Vec<i32>,
+    /// Waits for a provider's rate-limit reset a step may make (they use up no attempt).
+    #[serde(default = "default_rate_limit_waits")]
+    pub max_rate_limit_waits: u32,
+}
+
+/// `max_rate_limit_waits` of a policy stored before it existed, and the default.
+fn default_rate_limit_waits() -> u32 {
+    10
 }
 
 impl Default for RetryPolicy {
@@ -179,6 +187,7 @@ impl Default for RetryPolicy {
             jitter: 0.2,
             retry_on: Outcome::DEFAULT_RETRY_ON.to_vec(),
             retry_exit_codes: Vec::new(),
+            max_rate_limit_waits: default_rate_limit_waits(),
         }
     }
 }
@@ -294,6 +303,9 @@ pub struct Step {
     /// 0 = the step's own agent or command; n = `plan.fallback[n - 1]`.
     #[serde(default)]
     pub agent_index: u32,
+    /// Waits for a provider's rate-limit reset made with the current agent.
+    #[serde(default)]
+    pub rate_limit_waits: u32,
     /// An approval gate was answered yes.
     #[serde(default)]
     pub approved: bool,
@@ -315,6 +327,7 @@ impl Step {
             usage: Usage::default(),
             message: String::new(),
             agent_index: 0,
+            rate_limit_waits: 0,
             approved: false,
         }
     }

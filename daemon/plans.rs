@@ -84,6 +84,7 @@ pub struct RetryOverlay {
     pub jitter: Option<f64>,
     pub retry_on: Option<Vec<Outcome>>,
     pub retry_exit_codes: Option<Vec<i32>>,
+    pub max_rate_limit_waits: Option<u32>,
 }
 
 /// An objective resolved against the config: what the engine stores, less who asked.
@@ -268,6 +269,9 @@ fn overlay_retry(p: &mut RetryPolicy, r: Option<&RetryOverlay>) {
     }
     if let Some(v) = &r.retry_exit_codes {
         p.retry_exit_codes = v.clone();
+    }
+    if let Some(v) = r.max_rate_limit_waits {
+        p.max_rate_limit_waits = v;
     }
     if p.max_backoff_ms < p.initial_backoff_ms {
         p.max_backoff_ms = p.initial_backoff_ms;

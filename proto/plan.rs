@@ -93,6 +93,7 @@ struct RetryFile {
     jitter: Option<f64>,
     retry_on: Option<Vec<String>>,
     retry_exit_codes: Option<Vec<i32>>,
+    max_rate_limit_waits: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +270,7 @@ fn retry_spec(r: RetryFile, at: &str) -> Result<RetryPolicy, (String, String)> {
         jitter: r.jitter,
         retry_on,
         retry_exit_codes: r.retry_exit_codes.unwrap_or_default(),
+        max_rate_limit_waits: r.max_rate_limit_waits,
     })
 }
 

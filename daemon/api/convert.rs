@@ -78,6 +78,7 @@ fn retry_overlay_from_pb(r: &pb::RetryPolicy) -> RetryOverlay {
                 .collect()
         }),
         retry_exit_codes: (!r.retry_exit_codes.is_empty()).then(|| r.retry_exit_codes.clone()),
+        max_rate_limit_waits: r.max_rate_limit_waits,
     }
 }
 
@@ -177,6 +178,7 @@ fn retry_pb(r: &RetryPolicy) -> pb::RetryPolicy {
         jitter: Some(r.jitter),
         retry_on: r.retry_on.iter().map(|o| outcome_pb(*o) as i32).collect(),
         retry_exit_codes: r.retry_exit_codes.clone(),
+        max_rate_limit_waits: Some(r.max_rate_limit_waits),
     }
 }
 

@@ -1,7 +1,9 @@
 //! Attempt facts in the core: opening an attempt, usage, an attempt's end (through
 //! the rule table of `tables`), and recovery after a restart.
 
-use super::{Effect, End, Invalid, Next, Running, Tx, counts_against_retries, next_after_end};
+use super::{
+    Effect, End, Invalid, Next, RateLimit, Running, Tx, counts_against_retries, next_after_end,
+};
 use crate::model::{Attempt, EventKind, Millis, Outcome, StepState, Usage};
 
 impl Tx<'_> {
@@ -94,14 +96,17 @@ impl Tx<'_> {
         a.cpu_ms = a.cpu_ms.max(end.cpu_ms);
         let step_id = a.step_id.clone();
         self.d.attempts.push(r.attempt);
-        let rate_limited_for = r
+        let rate_limit = r
             .rate_limited_until
             .filter(|t| *t > now)
-            .map(|t| (t - now) as u64);
+            .map(|until_ms| RateLimit {
+                wait_ms: (until_ms - now) as u64,
+                until_ms,
+            });
         let Some(step) = self.run.steps.get_mut(index as usize) else {
             return;
         };
-        if counts_against_retries(end.outcome, rate_limited_for.is_some()) {
+        if counts_against_retries(end.outcome, rate_limit.is_some()) {
             step.counted_attempts += 1;
         }
         self.d.steps.insert(index);
@@ -110,7 +115,7 @@ impl Tx<'_> {
             step,
             self.run.cancelling,
             self.run.exhausted.as_deref(),
-            rate_limited_for,
+            rate_limit,
             self.ctx.jitter,
         );
         self.emit(
@@ -142,20 +147,14 @@ impl Tx<'_> {
                 self.release_ready();
             }
             Next::Backoff { delay_ms, message } => {
-                let due = now + delay_ms as i64;
-                self.set_step(index, StepState::Backoff, message);
+                self.backoff(index, number, &step_id, delay_ms, message)
+            }
+            Next::RateLimitWait { delay_ms } => {
                 if let Some(step) = self.run.steps.get_mut(index as usize) {
-                    step.next_attempt_ms = Some(due);
+                    step.rate_limit_waits += 1;
                 }
-                self.emit(
-                    &step_id,
-                    number,
-                    EventKind::RetryScheduled {
-                        delay_ms,
-                        due_at_ms: due,
-                    },
-                );
-                self.effect(Effect::Timer { step: index, due });
+                let message = "rate limited by the provider; waiting for the reset".to_string();
+                self.backoff(index, number, &step_id, delay_ms, message);
             }
             Next::FallBack(why) => {
                 let Some(step) = self.run.steps.get_mut(index as usize) else {
@@ -163,10 +162,32 @@ impl Tx<'_> {
                 };
                 step.agent_index += 1;
                 step.counted_attempts = 0;
+                step.rate_limit_waits = 0;
                 let message = format!("{why}; falling back to agent `{}`", step.current_agent());
                 self.hold_or_queue(index, message);
             }
         }
+    }
+
+    /// Puts the step in `backoff` for `delay_ms`, with a timer for the next attempt.
+    fn backoff(&mut self, index: u32, number: u32, step_id: &str, delay_ms: u64, message: String) {
+        let due = self
+            .ctx
+            .now
+            .saturating_add(delay_ms.min(i64::MAX as u64) as i64);
+        self.set_step(index, StepState::Backoff, message);
+        if let Some(step) = self.run.steps.get_mut(index as usize) {
+            step.next_attempt_ms = Some(due);
+        }
+        self.emit(
+            step_id,
+            number,
+            EventKind::RetryScheduled {
+                delay_ms,
+                due_at_ms: due,
+            },
+        );
+        self.effect(Effect::Timer { step: index, due });
     }
 
     pub(super) fn recover(&mut self, gone: Vec<Attempt>, kept: Vec<Attempt>) {

@@ -18,7 +18,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use tables::{End, Next, counts_against_retries, next_after_end};
+pub use tables::{End, Next, RateLimit, counts_against_retries, next_after_end};
 
 use crate::model::{
     Attempt, Control, EventKind, Millis, ObjState, Objective, Progress, Step, StepPlan, StepState,

@@ -3,7 +3,7 @@
 //! fallback agents lives here and nowhere else.
 
 pub use crate::model::End;
-use crate::model::{Outcome, Step};
+use crate::model::{Millis, Outcome, Step};
 
 /// What becomes of a step after one of its attempts ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,8 +18,49 @@ pub enum Next {
         delay_ms: u64,
         message: String,
     },
+    /// Waits in `backoff` for the provider's rate-limit reset, then runs again: uses no
+    /// attempt, counts against `max_rate_limit_waits`.
+    RateLimitWait {
+        delay_ms: u64,
+    },
     /// The next fallback agent takes over with a fresh set of attempts.
     FallBack(String),
+}
+
+/// A provider refused the attempt until a reset still ahead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// From now until the reset.
+    pub wait_ms: u64,
+    /// The reset (ms since the epoch).
+    pub until_ms: Millis,
+}
+
+/// Rows 6, 7 and 7b: the provider refused until a reset still ahead.
+fn after_rate_limit(step: &Step, has_fallback: bool, limit: RateLimit) -> Next {
+    let policy = &step.plan.retry;
+    if step.plan.fallback_on_rate_limit && has_fallback {
+        Next::FallBack("rate limited by the provider".into())
+    } else if step.rate_limit_waits < policy.max_rate_limit_waits {
+        Next::RateLimitWait {
+            delay_ms: limit.wait_ms,
+        }
+    } else {
+        Next::Failed(format!(
+            "rate limited by the provider again after {} waits for its reset \
+             (max_rate_limit_waits = {}); the next reset is at {}",
+            step.rate_limit_waits,
+            policy.max_rate_limit_waits,
+            rfc3339(limit.until_ms)
+        ))
+    }
+}
+
+/// A time for messages, in UTC.
+fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
 
 /// Whether an attempt's end uses up one of the step's `max_attempts`: neither an
@@ -41,8 +82,9 @@ pub fn counts_against_retries(outcome: Outcome, rate_limited: bool) -> bool {
 /// | 3 | cancelled, or the objective is cancelling   | cancelled                     |
 /// | 4 | a budget covering the objective ran out     | failed, saying which budget   |
 /// | 5 | budget_exceeded                             | failed                        |
-/// | 6 | rate limited, no fallback on rate limit     | backoff until the reset       |
-/// | 7 | rate limited, fallback on rate limit        | next fallback agent           |
+/// | 6 | rate limited, fallback on rate limit        | next fallback agent           |
+/// | 7 | rate limited, rate-limit waits left         | backoff until the reset       |
+/// | 7b| rate limited, `max_rate_limit_waits` made   | failed, saying how many waits |
 /// | 8 | the policy retries it and attempts are left | backoff (exponential, jitter) |
 /// | 9 | a fallback agent is left                    | next fallback agent           |
 /// | 10| otherwise                                   | failed                        |
@@ -51,7 +93,7 @@ pub fn next_after_end(
     step: &Step,
     cancelling: bool,
     exhausted: Option<&str>,
-    rate_limited_for: Option<u64>,
+    rate_limit: Option<RateLimit>,
     jitter: f64,
 ) -> Next {
     let policy = &step.plan.retry;
@@ -64,14 +106,9 @@ pub fn next_after_end(
         _ if cancelling => Next::Cancelled(message),
         _ if exhausted.is_some() => Next::Failed(exhausted.unwrap_or_default().to_string()),
         Outcome::BudgetExceeded => Next::Failed(message),
-        _ if rate_limited_for.is_some() => match rate_limited_for {
-            Some(_) if step.plan.fallback_on_rate_limit && has_fallback => {
-                Next::FallBack("rate limited by the provider".into())
-            }
-            wait => Next::Backoff {
-                delay_ms: wait.unwrap_or(0),
-                message: "rate limited by the provider; waiting for the reset".into(),
-            },
+        _ if rate_limit.is_some() => match rate_limit {
+            Some(limit) => after_rate_limit(step, has_fallback, limit),
+            None => Next::Failed(message),
         },
         o if policy.retries(o, end.exit_code) && step.counted_attempts < policy.max_attempts => {
             Next::Backoff {

@@ -240,6 +240,69 @@ fn a_rate_limited_attempt_waits_for_the_reset_without_using_a_retry() {
 }
 
 #[test]
+fn rate_limit_waits_are_bounded_and_the_step_then_says_how_many_it_made() {
+    let mut p = plan("a", &[]);
+    p.retry.max_rate_limit_waits = 2;
+    let mut run = run_of(vec![p]);
+    for n in 1..=2 {
+        start(&mut run, 0);
+        ok(
+            &mut run,
+            Input::RateLimited {
+                step: 0,
+                attempt: n,
+                until_ms: T0 + 60_000,
+            },
+        );
+        let d = end(&mut run, 0, Outcome::ExitFailure);
+        assert!(has(
+            &d,
+            &Effect::Timer {
+                step: 0,
+                due: T0 + 60_000
+            }
+        ));
+        assert_eq!(run.steps[0].rate_limit_waits, n);
+        ok(&mut run, Input::TimerFired { step: 0 });
+    }
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::RateLimited {
+            step: 0,
+            attempt: 3,
+            until_ms: T0 + 60_000,
+        },
+    );
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(states(&run), [S::Failed]);
+    assert_eq!(run.steps[0].counted_attempts, 0, "no attempt was used up");
+    assert_eq!(
+        run.steps[0].message,
+        "rate limited by the provider again after 2 waits for its reset \
+         (max_rate_limit_waits = 2); the next reset is at 1970-01-01T00:17:40Z"
+    );
+}
+
+#[test]
+fn a_fallback_and_a_retry_start_the_rate_limit_waits_again() {
+    let mut p = plan("a", &[]);
+    p.agent = "claude".into();
+    p.fallback = vec!["codex".into()];
+    p.retry.max_attempts = 1;
+    let mut run = run_of(vec![p]);
+    start(&mut run, 0);
+    rate_limit(&mut run, 0, T0 + 1_000);
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(run.steps[0].rate_limit_waits, 1);
+    ok(&mut run, Input::TimerFired { step: 0 });
+    start(&mut run, 0);
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(run.steps[0].current_agent(), "codex");
+    assert_eq!(run.steps[0].rate_limit_waits, 0);
+}
+
+#[test]
 fn a_rate_limit_falls_back_when_the_step_says_so() {
     let mut p = plan("a", &[]);
     p.agent = "claude".into();

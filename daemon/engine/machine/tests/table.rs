@@ -13,6 +13,8 @@ struct Row {
     fallback: bool,
     fallback_on_rate_limit: bool,
     attempts_left: bool,
+    /// Every `max_rate_limit_waits` already made.
+    waits_used: bool,
     want: &'static str,
 }
 
@@ -25,6 +27,7 @@ const fn row(outcome: Outcome, want: &'static str) -> Row {
         fallback: false,
         fallback_on_rate_limit: false,
         attempts_left: true,
+        waits_used: false,
         want,
     }
 }
@@ -36,6 +39,7 @@ fn word(n: &Next) -> &'static str {
         Next::Cancelled(_) => "cancelled",
         Next::Failed(_) => "failed",
         Next::Backoff { .. } => "backoff",
+        Next::RateLimitWait { .. } => "wait",
         Next::FallBack(_) => "fallback",
     }
 }
@@ -67,7 +71,7 @@ fn the_end_table_in_order_of_precedence() {
         Row {
             rate_limited: true,
             fallback: true,
-            ..row(Timeout, "backoff")
+            ..row(Timeout, "wait")
         },
         Row {
             rate_limited: true,
@@ -78,12 +82,28 @@ fn the_end_table_in_order_of_precedence() {
         Row {
             rate_limited: true,
             fallback_on_rate_limit: true,
-            ..row(Timeout, "backoff")
+            ..row(Timeout, "wait")
         },
         Row {
             rate_limited: true,
             attempts_left: false,
-            ..row(SpawnError, "backoff")
+            ..row(SpawnError, "wait")
+        },
+        Row {
+            rate_limited: true,
+            waits_used: true,
+            ..row(ExitFailure, "failed")
+        },
+        Row {
+            rate_limited: true,
+            waits_used: true,
+            fallback: true,
+            fallback_on_rate_limit: true,
+            ..row(ExitFailure, "fallback")
+        },
+        Row {
+            waits_used: true,
+            ..row(ExitFailure, "backoff")
         },
         Row {
             fallback: true,
@@ -115,12 +135,17 @@ fn the_end_table_in_order_of_precedence() {
         p.fallback_on_rate_limit = r.fallback_on_rate_limit;
         let mut s = Step::new("OBJ", 0, p);
         s.counted_attempts = if r.attempts_left { 1 } else { 3 };
+        s.rate_limit_waits = if r.waits_used { 10 } else { 9 };
+        let limit = RateLimit {
+            wait_ms: 500,
+            until_ms: T0 + 500,
+        };
         let next = next_after_end(
             &End::of(r.outcome, "m"),
             &s,
             r.cancelling,
             r.exhausted.then_some("budget"),
-            r.rate_limited.then_some(500),
+            r.rate_limited.then_some(limit),
             0.0,
         );
         assert_eq!(
