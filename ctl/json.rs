@@ -34,11 +34,14 @@ fn text_or_null(s: &str) -> Value {
     }
 }
 
-/// `{input_tokens, output_tokens, cost_usd}` (zeros when unset).
+/// `{input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, cost_usd}`
+/// (zeros when unset).
 pub fn usage(u: Option<&Usage>) -> Value {
     let u = u.cloned().unwrap_or_default();
     json!({
         "input_tokens": u.input_tokens,
+        "cache_read_tokens": u.cache_read_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
         "output_tokens": u.output_tokens,
         "cost_usd": u.cost_usd,
     })
@@ -408,6 +411,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 20,
                 cost_usd: 0.5,
+                ..Default::default()
             }),
             budget: Some(Budget {
                 max_cost_usd: Some(5.0),
@@ -616,12 +620,14 @@ mod tests {
                     input_tokens: 5,
                     output_tokens: 6,
                     cost_usd: 0.1,
+                    ..Default::default()
                 }),
                 step_total: None,
                 objective_total: Some(Usage {
                     input_tokens: 50,
                     output_tokens: 60,
                     cost_usd: 1.0,
+                    ..Default::default()
                 }),
                 model: "m".into(),
             }),
@@ -703,6 +709,7 @@ mod tests {
                 input_tokens: 1,
                 output_tokens: 2,
                 cost_usd: 3.0,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -97,15 +97,27 @@ pub fn cost(usd: f64) -> String {
     }
 }
 
-/// Tokens and cost of a usage record: `1200 in / 340 out, $0.0123`.
+/// Tokens and cost of a usage record: `1200 in / 340 out tokens, $0.0123`, with the
+/// cache reads and writes when there are any.
 pub fn usage(u: Option<&Usage>) -> String {
     let u = u.cloned().unwrap_or_default();
     format!(
-        "{} in / {} out tokens, {}",
+        "{} in{} / {} out tokens, {}",
         u.input_tokens,
+        cache(&u),
         u.output_tokens,
         cost(u.cost_usd)
     )
+}
+
+/// ` (+5000 cache read, +200 cache write)`, or nothing without cache tokens.
+pub fn cache(u: &Usage) -> String {
+    match (u.cache_read_tokens, u.cache_write_tokens) {
+        (0, 0) => String::new(),
+        (r, 0) => format!(" (+{r} cache read)"),
+        (0, w) => format!(" (+{w} cache write)"),
+        (r, w) => format!(" (+{r} cache read, +{w} cache write)"),
+    }
 }
 
 /// Milliseconds as a duration for people (`1m30s`), or `-` when unset.

@@ -349,8 +349,9 @@ pub fn event_details(e: &Event) -> String {
         Payload::Usage(x) => {
             let r = x.report.unwrap_or_default();
             let mut s = format!(
-                "+{} in / +{} out, +{}",
+                "+{} in{} / +{} out, +{}",
                 r.input_tokens,
+                output::cache(&r),
                 r.output_tokens,
                 cost(r.cost_usd)
             );

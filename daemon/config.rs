@@ -180,6 +180,25 @@ impl Default for LogsConfig {
 pub struct Price {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Input read from the prompt cache (default: `input_per_mtok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
+    /// Input written to the prompt cache (default: `input_per_mtok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_mtok: Option<f64>,
+}
+
+impl Price {
+    /// What `u`'s tokens cost at these prices.
+    pub fn cost(&self, u: &crate::model::Usage) -> f64 {
+        let read = self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
+        let write = self.cache_write_per_mtok.unwrap_or(self.input_per_mtok);
+        (u.input_tokens as f64 * self.input_per_mtok
+            + u.cache_read_tokens as f64 * read
+            + u.cache_write_tokens as f64 * write
+            + u.output_tokens as f64 * self.output_per_mtok)
+            / 1e6
+    }
 }
 
 /// How a profile's usage and cost are read from its output.
@@ -479,6 +498,24 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        for (model, p) in &self.prices {
+            for (k, v) in [
+                ("input_per_mtok", Some(p.input_per_mtok)),
+                ("output_per_mtok", Some(p.output_per_mtok)),
+                ("cached_input_per_mtok", p.cached_input_per_mtok),
+                ("cache_write_per_mtok", p.cache_write_per_mtok),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return Err(invalid(
+                        origin,
+                        &format!("prices.{model}.{k}"),
+                        format!("{v} is not a non-negative price"),
+                    ));
+                }
+            }
+        }
         for (name, a) in &self.agents {
             let key = format!("agents.{name}");
             if a.command.is_empty() || a.command[0].is_empty() {
@@ -691,6 +728,31 @@ monthly_usd = 5.0
             Config::default().user_limits(5, None).max_parallel,
             Config::default().max_parallel()
         );
+    }
+
+    #[test]
+    fn cached_tokens_are_priced_at_their_own_rate_or_else_as_input() {
+        let c = parse(
+            "[prices.m]\ninput_per_mtok = 2.0\noutput_per_mtok = 10.0\ncached_input_per_mtok = 0.2\n",
+            "t.toml",
+        )
+        .unwrap();
+        let u = crate::model::Usage {
+            input_tokens: 1_000_000,
+            cache_read_tokens: 1_000_000,
+            cache_write_tokens: 1_000_000,
+            output_tokens: 1_000_000,
+            cost_usd: 0.0,
+        };
+        let cost = c.prices["m"].cost(&u);
+        assert!((cost - (2.0 + 0.2 + 2.0 + 10.0)).abs() < 1e-9, "{cost}");
+        let e = parse(
+            "[prices.m]\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("prices.m.input_per_mtok"), "{e}");
     }
 
     #[test]

@@ -139,9 +139,17 @@ impl Outcome {
     ];
 }
 
+/// Tokens by kind, and what they cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
+    /// Fresh input (neither read from nor written to a prompt cache).
     pub input_tokens: u64,
+    /// Input read from the provider's prompt cache (Claude cache reads, Codex cached input).
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    /// Input written to the prompt cache (Claude cache creation).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
     pub output_tokens: u64,
     pub cost_usd: f64,
 }
@@ -348,13 +356,23 @@ impl Step {
 
 impl Usage {
     pub fn add(&mut self, o: &Usage) {
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.cache_read_tokens = self.cache_read_tokens.saturating_add(o.cache_read_tokens);
+        self.cache_write_tokens = self.cache_write_tokens.saturating_add(o.cache_write_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
         self.cost_usd += o.cost_usd;
     }
 
+    /// The tokens a `max_tokens` budget counts: every kind but cache reads.
     pub fn tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
+        self.input_tokens
+            .saturating_add(self.cache_write_tokens)
+            .saturating_add(self.output_tokens)
+    }
+
+    /// Whether it reports any tokens at all.
+    pub fn has_tokens(&self) -> bool {
+        self.tokens() > 0 || self.cache_read_tokens > 0
     }
 }
 

@@ -61,13 +61,14 @@ fn ms(v: &Value, what: &str) -> i64 {
     rfc3339(v, what).timestamp_millis()
 }
 
-/// Asserts a `{input_tokens, output_tokens, cost_usd}` object.
+/// Asserts a usage object: `input` is every input kind together (fresh, cache reads,
+/// cache writes), which the kinds must add up to.
 fn assert_usage(v: &Value, input: u64, output: u64, cost: f64, what: &str) {
-    assert_eq!(
-        int(&v["input_tokens"], what),
-        input,
-        "{what} input_tokens: {v}"
-    );
+    let all_input: u64 = ["input_tokens", "cache_read_tokens", "cache_write_tokens"]
+        .iter()
+        .map(|k| int(&v[*k], what))
+        .sum();
+    assert_eq!(all_input, input, "{what} input tokens of every kind: {v}");
     assert_eq!(
         int(&v["output_tokens"], what),
         output,
@@ -884,6 +885,9 @@ model = "gpt-5-codex"
         "attempt",
     );
     assert_usage(&v["usage"], 51_200, 310, 0.0671, "objective");
+    // Codex's `input_tokens` includes `cached_input_tokens`: kept apart.
+    assert_eq!(v["usage"]["cache_read_tokens"], 49_920, "{v}");
+    assert_eq!(v["usage"]["input_tokens"], 1_280, "{v}");
 
     let events = d.events(&id);
     let usage = of_kind(&events, "usage");

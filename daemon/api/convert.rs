@@ -103,6 +103,8 @@ pub fn usage_pb(u: &Usage) -> pb::Usage {
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cost_usd: u.cost_usd,
+        cache_read_tokens: u.cache_read_tokens,
+        cache_write_tokens: u.cache_write_tokens,
     }
 }
 

@@ -268,10 +268,8 @@ pub fn message(name: &str, used: f64, limit: f64) -> String {
 }
 
 /// The cost of tokens from the `[prices.MODEL]` table (`None` when the model has none).
-pub fn price(cfg: &Config, model: &str, input: u64, output: u64) -> Option<f64> {
-    cfg.prices
-        .get(model)
-        .map(|p| (input as f64 * p.input_per_mtok + output as f64 * p.output_per_mtok) / 1e6)
+pub fn price(cfg: &Config, model: &str, tokens: &Usage) -> Option<f64> {
+    cfg.prices.get(model).map(|p| p.cost(tokens))
 }
 
 impl Engine {
@@ -281,8 +279,7 @@ impl Engine {
         &self,
         id: &str,
         step: u32,
-        input_tokens: u64,
-        output_tokens: u64,
+        tokens: Usage,
         cost_usd: Option<f64>,
         model: String,
     ) -> Option<(Usage, String)> {
@@ -294,8 +291,8 @@ impl Engine {
             model
         };
         let cost = cost_usd.unwrap_or_else(|| {
-            price(&self.cfg, &model, input_tokens, output_tokens).unwrap_or_else(|| {
-                if input_tokens + output_tokens > 0 {
+            price(&self.cfg, &model, &tokens).unwrap_or_else(|| {
+                if tokens.has_tokens() {
                     tracing::warn!(
                         model,
                         "no [prices] entry for this model; its tokens are counted at $0"
@@ -305,9 +302,8 @@ impl Engine {
             })
         });
         let delta = Usage {
-            input_tokens,
-            output_tokens,
             cost_usd: cost,
+            ..tokens
         };
         Some((delta, model))
     }

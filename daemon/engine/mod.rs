@@ -600,19 +600,12 @@ impl Engine {
                         message,
                     },
                     AgentLine::Usage {
-                        input_tokens,
-                        output_tokens,
+                        tokens,
                         cost_usd,
                         model,
                     } => {
-                        let Some((delta, model)) = self.priced(
-                            &key.objective_id,
-                            step,
-                            input_tokens,
-                            output_tokens,
-                            cost_usd,
-                            model,
-                        ) else {
+                        let priced = self.priced(&key.objective_id, step, tokens, cost_usd, model);
+                        let Some((delta, model)) = priced else {
                             return;
                         };
                         self.attempt_input(

@@ -4,6 +4,8 @@
 //! `rate_limit_event` events, Codex `turn.completed` usage — with cumulative totals turned
 //! into deltas.
 
+use crate::model::Usage;
+
 /// How an agent reports usage on stdout (the profile's `usage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UsageFormat {
@@ -46,9 +48,7 @@ pub struct LineParser {
     line: Vec<u8>,
     skipping: bool,
     /// The last cumulative totals seen (Claude `result`, Codex `turn.completed`).
-    seen_input: u64,
-    seen_output: u64,
-    seen_cost: f64,
+    seen: Usage,
 }
 
 impl LineParser {
@@ -57,9 +57,7 @@ impl LineParser {
             format,
             line: Vec::new(),
             skipping: false,
-            seen_input: 0,
-            seen_output: 0,
-            seen_cost: 0.0,
+            seen: Usage::default(),
         }
     }
 
@@ -133,10 +131,13 @@ impl LineParser {
             (UsageFormat::ClaudeStreamJson, Some("result")) => {
                 // Authoritative for the session: replaces (never adds to) per-message usage.
                 let u = v.get("usage").cloned().unwrap_or_default();
-                let input = num(&u, "input_tokens")
-                    + num(&u, "cache_creation_input_tokens")
-                    + num(&u, "cache_read_input_tokens");
-                let output = num(&u, "output_tokens");
+                let tokens = Usage {
+                    input_tokens: num(&u, "input_tokens"),
+                    cache_read_tokens: num(&u, "cache_read_input_tokens"),
+                    cache_write_tokens: num(&u, "cache_creation_input_tokens"),
+                    output_tokens: num(&u, "output_tokens"),
+                    cost_usd: 0.0,
+                };
                 let cost = v
                     .get("total_cost_usd")
                     .and_then(|c| c.as_f64())
@@ -146,7 +147,7 @@ impl LineParser {
                     .and_then(|m| m.as_object())
                     .and_then(|m| m.keys().next().cloned())
                     .unwrap_or_default();
-                vec![self.delta(input, output, Some(cost), model)]
+                vec![self.delta(tokens, Some(cost), model)]
             }
             (UsageFormat::ClaudeStreamJson, Some("rate_limit_event")) => {
                 let info = v.get("rate_limit_info").cloned().unwrap_or_default();
@@ -159,30 +160,44 @@ impl LineParser {
                 }
             }
             (UsageFormat::CodexJson, Some("turn.completed")) => {
+                // `input_tokens` includes the cached ones.
                 let u = v.get("usage").cloned().unwrap_or_default();
-                vec![self.delta(
-                    num(&u, "input_tokens"),
-                    num(&u, "output_tokens"),
-                    None,
-                    String::new(),
-                )]
+                let cached = num(&u, "cached_input_tokens");
+                let tokens = Usage {
+                    input_tokens: num(&u, "input_tokens").saturating_sub(cached),
+                    cache_read_tokens: cached,
+                    cache_write_tokens: 0,
+                    output_tokens: num(&u, "output_tokens"),
+                    cost_usd: 0.0,
+                };
+                vec![self.delta(tokens, None, String::new())]
             }
             _ => Vec::new(),
         }
     }
 
     /// A cumulative total as the delta since the last one.
-    fn delta(&mut self, input: u64, output: u64, cost: Option<f64>, model: String) -> AgentLine {
+    fn delta(&mut self, total: Usage, cost: Option<f64>, model: String) -> AgentLine {
+        let s = &mut self.seen;
         let line = AgentLine::Usage {
-            input_tokens: input.saturating_sub(self.seen_input),
-            output_tokens: output.saturating_sub(self.seen_output),
-            cost_usd: cost.map(|c| (c - self.seen_cost).max(0.0)),
+            tokens: Usage {
+                input_tokens: total.input_tokens.saturating_sub(s.input_tokens),
+                cache_read_tokens: total.cache_read_tokens.saturating_sub(s.cache_read_tokens),
+                cache_write_tokens: total
+                    .cache_write_tokens
+                    .saturating_sub(s.cache_write_tokens),
+                output_tokens: total.output_tokens.saturating_sub(s.output_tokens),
+                cost_usd: 0.0,
+            },
+            cost_usd: cost.map(|c| (c - s.cost_usd).max(0.0)),
             model,
         };
-        self.seen_input = self.seen_input.max(input);
-        self.seen_output = self.seen_output.max(output);
+        s.input_tokens = s.input_tokens.max(total.input_tokens);
+        s.cache_read_tokens = s.cache_read_tokens.max(total.cache_read_tokens);
+        s.cache_write_tokens = s.cache_write_tokens.max(total.cache_write_tokens);
+        s.output_tokens = s.output_tokens.max(total.output_tokens);
         if let Some(c) = cost {
-            self.seen_cost = self.seen_cost.max(c);
+            s.cost_usd = s.cost_usd.max(c);
         }
         line
     }
@@ -194,8 +209,8 @@ pub enum AgentLine {
     Checkpoint(String),
     /// Usage to add to the attempt (already a delta for cumulative sources).
     Usage {
-        input_tokens: u64,
-        output_tokens: u64,
+        /// Tokens by kind (`cost_usd` unused here).
+        tokens: Usage,
         /// `None` when the agent reports tokens but no cost (priced by the daemon).
         cost_usd: Option<f64>,
         model: String,
@@ -224,6 +239,8 @@ fn parse_usage_line(json: &str) -> Vec<AgentLine> {
     #[derive(serde::Deserialize)]
     struct U {
         input_tokens: Option<u64>,
+        cache_read_tokens: Option<u64>,
+        cache_write_tokens: Option<u64>,
         output_tokens: Option<u64>,
         cost_usd: Option<f64>,
         model: Option<String>,
@@ -243,10 +260,24 @@ fn parse_usage_line(json: &str) -> Vec<AgentLine> {
             "usage cost_usd must be a non-negative number".into(),
         )];
     }
-    if u.input_tokens.is_some() || u.output_tokens.is_some() || u.cost_usd.is_some() {
+    let tokens = Usage {
+        input_tokens: u.input_tokens.unwrap_or(0),
+        cache_read_tokens: u.cache_read_tokens.unwrap_or(0),
+        cache_write_tokens: u.cache_write_tokens.unwrap_or(0),
+        output_tokens: u.output_tokens.unwrap_or(0),
+        cost_usd: 0.0,
+    };
+    let any = [
+        u.input_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.output_tokens,
+    ]
+    .iter()
+    .any(Option::is_some);
+    if any || u.cost_usd.is_some() {
         out.push(AgentLine::Usage {
-            input_tokens: u.input_tokens.unwrap_or(0),
-            output_tokens: u.output_tokens.unwrap_or(0),
+            tokens,
             cost_usd: u.cost_usd,
             model: u.model.unwrap_or_default(),
         });
@@ -301,20 +332,31 @@ pub fn parse_protocol_line(text: &str) -> Option<AgentLine> {
 mod tests {
     use super::*;
 
+    /// The usage lines added up: tokens by kind, and the cost reported.
+    fn total_of(lines: &[AgentLine]) -> Usage {
+        let mut total = Usage::default();
+        for l in lines {
+            if let AgentLine::Usage {
+                tokens, cost_usd, ..
+            } = l
+            {
+                total.add(&Usage {
+                    cost_usd: cost_usd.unwrap_or(0.0),
+                    ..*tokens
+                });
+            }
+        }
+        total
+    }
+
+    /// Fresh input plus both cache kinds, output, cost.
     fn usage_of(lines: &[AgentLine]) -> (u64, u64, f64) {
-        lines.iter().fold((0, 0, 0.0), |acc, l| match l {
-            AgentLine::Usage {
-                input_tokens,
-                output_tokens,
-                cost_usd,
-                ..
-            } => (
-                acc.0 + input_tokens,
-                acc.1 + output_tokens,
-                acc.2 + cost_usd.unwrap_or(0.0),
-            ),
-            _ => acc,
-        })
+        let t = total_of(lines);
+        (
+            t.input_tokens + t.cache_read_tokens + t.cache_write_tokens,
+            t.output_tokens,
+            t.cost_usd,
+        )
     }
 
     /// A transcript in the shape Claude Code 2.1 prints with `-p --output-format stream-json
@@ -342,9 +384,19 @@ mod tests {
             lines.extend(p.feed(chunk));
         }
         lines.extend(p.finish());
-        let (i, o, c) = usage_of(&lines);
-        assert_eq!((i, o), (8 + 2783 + 32197, 42));
-        assert!((c - 0.0242).abs() < 1e-9);
+        let t = total_of(&lines);
+        assert_eq!(
+            (t.input_tokens, t.cache_write_tokens, t.cache_read_tokens),
+            (8, 2783, 32197),
+            "token kinds are kept apart"
+        );
+        assert_eq!(t.output_tokens, 42);
+        assert_eq!(
+            t.tokens(),
+            8 + 2783 + 42,
+            "max_tokens does not count cache reads"
+        );
+        assert!((t.cost_usd - 0.0242).abs() < 1e-9);
         // An `allowed` rate-limit event is informational.
         assert!(
             !lines
@@ -381,11 +433,21 @@ mod tests {
         let lines = p.feed(t.as_bytes());
         assert_eq!(lines.len(), 2);
         assert_eq!(usage_of(&lines), (50000, 300, 0.0));
+        let t = total_of(&lines);
+        assert_eq!(
+            (t.input_tokens, t.cache_read_tokens),
+            (1000, 49000),
+            "cached input apart"
+        );
         assert!(matches!(
-            lines[1],
+            &lines[1],
             AgentLine::Usage {
-                input_tokens: 25237,
-                output_tokens: 178,
+                tokens: Usage {
+                    input_tokens: 685,
+                    cache_read_tokens: 24552,
+                    output_tokens: 178,
+                    ..
+                },
                 cost_usd: None,
                 ..
             }
@@ -395,6 +457,9 @@ mod tests {
     #[test]
     fn orch_usage_lines_add_and_report_rate_limits() {
         let mut p = LineParser::new(UsageFormat::OrchLines);
+        let cached = p.feed(b"::orch-usage::{\"cache_read_tokens\":7,\"cache_write_tokens\":3}\n");
+        let t = total_of(&cached);
+        assert_eq!((t.cache_read_tokens, t.cache_write_tokens), (7, 3));
         let lines = p.feed(b"noise\n::orch-usage::{\"input_tokens\":10,\"cost_usd\":0.5}\n::orch-usage::{\"output_tokens\":5,\"rate_limited_until\":\"2030-01-01T00:00:00Z\"}\n::orch-usage::{oops\n");
         assert_eq!(usage_of(&lines), (10, 5, 0.5));
         assert!(lines.contains(&AgentLine::RateLimited {

@@ -133,6 +133,7 @@ fn input(run: &Run, a: &Act) -> Input {
                 input_tokens: 1,
                 output_tokens: 1,
                 cost_usd: 0.01,
+                ..Usage::default()
             },
             model: String::new(),
         },

@@ -403,6 +403,7 @@ fn usage_adds_up_on_the_attempt_the_step_and_the_objective() {
         input_tokens: 10,
         output_tokens: 5,
         cost_usd: 0.5,
+        ..Usage::default()
     };
     for _ in 0..2 {
         ok(
