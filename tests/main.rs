@@ -15,5 +15,6 @@ mod runs;
 mod security;
 mod supervisor;
 mod support;
+mod token_kinds;
 mod upgrade;
 mod watch_from;
