@@ -211,6 +211,30 @@ mod tests {
         assert!(text.contains("systemctl --user start orchd"), "{text}");
     }
 
+    #[tokio::test]
+    async fn a_socket_directory_others_can_write_is_refused_before_connecting() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let socket = open.join("orchd.sock");
+        let err = Client::connect(&socket).await.err().expect("refused");
+        assert_eq!(err.exit_code(), 1, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "refusing socket directory {}: writable by its group and everyone (mode 0777) and not sticky",
+                open.display()
+            )),
+            "{text}"
+        );
+        // Sticky (like /tmp): nothing there to refuse; the socket is missing: unreachable.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = Client::connect(&socket).await.err().expect("unreachable");
+        assert_eq!(err.exit_code(), 3, "{err}");
+    }
+
     #[test]
     fn refusals_exit_1() {
         let s = tonic::Status::failed_precondition("objective already ended");

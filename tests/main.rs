@@ -11,6 +11,7 @@ mod lifecycle;
 mod plans;
 mod runs;
 mod security;
+mod squatting;
 mod supervisor;
 mod support;
 mod upgrade;
