@@ -524,7 +524,14 @@ fn state_files_are_private_after_a_run() {
         }
     }
     assert!(seen > 5, "too few files under {}", state.display());
-    assert_eq!(mode_of(&state), state_dir_mode());
+    if mode_of(&state) != state_dir_mode() {
+        wrong.push(format!(
+            "{} is {:04o}, not {:04o}",
+            state.display(),
+            mode_of(&state),
+            state_dir_mode()
+        ));
+    }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
