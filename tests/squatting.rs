@@ -108,7 +108,10 @@ impl Drop for Spawned {
 /// `orchd --socket SOCKET --state-dir STATE` run as `u` (its own defaults otherwise).
 fn orchd_as(u: &TestUser, socket: &Path, state: &Path) -> Command {
     let mut cmd = u.command(crate::support::ORCHD);
-    cmd.arg("--socket").arg(socket).arg("--state-dir").arg(state);
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state);
     cmd
 }
 
@@ -124,9 +127,8 @@ fn orchd_at(d: &TestDaemon, socket: &Path, state: &Path) -> Command {
 
 /// Runs an orchd that must refuse to start, and returns what it said.
 fn refused_orchd(mut cmd: Command) -> Output {
-    run_deadline(&mut cmd, REFUSAL_DEADLINE).unwrap_or_else(|e| {
-        panic!("orchd did not exit: it should have refused to start\n{e}")
-    })
+    run_deadline(&mut cmd, REFUSAL_DEADLINE)
+        .unwrap_or_else(|e| panic!("orchd did not exit: it should have refused to start\n{e}"))
 }
 
 /// `orchctl ARGS...` as `u` with `u`'s clean environment (no `XDG_RUNTIME_DIR`, as in a
@@ -247,7 +249,9 @@ fn orchctl_refuses_a_socket_served_by_another_user() {
     // swapped between orchctl's checks and its connect.
     let dir = shared_dir();
     let socket = dir.path().join("orchd.sock");
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket as new_socket};
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, UnixAddr, bind, socket as new_socket,
+    };
     let fd = new_socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -325,7 +329,12 @@ fn members_of_orch_use_a_system_socket_and_others_cannot() {
         &d.dir().join("orchd.log"),
     );
     assert_eq!(owner_and_mode(&run), (0, gid, 0o750), "{}", run.display());
-    assert_eq!(owner_and_mode(&socket), (0, gid, 0o660), "{}", socket.display());
+    assert_eq!(
+        owner_and_mode(&socket),
+        (0, gid, 0o660),
+        "{}",
+        socket.display()
+    );
 
     let listed = member.orchctl_at(&socket, &["list"]);
     assert!(listed.status.success(), "{}", describe(&listed));
