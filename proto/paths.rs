@@ -7,7 +7,9 @@
 //! socket, its directory, every directory above it and every symbolic link on the way must
 //! belong to that user or root, and no directory on the way may be writable by anyone else,
 //! unless it is sticky (`/tmp`): in a sticky directory only a file's owner, the directory's
-//! owner and root can remove or rename the file, so a trusted file in it stays put. The
+//! owner and root can remove or rename the file, so a trusted file in it stays put. A
+//! directory writable by the user's own private group (user private groups: the user's
+//! primary group with no other member, as Debian's OpenSSH accepts) counts as the user's. The
 //! decisions are pure functions of owner and mode (`judge_*`), tested without files; the
 //! `check_*` functions gather those facts with `lstat`/`stat` and apply them.
 
@@ -124,6 +126,8 @@ pub struct Facts {
     pub kind: Kind,
     /// The owner's uid.
     pub uid: u32,
+    /// The group's gid.
+    pub gid: u32,
     /// Permission bits with set-id and sticky bits (`st_mode & 07777`).
     pub mode: u32,
 }
@@ -134,6 +138,7 @@ impl Facts {
         Facts {
             kind: Kind::of(meta.file_type()),
             uid: meta.uid(),
+            gid: meta.gid(),
             mode: meta.mode() & 0o7777,
         }
     }
@@ -171,9 +176,9 @@ impl Side {
         if uid == ROOT {
             "root".to_string()
         } else if root_too {
-            format!("{who} ({}) or root", user(uid))
+            format!("{who} (uid {uid}) or root")
         } else {
-            format!("{who} ({})", user(uid))
+            format!("{who} (uid {uid})")
         }
     }
 }
@@ -201,12 +206,17 @@ impl Subject {
 pub enum Problem {
     /// Owned by someone other than the expected user (or root, where root is accepted).
     Owner { owner: u32 },
-    /// A directory others may write to (group or world write bit, no sticky bit).
-    Writable { mode: u32 },
+    /// A directory others may write to (group or world write bit, no sticky bit); `bits`
+    /// are the write bits that let them.
+    Writable { mode: u32, bits: u32 },
     /// A directory above it belongs to someone else.
     ParentOwner { parent: PathBuf, owner: u32 },
     /// A directory above it is writable by others.
-    ParentWritable { parent: PathBuf, mode: u32 },
+    ParentWritable {
+        parent: PathBuf,
+        mode: u32,
+        bits: u32,
+    },
     /// A symbolic link on the way to it belongs to someone else.
     Link { link: PathBuf, owner: u32 },
     /// Not the kind of file it has to be.
@@ -249,9 +259,9 @@ fn user(uid: u32) -> String {
     }
 }
 
-/// "its group", "everyone", or "its group and everyone", for the write bits of `mode`.
-fn writers(mode: u32) -> &'static str {
-    match (mode & 0o020 != 0, mode & 0o002 != 0) {
+/// "its group", "everyone", or "its group and everyone", for write bits.
+fn writers(bits: u32) -> &'static str {
+    match (bits & 0o020 != 0, bits & 0o002 != 0) {
         (true, true) => "its group and everyone",
         (true, false) => "its group",
         _ => "everyone",
@@ -279,11 +289,11 @@ impl fmt::Display for Untrusted {
                 )?;
                 None
             }
-            Problem::Writable { mode } => {
+            Problem::Writable { mode, bits } => {
                 write!(
                     f,
                     "writable by {} (mode {mode:04o}) and not sticky",
-                    writers(*mode)
+                    writers(*bits)
                 )?;
                 Some(self.path.clone())
             }
@@ -297,12 +307,12 @@ impl fmt::Display for Untrusted {
                 )?;
                 None
             }
-            Problem::ParentWritable { parent, mode } => {
+            Problem::ParentWritable { parent, mode, bits } => {
                 write!(
                     f,
                     "the directory above it, {}, is writable by {} (mode {mode:04o}) and not sticky",
                     parent.display(),
-                    writers(*mode)
+                    writers(*bits)
                 )?;
                 Some(parent.clone())
             }
@@ -381,15 +391,25 @@ impl fmt::Display for Untrusted {
     }
 }
 
-/// Whether a file others may write to: a group or world write bit without the sticky bit.
-pub fn writable_by_others(mode: u32) -> bool {
-    mode & 0o022 != 0 && mode & STICKY == 0
+/// The write bits of a directory that let users other than the expected one (and root)
+/// write to it: world write, and group write unless the group is `private_gid` (the
+/// expected user's private group); none when it is sticky. Zero when only they can.
+pub fn others_write_bits(f: Facts, private_gid: Option<u32>) -> u32 {
+    if f.mode & STICKY != 0 {
+        return 0;
+    }
+    let group = if Some(f.gid) == private_gid {
+        0
+    } else {
+        f.mode & 0o020
+    };
+    group | (f.mode & 0o002)
 }
 
 /// Judges a directory that holds the socket or lies above the socket or the state
 /// directory: owned by the expected user or root, and not writable by anyone else unless
-/// sticky.
-pub fn judge_dir(f: Facts, side: Side) -> Result<(), Problem> {
+/// sticky. `private_gid`: the expected user's private group ([`private_group`]).
+pub fn judge_dir(f: Facts, side: Side, private_gid: Option<u32>) -> Result<(), Problem> {
     if f.kind != Kind::Dir {
         return Err(Problem::Kind {
             found: f.kind,
@@ -399,10 +419,24 @@ pub fn judge_dir(f: Facts, side: Side) -> Result<(), Problem> {
     if !side.trusts(f.uid) {
         return Err(Problem::Owner { owner: f.uid });
     }
-    if writable_by_others(f.mode) {
-        return Err(Problem::Writable { mode: f.mode });
+    let bits = others_write_bits(f, private_gid);
+    if bits != 0 {
+        return Err(Problem::Writable { mode: f.mode, bits });
     }
     Ok(())
+}
+
+/// The primary group of `uid` when no one else is in it (a user private group: no member
+/// listed but the user), whose write bit then lets only that user write.
+pub fn private_group(uid: u32) -> Option<u32> {
+    use nix::unistd::{Group, Uid, User};
+    let user = User::from_uid(Uid::from_raw(uid)).ok().flatten()?;
+    let group = Group::from_gid(user.gid).ok().flatten()?;
+    group
+        .mem
+        .iter()
+        .all(|m| *m == user.name)
+        .then_some(group.gid.as_raw())
 }
 
 /// Judges the socket file (or a symbolic link to it): owned by the expected user or root.
@@ -528,9 +562,10 @@ pub fn check_above(
         Err(e) if missing(&e) => return Ok(None),
         Err(e) => return Err(io_error(&abs)(e)),
     };
+    let private_gid = private_group(side.uid());
     for parent in real.ancestors().skip(1) {
         let meta = std::fs::metadata(parent).map_err(io_error(parent))?;
-        match judge_dir(Facts::of(&meta), side) {
+        match judge_dir(Facts::of(&meta), side, private_gid) {
             Ok(()) => {}
             Err(Problem::Owner { owner }) => {
                 return Err(refuse(Problem::ParentOwner {
@@ -538,10 +573,11 @@ pub fn check_above(
                     owner,
                 }));
             }
-            Err(Problem::Writable { mode }) => {
+            Err(Problem::Writable { mode, bits }) => {
                 return Err(refuse(Problem::ParentWritable {
                     parent: parent.to_path_buf(),
                     mode,
+                    bits,
                 }));
             }
             Err(problem) => return Err(refuse(problem)),
@@ -558,7 +594,7 @@ pub fn check_socket_dir(dir: &Path, side: Side) -> Result<Option<PathBuf>, Check
         return Ok(None);
     };
     let meta = std::fs::metadata(&real).map_err(io_error(&real))?;
-    judge_dir(Facts::of(&meta), side).map_err(|problem| {
+    judge_dir(Facts::of(&meta), side, private_group(side.uid())).map_err(|problem| {
         CheckError::Untrusted(Untrusted {
             subject: Subject::SocketDir,
             path: dir.to_path_buf(),
@@ -634,6 +670,7 @@ mod tests {
         Facts {
             kind: Kind::Dir,
             uid,
+            gid: uid,
             mode,
         }
     }
@@ -645,28 +682,28 @@ mod tests {
     fn a_directory_is_trusted_when_only_its_user_or_root_can_change_it() {
         let me = Side::Client(ME);
         // The caller's own private directory, tmux-style.
-        assert_eq!(judge_dir(dir(ME, 0o700), me), Ok(()));
+        assert_eq!(judge_dir(dir(ME, 0o700), me, None), Ok(()));
         // Readable by others is fine: only writing lets them replace the socket.
-        assert_eq!(judge_dir(dir(ME, 0o755), me), Ok(()));
+        assert_eq!(judge_dir(dir(ME, 0o755), me, None), Ok(()));
         // The system daemon's /run/orch: root's, group orch may enter.
-        assert_eq!(judge_dir(dir(ROOT, 0o750), me), Ok(()));
+        assert_eq!(judge_dir(dir(ROOT, 0o750), me, None), Ok(()));
         // /tmp: world-writable but sticky.
-        assert_eq!(judge_dir(dir(ROOT, 0o1777), me), Ok(()));
-        assert_eq!(judge_dir(dir(ME, 0o1770), me), Ok(()));
+        assert_eq!(judge_dir(dir(ROOT, 0o1777), me, None), Ok(()));
+        assert_eq!(judge_dir(dir(ME, 0o1770), me, None), Ok(()));
     }
 
     #[test]
     fn a_directory_of_another_user_is_refused_whatever_its_mode() {
         for mode in [0o700, 0o755, 0o1777] {
             assert_eq!(
-                judge_dir(dir(OTHER, mode), Side::Client(ME)),
+                judge_dir(dir(OTHER, mode), Side::Client(ME), None),
                 Err(Problem::Owner { owner: OTHER }),
                 "{mode:o}"
             );
         }
         // Root trusts nobody but root.
         assert_eq!(
-            judge_dir(dir(ME, 0o700), Side::Daemon(ROOT)),
+            judge_dir(dir(ME, 0o700), Side::Daemon(ROOT), None),
             Err(Problem::Owner { owner: ME })
         );
     }
@@ -674,20 +711,54 @@ mod tests {
     #[test]
     fn a_directory_others_can_write_is_refused_unless_sticky() {
         for mode in [0o777, 0o770, 0o775, 0o722, 0o702, 0o2770] {
+            let bits = mode & 0o022;
             assert_eq!(
-                judge_dir(dir(ME, mode), Side::Client(ME)),
-                Err(Problem::Writable { mode }),
+                judge_dir(dir(ME, mode), Side::Client(ME), None),
+                Err(Problem::Writable { mode, bits }),
                 "{mode:o}"
             );
             assert_eq!(
-                judge_dir(dir(ROOT, mode), Side::Daemon(ROOT)),
-                Err(Problem::Writable { mode }),
+                judge_dir(dir(ROOT, mode), Side::Daemon(ROOT), None),
+                Err(Problem::Writable { mode, bits }),
                 "{mode:o}"
             );
         }
-        assert!(!writable_by_others(0o1777));
-        assert!(!writable_by_others(0o755));
-        assert!(writable_by_others(0o4777));
+        let bits = |mode| others_write_bits(dir(ME, mode), None);
+        assert_eq!(bits(0o1777), 0);
+        assert_eq!(bits(0o755), 0);
+        assert_eq!(bits(0o4777), 0o022);
+    }
+
+    #[test]
+    fn the_users_private_group_may_write() {
+        // ~/.local made under umask 002 with user private groups: group `me`, nobody else in it.
+        let mine = Facts {
+            gid: 5000,
+            ..dir(ME, 0o775)
+        };
+        assert_eq!(judge_dir(mine, Side::Client(ME), Some(5000)), Ok(()));
+        // A group that is not the user's private one, or world write, is still refused.
+        assert_eq!(
+            judge_dir(mine, Side::Client(ME), Some(5001)),
+            Err(Problem::Writable {
+                mode: 0o775,
+                bits: 0o020
+            })
+        );
+        assert_eq!(
+            judge_dir(
+                Facts {
+                    mode: 0o777,
+                    ..mine
+                },
+                Side::Client(ME),
+                Some(5000)
+            ),
+            Err(Problem::Writable {
+                mode: 0o777,
+                bits: 0o002
+            })
+        );
     }
 
     #[test]
@@ -695,10 +766,11 @@ mod tests {
         let f = Facts {
             kind: Kind::File,
             uid: ME,
+            gid: ME,
             mode: 0o600,
         };
         assert_eq!(
-            judge_dir(f, Side::Client(ME)),
+            judge_dir(f, Side::Client(ME), None),
             Err(Problem::Kind {
                 found: Kind::File,
                 wanted: Kind::Dir
@@ -711,6 +783,7 @@ mod tests {
         let sock = |uid| Facts {
             kind: Kind::Socket,
             uid,
+            gid: uid,
             mode: 0o660,
         };
         assert_eq!(judge_socket(sock(ME), Side::Client(ME)), Ok(()));
@@ -727,6 +800,7 @@ mod tests {
         let link = Facts {
             kind: Kind::Symlink,
             uid: OTHER,
+            gid: OTHER,
             mode: 0o777,
         };
         assert!(matches!(
@@ -788,6 +862,7 @@ mod tests {
         let file = Facts {
             kind: Kind::File,
             uid: ME,
+            gid: ME,
             mode: 0o600,
         };
         assert!(matches!(
@@ -833,7 +908,10 @@ mod tests {
             Subject::SocketDir,
             "/srv/x",
             Side::Client(ROOT),
-            Problem::Writable { mode: 0o777 },
+            Problem::Writable {
+                mode: 0o777,
+                bits: 0o022,
+            },
         );
         assert!(
             writable.starts_with(
@@ -850,6 +928,7 @@ mod tests {
             Problem::ParentWritable {
                 parent: PathBuf::from("/srv/x"),
                 mode: 0o770,
+                bits: 0o020,
             },
         );
         assert!(
@@ -927,7 +1006,7 @@ mod tests {
         chmod(&sock_dir, 0o777);
         let e = check_socket_dir(&sock_dir, me).expect_err("writable");
         assert!(
-            matches!(&e, CheckError::Untrusted(u) if u.problem == Problem::Writable { mode: 0o777 }),
+            matches!(&e, CheckError::Untrusted(u) if matches!(u.problem, Problem::Writable { mode: 0o777, bits } if bits & 0o002 != 0)),
             "{e}"
         );
         chmod(&sock_dir, 0o1777);
@@ -938,7 +1017,7 @@ mod tests {
         let e = check_socket(&sock_dir.join("orchd.sock"), me).expect_err("parent writable");
         assert!(
             matches!(&e, CheckError::Untrusted(u) if matches!(&u.problem,
-                Problem::ParentWritable { parent, mode: 0o777 } if *parent == std::fs::canonicalize(&base).expect("real"))),
+                Problem::ParentWritable { parent, mode: 0o777, .. } if *parent == std::fs::canonicalize(&base).expect("real"))),
             "{e}"
         );
         chmod(&base, 0o700);

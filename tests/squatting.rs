@@ -188,11 +188,11 @@ fn orchctl_refuses_a_socket_directory_another_user_made_for_it() {
         &["submit", "--", "true"],
     );
     let why = format!(
-        "refusing socket directory {}: owned by {}, not you ({}) or root; someone may be \
+        "refusing socket directory {}: owned by {}, not you (uid {}) or root; someone may be \
          impersonating orchd — remove it (its owner or root can) or set XDG_RUNTIME_DIR",
         squat.display(),
         named(&attacker),
-        named(&victim)
+        victim.uid
     );
     assert_refused(&out, 1, &[&why]);
     // Nothing reached the attacker's daemon.
@@ -228,10 +228,10 @@ fn orchctl_refuses_a_socket_another_user_owns() {
     let path = socket.display().to_string();
     let out = orchctl_as(&victim, &[], &["--socket", &path, "list"]);
     let why = format!(
-        "refusing socket {path}: owned by {}, not you ({}) or root; someone may be \
+        "refusing socket {path}: owned by {}, not you (uid {}) or root; someone may be \
          impersonating orchd",
         named(&attacker),
-        named(&victim)
+        victim.uid
     );
     assert_refused(&out, 1, &[&why]);
 }
@@ -285,11 +285,11 @@ fn orchctl_refuses_a_socket_served_by_another_user() {
     let path = socket.display().to_string();
     let out = orchctl_as(&victim, &[], &["--socket", &path, "list"]);
     let why = format!(
-        "refusing socket {path}: the process serving it (pid {}) runs as {}, not you ({}) or \
+        "refusing socket {path}: the process serving it (pid {}) runs as {}, not you (uid {}) or \
          root; someone may be impersonating orchd",
         listener.child.id(),
         named(&attacker),
-        named(&victim)
+        victim.uid
     );
     assert_refused(&out, 1, &[&why]);
 }
@@ -300,12 +300,14 @@ fn orchctl_refuses_a_socket_directory_others_can_write() {
     // Anyone could now put their own socket in place of the daemon's.
     chmod(d.dir(), 0o777);
     let out = d.ctl(&["list"]);
-    let why = format!(
-        "refusing socket directory {}: writable by its group and everyone (mode 0777) and not \
-         sticky; anyone who can write there could put their own socket in its place",
+    // "its group and everyone", or "everyone" when the group is the user's private one.
+    let what = format!(
+        "refusing socket directory {}: writable by ",
         d.dir().display()
     );
-    assert_refused(&out, 1, &[&why, "chmod go-w"]);
+    let why = "everyone (mode 0777) and not sticky; anyone who can write there could put their \
+               own socket in its place";
+    assert_refused(&out, 1, &[&what, why, "chmod go-w"]);
     chmod(d.dir(), 0o700);
     d.ctl_exits(&["list"], 0, "a private directory again");
 }
@@ -397,12 +399,9 @@ fn orchd_refuses_a_socket_directory_others_can_write() {
     fs::create_dir(&open).expect("mkdir");
     chmod(&open, 0o777);
     let out = refused_orchd(orchd_at(&d, &open.join("orchd.sock"), d.state_dir()));
-    let why = format!(
-        "refusing socket directory {}: writable by its group and everyone (mode 0777) and not \
-         sticky; other users could replace orchd's socket",
-        open.display()
-    );
-    assert_refused(&out, 1, &[&why]);
+    let what = format!("refusing socket directory {}: writable by ", open.display());
+    let why = "everyone (mode 0777) and not sticky; other users could replace orchd's socket";
+    assert_refused(&out, 1, &[&what, why]);
     assert_eq!(mode_of(&open), 0o777, "orchd changed it");
 }
 
@@ -459,13 +458,13 @@ fn orchd_refuses_a_state_directory_under_a_directory_others_can_write() {
     chmod(&open, 0o777);
     let state = open.join("state");
     let out = refused_orchd(orchd_at(&d, d.socket(), &state));
-    let why = format!(
-        "refusing state directory {}: the directory above it, {}, is writable by its group and \
-         everyone (mode 0777) and not sticky; another user could swap the state directory",
+    let what = format!(
+        "refusing state directory {}: the directory above it, {}, is writable by ",
         state.display(),
         fs::canonicalize(&open).expect("real path").display()
     );
-    assert_refused(&out, 1, &[&why]);
+    let why = "everyone (mode 0777) and not sticky; another user could swap the state directory";
+    assert_refused(&out, 1, &[&what, why]);
 }
 
 /// A step that records a checkpoint and fails on its first attempt, and on the next prints
