@@ -1,11 +1,15 @@
-//! The connection to `orchd`: connecting with a clear "cannot reach" error, and mapping
-//! gRPC statuses to [`CtlError`]s with the contract's exit codes.
+//! The connection to `orchd`: refusing a socket that another user could control (its
+//! directory, the file, then the process that answers), connecting with a clear "cannot
+//! reach" error, and mapping gRPC statuses to [`CtlError`]s with the contract's exit codes.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
+use orch_proto::paths::{self, CheckError, Side, Subject, Untrusted};
 use orch_proto::v1::orchestrator_client::OrchestratorClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::{CtlError, Result};
 
@@ -21,17 +25,37 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the daemon's socket.
+    /// Connects to the daemon's socket, after checking that nobody but the caller and root
+    /// controls it ([`paths::check_socket`]) and, once connected, that the process serving
+    /// it runs as one of them.
     pub async fn connect(socket: &Path) -> Result<Self> {
+        let side = Side::Client(paths::effective_uid());
+        match paths::check_socket(socket, side) {
+            Ok(()) => {}
+            Err(CheckError::Untrusted(u)) => return Err(CtlError::Untrusted(u.to_string())),
+            // Facts that cannot be read (a directory we may not search) mean we cannot
+            // connect either: connecting says so, and the peer is still checked.
+            Err(CheckError::Io { .. }) => {}
+        }
         let unreachable = |cause: String| CtlError::Unreachable {
             socket: socket.to_path_buf(),
             cause,
         };
-        let api = match tokio::time::timeout(CONNECT_TIMEOUT, orch_proto::connect(socket)).await {
-            Ok(Ok(api)) => api,
-            Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
+        let refused = Arc::new(Mutex::new(None));
+        let connecting = checked_channel(socket, side, refused.clone());
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => {
+                let untrusted = refused.lock().ok().and_then(|mut r| r.take());
+                return Err(match untrusted {
+                    Some(u) => CtlError::Untrusted(u.to_string()),
+                    None => unreachable(error_chain(&e)),
+                });
+            }
             Err(_) => return Err(unreachable("timed out connecting".into())),
         };
+        // The same limit as `orch_proto::connect`.
+        let api = OrchestratorClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
         Ok(Client {
             api,
             socket: socket.to_path_buf(),
@@ -69,6 +93,46 @@ impl Client {
     pub fn status_error(&self, status: tonic::Status) -> CtlError {
         status_error(status, self.reached, &self.socket)
     }
+}
+
+/// A channel over the Unix socket at `socket` whose every connection (the first and any
+/// reconnection) is dropped unless the process that accepted it runs as the caller or root
+/// (`SO_PEERCRED`), before a byte is sent. This closes the gap between checking the path
+/// and connecting to it. A refusal is also left in `refused`, for the error message.
+async fn checked_channel(
+    socket: &Path,
+    side: Side,
+    refused: Arc<Mutex<Option<Untrusted>>>,
+) -> std::result::Result<Channel, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    // The URI is only used for the HTTP/2 authority; the connector ignores it.
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            let refused = refused.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&path).await?;
+                let cred = stream.peer_cred()?;
+                if let Err(problem) = paths::judge_peer(cred.uid(), cred.pid(), side) {
+                    let untrusted = Untrusted {
+                        subject: Subject::Socket,
+                        path,
+                        side,
+                        problem,
+                    };
+                    let message = untrusted.to_string();
+                    if let Ok(mut slot) = refused.lock() {
+                        *slot = Some(untrusted);
+                    }
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        message,
+                    ));
+                }
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
 }
 
 /// Maps a gRPC status to an error: UNAVAILABLE before the daemon ever answered (`reached`)
@@ -145,6 +209,29 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("cannot reach orchd at"), "{text}");
         assert!(text.contains("systemctl --user start orchd"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_directory_others_can_write_is_refused_before_connecting() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let socket = open.join("orchd.sock");
+        let err = Client::connect(&socket).await.err().expect("refused");
+        assert_eq!(err.exit_code(), 1, "{err}");
+        let text = err.to_string();
+        let what = format!("refusing socket directory {}: writable by ", open.display());
+        assert!(text.starts_with(&what), "{text}");
+        assert!(
+            text.contains("everyone (mode 0777) and not sticky"),
+            "{text}"
+        );
+        // Sticky (like /tmp): nothing there to refuse; the socket is missing: unreachable.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = Client::connect(&socket).await.err().expect("unreachable");
+        assert_eq!(err.exit_code(), 3, "{err}");
     }
 
     #[test]

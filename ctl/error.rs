@@ -17,6 +17,12 @@ pub enum CtlError {
     /// The daemon cannot be reached (exit 3).
     #[error("cannot reach orchd at {}: {cause}\nhint: {START_HINT}", socket.display())]
     Unreachable { socket: PathBuf, cause: String },
+    /// The socket, its directory or the process serving it is not trusted: it could be
+    /// another user's, impersonating orchd (exit 1). Not "unreachable" (3): something does
+    /// answer there, or could, and starting another orchd would not help; and not bad input
+    /// (2): the default path can be squatted without the caller doing anything wrong.
+    #[error("{0}")]
+    Untrusted(String),
     /// The daemon refused the call (exit 1, or 2 for INVALID_ARGUMENT).
     #[error("{message}")]
     Refused { code: tonic::Code, message: String },
@@ -51,7 +57,7 @@ impl CtlError {
                     1
                 }
             }
-            CtlError::Failed(_) | CtlError::Io { .. } => 1,
+            CtlError::Failed(_) | CtlError::Io { .. } | CtlError::Untrusted(_) => 1,
             CtlError::BrokenPipe => 0,
             CtlError::Exit(code) => *code,
         }
@@ -107,6 +113,10 @@ mod tests {
         };
         assert_eq!(e.exit_code(), 3);
         assert!(e.to_string().contains("cannot reach orchd at /s: nope"));
+        assert_eq!(
+            CtlError::Untrusted("refusing socket /s".into()).exit_code(),
+            1
+        );
         assert_eq!(
             CtlError::io("write", std::io::ErrorKind::BrokenPipe.into()).exit_code(),
             0

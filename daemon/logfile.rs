@@ -48,6 +48,17 @@ pub fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Creates (or truncates) a log file with mode 0600, whatever the umask.
+fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Writes one attempt's log.
 pub struct LogWriter {
     path: PathBuf,
@@ -57,12 +68,17 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
-    /// Creates the log (and its directory); `max_bytes` caps both segments together.
+    /// Creates the log (and its directories, mode 0700; the file is 0600: only the daemon's
+    /// user reads logs, others through `StreamLogs`); `max_bytes` caps both segments together.
     pub fn create(path: &Path, max_bytes: u64) -> io::Result<LogWriter> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
-        let file = std::fs::File::create(path)?;
+        let file = create_private(path)?;
         let _ = std::fs::remove_file(rotated(path));
         Ok(LogWriter {
             path: path.to_path_buf(),
@@ -125,9 +141,7 @@ impl LogWriter {
             let frame_len = (HEADER + data.len()) as u64;
             if size > 0 && size + frame_len > segment_max {
                 let _ = out.flush();
-                match std::fs::rename(&path, rotated(&path))
-                    .and_then(|_| std::fs::File::create(&path))
-                {
+                match std::fs::rename(&path, rotated(&path)).and_then(|_| create_private(&path)) {
                     Ok(f) => {
                         out = std::io::BufWriter::with_capacity(256 * 1024, f);
                         size = 0;

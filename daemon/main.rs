@@ -1,5 +1,6 @@
-//! `orchd`: the orch daemon. Startup order: config → logging → state dir lock → store →
-//! recovery → socket → serve → READY=1; SIGTERM/SIGINT drain and exit 0.
+//! `orchd`: the orch daemon. Startup order: config → logging → umask 077 → state dir
+//! (checked, created or tightened) and its lock → store → recovery → socket (its directory
+//! checked or created) → serve → READY=1; SIGTERM/SIGINT drain and exit 0.
 
 mod api;
 mod config;
@@ -15,7 +16,7 @@ mod sys;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
+use orch_proto::paths;
 use orch_proto::v1::orchestrator_server::OrchestratorServer;
 
 /// The orch daemon: supervises AI agent processes and serves the orch gRPC API on a Unix socket.
@@ -95,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&cli.log_format)?;
+    sys::restrict_umask(UMASK);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("orchd")
@@ -133,13 +136,121 @@ fn init_logging(format: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates `dir` (and parents) with mode 0700 if missing.
-fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))
+/// The umask orchd runs with: what it (and sled) creates is its user's alone unless it widens
+/// a mode on purpose. Agents get the umask orchd was started with (`sys::child_pre_exec`).
+const UMASK: u32 = 0o077;
+
+/// The mode of the state directory: 0700, or 0711 for a root daemon, whose agents run as
+/// other users and must reach the checkpoint files handed to them (they may pass through,
+/// not list; everything in it but `checkpoints/` stays 0700 or 0600).
+fn state_dir_mode() -> u32 {
+    if sys::effective_uid() == 0 {
+        0o711
+    } else {
+        0o700
+    }
+}
+
+/// Creates `dir` and whatever is missing above it, one directory at a time, calling `made`
+/// on each directory this call created (to set its mode and group). Returns whether `dir`
+/// itself was created. A directory that appears meanwhile (made by someone else) is not
+/// ours and is left alone.
+fn create_missing(dir: &Path, made: &dyn Fn(&Path) -> anyhow::Result<()>) -> anyhow::Result<bool> {
+    match fs::symlink_metadata(dir) {
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_missing(parent, made)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            made(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot create directory {}", dir.display())),
+    }
+}
+
+/// Sets the mode of `path`, which orchd made or owns.
+fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+/// Makes the state directory ready: created (mode [`state_dir_mode`]) if missing; else it
+/// must be orchd's user's own (then its mode is set to that, tightening a loose one), under
+/// directories only that user or root can change. Refuses anything else, naming the path
+/// and the problem. Entries directly inside it lose any group and other bits.
+fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+    let uid = sys::effective_uid();
+    let side = paths::Side::Daemon(uid);
+    let want = state_dir_mode();
+    let created = create_missing(dir, &|d| chmod(d, want))?;
+    let refuse = |problem| paths::Untrusted {
+        subject: paths::Subject::StateDir,
+        path: dir.to_path_buf(),
+        side,
+        problem,
+    };
+    let real = match paths::check_above(dir, paths::Subject::StateDir, side) {
+        Ok(Some(real)) => real,
+        Ok(None) => bail!(
+            "state directory {} does not exist (a dangling symbolic link?)",
+            dir.display()
+        ),
+        Err(e) => bail!("{e}"),
+    };
+    let meta = fs::metadata(&real).with_context(|| format!("cannot inspect {}", real.display()))?;
+    match paths::judge_state_dir(paths::Facts::of(&meta), uid, want) {
+        Ok(paths::StateVerdict::Keep) => {}
+        Ok(paths::StateVerdict::Chmod { from, to }) => {
+            chmod(&real, to)?;
+            if !created {
+                tracing::warn!(state_dir = %dir.display(), from = format!("{from:04o}"), to = format!("{to:04o}"), "set the mode of the state directory");
+            }
+        }
+        Err(problem) => bail!("{}", refuse(problem)),
+    }
+    tighten_entries(&real, uid, want)
+}
+
+/// Takes group and other bits off what lies directly in the state directory and is orchd's
+/// (a store or logs left by an older orchd, under a wider umask): directories become 0700
+/// (`checkpoints/` and the objectives' directories in it get the state directory's mode,
+/// so agents can reach their checkpoint files), files keep only their owner's bits.
+fn tighten_entries(state: &Path, uid: u32, dir_mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = |dir: &Path| -> anyhow::Result<Vec<(PathBuf, fs::Metadata)>> {
+        let read = fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        Ok(read
+            .filter_map(|e| e.ok())
+            .filter_map(|e| fs::symlink_metadata(e.path()).ok().map(|m| (e.path(), m)))
+            .filter(|(_, m)| m.uid() == uid && !m.file_type().is_symlink())
+            .collect())
+    };
+    let set = |path: &Path, meta: &fs::Metadata, mode: u32| -> anyhow::Result<()> {
+        if meta.mode() & 0o7777 != mode {
+            tracing::info!(path = %path.display(), from = format!("{:04o}", meta.mode() & 0o7777), to = format!("{mode:04o}"), "tightening");
+            chmod(path, mode)?;
+        }
+        Ok(())
+    };
+    for (path, meta) in entries(state)? {
+        if meta.is_dir() && path.file_name() == Some(std::ffi::OsStr::new("checkpoints")) {
+            set(&path, &meta, dir_mode)?;
+            for (sub, m) in entries(&path)? {
+                set(&sub, &m, if m.is_dir() { dir_mode } else { 0o600 })?;
+            }
+        } else if meta.is_dir() {
+            set(&path, &meta, 0o700)?;
+        } else {
+            set(&path, &meta, meta.mode() & 0o700)?;
+        }
+    }
+    Ok(())
 }
 
 /// Holds the state directory's lock for the daemon's lifetime. A POSIX record lock
@@ -156,6 +267,7 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
     match sys::try_lock_record(&file) {
@@ -200,14 +312,51 @@ async fn open_store(dir: &Path) -> anyhow::Result<store::Store> {
     }
 }
 
-/// Binds the socket: refuses when a live daemon answers on it, removes a stale one.
+/// Binds the socket. Its directory is created if missing (then it is orchd's: mode 0700,
+/// or `root:orch` 0750 for a system daemon when group `orch` exists); an existing one is
+/// never changed, only checked: it and everything above it must be orchd's user's or root's
+/// and not writable by others (`paths::check_socket_dir`). A socket already there must be
+/// orchd's user's or root's too; a live daemon answering on it is refused, a stale one
+/// removed. The socket is 0600, or `root:orch` 0660 for a system daemon.
 fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        private_dir(dir)?;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let uid = sys::effective_uid();
+    let side = paths::Side::Daemon(uid);
+    // A system daemon shares its socket with the members of group `orch`; every other
+    // daemon keeps it to its own user.
+    let group = (uid == 0)
+        .then(|| sys::group_id("orch").ok().flatten())
+        .flatten();
+    let dir = paths::socket_dir(path);
+    create_missing(dir, &|d| match group {
+        Some(gid) => {
+            sys::set_owner(d, None, Some(gid))
+                .with_context(|| format!("cannot give {} to group orch", d.display()))?;
+            chmod(d, 0o750)
+        }
+        None => chmod(d, 0o700),
+    })?;
+    match paths::check_socket_dir(dir, side) {
+        Ok(Some(_)) => {}
+        Ok(None) => bail!(
+            "socket directory {} does not exist (a dangling symbolic link?)",
+            dir.display()
+        ),
+        Err(e) => bail!("{e}"),
     }
     match fs::symlink_metadata(path) {
         Ok(meta) => {
-            use std::os::unix::fs::FileTypeExt;
+            if !side.trusts(meta.uid()) {
+                bail!(
+                    "{}",
+                    paths::Untrusted {
+                        subject: paths::Subject::Socket,
+                        path: path.to_path_buf(),
+                        side,
+                        problem: paths::Problem::Owner { owner: meta.uid() },
+                    }
+                );
+            }
             if !meta.file_type().is_socket() {
                 bail!(
                     "{} exists and is not a socket; refusing to replace it",
@@ -230,25 +379,15 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     // Created with a restrictive umask so there is no window where it is wider than 0600.
     let listener = sys::with_umask(0o177, || UnixListener::bind(path));
     let listener = listener.with_context(|| format!("cannot bind socket {}", path.display()))?;
-    // A system daemon shares its socket with the members of group `orch` (0660); every
-    // other daemon keeps it to its own user (0600).
-    let group = (sys::effective_uid() == 0)
-        .then(|| sys::group_id("orch").ok().flatten())
-        .flatten();
     let mode = match group {
         Some(gid) => {
-            let dir = path.parent().unwrap_or(Path::new("/"));
             sys::set_owner(path, None, Some(gid))
-                .and_then(|_| sys::set_owner(dir, None, Some(gid)))
                 .with_context(|| format!("cannot give {} to group orch", path.display()))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o750))
-                .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
             0o660
         }
         None => 0o600,
     };
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    chmod(path, mode)?;
     tracing::info!(socket = %path.display(), mode = format!("{mode:o}"), group = if group.is_some() { "orch" } else { "" }, "socket bound");
     Ok(listener)
 }
@@ -262,7 +401,7 @@ async fn serve(
     let started = Instant::now();
     let socket = cfg.socket();
     let state_dir = cfg.state_dir();
-    private_dir(&state_dir)?;
+    prepare_state_dir(&state_dir)?;
     let _lock = lock_state_dir(&state_dir)?;
     let store = open_store(&state_dir.join("store")).await?;
     let limiter = Arc::new(limits::Limiter::detect(

@@ -8,6 +8,7 @@ pub mod v1 {
     tonic::include_proto!("orch.v1");
 }
 
+pub mod paths;
 pub mod plan;
 pub mod units;
 pub mod validate;
@@ -45,66 +46,6 @@ pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> 
             }
         }))
         .await
-}
-
-/// Default paths of the contract ("Where things live").
-pub mod paths {
-    use std::path::PathBuf;
-
-    fn env_path(key: &str) -> Option<PathBuf> {
-        std::env::var_os(key)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    }
-
-    fn home() -> PathBuf {
-        env_path("HOME").unwrap_or_else(|| PathBuf::from("/"))
-    }
-
-    /// Whether this process runs as root (root uses the system-service paths).
-    pub fn is_root() -> bool {
-        nix::unistd::Uid::effective().is_root()
-    }
-
-    /// The default socket: `/run/orch/orchd.sock` for root, else
-    /// `$XDG_RUNTIME_DIR/orch/orchd.sock` (falling back to `/tmp/orch-$UID/orchd.sock`).
-    pub fn default_socket() -> PathBuf {
-        if is_root() {
-            return PathBuf::from("/run/orch/orchd.sock");
-        }
-        match env_path("XDG_RUNTIME_DIR") {
-            Some(dir) => dir.join("orch").join("orchd.sock"),
-            None => PathBuf::from(format!("/tmp/orch-{}", nix::unistd::Uid::effective()))
-                .join("orchd.sock"),
-        }
-    }
-
-    /// The default state directory: `/var/lib/orch` for root, else `$XDG_STATE_HOME/orch`.
-    pub fn default_state_dir() -> PathBuf {
-        if is_root() {
-            return PathBuf::from("/var/lib/orch");
-        }
-        env_path("XDG_STATE_HOME")
-            .unwrap_or_else(|| home().join(".local").join("state"))
-            .join("orch")
-    }
-
-    /// The default config file: `/etc/orch/orchd.toml` for root, else `$XDG_CONFIG_HOME/orch/orchd.toml`.
-    pub fn default_config() -> PathBuf {
-        if is_root() {
-            return PathBuf::from("/etc/orch/orchd.toml");
-        }
-        env_path("XDG_CONFIG_HOME")
-            .unwrap_or_else(|| home().join(".config"))
-            .join("orch")
-            .join("orchd.toml")
-    }
-
-    /// The socket a client should use: flag, then `ORCH_SOCKET`, then the default.
-    pub fn client_socket(flag: Option<PathBuf>) -> PathBuf {
-        flag.or_else(|| env_path("ORCH_SOCKET"))
-            .unwrap_or_else(default_socket)
-    }
 }
 
 /// Converts a `SystemTime`-like millisecond UNIX time to a protobuf timestamp.

@@ -177,10 +177,13 @@ fn socket_is_private_to_its_owner() {
         "{} is not a socket",
         d.socket().display()
     );
-    // A root daemon shares its socket with group `orch` when that group exists (the
-    // multi-user tests create it); any other daemon keeps it to its user.
-    let shared =
-        nix::unistd::Uid::effective().is_root() && crate::support::group_gid("orch").is_some();
+    // A root daemon shares it with group `orch` when that exists (the multi-user tests
+    // create it, maybe while this daemon starts): root:orch 0660. Anyone else's is 0600.
+    let orch = nix::unistd::Uid::effective()
+        .is_root()
+        .then(|| crate::support::group_gid("orch"))
+        .flatten();
+    let shared = orch.is_some_and(|gid| std::os::unix::fs::MetadataExt::gid(&meta) == gid);
     let want = if shared { 0o660 } else { 0o600 };
     assert_eq!(
         meta.permissions().mode() & 0o777,

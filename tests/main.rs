@@ -13,6 +13,7 @@ mod plans;
 mod rate_limits;
 mod runs;
 mod security;
+mod squatting;
 mod supervisor;
 mod support;
 mod token_kinds;

@@ -13,9 +13,10 @@ use crate::support::{ORCHCTL, TestDaemon, first_line, require_root};
 const NOBODY: u32 = 65534;
 
 /// Opens a root daemon's socket to other users (what group `orch` does on a real system).
+/// Its directory may be entered, not written: clients refuse a socket others could replace.
 fn open_to_everyone(d: &TestDaemon) {
-    for p in [d.dir(), d.socket()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    for (p, mode) in [(d.dir(), 0o755), (d.socket(), 0o777)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 }
 

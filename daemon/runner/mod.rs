@@ -554,26 +554,28 @@ async fn run(
     }
 }
 
-/// Writes `data` to a file only its owner can read; `owner` hands it to the agent's user.
+/// Writes a checkpoint file that only its reader can read: mode 0600, given to `owner` (the
+/// agent's user) when that is not the daemon's. Its directories (`checkpoints/` and the
+/// objective's) are 0711 under a root daemon, so another user's agent can reach its own file
+/// without listing anything, and 0700 otherwise. A symbolic link in the file's place is
+/// refused rather than followed.
 fn write_private(
     path: &std::path::Path,
     data: &str,
     owner: Option<(u32, u32)>,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    let dir_mode = if sys::effective_uid() == 0 {
+        0o711
+    } else {
+        0o700
+    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        for d in [dir.parent(), Some(dir)].into_iter().flatten() {
+            sys::private_dir(d, dir_mode)?;
+        }
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = sys::create_private(path, owner)?;
     std::io::Write::write_all(&mut f, data.as_bytes())?;
-    if let Some((uid, gid)) = owner {
-        sys::set_owner(path, Some(uid), Some(gid))?;
-    }
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The child's side of a spawn: what runs between `fork` and `exec` (new session, cgroup,
 //! rlimits, user switch, signal dispositions and mask, close-on-exec of inherited fds,
-//! `oom_score_adj`), with everything it needs prepared before `fork`.
+//! `oom_score_adj`, umask), with everything it needs prepared before `fork`.
 
 use std::io;
 
@@ -19,7 +19,8 @@ pub struct ChildSetup {
 /// Runs in the forked child before `exec`: only async-signal-safe calls.
 /// Starts a new session (own process group, no controlling terminal), joins the attempt's
 /// cgroup, applies rlimits, unblocks every signal (the daemon's mask must not leak into
-/// agents) and resets `oom_score_adj` to 0 so agents do not inherit the daemon's value.
+/// agents), gives back the umask the daemon was started with and resets `oom_score_adj` to
+/// 0 so agents do not inherit the daemon's value.
 ///
 /// # Safety
 /// Must only be called between `fork` and `exec` (from `Command::pre_exec`).
@@ -117,6 +118,8 @@ pub unsafe fn child_pre_exec(setup: &ChildSetup) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
+    // The umask orchd was started with, not its own private one.
+    super::fs::restore_inherited_umask();
     // SAFETY: open/write/close on a NUL-terminated static path are async-signal-safe.
     // Failure (e.g. no /proc) is ignored: it only matters when the daemon's value is non-zero.
     unsafe {

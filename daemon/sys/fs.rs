@@ -1,11 +1,14 @@
-//! Files: access checks, extended attributes, ownership, the process umask and POSIX
-//! record locks — the file-system calls std has no portable wrapper for.
+//! Files: access checks, extended attributes, ownership, the process umask (restricted
+//! for the daemon, given back to agents), private files and directories, and POSIX record
+//! locks — the file-system calls std has no portable wrapper for.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{AccessFlags, Gid, Uid, access, chown};
@@ -61,6 +64,83 @@ pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// No umask recorded by [`restrict_umask`] yet.
+const UNSET: u32 = u32::MAX;
+/// The umask the daemon was started with, once [`restrict_umask`] replaced it.
+static INHERITED_UMASK: AtomicU32 = AtomicU32::new(UNSET);
+
+/// Sets the process umask to `mask` for the rest of the daemon's life, so that nothing it
+/// or a library (sled) creates is wider than that by accident, and remembers the umask the
+/// process was started with for [`restore_inherited_umask`]. Returns the remembered one.
+pub fn restrict_umask(mask: u32) -> u32 {
+    let old = umask(Mode::from_bits_truncate(mask)).bits();
+    let _ = INHERITED_UMASK.compare_exchange(UNSET, old, Ordering::SeqCst, Ordering::SeqCst);
+    INHERITED_UMASK.load(Ordering::SeqCst)
+}
+
+/// Gives a forked child, before `exec`, the umask the daemon was started with (when
+/// [`restrict_umask`] changed it): agents create files as their users expect, not with the
+/// daemon's private mask. Async-signal-safe: an atomic load and `umask(2)`.
+pub fn restore_inherited_umask() {
+    let mask = INHERITED_UMASK.load(Ordering::Relaxed);
+    if mask != UNSET {
+        // SAFETY: umask only sets a process attribute; it cannot fail.
+        unsafe {
+            libc::umask(mask as libc::mode_t);
+        }
+    }
+}
+
+/// Makes sure the directory `path` exists with exactly `mode`: created (its parent must
+/// exist) or, when it is already there and owned by the daemon's user, set to `mode`.
+/// A directory of someone else is left as it is (and then writing in it is theirs to allow).
+pub fn private_dir(path: &Path, mode: u32) -> Result<(), SysError> {
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(SysError::path("mkdir", path, e)),
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|e| SysError::path("stat", path, e))?;
+    if !meta.is_dir() {
+        return Err(SysError::path(
+            "mkdir",
+            path,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
+        ));
+    }
+    // The umask may have taken bits `mode` asks for (0711 under 077).
+    if meta.uid() == super::effective_uid() && meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| SysError::path("chmod", path, e))?;
+    }
+    Ok(())
+}
+
+/// Creates (or truncates) the file `path` for writing with mode 0600 and, with `owner`,
+/// gives it to that uid and gid. A symbolic link at `path` is refused (`O_NOFOLLOW`), and
+/// mode and owner are set through the open descriptor, so nothing but that file is touched.
+pub fn create_private(path: &Path, owner: Option<(u32, u32)>) -> Result<File, SysError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| SysError::path("open", path, e))?;
+    // An existing file keeps its mode on open: set it again.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| SysError::path("fchmod", path, e))?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchown(&file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(|e| SysError::path("fchown", path, e.into()))?;
+    }
+    Ok(file)
+}
+
 /// Takes a POSIX write record lock on the whole of `file` (`fcntl(F_SETLK)`), held until
 /// the file is closed. `Ok(false)` when another process holds a lock on it. Unlike
 /// `flock`, the lock is not shared with forked children.
@@ -87,7 +167,13 @@ pub fn try_lock_record(file: &File) -> Result<bool, SysError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// The umask is process-wide: tests that set it take turns.
+    static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn umask_turn() -> std::sync::MutexGuard<'static, ()> {
+        UMASK.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     #[test]
     fn writable_dir_and_missing_path() {
@@ -111,6 +197,7 @@ mod tests {
     fn umask_applies_inside_and_is_restored() {
         // Masks that keep the owner's bits: the umask is process-wide and other tests
         // create files and directories meanwhile.
+        let _turn = umask_turn();
         let dir = tempfile::tempdir().expect("tempdir");
         let inside = dir.path().join("inside");
         with_umask(0o077, || std::fs::write(&inside, b"x")).expect("write inside");
@@ -138,6 +225,61 @@ mod tests {
         let e = set_owner(&missing, None, Some(meta.gid())).expect_err("missing file");
         assert!(e.to_string().starts_with("chown "), "{e}");
         assert_eq!(io::Error::from(e).kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_inherited_umask_is_remembered_once() {
+        // A mask that keeps the owner's bits: other tests create files meanwhile.
+        let _turn = umask_turn();
+        let before = umask(Mode::from_bits_truncate(0o022));
+        let first = restrict_umask(0o077);
+        // A second call restricts again but keeps the first inherited mask.
+        assert_eq!(restrict_umask(0o077), first);
+        restore_inherited_umask();
+        let now = umask(before);
+        assert_eq!(now.bits(), first);
+    }
+
+    #[test]
+    fn private_dirs_get_exactly_their_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join("d");
+        let _turn = umask_turn();
+        // 0711 under a umask that would take the x bits of others.
+        with_umask(0o077, || private_dir(&d, 0o711)).expect("create");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode(&d), 0o711);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&d, 0o700).expect("tighten");
+        assert_eq!(mode(&d), 0o700);
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"x").expect("write");
+        let e = private_dir(&f, 0o700).expect_err("a file");
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let e = private_dir(&dir.path().join("no/such"), 0o700).expect_err("no parent");
+        assert!(e.to_string().starts_with("mkdir "), "{e}");
+    }
+
+    #[test]
+    fn private_files_are_0600_and_never_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("ckpt.json");
+        std::fs::write(&f, b"old").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let meta = std::fs::metadata(&f).expect("stat");
+        let mut file = create_private(&f, Some((meta.uid(), meta.gid()))).expect("create");
+        io::Write::write_all(&mut file, b"new").expect("write");
+        drop(file);
+        assert_eq!(std::fs::read(&f).expect("read"), b"new");
+        let mode = std::fs::metadata(&f).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").expect("write");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let e = create_private(&link, None).expect_err("a symbolic link");
+        assert!(e.to_string().starts_with("open "), "{e}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `sys` seam: every call into the operating system the daemon makes goes through
 //! here, as small audited functions. `process`: signals, identity, pidfd and wait4, /proc;
-//! `child`: the pre-exec setup of an agent; `fs`: access, xattrs, ownership, umask, record
-//! locks; `watch`: reactor registration and inotify. `Processes` is the seam recovery
+//! `child`: the pre-exec setup of an agent; `fs`: access, xattrs, ownership, umask, private
+//! files and directories, record locks; `watch`: reactor registration and inotify. `Processes` is the seam recovery
 //! uses to find and kill leftovers, with `Host` the real implementation. Other modules
 //! may name nix types (re-exported here, e.g. `Signal`) but call the OS only through `sys`.
 
@@ -14,7 +14,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use child::{ChildSetup, child_pre_exec};
-pub use fs::{can_write, read_xattr, set_owner, try_lock_record, with_umask};
+pub use fs::{
+    can_write, create_private, private_dir, read_xattr, restrict_umask, set_owner, try_lock_record,
+    with_umask,
+};
 pub use nix::sys::signal::Signal;
 pub use process::{
     ProcUsage, Reaped, current_uid, effective_uid, group_alive, group_id, pidfd_open,
