@@ -13,13 +13,13 @@ mod watch;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use child::{ChildSetup, child_pre_exec};
+pub use child::{ChildSetup, child_pre_exec, workdir_error};
 pub use fs::{can_write, read_xattr, set_owner, try_lock_record, with_umask};
 pub use nix::sys::signal::Signal;
 pub use process::{
-    ProcUsage, Reaped, current_uid, effective_uid, group_alive, group_id, pidfd_open,
-    process_start_ticks, processes_with_env, reap, run_as, session_members, signal_group,
-    signal_process, usage_of,
+    Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
+    pidfd_open, process_start_ticks, processes_with_env, reap, run_as, session_members,
+    signal_group, signal_process, usage_of,
 };
 pub use watch::{Watch, WatchFlags, readable_fd};
 
