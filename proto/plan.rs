@@ -1,6 +1,9 @@
 //! Plan files (TOML, YAML or JSON) → `ObjectiveSpec`, with errors that name the file,
 //! the step and the key. Every format is read into one JSON value first so that the
 //! same strict schema (unknown keys rejected) and the same messages apply to all three.
+//! Before parsing, `guard` bounds the text's nesting and YAML alias expansion.
+
+pub mod guard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -202,6 +205,7 @@ pub fn parse_plan(
             ),
         ));
     }
+    guard::check(text, format).map_err(|problem| at(String::new(), problem))?;
     let value: serde_json::Value = match format {
         Format::Toml => {
             toml::from_str(text).map_err(|e| at(String::new(), one_line(&e.to_string())))?

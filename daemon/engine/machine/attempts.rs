@@ -142,7 +142,7 @@ impl Tx<'_> {
                 self.release_ready();
             }
             Next::Backoff { delay_ms, message } => {
-                let due = now + delay_ms as i64;
+                let due = now.saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX));
                 self.set_step(index, StepState::Backoff, message);
                 if let Some(step) = self.run.steps.get_mut(index as usize) {
                     step.next_attempt_ms = Some(due);
