@@ -52,9 +52,8 @@ fn log_of(d: &TestDaemon, id: &str, step: &str) -> String {
     String::from_utf8_lossy(&d.logs(&[id, step])).into_owned()
 }
 
-/// Whether this process has CAP_SYS_RESOURCE: only then does writing `oom_score_adj`
-/// also pin the floor (`oom_score_adj_min`) an unprivileged process may not go below, and
-/// only then may a value below 0 be set at all.
+/// Whether this process has CAP_SYS_RESOURCE, without which no process may set an
+/// `oom_score_adj` below 0.
 fn has_cap_sys_resource() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:"));
@@ -64,16 +63,15 @@ fn has_cap_sys_resource() -> bool {
 
 #[test]
 fn agents_of_users_do_not_keep_the_daemons_oom_score_adj() {
-    // A daemon started with a raised value (as systemd's OOMScoreAdjust= does, with
-    // CAP_SYS_RESOURCE, which also forbids the agent's user to lower it again) or a
-    // lowered one.
+    // Reset after the user switch, the write failed: the agent's /proc/self files belong
+    // to root until it execs, and lowering a value that a process with CAP_SYS_RESOURCE
+    // set (systemd's OOMScoreAdjust=) needs that capability.
     let values: &[&str] = if has_cap_sys_resource() {
         &["500", "-500"]
     } else {
         crate::support::announce(
             "note agents_of_users_do_not_keep_the_daemons_oom_score_adj: no CAP_SYS_RESOURCE \
-             here, so the daemon's raised value cannot be pinned (the case the old order got \
-             wrong) and a lowered one cannot be set; checked with a raised value only",
+             here, so the daemon cannot be given a negative value; checked with 500 only",
         );
         &["500"]
     };
