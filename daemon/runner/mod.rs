@@ -593,13 +593,28 @@ fn write_private(
     data: &str,
     owner: Option<(u32, u32)>,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    // Another step's attempt ending may remove the (empty) directory in between.
+    let mut tries = 0;
+    loop {
+        match write_private_once(path, data, owner) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 2 => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+fn write_private_once(
+    path: &std::path::Path,
+    data: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o711)
             .create(dir)?;
-        // The objective's directory and the one holding it (`checkpoints`).
+        // The objective's directory and the one holding it (`checkpoints`), both orchd's.
         for d in [Some(dir), dir.parent()].into_iter().flatten() {
             let meta = std::fs::symlink_metadata(d)?;
             if !meta.is_dir() || meta.uid() != sys::effective_uid() || meta.mode() & 0o022 != 0 {
@@ -610,6 +625,10 @@ fn write_private(
                         d.display()
                     ),
                 ));
+            }
+            // Traversable whatever the umask was when it was made.
+            if meta.mode() & 0o711 != 0o711 {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
             }
         }
     }
@@ -682,5 +701,51 @@ async fn copy_stream<R: AsyncRead + Unpin>(
                 line,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_afresh_and_never_through_a_link() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let file = base.path().join("checkpoints/obj/step.json");
+        write_private(&file, "{\"n\":1}", None).expect("first write");
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(file.parent().expect("dir")), 0o711);
+        // A link put in its place is replaced, not followed.
+        let elsewhere = base.path().join("elsewhere");
+        std::fs::write(&elsewhere, "keep").expect("write");
+        std::fs::remove_file(&file).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, &file).expect("symlink");
+        write_private(&file, "{\"n\":2}", None).expect("second write");
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).ok().as_deref(),
+            Some("keep")
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).ok().as_deref(),
+            Some("{\"n\":2}")
+        );
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("checkpoints");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = write_private(&dir.join("obj/step.json"), "{}", None).expect_err("refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("only it can write"), "{e}");
     }
 }
