@@ -299,15 +299,20 @@ fn numbers_too_large_to_mean_anything_are_refused_by_orchctl() {
         let out = d.ctl(&["submit", "--budget-usd", budget, "--", "true"]);
         assert_eq!(out.status.code(), Some(2), "{budget}\n{}", describe(&out));
     }
-    let out = d.ctl(&[
-        "submit",
-        "--cpu-seconds",
-        "18446744073709551615",
-        "--",
-        "true",
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(stderr(&out).contains("cpu_seconds"), "{}", describe(&out));
+    for (flag, value, key) in [
+        (
+            "--cpu-seconds",
+            "18446744073709551615",
+            "defaults.limits.cpu_seconds",
+        ),
+        ("--timeout", "1000000d", "defaults.timeout"),
+        ("--idle-timeout", "1000000d", "defaults.idle_timeout"),
+        ("--memory", "2000T", "defaults.limits.memory"),
+    ] {
+        let out = d.ctl(&["submit", "--dry-run", flag, value, "--", "true"]);
+        assert_eq!(out.status.code(), Some(2), "{flag}\n{}", describe(&out));
+        assert!(stderr(&out).contains(key), "{flag}\n{}", describe(&out));
+    }
 }
 
 /// A one-step spec changed by `edit`, submitted over gRPC (no orchctl checks): the refusal.
