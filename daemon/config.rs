@@ -305,8 +305,25 @@ pub fn config_path(flag: Option<PathBuf>) -> (PathBuf, bool) {
     }
 }
 
+/// Largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Longest `retention`: 100 years (the cut-off is computed in signed milliseconds).
+pub const MAX_RETENTION_MS: u64 = 36_500 * 86_400_000;
+
 /// Reads a config file; a missing file that was not named explicitly yields defaults.
 pub fn read_file(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > MAX_CONFIG_BYTES
+    {
+        return Err(invalid(
+            &path.display().to_string(),
+            "",
+            format!(
+                "{} bytes is more than the config size limit of {MAX_CONFIG_BYTES}",
+                meta.len()
+            ),
+        ));
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
@@ -324,6 +341,8 @@ pub fn read_file(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
 
 /// Parses config text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    orch_proto::plan::guard::check(text, orch_proto::plan::Format::Toml)
+        .map_err(|problem| invalid(origin, "", problem))?;
     let value: toml::Value = toml::from_str(text).map_err(|e| {
         let msg = e.to_string();
         invalid(
@@ -516,6 +535,7 @@ impl Config {
                 }
             }
         }
+        self.check_numbers(origin)?;
         for (name, a) in &self.agents {
             let key = format!("agents.{name}");
             if a.command.is_empty() || a.command[0].is_empty() {
@@ -609,6 +629,86 @@ impl Config {
     /// Renders the effective config as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl Config {
+    /// The numbers serde accepts but that would overflow or mean nothing: the same bounds
+    /// as a submitted plan's (`orch_proto::validate`), and prices that are amounts.
+    fn check_numbers(&self, origin: &str) -> Result<(), ConfigError> {
+        use orch_proto::validate::{self as v, MAX_DURATION_MS, MAX_MULTIPLIER};
+        let spec = |e: v::SpecError| invalid(origin, &e.field, e.problem);
+        if self.retention.0 > MAX_RETENTION_MS {
+            return Err(invalid(
+                origin,
+                "retention",
+                "longer than the limit of 36500 days (100 years)",
+            ));
+        }
+        if self.grace_period.0 > MAX_DURATION_MS {
+            return Err(invalid(
+                origin,
+                "grace_period",
+                "longer than the limit of 365 days",
+            ));
+        }
+        let d = &self.defaults;
+        v::check_timeouts(
+            d.timeout.map(|x| x.0),
+            d.idle_timeout.map(|x| x.0),
+            "defaults",
+        )
+        .map_err(spec)?;
+        for (key, ms) in [
+            ("defaults.retry.initial_backoff", d.retry.initial_backoff),
+            ("defaults.retry.max_backoff", d.retry.max_backoff),
+        ] {
+            if ms.is_some_and(|ms| ms.0 > MAX_DURATION_MS) {
+                return Err(invalid(origin, key, "longer than the limit of 365 days"));
+            }
+        }
+        if let Some(m) = d.retry.multiplier
+            && m > MAX_MULTIPLIER
+        {
+            return Err(invalid(
+                origin,
+                "defaults.retry.multiplier",
+                format!("must be between 1 and {MAX_MULTIPLIER}, got {m}"),
+            ));
+        }
+        v::check_limits(&limits_pb(&d.limits), "defaults.limits").map_err(spec)?;
+        for (name, a) in &self.agents {
+            let key = format!("agents.{name}");
+            v::check_timeouts(a.timeout.map(|x| x.0), a.idle_timeout.map(|x| x.0), &key)
+                .map_err(spec)?;
+            v::check_limits(&limits_pb(&a.limits), &format!("{key}.limits")).map_err(spec)?;
+        }
+        for (model, p) in &self.prices {
+            for (field, x) in [
+                ("input_per_mtok", p.input_per_mtok),
+                ("output_per_mtok", p.output_per_mtok),
+            ] {
+                if !(x.is_finite() && x >= 0.0) {
+                    return Err(invalid(
+                        origin,
+                        &format!("prices.{model}.{field}"),
+                        format!("{x} is not a non-negative amount"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `limits` table as the API's message, for the checks plans get.
+fn limits_pb(l: &LimitsConfig) -> orch_proto::v1::Limits {
+    orch_proto::v1::Limits {
+        memory_bytes: l.memory.map(|s| s.0),
+        cpu_seconds: l.cpu_seconds,
+        pids: l.pids,
+        open_files: l.open_files,
+        cpu_quota: l.cpu_quota,
     }
 }
 
@@ -797,6 +897,69 @@ monthly_usd = 5.0
         assert!(e.contains("agents.x.usage"), "{e}");
         let e = parse("max_parallel = 0", "t.toml").unwrap_err().to_string();
         assert!(e.contains("max_parallel"), "{e}");
+    }
+
+    #[test]
+    fn numbers_too_large_to_mean_anything_are_refused() {
+        for (text, key) in [
+            ("retention = \"1000000000d\"", "retention"),
+            ("grace_period = \"1000d\"", "grace_period"),
+            ("[defaults]\ntimeout = \"1000d\"", "defaults.timeout"),
+            (
+                "[defaults]\nidle_timeout = \"1000d\"",
+                "defaults.idle_timeout",
+            ),
+            (
+                "[defaults.retry]\nmax_backoff = \"1000d\"",
+                "defaults.retry.max_backoff",
+            ),
+            (
+                "[defaults.retry]\nmultiplier = 1e308",
+                "defaults.retry.multiplier",
+            ),
+            (
+                "[defaults.limits]\nmemory = \"1000000T\"",
+                "defaults.limits.memory",
+            ),
+            (
+                "[defaults.limits]\npids = 9223372036854775807",
+                "defaults.limits.pids",
+            ),
+            (
+                "[defaults.limits]\ncpu_quota = inf",
+                "defaults.limits.cpu_quota",
+            ),
+            (
+                "[agents.x]\ncommand = [\"x\"]\ntimeout = \"1000d\"",
+                "agents.x.timeout",
+            ),
+            (
+                "[agents.x]\ncommand = [\"x\"]\nlimits = { cpu_seconds = 9223372036854775807 }",
+                "agents.x.limits.cpu_seconds",
+            ),
+            (
+                "[prices.m]\ninput_per_mtok = nan\noutput_per_mtok = 1.0",
+                "prices.m.input_per_mtok",
+            ),
+            ("[budget]\ndaily_usd = inf", "budget.daily_usd"),
+            ("[budget]\nmonthly_usd = -1.0", "budget.monthly_usd"),
+        ] {
+            let e = parse(text, "t.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("config t.toml: {key}: ")),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deeply_nested_config_is_refused_at_once() {
+        let text = format!("a = {}", "[".repeat(1_000_000));
+        let e = parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("nesting deeper than the limit of 32 levels"),
+            "{e}"
+        );
     }
 
     #[test]

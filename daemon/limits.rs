@@ -175,7 +175,7 @@ pub fn rlimits_for(limits: &Limits, by_cgroup: &BTreeSet<String>, uid: u32) -> V
         out.push(Rlimit {
             resource: libc::RLIMIT_CPU,
             soft: c,
-            hard: c + 5,
+            hard: c.saturating_add(5),
         });
     }
     if let Some(n) = limits.open_files {
@@ -193,8 +193,8 @@ pub fn rlimits_for(limits: &Limits, by_cgroup: &BTreeSet<String>, uid: u32) -> V
         let current = user_process_count(uid);
         out.push(Rlimit {
             resource: libc::RLIMIT_NPROC,
-            soft: p + current,
-            hard: p + current,
+            soft: p.saturating_add(current),
+            hard: p.saturating_add(current),
         });
     }
     out
@@ -349,10 +349,11 @@ impl CgroupTree {
             && let Some(q) = limits.cpu_quota
         {
             let period = 100_000u64;
-            write(
-                "cpu.max",
-                format!("{} {period}", ((q * period as f64) as u64).max(1000)),
-            )?;
+            // Bounded like a submitted plan's, whatever was stored or configured (the
+            // float-to-integer cast saturates; NaN becomes 0 and then the minimum).
+            let cores = q.min(orch_proto::validate::MAX_CPU_QUOTA);
+            let quota = ((cores * period as f64) as u64).max(1000);
+            write("cpu.max", format!("{quota} {period}"))?;
         }
         Ok(Prepared {
             cgroup: Some(leaf),

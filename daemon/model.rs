@@ -214,12 +214,26 @@ impl RetryPolicy {
 
     /// The delay before attempt `n` (n ≥ 2): `min(max, initial × multiplier^(n-2))`,
     /// then scaled by `1 + jitter × u` with `u` uniform in [-1, 1] (passed in, for tests).
+    /// Whatever the numbers (a policy stored before they were bounded, a huge multiplier),
+    /// the result is finite and at most the cap plus its jitter.
     pub fn delay_ms(&self, n: u32, u: f64) -> u64 {
-        let exp = n.saturating_sub(2) as i32;
-        let base = (self.initial_backoff_ms as f64 * self.multiplier.powi(exp))
-            .min(self.max_backoff_ms as f64);
-        let jittered = base * (1.0 + self.jitter * u.clamp(-1.0, 1.0));
-        jittered.max(0.0).round() as u64
+        let exp = n.saturating_sub(2).min(i32::MAX as u32) as i32;
+        let cap = self.max_backoff_ms as f64;
+        let grown = self.initial_backoff_ms as f64 * self.multiplier.powi(exp);
+        // 0 × ∞ (no initial backoff, a multiplier grown to infinity) is no backoff.
+        let base = if self.initial_backoff_ms == 0 || grown.is_nan() {
+            0.0
+        } else {
+            grown.min(cap)
+        };
+        let jitter = if self.jitter.is_finite() {
+            self.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let jittered = base * (1.0 + jitter * u.clamp(-1.0, 1.0));
+        // A float beyond u64 saturates when cast; NaN cannot reach here.
+        jittered.clamp(0.0, cap * 2.0).round() as u64
     }
 }
 
@@ -714,6 +728,34 @@ mod tests {
         assert_eq!(expand_template("--dir={workdir}/x", &vars), "--dir=/w/x");
         assert_eq!(expand_template("{unknown} {", &vars), "{unknown} {");
         assert_eq!(expand_template("{step_id}", &vars), "{step_id}");
+    }
+
+    #[test]
+    fn backoff_stays_finite_and_capped_whatever_the_numbers() {
+        let p = RetryPolicy {
+            initial_backoff_ms: u64::MAX,
+            max_backoff_ms: u64::MAX,
+            multiplier: 1e308,
+            jitter: 1.0,
+            ..RetryPolicy::default()
+        };
+        for n in [2, 3, 1000, u32::MAX] {
+            assert_eq!(p.delay_ms(n, 1.0), u64::MAX, "saturates, n = {n}");
+        }
+        let p = RetryPolicy {
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 5_000,
+            multiplier: f64::INFINITY,
+            jitter: f64::NAN,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.delay_ms(u32::MAX, 1.0), 5_000);
+        let none = RetryPolicy {
+            initial_backoff_ms: 0,
+            multiplier: 1e308,
+            ..p
+        };
+        assert_eq!(none.delay_ms(10_000, 0.0), 0, "0 × ∞ is no backoff");
     }
 
     #[test]

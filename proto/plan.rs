@@ -1,6 +1,9 @@
 //! Plan files (TOML, YAML or JSON) → `ObjectiveSpec`, with errors that name the file,
 //! the step and the key. Every format is read into one JSON value first so that the
 //! same strict schema (unknown keys rejected) and the same messages apply to all three.
+//! Before parsing, `guard` bounds the text's nesting and YAML alias expansion.
+
+pub mod guard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -203,14 +206,8 @@ pub fn parse_plan(
             ),
         ));
     }
-    let value: serde_json::Value = match format {
-        Format::Toml => {
-            toml::from_str(text).map_err(|e| at(String::new(), one_line(&e.to_string())))?
-        }
-        Format::Yaml => serde_yaml_ng::from_str(text)
-            .map_err(|e| at(String::new(), one_line(&e.to_string())))?,
-        Format::Json => serde_json::from_str(text).map_err(|e| at(String::new(), e.to_string()))?,
-    };
+    guard::check(text, format).map_err(|problem| at(String::new(), problem))?;
+    let value = read_value(text, format).map_err(|(key, problem)| at(key, problem))?;
     let plan: PlanFile = serde_path_to_error::deserialize(&value).map_err(|e| {
         let key = name_steps(&e.path().to_string(), &value);
         let problem = e.into_inner().to_string();
@@ -219,6 +216,105 @@ pub fn parse_plan(
     let spec = plan_to_spec(plan, default_name).map_err(|(k, p)| at(k, p))?;
     validate_spec(&spec, None).map_err(|e| at(e.field, e.problem))?;
     Ok(spec)
+}
+
+/// What a float that JSON cannot hold is told.
+const NOT_FINITE: &str = "must be a finite number";
+
+/// Reads plan text into one JSON value. A float JSON cannot hold (NaN, ±infinity, which
+/// TOML and YAML can write) is refused naming its key: `serde_json::Value` would quietly
+/// turn it into null, and `budget_usd = nan` would then mean no budget at all.
+fn read_value(text: &str, format: Format) -> Result<serde_json::Value, (String, String)> {
+    fn finish<E: fmt::Display>(
+        read: Result<Finite, serde_path_to_error::Error<E>>,
+    ) -> Result<serde_json::Value, (String, String)> {
+        read.map(|v| v.0).map_err(|e| {
+            let key = e.path().to_string();
+            let problem = one_line(&e.into_inner().to_string());
+            // Without the format's own framing (TOML quotes the line around it).
+            match problem.find(NOT_FINITE) {
+                Some(at) => (key, problem[at..].to_string()),
+                None => (String::new(), problem),
+            }
+        })
+    }
+    match format {
+        Format::Toml => {
+            let de = toml::de::Deserializer::parse(text)
+                .map_err(|e| (String::new(), one_line(&e.to_string())))?;
+            finish(serde_path_to_error::deserialize(de))
+        }
+        Format::Yaml => finish(serde_path_to_error::deserialize(
+            serde_yaml_ng::Deserializer::from_str(text),
+        )),
+        // JSON has no way to write them.
+        Format::Json => serde_json::from_str(text).map_err(|e| (String::new(), e.to_string())),
+    }
+}
+
+/// A JSON value read from any self-describing format, refusing non-finite floats.
+struct Finite(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Finite {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FiniteVisitor).map(Finite)
+    }
+}
+
+struct FiniteVisitor;
+
+impl<'de> de::Visitor<'de> for FiniteVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| E::custom(format!("{NOT_FINITE}, got {v}")))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Finite::deserialize(d).map(|v| v.0)
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Finite::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Finite(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some((k, Finite(v))) = map.next_entry::<String, Finite>()? {
+            out.insert(k, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
 }
 
 /// Rewrites `steps[2].x` as `steps[fix].x` when step 2 has the id `fix`.
@@ -428,6 +524,44 @@ fallback = ["codex"]
         assert!(e.to_string().starts_with("p.toml: "));
         let e = toml_err("name = \"x\"\n");
         assert!(e.problem.contains("steps"), "{e}");
+    }
+
+    #[test]
+    fn floats_json_cannot_hold_are_refused_naming_the_key() {
+        for (text, key) in [
+            (
+                "budget_usd = nan\n[[steps]]\nid = \"a\"\ncommand = [\"true\"]\n",
+                "budget_usd",
+            ),
+            (
+                "budget_usd = inf\n[[steps]]\nid = \"a\"\ncommand = [\"true\"]\n",
+                "budget_usd",
+            ),
+            (
+                "[[steps]]\nid = \"a\"\ncommand = [\"true\"]\nretry = { multiplier = nan }\n",
+                "steps[0].retry.multiplier",
+            ),
+        ] {
+            let e = toml_err(text);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.problem.starts_with(NOT_FINITE), "{e}");
+        }
+        for yaml in [
+            "budget_usd: .nan\nsteps: []\n",
+            "budget_usd: -.inf\nsteps: []\n",
+        ] {
+            let e = parse_plan(yaml, Format::Yaml, "p.yaml", "p").unwrap_err();
+            assert_eq!(e.key, "budget_usd", "{e}");
+            assert!(e.problem.starts_with(NOT_FINITE), "{e}");
+        }
+        // Other floats still arrive as they were.
+        let s = parse_plan(
+            "budget_usd: 2.5\nsteps: [{id: a, command: [x]}]\n",
+            Format::Yaml,
+            "p.yaml",
+            "p",
+        );
+        assert_eq!(s.map(|s| s.budget_usd), Ok(Some(2.5)));
     }
 
     #[test]

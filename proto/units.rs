@@ -43,7 +43,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("bad size `{text}` (expected e.g. 512K, 256M, 2G or bytes)"))?;
     let bytes = value * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+    // `u64::MAX as f64` rounds up to 2^64, which does not fit: refuse it too.
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
         return Err(format!("size `{text}` is too large"));
     }
     Ok(bytes as u64)
@@ -103,6 +104,9 @@ mod tests {
         assert!(parse_size("2X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("").is_err());
+        // 2^64 bytes rounds to u64::MAX as a float: it does not fit all the same.
+        assert!(parse_size("16777216T").is_err());
+        assert!(parse_size("18446744073709551616").is_err());
     }
 
     #[test]

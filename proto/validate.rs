@@ -19,6 +19,20 @@ pub const MAX_ENV_BYTES: usize = 256 << 10;
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 /// Longest objective name, step id and agent name.
 pub const MAX_NAME_BYTES: usize = 200;
+/// Longest duration (`timeout`, `idle_timeout`, `initial_backoff`, `max_backoff`): 365 days.
+pub const MAX_DURATION_MS: u64 = 365 * 86_400_000;
+/// Largest memory limit: 1 PiB.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Largest CPU-time limit: 10^10 s (about 317 CPU-years).
+pub const MAX_CPU_SECONDS: u64 = 10_000_000_000;
+/// Largest `pids` limit: the kernel's highest possible pid_max (2^22).
+pub const MAX_PIDS: u64 = 1 << 22;
+/// Largest `open_files` limit: 2^30 (beyond the kernel's `nr_open` ceiling anyway).
+pub const MAX_OPEN_FILES: u64 = 1 << 30;
+/// Largest `cpu_quota`, in cores: 8192 (the most CPUs a Linux kernel is built for).
+pub const MAX_CPU_QUOTA: f64 = 8192.0;
+/// Largest retry `multiplier`.
+pub const MAX_MULTIPLIER: f64 = 100.0;
 
 /// A validation failure: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,15 +209,7 @@ fn check_step(
     if step.workdir.contains('\0') {
         return Err(err(format!("{at}.workdir"), "contains a NUL byte"));
     }
-    if step.timeout_ms == Some(0) {
-        return Err(err(format!("{at}.timeout"), "must be longer than zero"));
-    }
-    if step.idle_timeout_ms == Some(0) {
-        return Err(err(
-            format!("{at}.idle_timeout"),
-            "must be longer than zero",
-        ));
-    }
+    check_timeouts(step.timeout_ms, step.idle_timeout_ms, at)?;
     if let Some(r) = &step.retry {
         check_retry(r, &format!("{at}.retry"))?;
     }
@@ -244,16 +250,29 @@ pub fn check_env(env: &HashMap<String, String>, at: &str) -> Result<(), SpecErro
     Ok(())
 }
 
+/// Checks a duration: longer than zero, at most [`MAX_DURATION_MS`].
+pub fn check_duration(ms: Option<u64>, at: &str) -> Result<(), SpecError> {
+    match ms {
+        Some(0) => Err(err(at, "must be longer than zero")),
+        Some(ms) if ms > MAX_DURATION_MS => Err(err(
+            at,
+            format!(
+                "{} is longer than the limit of 365 days",
+                crate::units::format_duration_ms(ms)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a step's (or the defaults') `timeout` and `idle_timeout`.
+pub fn check_timeouts(timeout: Option<u64>, idle: Option<u64>, at: &str) -> Result<(), SpecError> {
+    check_duration(timeout, &format!("{at}.timeout"))?;
+    check_duration(idle, &format!("{at}.idle_timeout"))
+}
+
 fn check_defaults(d: &StepDefaults, at: &str) -> Result<(), SpecError> {
-    if d.timeout_ms == Some(0) {
-        return Err(err(format!("{at}.timeout"), "must be longer than zero"));
-    }
-    if d.idle_timeout_ms == Some(0) {
-        return Err(err(
-            format!("{at}.idle_timeout"),
-            "must be longer than zero",
-        ));
-    }
+    check_timeouts(d.timeout_ms, d.idle_timeout_ms, at)?;
     if let Some(r) = &d.retry {
         check_retry(r, &format!("{at}.retry"))?;
     }
@@ -272,12 +291,28 @@ pub fn check_retry(r: &RetryPolicy, at: &str) -> Result<(), SpecError> {
         ));
     }
     if let Some(m) = r.multiplier
-        && !(m.is_finite() && m >= 1.0)
+        && !(m.is_finite() && (1.0..=MAX_MULTIPLIER).contains(&m))
     {
         return Err(err(
             format!("{at}.multiplier"),
-            format!("must be at least 1.0, got {m}"),
+            format!("must be between 1 and {MAX_MULTIPLIER}, got {m}"),
         ));
+    }
+    for (name, ms) in [
+        ("initial_backoff", r.initial_backoff_ms),
+        ("max_backoff", r.max_backoff_ms),
+    ] {
+        if let Some(ms) = ms
+            && ms > MAX_DURATION_MS
+        {
+            return Err(err(
+                format!("{at}.{name}"),
+                format!(
+                    "{} is longer than the limit of 365 days",
+                    crate::units::format_duration_ms(ms)
+                ),
+            ));
+        }
     }
     if let Some(j) = r.jitter
         && !(0.0..=1.0).contains(&j)
@@ -298,17 +333,26 @@ pub fn check_retry(r: &RetryPolicy, at: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Checks resource limits (every limit, when set, is positive).
+/// Checks resource limits (every limit, when set, is positive and within its bound).
 pub fn check_limits(l: &Limits, at: &str) -> Result<(), SpecError> {
     let named = [
-        ("memory", l.memory_bytes),
-        ("cpu_seconds", l.cpu_seconds),
-        ("pids", l.pids),
-        ("open_files", l.open_files),
+        ("memory", l.memory_bytes, MAX_MEMORY_BYTES, "1024T (1 PiB)"),
+        ("cpu_seconds", l.cpu_seconds, MAX_CPU_SECONDS, "10000000000"),
+        ("pids", l.pids, MAX_PIDS, "4194304"),
+        ("open_files", l.open_files, MAX_OPEN_FILES, "1073741824"),
     ];
-    for (name, v) in named {
-        if v == Some(0) {
-            return Err(err(format!("{at}.{name}"), "must be greater than zero"));
+    for (name, v, max, shown) in named {
+        match v {
+            Some(0) => {
+                return Err(err(format!("{at}.{name}"), "must be greater than zero"));
+            }
+            Some(v) if v > max => {
+                return Err(err(
+                    format!("{at}.{name}"),
+                    format!("{v} is more than the limit of {shown}"),
+                ));
+            }
+            _ => {}
         }
     }
     if let Some(m) = l.memory_bytes
@@ -320,11 +364,11 @@ pub fn check_limits(l: &Limits, at: &str) -> Result<(), SpecError> {
         ));
     }
     if let Some(q) = l.cpu_quota
-        && !(q.is_finite() && q > 0.0)
+        && !(q.is_finite() && q > 0.0 && q <= MAX_CPU_QUOTA)
     {
         return Err(err(
             format!("{at}.cpu_quota"),
-            format!("must be a positive number of cores, got {q}"),
+            format!("must be a positive number of cores up to {MAX_CPU_QUOTA}, got {q}"),
         ));
     }
     Ok(())
@@ -520,6 +564,109 @@ mod tests {
         let e = validate_spec(&spec(vec![s]), Some(&known)).unwrap_err();
         assert_eq!(e.field, "steps[a].agent");
         assert!(e.problem.contains("unknown agent `nope`"));
+    }
+
+    #[test]
+    fn numbers_beyond_their_bounds_name_the_key() {
+        let at = |edit: fn(&mut StepSpec)| {
+            let mut s = step("a", &[]);
+            edit(&mut s);
+            validate_spec(&spec(vec![s]), None).map_err(|e| e.field)
+        };
+        assert_eq!(
+            at(|s| s.timeout_ms = Some(u64::MAX)),
+            Err("steps[a].timeout".into())
+        );
+        assert_eq!(
+            at(|s| s.idle_timeout_ms = Some(MAX_DURATION_MS + 1)),
+            Err("steps[a].idle_timeout".into())
+        );
+        assert_eq!(at(|s| s.timeout_ms = Some(MAX_DURATION_MS)), Ok(()));
+        let e = check_retry(
+            &RetryPolicy {
+                multiplier: Some(1e308),
+                ..Default::default()
+            },
+            "r",
+        );
+        assert_eq!(e.map_err(|e| e.field), Err("r.multiplier".into()));
+        let e = check_retry(
+            &RetryPolicy {
+                initial_backoff_ms: Some(u64::MAX),
+                max_backoff_ms: Some(u64::MAX),
+                ..Default::default()
+            },
+            "r",
+        );
+        assert_eq!(e.map_err(|e| e.field), Err("r.initial_backoff".into()));
+        for (field, limits) in [
+            (
+                "memory",
+                Limits {
+                    memory_bytes: Some(u64::MAX),
+                    ..Default::default()
+                },
+            ),
+            (
+                "cpu_seconds",
+                Limits {
+                    cpu_seconds: Some(u64::MAX),
+                    ..Default::default()
+                },
+            ),
+            (
+                "pids",
+                Limits {
+                    pids: Some(MAX_PIDS + 1),
+                    ..Default::default()
+                },
+            ),
+            (
+                "open_files",
+                Limits {
+                    open_files: Some(u64::MAX),
+                    ..Default::default()
+                },
+            ),
+            (
+                "cpu_quota",
+                Limits {
+                    cpu_quota: Some(1e308),
+                    ..Default::default()
+                },
+            ),
+            (
+                "cpu_quota",
+                Limits {
+                    cpu_quota: Some(f64::NAN),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let e = check_limits(&limits, "l").unwrap_err();
+            assert_eq!(e.field, format!("l.{field}"), "{e}");
+            assert!(
+                e.problem.contains("limit") || e.problem.contains("up to"),
+                "{e}"
+            );
+        }
+        let at_the_bounds = Limits {
+            memory_bytes: Some(MAX_MEMORY_BYTES),
+            cpu_seconds: Some(MAX_CPU_SECONDS),
+            pids: Some(MAX_PIDS),
+            open_files: Some(MAX_OPEN_FILES),
+            cpu_quota: Some(MAX_CPU_QUOTA),
+        };
+        assert_eq!(check_limits(&at_the_bounds, "l"), Ok(()));
+    }
+
+    #[test]
+    fn a_budget_that_is_not_an_amount_is_refused() {
+        for b in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0] {
+            let mut s = spec(vec![step("a", &[])]);
+            s.budget_usd = Some(b);
+            assert_eq!(validate_spec(&s, None).unwrap_err().field, "budget_usd");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod config;
 mod durability;
 mod events;
 mod grpc;
+mod holes;
 mod lifecycle;
 mod multiuser;
 mod plans;

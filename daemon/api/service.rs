@@ -379,14 +379,24 @@ impl Orchestrator for Api {
         req: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         let who = caller(&req)?;
-        let result = self
-            .reloader
-            .reload()
-            .await
-            .map(|path| pb::ReloadConfigResponse {
-                config_path: path.display().to_string(),
-            })
-            .map_err(|e| Status::failed_precondition(format!("{e}; the running config is kept")));
+        let own = crate::sys::effective_uid();
+        let result = if who.uid != 0 && who.uid != own {
+            tracing::warn!(uid = who.uid, pid = who.pid, "refused a config reload");
+            Err(Status::permission_denied(format!(
+                "uid {} may not reload the config (only root or orchd's own user, uid {own})",
+                who.uid
+            )))
+        } else {
+            self.reloader
+                .reload()
+                .await
+                .map(|path| pb::ReloadConfigResponse {
+                    config_path: path.display().to_string(),
+                })
+                .map_err(|e| {
+                    Status::failed_precondition(format!("{e}; the running config is kept"))
+                })
+        };
         self.audit(who, "reload", "", &result).await;
         result.map(Response::new)
     }

@@ -1,6 +1,7 @@
 //! What one attempt runs: its argv (a literal command, or its current agent profile's
 //! template with `{prompt}`, `{workdir}`, `{objective_id}` and `{step_id}` filled in
-//! inside argv elements, never through a shell), its environment and its files.
+//! inside argv elements, never through a shell), its environment (a minimal one names
+//! the account the agent runs as) and where its checkpoint is handed over.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use crate::config::Config;
 use crate::logfile::attempt_log;
 use crate::model::{Objective, Step};
 use crate::runner::{AttemptKey, RunSpec, UsageFormat};
+use crate::sys;
 
 /// The agent, argv and usage format of a step's next attempt.
 pub fn command(
@@ -52,6 +54,16 @@ pub fn command(
     Ok((agent.to_string(), argv, format))
 }
 
+/// Whose account an agent's minimal environment describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunsAs {
+    /// The daemon's own user: its `HOME`, `USER`, `LOGNAME`, `SHELL` are passed on.
+    Daemon,
+    /// Another user (a root daemon runs each agent as its submitter): that user's passwd
+    /// entry, never the daemon's (root's) home; `None` when the user has no entry.
+    User(Option<sys::Account>),
+}
+
 /// The environment of an attempt: the client's (or a minimal one), the `ORCH_*` ids,
 /// then the step's own additions — a fallback agent gets its own profile's env plus
 /// the step's, not the first agent's.
@@ -60,10 +72,11 @@ pub fn environment(
     obj: &Objective,
     step: &Step,
     number: u32,
+    runs_as: &RunsAs,
 ) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = match &obj.client_env {
         Some(e) => e.clone(),
-        None => minimal_env(),
+        None => minimal_env(runs_as),
     };
     env.insert("ORCH_OBJECTIVE_ID".into(), obj.id.clone());
     env.insert("ORCH_STEP_ID".into(), step.plan.id.clone());
@@ -94,6 +107,11 @@ pub fn run_spec(
     argv: Vec<String>,
     usage_format: UsageFormat,
 ) -> RunSpec {
+    let run_as = sys::run_as(obj.owner_uid, obj.owner_gid);
+    let runs_as = match &run_as {
+        Some((uid, _, _)) => RunsAs::User(sys::account(*uid)),
+        None => RunsAs::Daemon,
+    };
     RunSpec {
         key: AttemptKey {
             objective_id: obj.id.clone(),
@@ -102,15 +120,15 @@ pub fn run_spec(
         },
         argv,
         workdir: PathBuf::from(&step.plan.workdir),
-        env: environment(cfg, obj, step, number).into_iter().collect(),
+        env: environment(cfg, obj, step, number, &runs_as)
+            .into_iter()
+            .collect(),
         // Agent steps (including a fallback agent) get the prompt on stdin.
         stdin: (!step.current_agent().is_empty()).then(|| step.plan.prompt.clone().into_bytes()),
         log: attempt_log(logs_dir, &obj.id, &step.plan.id, number),
         log_max_bytes: cfg.logs.max_attempt_bytes.0,
         checkpoint: step.checkpoint.as_ref().map(|json| {
-            let path = cfg
-                .state_dir()
-                .join("checkpoints")
+            let path = checkpoints_dir(cfg)
                 .join(&obj.id)
                 .join(format!("{}.json", step.plan.id));
             (path, json.clone())
@@ -119,20 +137,76 @@ pub fn run_spec(
         timeout: step.plan.timeout_ms.map(Duration::from_millis),
         idle_timeout: step.plan.idle_timeout_ms.map(Duration::from_millis),
         usage_format,
-        run_as: crate::sys::run_as(obj.owner_uid, obj.owner_gid),
+        run_as,
         limits: step.plan.limits,
         prepared: Default::default(),
     }
 }
 
-/// The environment an agent gets when the client sent none.
-fn minimal_env() -> BTreeMap<String, String> {
-    ["PATH", "HOME", "USER", "LANG"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .chain(std::iter::once((
-            "PATH".to_string(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        )))
-        .collect()
+/// Where checkpoints are handed to agents: `checkpoints/` in the state directory. A root
+/// daemon keeps the state directory and this one traversable (0711) but not listable, so
+/// another user's agent reaches its own file (0600, given to that user) and nothing else.
+pub fn checkpoints_dir(cfg: &Config) -> PathBuf {
+    cfg.state_dir().join("checkpoints")
+}
+
+/// The default `PATH` when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The environment an agent gets when the client sent none: `PATH` and `LANG` from the
+/// daemon, and `HOME`, `USER`, `LOGNAME`, `SHELL` of the user the agent runs as.
+fn minimal_env(runs_as: &RunsAs) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
+    );
+    if let Ok(lang) = std::env::var("LANG") {
+        env.insert("LANG".to_string(), lang);
+    }
+    match runs_as {
+        RunsAs::Daemon => {
+            for k in ["HOME", "USER", "LOGNAME", "SHELL"] {
+                if let Ok(v) = std::env::var(k) {
+                    env.insert(k.to_string(), v);
+                }
+            }
+        }
+        RunsAs::User(Some(a)) => {
+            env.insert("HOME".to_string(), a.home.clone());
+            env.insert("USER".to_string(), a.name.clone());
+            env.insert("LOGNAME".to_string(), a.name.clone());
+            env.insert("SHELL".to_string(), a.shell.clone());
+        }
+        // No passwd entry: nothing of the daemon's own account either.
+        RunsAs::User(None) => {
+            env.insert("HOME".to_string(), "/".to_string());
+        }
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_env_names_the_account_the_agent_runs_as() {
+        let alice = sys::Account {
+            name: "alice".into(),
+            home: "/home/alice".into(),
+            shell: "/bin/zsh".into(),
+        };
+        let env = minimal_env(&RunsAs::User(Some(alice)));
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("HOME"), Some("/home/alice"));
+        assert_eq!(get("USER"), Some("alice"));
+        assert_eq!(get("LOGNAME"), Some("alice"));
+        assert_eq!(get("SHELL"), Some("/bin/zsh"));
+        assert!(get("PATH").is_some());
+        // No passwd entry: nothing of the daemon's own account either.
+        let env = minimal_env(&RunsAs::User(None));
+        assert_eq!(env.get("HOME").map(String::as_str), Some("/"));
+        assert!(!env.contains_key("USER") && !env.contains_key("SHELL"));
+    }
 }

@@ -120,9 +120,23 @@ pub fn start(spec: RunSpec, facts: mpsc::UnboundedSender<Fact>) -> mpsc::Unbound
     let key = spec.key.clone();
     tokio::spawn(async move {
         let leaf = spec.prepared.cgroup.clone().map(Leaf);
+        // A copy handed to another user lives outside the state directory, for this
+        // attempt only (the store keeps the checkpoint).
+        let handed = spec
+            .checkpoint
+            .as_ref()
+            .filter(|_| spec.run_as.is_some())
+            .map(|(path, _)| path.clone());
         let end = run(spec, rx, &facts).await;
         if let Some(leaf) = leaf {
             leaf.remove();
+        }
+        if let Some(path) = handed {
+            let _ = std::fs::remove_file(&path);
+            // Other steps of the objective may still use the directory: then it stays.
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
         // The engine may be gone during shutdown; nothing else to do then.
         let _ = facts.send(Fact::Ended { key, end });
@@ -240,6 +254,14 @@ async fn wait_unpopulated(leaf: &Leaf, timeout: Duration) -> bool {
     }
 }
 
+/// The instant `d` from now, for a deadline. Durations are bounded where they come in
+/// (plans, config); this also keeps one that is not (a record stored before the bounds)
+/// from overflowing `Instant`: it is cut to the longest a plan may ask for.
+fn later(d: Duration) -> Instant {
+    let longest = Duration::from_millis(orch_proto::validate::MAX_DURATION_MS);
+    Instant::now() + d.min(longest)
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -247,7 +269,16 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-fn describe_spawn_error(program: &str, e: &std::io::Error) -> String {
+fn describe_spawn_error(program: &str, workdir: &std::path::Path, e: &std::io::Error) -> String {
+    if let Some(e) = sys::workdir_error(e) {
+        let why = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            std::io::ErrorKind::NotFound => "no such directory".to_string(),
+            std::io::ErrorKind::NotADirectory => "not a directory".to_string(),
+            _ => e.to_string(),
+        };
+        return format!("cannot use workdir {}: {why}", workdir.display());
+    }
     let why = match e.kind() {
         std::io::ErrorKind::NotFound => {
             "no such program (not found on PATH or not a file)".to_string()
@@ -266,18 +297,16 @@ async fn run(
     let Some(program) = spec.argv.first().cloned() else {
         return AttemptEnd::spawn_error("empty command".into());
     };
-    match std::fs::metadata(&spec.workdir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return AttemptEnd::spawn_error(format!(
-                "workdir {} is not a directory",
-                spec.workdir.display()
-            ));
-        }
-        Err(e) => {
-            return AttemptEnd::spawn_error(format!("workdir {}: {e}", spec.workdir.display()));
-        }
-    }
+    // The workdir is not looked at here, as the daemon: the child enters it after
+    // switching to the agent's user, so a failure tells only what that user could see.
+    let Ok(workdir) =
+        std::ffi::CString::new(spec.workdir.clone().into_os_string().into_encoded_bytes())
+    else {
+        return AttemptEnd::spawn_error(format!(
+            "cannot use workdir {}: it contains a NUL byte",
+            spec.workdir.display()
+        ));
+    };
     let log = match LogWriter::create(&spec.log, spec.log_max_bytes) {
         Ok(w) => w,
         Err(e) => {
@@ -305,13 +334,10 @@ async fn run(
         }),
         rlimits: spec.prepared.rlimits.clone(),
         run_as: spec.run_as.clone(),
-        workdir: spec.run_as.as_ref().and_then(|_| {
-            std::ffi::CString::new(spec.workdir.clone().into_os_string().into_encoded_bytes()).ok()
-        }),
+        workdir: Some(workdir),
     };
     let mut cmd = std::process::Command::new(&program);
     cmd.args(&spec.argv[1..])
-        .current_dir(&spec.workdir)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(if spec.stdin.is_some() {
@@ -331,7 +357,9 @@ async fn run(
     let spawned_at = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return AttemptEnd::spawn_error(describe_spawn_error(&program, &e)),
+        Err(e) => {
+            return AttemptEnd::spawn_error(describe_spawn_error(&program, &spec.workdir, &e));
+        }
     };
     let spawn_us = spawned_at.elapsed().as_micros() as u64;
     let pid = child.id();
@@ -401,7 +429,7 @@ async fn run(
     });
     drop(writer_tx);
 
-    let mut deadline = spec.timeout.map(|t| Instant::now() + t);
+    let mut deadline = spec.timeout.map(later);
     let mut stop: Option<(Outcome, String)> = None;
     let mut kill_at: Option<Instant> = None;
     let mut paused_at: Option<Instant> = None;
@@ -410,12 +438,13 @@ async fn run(
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle_check = |last: i64| {
         spec.idle_timeout.map(|t| {
-            Instant::now()
-                + Duration::from_millis((last + t.as_millis() as i64 - now_ms()).max(0) as u64)
+            let idle_ms = i64::try_from(t.as_millis()).unwrap_or(i64::MAX);
+            let left = last.saturating_add(idle_ms).saturating_sub(now_ms()).max(0);
+            later(Duration::from_millis(left as u64))
         })
     };
     let mut idle_at = idle_check(last_output.load(Ordering::Relaxed));
-    let cpu_budget_ms = spec.limits.cpu_seconds.map(|s| s * 1000);
+    let cpu_budget_ms = spec.limits.cpu_seconds.map(|s| s.saturating_mul(1000));
 
     let reaped: Reaped = loop {
         let running = stop.is_none() && paused_at.is_none();
@@ -443,7 +472,7 @@ async fn run(
                         // A frozen / stopped tree must run to handle SIGTERM.
                         tree.pause(false);
                     }
-                    kill_at = Some(Instant::now() + spec.grace);
+                    kill_at = Some(later(spec.grace));
                 }
                 Control::Stop(_) => {}
                 Control::Pause if paused_at.is_none() && stop.is_none() => {
@@ -455,8 +484,9 @@ async fn run(
                         tree.pause(false);
                         // Time spent paused does not count against the timeouts.
                         let paused = since.elapsed();
-                        deadline = deadline.map(|d| d + paused);
-                        last_output.fetch_add(paused.as_millis() as i64, Ordering::Relaxed);
+                        deadline = deadline.map(|d| d.checked_add(paused).unwrap_or(d));
+                        let paused_ms = i64::try_from(paused.as_millis()).unwrap_or(i64::MAX);
+                        last_output.fetch_add(paused_ms, Ordering::Relaxed);
                         idle_at = idle_check(last_output.load(Ordering::Relaxed));
                     }
                 }
@@ -466,7 +496,7 @@ async fn run(
                 let t = spec.timeout.unwrap_or_default();
                 stop = Some((Outcome::Timeout, format!("timed out after {}", orch_proto::units::format_duration_ms(t.as_millis() as u64))));
                 tree.signal(Signal::SIGTERM);
-                kill_at = Some(Instant::now() + spec.grace);
+                kill_at = Some(later(spec.grace));
             }
             _ = sleep_until_opt(idle_at), if running => {
                 let last = last_output.load(Ordering::Relaxed);
@@ -474,7 +504,7 @@ async fn run(
                 if now_ms() - last >= t.as_millis() as i64 {
                     stop = Some((Outcome::Timeout, format!("no output for {} (idle timeout)", orch_proto::units::format_duration_ms(t.as_millis() as u64))));
                     tree.signal(Signal::SIGTERM);
-                    kill_at = Some(Instant::now() + spec.grace);
+                    kill_at = Some(later(spec.grace));
                 } else {
                     idle_at = idle_check(last);
                 }
@@ -632,5 +662,52 @@ async fn copy_stream<R: AsyncRead + Unpin>(
                 line,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_checkpoint_is_never_written_through_a_link() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let file = base.path().join("checkpoints/obj/step.json");
+        std::fs::create_dir(base.path().join("checkpoints")).expect("mkdir");
+        write_private(&file, "{\"n\":1}", None).expect("first write");
+        assert_eq!(mode(&file), 0o600);
+        // A link put in its place is refused, not followed.
+        let elsewhere = base.path().join("elsewhere");
+        std::fs::write(&elsewhere, "keep").expect("write");
+        std::fs::remove_file(&file).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, &file).expect("symlink");
+        assert!(write_private(&file, "{\"n\":2}", None).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).ok().as_deref(),
+            Some("keep")
+        );
+    }
+
+    #[test]
+    fn a_loose_checkpoint_directory_of_the_daemon_is_tightened() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("checkpoints");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        write_private(&dir.join("obj/step.json"), "{}", None).expect("written");
+        let want = if sys::effective_uid() == 0 {
+            0o711
+        } else {
+            0o700
+        };
+        assert_eq!(mode(&dir), want);
+        assert_eq!(mode(&dir.join("obj")), want);
     }
 }

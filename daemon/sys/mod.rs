@@ -13,16 +13,16 @@ mod watch;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use child::{ChildSetup, child_pre_exec};
+pub use child::{ChildSetup, child_pre_exec, workdir_error};
 pub use fs::{
     can_write, create_private, private_dir, read_xattr, restrict_umask, set_owner, try_lock_record,
     with_umask,
 };
 pub use nix::sys::signal::Signal;
 pub use process::{
-    ProcUsage, Reaped, current_uid, effective_uid, group_alive, group_id, pidfd_open,
-    process_start_ticks, processes_with_env, reap, run_as, session_members, signal_group,
-    signal_process, usage_of, user_name,
+    Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
+    pidfd_open, process_start_ticks, processes_with_env, reap, run_as, session_members,
+    signal_group, signal_process, usage_of, user_name,
 };
 pub use watch::{Watch, WatchFlags, readable_fd};
 

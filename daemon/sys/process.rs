@@ -202,6 +202,25 @@ pub fn user_name(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
+/// A user's passwd entry, as much of it as an agent's environment needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub home: String,
+    pub shell: String,
+}
+
+/// The passwd entry of `uid` (`getpwuid_r`); `None` when there is none (or it cannot be
+/// read, or holds a path that is not UTF-8).
+pub fn account(uid: u32) -> Option<Account> {
+    let u = User::from_uid(Uid::from_raw(uid)).ok().flatten()?;
+    Some(Account {
+        home: u.dir.into_os_string().into_string().ok()?,
+        shell: u.shell.into_os_string().into_string().ok()?,
+        name: u.name,
+    })
+}
+
 /// Who an agent runs as: a daemon running as root runs each agent as the user who
 /// submitted it (with that user's supplementary groups); otherwise as the daemon's user.
 pub fn run_as(uid: u32, gid: u32) -> Option<(u32, u32, Vec<u32>)> {
