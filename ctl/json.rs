@@ -83,6 +83,7 @@ pub fn attempt(a: &Attempt) -> Value {
         "usage": usage(a.usage.as_ref()),
         "message": text_or_null(&a.message),
         "command": if a.command.is_empty() { Value::Null } else { json!(a.command) },
+        "session_id": text_or_null(&a.session_id),
     })
 }
 

@@ -202,7 +202,7 @@ impl Price {
 }
 
 /// How a profile's usage and cost are read from its output.
-pub const USAGE_FORMATS: [&str; 3] = ["orch-lines", "claude-stream-json", "codex-json"];
+pub const USAGE_FORMATS: [&str; 4] = ["orch-lines", "claude-stream-json", "codex-json", "aider"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +252,9 @@ pub struct Config {
     pub max_parallel_per_user: Option<u32>,
     pub retention: Dur,
     pub grace_period: Dur,
+    /// How long a step waits when an agent's provider rate-limits it without saying
+    /// until when (a plain HTTP 429).
+    pub rate_limit_wait: Dur,
     /// `auto`, `cgroup-v2` or `rlimit`.
     pub limits_backend: String,
     pub defaults: DefaultsConfig,
@@ -272,6 +275,7 @@ impl Default for Config {
             max_parallel_per_user: None,
             retention: Dur(30 * 86_400_000),
             grace_period: Dur(10_000),
+            rate_limit_wait: Dur(60_000),
             limits_backend: "auto".into(),
             defaults: DefaultsConfig::default(),
             budget: BudgetConfig::default(),
@@ -650,6 +654,13 @@ impl Config {
                 origin,
                 "grace_period",
                 "longer than the limit of 365 days",
+            ));
+        }
+        if self.rate_limit_wait.0 == 0 || self.rate_limit_wait.0 > MAX_DURATION_MS {
+            return Err(invalid(
+                origin,
+                "rate_limit_wait",
+                "must be between 1ms and 365 days",
             ));
         }
         let d = &self.defaults;

@@ -405,6 +405,9 @@ pub struct Attempt {
     pub pid_start_ticks: Option<u64>,
     /// The attempt's cgroup, when the cgroup backend ran it.
     pub cgroup: Option<String>,
+    /// The agent's session (Claude `session_id`, Codex `thread_id`), when it said.
+    #[serde(default)]
+    pub session: Option<String>,
     pub started_ms: Millis,
     pub ended_ms: Option<Millis>,
     pub outcome: Option<Outcome>,
@@ -429,6 +432,7 @@ impl Attempt {
             pid: None,
             pid_start_ticks: None,
             cgroup: None,
+            session: None,
             started_ms: 0,
             ended_ms: None,
             outcome: None,
@@ -604,6 +608,40 @@ impl End {
             peak_rss_bytes: 0,
             cpu_ms: 0,
         }
+    }
+}
+
+/// Why an agent says its run failed (whatever its exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The provider refused: rate or usage limit (the reset, when known, comes as a
+    /// `RateLimited` line); waited out, not retried.
+    RateLimited,
+    /// The turn limit was reached (`error_max_turns`): a retry would pay again for the
+    /// same, so it is not retried.
+    MaxTurns,
+    /// The provider refused the credentials: not retried.
+    Auth,
+    /// The provider was overloaded or failed (5xx, 529): retried.
+    Overloaded,
+    /// Any other error the agent reported: retried by the policy.
+    Error,
+}
+
+impl FailureClass {
+    pub fn word(self) -> &'static str {
+        match self {
+            FailureClass::RateLimited => "rate limited",
+            FailureClass::MaxTurns => "max turns reached",
+            FailureClass::Auth => "authentication failed",
+            FailureClass::Overloaded => "provider overloaded or failing",
+            FailureClass::Error => "error",
+        }
+    }
+
+    /// Whether a retry of the same agent can help.
+    pub fn retryable(self) -> bool {
+        !matches!(self, FailureClass::MaxTurns | FailureClass::Auth)
     }
 }
 

@@ -829,15 +829,28 @@ prompt = "and again"
     let u = d.ctl_json(&["usage", &id]);
     assert_usage(&u, 60_367, 126, 0.05461325, "usage ID");
 
+    // Each call's input is reported as it happens (a running estimate for budgets), and
+    // the result adds only the rest: the reports add up to what the CLI reported.
     let events = d.events(&id);
     let usage = of_kind(&events, "usage");
+    let stream: Vec<&Value> = usage
+        .iter()
+        .copied()
+        .filter(|e| e["step_id"] == "stream")
+        .collect();
+    assert_eq!(stream.len(), 3, "two calls, then the result: {stream:?}");
+    let sum = |k: &str| -> u64 { stream.iter().map(|e| int(&e[k], k)).sum() };
     assert_eq!(
-        usage.len(),
-        2,
-        "one usage report per result event: {usage:?}"
+        (
+            sum("input_tokens"),
+            sum("cache_write_tokens"),
+            sum("cache_read_tokens"),
+            sum("output_tokens")
+        ),
+        (14, 5430, 44720, 86)
     );
-    assert_usage(usage[0], 50_164, 86, 0.04211325, "first usage event");
-
+    let cost: f64 = stream.iter().map(|e| num(&e["cost_usd"], "cost")).sum();
+    assert!((cost - 0.04211325).abs() < 1e-9, "{cost}");
     // The transcript stays in the log.
     let log = String::from_utf8_lossy(&d.logs(&[&id, "stream", "--stdout"])).into_owned();
     assert_eq!(log, CLAUDE_TRANSCRIPT);

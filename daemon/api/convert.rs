@@ -209,6 +209,7 @@ fn attempt_pb(a: &Attempt) -> pb::Attempt {
         usage: Some(usage_pb(&a.usage)),
         message: a.message.clone(),
         command: a.command.clone(),
+        session_id: a.session.clone().unwrap_or_default(),
     }
 }
 

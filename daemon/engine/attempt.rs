@@ -137,6 +137,12 @@ pub fn run_spec(
         timeout: step.plan.timeout_ms.map(Duration::from_millis),
         idle_timeout: step.plan.idle_timeout_ms.map(Duration::from_millis),
         usage_format,
+        price: cfg
+            .agents
+            .get(step.current_agent())
+            .and_then(|p| p.model.as_ref())
+            .and_then(|m| cfg.prices.get(m))
+            .cloned(),
         run_as,
         limits: step.plan.limits,
         prepared: Default::default(),

@@ -622,11 +622,25 @@ impl Engine {
                         return;
                     }
                     AgentLine::RateLimited { until_ms } => {
+                        // No reset given: wait the configured default.
+                        let until_ms = until_ms.unwrap_or_else(|| {
+                            now_ms().saturating_add(self.cfg.rate_limit_wait.0 as i64)
+                        });
                         tracing::warn!(objective = %key.objective_id, step, attempt, until = until_ms, "the agent's provider rate-limited it");
                         Input::RateLimited {
                             step,
                             attempt,
                             until_ms,
+                        }
+                    }
+                    AgentLine::Session(id) => Input::Session { step, attempt, id },
+                    AgentLine::Failed { class, message } => {
+                        tracing::warn!(objective = %key.objective_id, step, attempt, class = class.word(), %message, "the agent reported a failure");
+                        Input::AgentFailed {
+                            step,
+                            attempt,
+                            class,
+                            message,
                         }
                     }
                     AgentLine::Malformed(problem) => {

@@ -1,9 +1,15 @@
 //! How agent output is read: the usage format of a profile (`UsageFormat`), the stdout
-//! line reader that keeps only lines a format reads (`LineParser`), and what those lines
-//! say (`AgentLine`) — `::orch-*::` protocol lines, Claude Code stream-json `result` and
-//! `rate_limit_event` events, Codex `turn.completed` usage — with cumulative totals turned
-//! into deltas.
+//! line reader (`LineParser`), and what lines say (`AgentLine`): `::orch-*::` protocol
+//! lines; Claude Code stream-json (every line read as JSON, whatever the key order: the
+//! session, per-call usage as a running estimate, the final `result` per model, error
+//! results and rate limits); Codex `exec --json` (the thread, cumulative `turn.completed`
+//! usage, failed turns and usage limits); aider's `Tokens: … Cost: …` lines.
 
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Local, NaiveTime, TimeZone};
+
+pub use crate::model::FailureClass;
 use crate::model::Usage;
 
 /// How an agent reports usage on stdout (the profile's `usage`).
@@ -12,10 +18,12 @@ pub enum UsageFormat {
     /// Only `::orch-*::` lines.
     #[default]
     OrchLines,
-    /// Claude Code `--output-format stream-json` / `json`: the `result` event is authoritative.
+    /// Claude Code `--output-format stream-json`: the `result` event is authoritative.
     ClaudeStreamJson,
     /// Codex `exec --json`: `turn.completed` usage, cumulative per thread.
     CodexJson,
+    /// aider: `Tokens: 1.2k sent, 50 received. Cost: $0.00013 message, $0.0002 session.`
+    Aider,
 }
 
 impl UsageFormat {
@@ -23,32 +31,50 @@ impl UsageFormat {
         match name {
             "claude-stream-json" => UsageFormat::ClaudeStreamJson,
             "codex-json" => UsageFormat::CodexJson,
+            "aider" => UsageFormat::Aider,
             _ => UsageFormat::OrchLines,
         }
     }
 
-    /// Starts of the stdout lines this format reads (others are only logged).
-    fn prefixes(self) -> &'static [&'static [u8]] {
-        match self {
+    /// Whether a line starting with `start` may be one this format reads.
+    fn wants(self, start: &[u8]) -> bool {
+        let prefixes: &[&[u8]] = match self {
             UsageFormat::OrchLines => &[PREFIX],
-            UsageFormat::ClaudeStreamJson => &[
-                PREFIX,
-                br#"{"type":"result""#,
-                br#"{"type":"rate_limit_event""#,
-            ],
-            UsageFormat::CodexJson => &[PREFIX, br#"{"type":"turn.completed""#],
-        }
+            UsageFormat::ClaudeStreamJson | UsageFormat::CodexJson => &[PREFIX, b"{"],
+            UsageFormat::Aider => &[PREFIX, b"Tokens: "],
+        };
+        prefixes.iter().any(|p| {
+            if start.len() <= p.len() {
+                p.starts_with(start)
+            } else {
+                start.starts_with(p)
+            }
+        })
+    }
+
+    fn json(self) -> bool {
+        matches!(self, UsageFormat::ClaudeStreamJson | UsageFormat::CodexJson)
     }
 }
 
-/// Reads agent lines from stdout chunks: keeps only lines that start like something the
-/// format reads (bounded), and turns cumulative usage totals into deltas.
+/// Reads agent lines from stdout chunks: keeps only lines that may be something the
+/// format reads (bounded), and turns cumulative or final totals into deltas, so that the
+/// usage lines of an attempt always add up to what the agent reported last.
 pub struct LineParser {
     format: UsageFormat,
     line: Vec<u8>,
     skipping: bool,
-    /// The last cumulative totals seen (Claude `result`, Codex `turn.completed`).
-    seen: Usage,
+    /// What was reported so far, per model (deltas are taken against it).
+    seen: BTreeMap<String, Usage>,
+    /// Claude message ids already counted in the running estimate (a message's usage is
+    /// repeated on each of its content blocks).
+    messages: HashSet<String>,
+    /// The prices of the profile's model, for the running estimate's cost.
+    price: Option<crate::config::Price>,
+    /// A rejected `rate_limit_event`'s reset, for the error result that follows it.
+    reset_ms: Option<i64>,
+    /// The wall clock, for "try again at 3:28 PM" (a seam for tests).
+    now: fn() -> DateTime<Local>,
 }
 
 impl LineParser {
@@ -57,8 +83,18 @@ impl LineParser {
             format,
             line: Vec::new(),
             skipping: false,
-            seen: Usage::default(),
+            seen: BTreeMap::new(),
+            messages: HashSet::new(),
+            price: None,
+            reset_ms: None,
+            now: Local::now,
         }
+    }
+
+    /// Prices the running estimate (Claude's per-call usage) at `price`.
+    pub fn with_price(mut self, price: Option<crate::config::Price>) -> LineParser {
+        self.price = price;
+        self
     }
 
     /// Feeds a chunk of stdout; returns what the complete lines in it said.
@@ -73,20 +109,16 @@ impl LineParser {
             };
             if !self.skipping {
                 self.line.extend_from_slice(body);
-                let wanted = self.format.prefixes().iter().any(|p| {
-                    if self.line.len() <= p.len() {
-                        p.starts_with(&self.line)
-                    } else {
-                        self.line.starts_with(p)
-                    }
-                });
-                if !wanted {
+                if !self.format.wants(&self.line) {
                     self.skipping = true;
                     self.line.clear();
                 } else if self.line.len() > MAX_PROTOCOL_LINE {
-                    out.push(AgentLine::Malformed(format!(
-                        "protocol line longer than {MAX_PROTOCOL_LINE} bytes ignored"
-                    )));
+                    // JSON events this long are tool results and the like, not usage.
+                    if !self.format.json() || self.line.starts_with(PREFIX) {
+                        out.push(AgentLine::Malformed(format!(
+                            "protocol line longer than {MAX_PROTOCOL_LINE} bytes ignored"
+                        )));
+                    }
                     self.skipping = true;
                     self.line.clear();
                 }
@@ -123,13 +155,102 @@ impl LineParser {
         if text.starts_with("::orch-") {
             return parse_protocol_line(text).into_iter().collect();
         }
+        match self.format {
+            UsageFormat::Aider => return parse_aider(text).into_iter().collect(),
+            UsageFormat::OrchLines => return Vec::new(),
+            _ => {}
+        }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
             return Vec::new();
         };
-        let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-        match (self.format, v.get("type").and_then(|t| t.as_str())) {
-            (UsageFormat::ClaudeStreamJson, Some("result")) => {
-                // Authoritative for the session: replaces (never adds to) per-message usage.
+        match self.format {
+            UsageFormat::ClaudeStreamJson => self.claude(&v),
+            UsageFormat::CodexJson => self.codex(&v),
+            _ => Vec::new(),
+        }
+    }
+
+    fn claude(&mut self, v: &serde_json::Value) -> Vec<AgentLine> {
+        let kind = v.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        let subtype = v.get("subtype").and_then(|t| t.as_str()).unwrap_or("");
+        match kind {
+            "system" if subtype == "init" => session_of(v, "session_id").into_iter().collect(),
+            "assistant" => self.claude_estimate(v).into_iter().collect(),
+            "rate_limit_event" => {
+                let info = v.get("rate_limit_info").cloned().unwrap_or_default();
+                let rejected = info.get("status").and_then(|s| s.as_str()) == Some("rejected");
+                match (rejected, info.get("resetsAt").and_then(|r| r.as_i64())) {
+                    (true, Some(secs)) => {
+                        let until_ms = secs.saturating_mul(1000);
+                        self.reset_ms = Some(until_ms);
+                        vec![AgentLine::RateLimited {
+                            until_ms: Some(until_ms),
+                        }]
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            "result" => self.claude_result(v),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A call's usage as it happens (output counts are placeholders there): input and
+    /// cache tokens once per message, priced at the profile's prices.
+    fn claude_estimate(&mut self, v: &serde_json::Value) -> Option<AgentLine> {
+        let m = v.get("message")?;
+        let id = m
+            .get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or("")
+            .to_string();
+        if id.is_empty() || !self.messages.insert(id) {
+            return None;
+        }
+        let model = m.get("model").and_then(|x| x.as_str()).unwrap_or("");
+        if model.starts_with('<') {
+            // `<synthetic>`: an error placeholder, not a call.
+            return None;
+        }
+        let u = m.get("usage")?;
+        let tokens = Usage {
+            input_tokens: num(u, "input_tokens"),
+            cache_read_tokens: num(u, "cache_read_input_tokens"),
+            cache_write_tokens: num(u, "cache_creation_input_tokens"),
+            ..Usage::default()
+        };
+        let cost = self.price.as_ref().map(|p| p.cost(&tokens));
+        Some(self.add(model, tokens, cost))
+    }
+
+    fn claude_result(&mut self, v: &serde_json::Value) -> Vec<AgentLine> {
+        let mut out: Vec<AgentLine> = session_of(v, "session_id").into_iter().collect();
+        // This run's usage per model: `model_usage_since_last_result` (a resumed session's
+        // `modelUsage` and `total_cost_usd` include the runs before), else `modelUsage`.
+        let per_model = v
+            .get("model_usage_since_last_result")
+            .and_then(|m| m.as_object())
+            .filter(|m| !m.is_empty())
+            .or_else(|| {
+                v.get("modelUsage")
+                    .and_then(|m| m.as_object())
+                    .filter(|m| !m.is_empty())
+            });
+        match per_model {
+            Some(models) => {
+                for (model, u) in models {
+                    let tokens = Usage {
+                        input_tokens: num(u, "inputTokens"),
+                        cache_read_tokens: num(u, "cacheReadInputTokens"),
+                        cache_write_tokens: num(u, "cacheCreationInputTokens"),
+                        output_tokens: num(u, "outputTokens"),
+                        cost_usd: 0.0,
+                    };
+                    let cost = u.get("costUSD").and_then(|c| c.as_f64()).unwrap_or(0.0);
+                    out.push(self.total_delta(model, tokens, cost));
+                }
+            }
+            None => {
                 let u = v.get("usage").cloned().unwrap_or_default();
                 let tokens = Usage {
                     input_tokens: num(&u, "input_tokens"),
@@ -142,65 +263,260 @@ impl LineParser {
                     .get("total_cost_usd")
                     .and_then(|c| c.as_f64())
                     .unwrap_or(0.0);
-                let model = v
-                    .get("modelUsage")
-                    .and_then(|m| m.as_object())
-                    .and_then(|m| m.keys().next().cloned())
-                    .unwrap_or_default();
-                vec![self.delta(tokens, Some(cost), model)]
-            }
-            (UsageFormat::ClaudeStreamJson, Some("rate_limit_event")) => {
-                let info = v.get("rate_limit_info").cloned().unwrap_or_default();
-                let rejected = info.get("status").and_then(|s| s.as_str()) == Some("rejected");
-                match (rejected, info.get("resetsAt").and_then(|r| r.as_i64())) {
-                    (true, Some(secs)) => vec![AgentLine::RateLimited {
-                        until_ms: secs * 1000,
-                    }],
-                    _ => Vec::new(),
+                if tokens.has_tokens() || cost > 0.0 {
+                    out.push(self.total_delta("", tokens, cost));
                 }
             }
-            (UsageFormat::CodexJson, Some("turn.completed")) => {
-                // `input_tokens` includes the cached ones.
+        }
+        let is_error = v.get("is_error").and_then(|e| e.as_bool()).unwrap_or(false)
+            || v.get("subtype")
+                .and_then(|s| s.as_str())
+                .is_some_and(|s| s.starts_with("error"));
+        if is_error {
+            let (class, message) = claude_failure(v);
+            if class == FailureClass::RateLimited {
+                out.push(AgentLine::RateLimited {
+                    until_ms: self.reset_ms,
+                });
+            }
+            out.push(AgentLine::Failed { class, message });
+        }
+        out
+    }
+
+    fn codex(&mut self, v: &serde_json::Value) -> Vec<AgentLine> {
+        match v.get("type").and_then(|t| t.as_str()).unwrap_or("") {
+            "thread.started" => session_of(v, "thread_id").into_iter().collect(),
+            "turn.completed" => {
+                // `input_tokens` includes the cached ones; totals are the thread's so far.
                 let u = v.get("usage").cloned().unwrap_or_default();
                 let cached = num(&u, "cached_input_tokens");
-                let tokens = Usage {
+                let total = Usage {
                     input_tokens: num(&u, "input_tokens").saturating_sub(cached),
                     cache_read_tokens: cached,
-                    cache_write_tokens: 0,
+                    cache_write_tokens: num(&u, "cache_write_input_tokens"),
                     output_tokens: num(&u, "output_tokens"),
                     cost_usd: 0.0,
                 };
-                vec![self.delta(tokens, None, String::new())]
+                vec![self.total_delta_unpriced("", total)]
+            }
+            "turn.failed" => {
+                let message = v
+                    .pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("the turn failed")
+                    .to_string();
+                let (class, until_ms) = codex_failure(&message, (self.now)());
+                let mut out = Vec::new();
+                if class == FailureClass::RateLimited {
+                    out.push(AgentLine::RateLimited { until_ms });
+                }
+                out.push(AgentLine::Failed { class, message });
+                out
             }
             _ => Vec::new(),
         }
     }
 
-    /// A cumulative total as the delta since the last one.
-    fn delta(&mut self, total: Usage, cost: Option<f64>, model: String) -> AgentLine {
-        let s = &mut self.seen;
-        let line = AgentLine::Usage {
-            tokens: Usage {
-                input_tokens: total.input_tokens.saturating_sub(s.input_tokens),
-                cache_read_tokens: total.cache_read_tokens.saturating_sub(s.cache_read_tokens),
-                cache_write_tokens: total
-                    .cache_write_tokens
-                    .saturating_sub(s.cache_write_tokens),
-                output_tokens: total.output_tokens.saturating_sub(s.output_tokens),
-                cost_usd: 0.0,
-            },
-            cost_usd: cost.map(|c| (c - s.cost_usd).max(0.0)),
-            model,
-        };
-        s.input_tokens = s.input_tokens.max(total.input_tokens);
-        s.cache_read_tokens = s.cache_read_tokens.max(total.cache_read_tokens);
-        s.cache_write_tokens = s.cache_write_tokens.max(total.cache_write_tokens);
-        s.output_tokens = s.output_tokens.max(total.output_tokens);
-        if let Some(c) = cost {
-            s.cost_usd = s.cost_usd.max(c);
+    /// Adds an increment for `model`.
+    fn add(&mut self, model: &str, tokens: Usage, cost: Option<f64>) -> AgentLine {
+        let seen = self.seen.entry(model.to_string()).or_default();
+        seen.add(&Usage {
+            cost_usd: cost.unwrap_or(0.0),
+            ..tokens
+        });
+        AgentLine::Usage {
+            tokens,
+            cost_usd: cost,
+            model: model.to_string(),
         }
+    }
+
+    /// A reported total (with its cost) for `model`, as the delta since what was already
+    /// reported for it (estimates included). An estimate above the total is not taken back.
+    fn total_delta(&mut self, model: &str, total: Usage, cost: f64) -> AgentLine {
+        let seen = self.seen.entry(model.to_string()).or_default();
+        let line = AgentLine::Usage {
+            tokens: minus(&total, seen),
+            cost_usd: Some((cost - seen.cost_usd).max(0.0)),
+            model: model.to_string(),
+        };
+        raise(seen, &total);
+        seen.cost_usd = seen.cost_usd.max(cost);
         line
     }
+
+    /// A reported total without a cost (priced by the daemon), as a delta.
+    fn total_delta_unpriced(&mut self, model: &str, total: Usage) -> AgentLine {
+        let seen = self.seen.entry(model.to_string()).or_default();
+        let line = AgentLine::Usage {
+            tokens: minus(&total, seen),
+            cost_usd: None,
+            model: model.to_string(),
+        };
+        raise(seen, &total);
+        line
+    }
+}
+
+/// `a - b` by kind, never below zero (cost left out).
+fn minus(a: &Usage, b: &Usage) -> Usage {
+    Usage {
+        input_tokens: a.input_tokens.saturating_sub(b.input_tokens),
+        cache_read_tokens: a.cache_read_tokens.saturating_sub(b.cache_read_tokens),
+        cache_write_tokens: a.cache_write_tokens.saturating_sub(b.cache_write_tokens),
+        output_tokens: a.output_tokens.saturating_sub(b.output_tokens),
+        cost_usd: 0.0,
+    }
+}
+
+/// `seen` raised to at least `total` in every kind.
+fn raise(seen: &mut Usage, total: &Usage) {
+    seen.input_tokens = seen.input_tokens.max(total.input_tokens);
+    seen.cache_read_tokens = seen.cache_read_tokens.max(total.cache_read_tokens);
+    seen.cache_write_tokens = seen.cache_write_tokens.max(total.cache_write_tokens);
+    seen.output_tokens = seen.output_tokens.max(total.output_tokens);
+}
+
+fn num(v: &serde_json::Value, k: &str) -> u64 {
+    v.get(k).and_then(|x| x.as_u64()).unwrap_or(0)
+}
+
+fn session_of(v: &serde_json::Value, key: &str) -> Option<AgentLine> {
+    v.get(key)
+        .and_then(|s| s.as_str())
+        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .map(|s| AgentLine::Session(s.to_string()))
+}
+
+/// What a Claude error result says: its class and a message.
+fn claude_failure(v: &serde_json::Value) -> (FailureClass, String) {
+    let status = v.get("api_error_status").and_then(|s| s.as_u64());
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("");
+    let subtype = text("subtype");
+    let class = match status {
+        Some(429) => FailureClass::RateLimited,
+        Some(401 | 403) => FailureClass::Auth,
+        Some(s) if s == 529 || (500..600).contains(&s) => FailureClass::Overloaded,
+        _ if subtype == "error_max_turns" || text("terminal_reason") == "max_turns" => {
+            FailureClass::MaxTurns
+        }
+        _ => FailureClass::Error,
+    };
+    let detail = v
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .and_then(|e| e.first())
+        .and_then(|e| e.as_str())
+        .map(str::to_string)
+        .or_else(|| {
+            let t = [text("api_error"), text("api_error_type")]
+                .into_iter()
+                .find(|t| !t.is_empty())?;
+            Some(match status {
+                Some(s) => format!("{t} (HTTP {s})"),
+                None => t.to_string(),
+            })
+        })
+        .unwrap_or_else(|| {
+            let r = text("result");
+            if r.is_empty() {
+                subtype.to_string()
+            } else {
+                r.chars().take(300).collect()
+            }
+        });
+    (class, format!("{}: {detail}", class.word()))
+}
+
+/// What a failed Codex turn says: its class, and for a usage limit the reset ("try again
+/// at 3:28 PM", the next such time after `now`).
+fn codex_failure(message: &str, now: DateTime<Local>) -> (FailureClass, Option<i64>) {
+    let lower = message.to_lowercase();
+    if lower.contains("usage limit") || lower.contains("try again at") {
+        return (FailureClass::RateLimited, try_again_at(message, now));
+    }
+    if lower.contains("429") || lower.contains("rate limit") {
+        return (FailureClass::RateLimited, None);
+    }
+    if lower.contains("401") || lower.contains("403") || lower.contains("unauthorized") {
+        return (FailureClass::Auth, None);
+    }
+    if lower.contains("500")
+        || lower.contains("502")
+        || lower.contains("503")
+        || lower.contains("overloaded")
+    {
+        return (FailureClass::Overloaded, None);
+    }
+    (FailureClass::Error, None)
+}
+
+/// The next time after `now` that "try again at 7:07 AM" (or "19:07") names, in ms.
+fn try_again_at(message: &str, now: DateTime<Local>) -> Option<i64> {
+    let lower = message.to_lowercase();
+    let at = lower.find("try again at ")? + "try again at ".len();
+    let rest = lower[at..].trim_end_matches(['.', ' ']);
+    let words: Vec<&str> = rest.split_whitespace().take(2).collect();
+    let clock = words.first()?.trim_end_matches(['.', ',']);
+    let ampm = words
+        .get(1)
+        .map(|w| w.trim_end_matches(['.', ',']))
+        .filter(|w| *w == "am" || *w == "pm");
+    let time = match ampm {
+        Some(m) => NaiveTime::parse_from_str(&format!("{clock} {m}"), "%I:%M %P").ok()?,
+        None => NaiveTime::parse_from_str(clock, "%H:%M").ok()?,
+    };
+    let today = now.date_naive().and_time(time);
+    let mut at = Local.from_local_datetime(&today).earliest()?;
+    if at <= now {
+        at = at.checked_add_signed(chrono::Duration::days(1))?;
+    }
+    Some(at.timestamp_millis())
+}
+
+/// Reads aider's `Tokens: 1.2k sent, 50 received. Cost: $0.00013 message, $0.02 session.`
+/// as this message's usage.
+fn parse_aider(text: &str) -> Option<AgentLine> {
+    let rest = text.strip_prefix("Tokens: ")?;
+    let count = |s: &str| -> Option<u64> {
+        let s = s.trim().replace(',', "");
+        let (n, mult) = match s.chars().last()? {
+            'k' | 'K' => (&s[..s.len() - 1], 1e3),
+            'm' | 'M' => (&s[..s.len() - 1], 1e6),
+            _ => (s.as_str(), 1.0),
+        };
+        let v: f64 = n.parse().ok()?;
+        (v.is_finite() && v >= 0.0).then(|| (v * mult).round() as u64)
+    };
+    let (tokens, cost) = rest.split_once(". Cost: ").unwrap_or((rest, ""));
+    let mut input = 0;
+    let mut output = 0;
+    for part in tokens.split(',') {
+        let part = part.trim();
+        if let Some(n) = part.strip_suffix(" sent") {
+            input = count(n)?;
+        } else if let Some(n) = part.strip_suffix(" received") {
+            output = count(n)?;
+        } else if let Some(n) = part.strip_suffix(" cache write") {
+            let _ = count(n);
+        }
+    }
+    let cost_usd = cost
+        .split(',')
+        .next()
+        .and_then(|c| c.trim().strip_suffix(" message"))
+        .and_then(|c| c.trim().trim_start_matches('$').parse::<f64>().ok())
+        .filter(|c| c.is_finite() && *c >= 0.0);
+    Some(AgentLine::Usage {
+        tokens: Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Usage::default()
+        },
+        cost_usd,
+        model: String::new(),
+    })
 }
 
 /// A line of the agent protocol read from stdout.
@@ -215,12 +531,20 @@ pub enum AgentLine {
         cost_usd: Option<f64>,
         model: String,
     },
-    /// The provider refused until this time (ms since the epoch).
+    /// The provider refused until this time (ms since the epoch); `None`: it gave no
+    /// time, the daemon's `rate_limit_wait` applies.
     RateLimited {
-        until_ms: i64,
+        until_ms: Option<i64>,
     },
     Progress {
         percent: Option<f64>,
+        message: String,
+    },
+    /// The agent's session (Claude `session_id`, Codex `thread_id`).
+    Session(String),
+    /// The agent reported that its run failed, whatever its exit code.
+    Failed {
+        class: FailureClass,
         message: String,
     },
     /// A `::orch-…::` line that could not be read; kept in the log, reported, never fatal.
@@ -285,7 +609,7 @@ fn parse_usage_line(json: &str) -> Vec<AgentLine> {
     if let Some(t) = u.rate_limited_until {
         match chrono::DateTime::parse_from_rfc3339(&t) {
             Ok(t) => out.push(AgentLine::RateLimited {
-                until_ms: t.timestamp_millis(),
+                until_ms: Some(t.timestamp_millis()),
             }),
             Err(e) => out.push(AgentLine::Malformed(format!(
                 "rate_limited_until `{t}` is not RFC 3339: {e}"
@@ -371,7 +695,7 @@ mod tests {
         "\n",
         r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed","resetsAt":1774447200,"rateLimitType":"five_hour","overageStatus":"rejected","isUsingOverage":false}}"#,
         "\n",
-        r#"{"type":"result","subtype":"success","is_error":false,"duration_ms":4086,"num_turns":2,"result":"Hello. More.","total_cost_usd":0.0242,"usage":{"input_tokens":8,"cache_creation_input_tokens":2783,"cache_read_input_tokens":32197,"output_tokens":42},"modelUsage":{"claude-opus-4-6":{"inputTokens":8}}}"#,
+        r#"{"type":"result","subtype":"success","is_error":false,"duration_ms":4086,"num_turns":2,"result":"Hello. More.","total_cost_usd":0.0242,"usage":{"input_tokens":8,"cache_creation_input_tokens":2783,"cache_read_input_tokens":32197,"output_tokens":42},"modelUsage":{"claude-opus-4-6":{"inputTokens":8,"outputTokens":42,"cacheReadInputTokens":32197,"cacheCreationInputTokens":2783,"costUSD":0.0242}}}"#,
         "\n",
     );
 
@@ -408,7 +732,7 @@ mod tests {
         assert_eq!(
             l,
             vec![AgentLine::RateLimited {
-                until_ms: 1_778_565_600_000
+                until_ms: Some(1_778_565_600_000)
             }]
         );
     }
@@ -430,7 +754,11 @@ mod tests {
             r#"{"type":"turn.completed","usage":{"input_tokens":50000,"cached_input_tokens":49000,"output_tokens":300}}"#,
             "\n",
         );
-        let lines = p.feed(t.as_bytes());
+        let lines: Vec<AgentLine> = p
+            .feed(t.as_bytes())
+            .into_iter()
+            .filter(|l| matches!(l, AgentLine::Usage { .. }))
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(usage_of(&lines), (50000, 300, 0.0));
         let t = total_of(&lines);
@@ -463,7 +791,7 @@ mod tests {
         let lines = p.feed(b"noise\n::orch-usage::{\"input_tokens\":10,\"cost_usd\":0.5}\n::orch-usage::{\"output_tokens\":5,\"rate_limited_until\":\"2030-01-01T00:00:00Z\"}\n::orch-usage::{oops\n");
         assert_eq!(usage_of(&lines), (10, 5, 0.5));
         assert!(lines.contains(&AgentLine::RateLimited {
-            until_ms: 1_893_456_000_000
+            until_ms: Some(1_893_456_000_000)
         }));
         assert!(matches!(lines.last(), Some(AgentLine::Malformed(_))));
         // A JSON line of another format is not read by orch-lines.
@@ -498,5 +826,237 @@ mod tests {
         assert!(
             matches!(parse_protocol_line(&big), Some(AgentLine::Malformed(m)) if m.contains("limit"))
         );
+    }
+
+    /// A real transcript from `tests/fixtures/agents/` (see its README), fed in chunks.
+    fn replay(format: UsageFormat, name: &str) -> Vec<AgentLine> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/agents")
+            .join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut p = LineParser::new(format);
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(61) {
+            out.extend(p.feed(chunk));
+        }
+        out.extend(p.finish());
+        out
+    }
+
+    fn failures(lines: &[AgentLine]) -> Vec<(FailureClass, String)> {
+        lines
+            .iter()
+            .filter_map(|l| match l {
+                AgentLine::Failed { class, message } => Some((*class, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sessions(lines: &[AgentLine]) -> Vec<String> {
+        let mut s: Vec<String> = lines
+            .iter()
+            .filter_map(|l| match l {
+                AgentLine::Session(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        s.dedup();
+        s
+    }
+
+    #[test]
+    fn claude_results_are_read_whatever_their_key_order() {
+        // Claude Code 2.1.332 starts its result with `{"duration_api_ms":…`.
+        let lines = replay(UsageFormat::ClaudeStreamJson, "claude-plain.jsonl");
+        let t = total_of(&lines);
+        assert_eq!(
+            (
+                t.input_tokens,
+                t.cache_write_tokens,
+                t.cache_read_tokens,
+                t.output_tokens
+            ),
+            (12, 2000, 10000, 6)
+        );
+        assert!((t.cost_usd - 0.010626).abs() < 1e-9, "{}", t.cost_usd);
+        assert!(failures(&lines).is_empty());
+        assert_eq!(sessions(&lines), ["27ebf8c6-d7a0-43c0-820d-b125f04b080e"]);
+    }
+
+    #[test]
+    fn a_tool_round_trip_counts_each_call_once_and_ends_at_the_result() {
+        let lines = replay(UsageFormat::ClaudeStreamJson, "claude-tool.jsonl");
+        let t = total_of(&lines);
+        // What the CLI itself reported in `modelUsage`.
+        assert_eq!(
+            (
+                t.input_tokens,
+                t.cache_write_tokens,
+                t.cache_read_tokens,
+                t.output_tokens
+            ),
+            (250, 350, 1100, 50)
+        );
+        assert!((t.cost_usd - 0.0031425).abs() < 1e-9, "{}", t.cost_usd);
+        // The estimate came first, as the calls happened.
+        assert!(
+            matches!(lines.iter().find(|l| matches!(l, AgentLine::Usage { .. })),
+            Some(AgentLine::Usage { tokens, .. }) if tokens.input_tokens == 100)
+        );
+    }
+
+    #[test]
+    fn a_resumed_claude_session_counts_only_this_run() {
+        // `modelUsage` there is the whole session's; this run is 40 in / 12 out.
+        let lines = replay(UsageFormat::ClaudeStreamJson, "claude-resume.jsonl");
+        let t = total_of(&lines);
+        assert_eq!(
+            (t.input_tokens, t.cache_read_tokens, t.output_tokens),
+            (40, 2000, 12)
+        );
+        assert!((t.cost_usd - 0.0009).abs() < 1e-9, "{}", t.cost_usd);
+    }
+
+    #[test]
+    fn claude_error_results_are_failures_told_apart() {
+        for (file, class, says) in [
+            (
+                "claude-max-turns.jsonl",
+                FailureClass::MaxTurns,
+                "Reached maximum number of turns (1)",
+            ),
+            (
+                "claude-rate-limit-429.jsonl",
+                FailureClass::RateLimited,
+                "HTTP 429",
+            ),
+            (
+                "claude-overloaded-529.jsonl",
+                FailureClass::Overloaded,
+                "HTTP 529",
+            ),
+            (
+                "claude-usage-limit.jsonl",
+                FailureClass::RateLimited,
+                "usage_limit_reached",
+            ),
+        ] {
+            let lines = replay(UsageFormat::ClaudeStreamJson, file);
+            let f = failures(&lines);
+            assert_eq!(f.len(), 1, "{file}: {lines:?}");
+            assert_eq!(f[0].0, class, "{file}");
+            assert!(f[0].1.contains(says), "{file}: {}", f[0].1);
+        }
+        // The usage limit's reset comes from its rate_limit_event; a plain 429 has none.
+        let limited = replay(UsageFormat::ClaudeStreamJson, "claude-usage-limit.jsonl");
+        assert!(limited.contains(&AgentLine::RateLimited {
+            until_ms: Some(1_796_108_838_000)
+        }));
+        let plain = replay(UsageFormat::ClaudeStreamJson, "claude-rate-limit-429.jsonl");
+        assert!(plain.contains(&AgentLine::RateLimited { until_ms: None }));
+        // A retry the CLI made by itself is no failure.
+        let retried = replay(
+            UsageFormat::ClaudeStreamJson,
+            "claude-retry-then-success.jsonl",
+        );
+        assert!(failures(&retried).is_empty());
+    }
+
+    #[test]
+    fn codex_usage_keeps_cached_input_apart_and_names_the_thread() {
+        let lines = replay(UsageFormat::CodexJson, "codex-tool.jsonl");
+        let t = total_of(&lines);
+        assert_eq!(
+            (t.input_tokens, t.cache_read_tokens, t.output_tokens),
+            (600, 1600, 50)
+        );
+        assert_eq!(sessions(&lines), ["01a23036-fba7-7b52-9f2d-300422e9e791"]);
+    }
+
+    #[test]
+    fn codex_failed_turns_are_told_apart() {
+        let limited = replay(UsageFormat::CodexJson, "codex-rate-limit-429.jsonl");
+        assert_eq!(failures(&limited)[0].0, FailureClass::RateLimited);
+        assert!(limited.contains(&AgentLine::RateLimited { until_ms: None }));
+        let usage = replay(UsageFormat::CodexJson, "codex-usage-limit.jsonl");
+        assert_eq!(failures(&usage)[0].0, FailureClass::RateLimited);
+        assert!(
+            usage
+                .iter()
+                .any(|l| matches!(l, AgentLine::RateLimited { until_ms: Some(_) })),
+            "the reset time is read: {usage:?}"
+        );
+    }
+
+    #[test]
+    fn try_again_at_is_the_next_such_time() {
+        let now = Local
+            .with_ymd_and_hms(2026, 12, 1, 6, 0, 0)
+            .single()
+            .expect("a local time");
+        let at = |m: &str| try_again_at(m, now).map(|ms| Local.timestamp_millis_opt(ms).single());
+        let seven = Local.with_ymd_and_hms(2026, 12, 1, 7, 7, 0).single();
+        assert_eq!(at("... or try again at 7:07 AM."), Some(seven));
+        let tomorrow = Local.with_ymd_and_hms(2026, 12, 2, 5, 30, 0).single();
+        assert_eq!(at("try again at 5:30 AM"), Some(tomorrow));
+        let evening = Local.with_ymd_and_hms(2026, 12, 1, 19, 15, 0).single();
+        assert_eq!(at("try again at 19:15."), Some(evening));
+        assert_eq!(at("try again later"), None);
+    }
+
+    #[test]
+    fn aider_cost_lines_are_read() {
+        let lines = replay(UsageFormat::Aider, "aider-plain.txt");
+        let t = total_of(&lines);
+        assert_eq!((t.input_tokens, t.output_tokens), (1200, 6));
+        assert!((t.cost_usd - 0.0037).abs() < 1e-9);
+        assert_eq!(
+            parse_aider("Tokens: 12k sent, 1.5k received. Cost: $0.05 message, $0.20 session."),
+            Some(AgentLine::Usage {
+                tokens: Usage {
+                    input_tokens: 12_000,
+                    output_tokens: 1_500,
+                    ..Usage::default()
+                },
+                cost_usd: Some(0.05),
+                model: String::new(),
+            })
+        );
+        assert_eq!(
+            parse_aider("Tokens: lots"),
+            Some(AgentLine::Usage {
+                tokens: Usage::default(),
+                cost_usd: None,
+                model: String::new(),
+            })
+        );
+    }
+
+    #[test]
+    fn the_running_estimate_is_priced_and_the_result_only_adds_the_rest() {
+        let price = crate::config::Price {
+            input_per_mtok: 3.0,
+            output_per_mtok: 15.0,
+            cached_input_per_mtok: Some(0.3),
+            cache_write_per_mtok: Some(3.75),
+        };
+        let mut p = LineParser::new(UsageFormat::ClaudeStreamJson).with_price(Some(price));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/agents/claude-tool.jsonl");
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        let mut estimate = 0.0;
+        let mut lines = Vec::new();
+        for line in text.lines() {
+            let got = p.feed(format!("{line}\n").as_bytes());
+            if !line.contains("\"type\":\"result\"") {
+                estimate += total_of(&got).cost_usd;
+            }
+            lines.extend(got);
+        }
+        // Two calls: 100 in, 300 written, 400 read; then 150 in, 50 written, 700 read.
+        let want = (250.0 * 3.0 + 350.0 * 3.75 + 1100.0 * 0.3) / 1e6;
+        assert!((estimate - want).abs() < 1e-12, "{estimate} vs {want}");
+        assert!((total_of(&lines).cost_usd - 0.0031425).abs() < 1e-9);
     }
 }

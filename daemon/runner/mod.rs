@@ -60,6 +60,8 @@ pub struct RunSpec {
     pub prepared: Prepared,
     /// How usage and cost are read from stdout.
     pub usage_format: UsageFormat,
+    /// The prices of the profile's model, for the running estimate of an agent's cost.
+    pub price: Option<crate::config::Price>,
     /// Run as this user (uid, gid, supplementary groups): a root daemon runs each agent
     /// as the user who submitted it.
     pub run_as: Option<(u32, u32, Vec<u32>)>,
@@ -411,7 +413,7 @@ async fn run(
             Some((
                 facts.clone(),
                 spec.key.clone(),
-                LineParser::new(spec.usage_format),
+                LineParser::new(spec.usage_format).with_price(spec.price.clone()),
             )),
             None,
         ))

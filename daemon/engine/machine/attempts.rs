@@ -4,7 +4,7 @@
 use super::{
     Effect, End, Invalid, Next, RateLimit, Running, Tx, counts_against_retries, next_after_end,
 };
-use crate::model::{Attempt, EventKind, Millis, Outcome, StepState, Usage};
+use crate::model::{Attempt, EventKind, FailureClass, Millis, Outcome, StepState, Usage};
 
 impl Tx<'_> {
     pub(super) fn start(
@@ -37,6 +37,7 @@ impl Tx<'_> {
             Running {
                 attempt,
                 rate_limited_until: None,
+                failure: None,
             },
         );
         self.set_step(index, StepState::Running, String::new());
@@ -86,6 +87,7 @@ impl Tx<'_> {
         let Some(mut r) = self.run.running.remove(&index) else {
             return;
         };
+        let end = agent_verdict(end, r.failure.as_ref());
         let a = &mut r.attempt;
         a.ended_ms = Some(now);
         a.outcome = Some(end.outcome);
@@ -116,6 +118,7 @@ impl Tx<'_> {
             self.run.cancelling,
             self.run.exhausted.as_deref(),
             rate_limit,
+            r.failure.as_ref().map(|f| f.0),
             self.ctx.jitter,
         );
         self.emit(
@@ -198,6 +201,7 @@ impl Tx<'_> {
                 Running {
                     attempt: a,
                     rate_limited_until: None,
+                    failure: None,
                 },
             );
         }
@@ -253,4 +257,23 @@ impl Tx<'_> {
         }
         self.release_ready();
     }
+}
+
+/// What the agent said overrides what its exit status suggests: an error result that
+/// exits 0 is a failure, and a failure carries the agent's own words.
+fn agent_verdict(mut end: End, failure: Option<&(FailureClass, String)>) -> End {
+    let Some((_, said)) = failure else {
+        return end;
+    };
+    if end.outcome == Outcome::Success {
+        end.outcome = Outcome::ExitFailure;
+        end.message = format!("the agent reported an error although it exited 0: {said}");
+    } else if !matches!(end.outcome, Outcome::Cancelled | Outcome::Interrupted) {
+        end.message = if end.message.is_empty() {
+            said.clone()
+        } else {
+            format!("{}; the agent said: {said}", end.message)
+        };
+    }
+    end
 }

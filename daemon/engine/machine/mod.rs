@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use tables::{End, Next, RateLimit, counts_against_retries, next_after_end};
 
 use crate::model::{
-    Attempt, Control, EventKind, Millis, ObjState, Objective, Progress, Step, StepPlan, StepState,
-    Usage, derive_objective_state,
+    Attempt, Control, EventKind, FailureClass, Millis, ObjState, Objective, Progress, Step,
+    StepPlan, StepState, Usage, derive_objective_state,
 };
 
 /// An objective that has not ended (or an ended one being reopened by `retry`), as the
@@ -59,6 +59,8 @@ pub struct Running {
     pub attempt: Attempt,
     /// The provider refused until then (ms); the step waits instead of failing.
     pub rate_limited_until: Option<Millis>,
+    /// The agent said its run failed (whatever its exit code): why.
+    pub failure: Option<(FailureClass, String)>,
 }
 
 /// What the core may not read for itself.
@@ -148,6 +150,19 @@ pub enum Input {
         step: u32,
         attempt: u32,
         until_ms: Millis,
+    },
+    /// The agent's session id (recorded on the attempt, for a later resume).
+    Session {
+        step: u32,
+        attempt: u32,
+        id: String,
+    },
+    /// The agent said its run failed, whatever its exit code will be.
+    AgentFailed {
+        step: u32,
+        attempt: u32,
+        class: FailureClass,
+        message: String,
     },
     /// A budget alert threshold was crossed. `key` is set for the objective's own
     /// budgets (sent once per objective); daemon-wide alerts are deduplicated outside.
@@ -454,6 +469,25 @@ impl<'a> Tx<'a> {
             } => {
                 if let Some(r) = self.running_mut(step, attempt) {
                     r.rate_limited_until = Some(until_ms);
+                }
+            }
+            Input::Session { step, attempt, id } => {
+                if let Some(r) = self.running_mut(step, attempt)
+                    && r.attempt.session.as_deref() != Some(id.as_str())
+                {
+                    r.attempt.session = Some(id);
+                    let a = r.attempt.clone();
+                    self.d.attempts.push(a);
+                }
+            }
+            Input::AgentFailed {
+                step,
+                attempt,
+                class,
+                message,
+            } => {
+                if let Some(r) = self.running_mut(step, attempt) {
+                    r.failure = Some((class, message));
                 }
             }
             Input::Alert {

@@ -3,7 +3,7 @@
 //! fallback agents lives here and nowhere else.
 
 pub use crate::model::End;
-use crate::model::{Millis, Outcome, Step};
+use crate::model::{FailureClass, Millis, Outcome, Step};
 
 /// What becomes of a step after one of its attempts ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +85,7 @@ pub fn counts_against_retries(outcome: Outcome, rate_limited: bool) -> bool {
 /// | 6 | rate limited, fallback on rate limit        | next fallback agent           |
 /// | 7 | rate limited, rate-limit waits left         | backoff until the reset       |
 /// | 7b| rate limited, `max_rate_limit_waits` made   | failed, saying how many waits |
+/// | 7c| the agent said max turns or authentication  | next fallback agent, or failed |
 /// | 8 | the policy retries it and attempts are left | backoff (exponential, jitter) |
 /// | 9 | a fallback agent is left                    | next fallback agent           |
 /// | 10| otherwise                                   | failed                        |
@@ -94,6 +95,7 @@ pub fn next_after_end(
     cancelling: bool,
     exhausted: Option<&str>,
     rate_limit: Option<RateLimit>,
+    agent_failure: Option<FailureClass>,
     jitter: f64,
 ) -> Next {
     let policy = &step.plan.retry;
@@ -110,6 +112,18 @@ pub fn next_after_end(
             Some(limit) => after_rate_limit(step, has_fallback, limit),
             None => Next::Failed(message),
         },
+        _ if agent_failure.is_some_and(|c| !c.retryable()) => {
+            let why = agent_failure.map_or("", FailureClass::word);
+            if has_fallback {
+                Next::FallBack(format!(
+                    "{why}, which a retry of this agent would not fix ({message})"
+                ))
+            } else {
+                Next::Failed(format!(
+                    "{message} (not retried: a retry would pay again for the same)"
+                ))
+            }
+        }
         o if policy.retries(o, end.exit_code) && step.counted_attempts < policy.max_attempts => {
             Next::Backoff {
                 delay_ms: policy.delay_ms(step.counted_attempts + 1, jitter),

@@ -303,6 +303,67 @@ fn a_fallback_and_a_retry_start_the_rate_limit_waits_again() {
 }
 
 #[test]
+fn an_error_the_agent_reports_is_a_failure_even_when_it_exits_0() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::AgentFailed {
+            step: 0,
+            attempt: 1,
+            class: FailureClass::Overloaded,
+            message: "provider overloaded or failing: overloaded_error (HTTP 529)".into(),
+        },
+    );
+    let d = end(&mut run, 0, Outcome::Success);
+    assert_eq!(d.attempts[0].outcome, Some(Outcome::ExitFailure));
+    assert!(
+        d.attempts[0]
+            .message
+            .starts_with("the agent reported an error although it exited 0: provider overloaded"),
+        "{}",
+        d.attempts[0].message
+    );
+    assert_eq!(states(&run), [S::Backoff], "overloaded is retried");
+}
+
+#[test]
+fn max_turns_is_not_retried_since_every_retry_pays_again() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::AgentFailed {
+            step: 0,
+            attempt: 1,
+            class: FailureClass::MaxTurns,
+            message: "max turns reached: Reached maximum number of turns (1)".into(),
+        },
+    );
+    end_with(&mut run, 0, End::of(Outcome::ExitFailure, "exit status 1"));
+    assert_eq!(states(&run), [S::Failed]);
+    assert_eq!(
+        run.steps[0].message,
+        "exit status 1; the agent said: max turns reached: Reached maximum number of turns (1) \
+         (not retried: a retry would pay again for the same)"
+    );
+}
+
+#[test]
+fn the_session_an_agent_names_is_recorded_on_its_attempt() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let session = Input::Session {
+        step: 0,
+        attempt: 1,
+        id: "27eb".into(),
+    };
+    let d = ok(&mut run, session.clone());
+    assert_eq!(d.attempts[0].session.as_deref(), Some("27eb"));
+    assert!(ok(&mut run, session).is_empty(), "recorded once");
+}
+
+#[test]
 fn a_rate_limit_falls_back_when_the_step_says_so() {
     let mut p = plan("a", &[]);
     p.agent = "claude".into();

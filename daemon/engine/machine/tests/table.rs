@@ -15,6 +15,8 @@ struct Row {
     attempts_left: bool,
     /// Every `max_rate_limit_waits` already made.
     waits_used: bool,
+    /// What the agent said of its failure.
+    agent_failure: Option<FailureClass>,
     want: &'static str,
 }
 
@@ -28,6 +30,7 @@ const fn row(outcome: Outcome, want: &'static str) -> Row {
         fallback_on_rate_limit: false,
         attempts_left: true,
         waits_used: false,
+        agent_failure: None,
         want,
     }
 }
@@ -106,6 +109,29 @@ fn the_end_table_in_order_of_precedence() {
             ..row(ExitFailure, "backoff")
         },
         Row {
+            agent_failure: Some(FailureClass::MaxTurns),
+            ..row(ExitFailure, "failed")
+        },
+        Row {
+            agent_failure: Some(FailureClass::Auth),
+            fallback: true,
+            ..row(ExitFailure, "fallback")
+        },
+        Row {
+            agent_failure: Some(FailureClass::Overloaded),
+            ..row(ExitFailure, "backoff")
+        },
+        Row {
+            agent_failure: Some(FailureClass::Error),
+            attempts_left: false,
+            ..row(ExitFailure, "failed")
+        },
+        Row {
+            agent_failure: Some(FailureClass::MaxTurns),
+            cancelling: true,
+            ..row(ExitFailure, "cancelled")
+        },
+        Row {
             fallback: true,
             ..row(ExitFailure, "backoff")
         },
@@ -146,6 +172,7 @@ fn the_end_table_in_order_of_precedence() {
             r.cancelling,
             r.exhausted.then_some("budget"),
             r.rate_limited.then_some(limit),
+            r.agent_failure,
             0.0,
         );
         assert_eq!(
@@ -168,11 +195,11 @@ fn retry_exit_codes_limit_which_failures_retry() {
         ..End::of(Outcome::ExitFailure, "x")
     };
     assert_eq!(
-        word(&next_after_end(&with(75), &s, false, None, None, 0.0)),
+        word(&next_after_end(&with(75), &s, false, None, None, None, 0.0)),
         "backoff"
     );
     assert_eq!(
-        word(&next_after_end(&with(1), &s, false, None, None, 0.0)),
+        word(&next_after_end(&with(1), &s, false, None, None, None, 0.0)),
         "failed"
     );
 }
@@ -189,6 +216,7 @@ fn backoff_delays_grow_with_the_counted_attempts_and_take_the_jitter() {
             &End::of(Outcome::Timeout, "t"),
             &s,
             false,
+            None,
             None,
             None,
             jitter,
