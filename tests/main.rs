@@ -10,6 +10,7 @@ mod grpc;
 mod lifecycle;
 mod multiuser;
 mod plans;
+mod real_agents;
 mod runs;
 mod security;
 mod supervisor;
