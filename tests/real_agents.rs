@@ -430,3 +430,501 @@ fn codex_tool_round_trip_under_orchd() {
     assert_eq!((got.input, got.output), (2200, 50), "{a}");
     let _ = json!(null);
 }
+
+// ------------------------------------------------------------------ fixtures
+
+/// Where the captured transcripts live.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agents");
+
+/// One line about a scripted reply, for the fixtures' README.
+fn describe_reply(r: &Reply) -> String {
+    match r {
+        Reply::Turn(t) => {
+            let mut parts = Vec::new();
+            if let Some(text) = &t.text {
+                parts.push(format!("text {text:?}"));
+            }
+            if let Some(tool) = &t.tool {
+                parts.push(format!("tool_use {} {}", tool.name, tool.input));
+            }
+            let u = t.usage;
+            parts.push(format!(
+                "usage input={} output={} cache_creation={} cached={} reasoning={}",
+                u.input, u.output, u.cache_creation, u.cached, u.reasoning
+            ));
+            parts.join("; ")
+        }
+        Reply::Error {
+            status,
+            headers,
+            body,
+        } => {
+            let h: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            format!("HTTP {status} [{}] {body}", h.join(", "))
+        }
+    }
+}
+
+/// A transcript captured from a real CLI run against the mock.
+struct Captured {
+    file: String,
+    exit_code: Option<i32>,
+    args: Vec<String>,
+    env: Vec<String>,
+    script: Vec<String>,
+    stdout: String,
+}
+
+/// Runs `program args` directly (not under orchd) in `cwd` with only `PATH`, `LANG` and `env`,
+/// stdin closed, against a fresh mock scripted with `replies` for `api`.
+fn capture(
+    file: &str,
+    program: &str,
+    args: &[String],
+    env: impl Fn(&MockProvider) -> Vec<(&'static str, String)>,
+    api: Api,
+    replies: Vec<Reply>,
+    cwd: &Path,
+) -> (Captured, MockProvider) {
+    let mock = MockProvider::start();
+    let script: Vec<String> = replies.iter().map(describe_reply).collect();
+    match api {
+        Api::OpenAi => mock.openai(replies),
+        _ => mock.anthropic(replies),
+    };
+    let env = env(&mock);
+    let mut cmd = std::process::Command::new(agent_cli(program));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LANG", "C.UTF-8")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let out = crate::support::run_deadline(&mut cmd, std::time::Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    announce(&format!(
+        "captured {file}: exit {:?}, {} bytes{}",
+        out.status.code(),
+        stdout.len(),
+        if out.stderr.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", stderr: {}",
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            )
+        }
+    ));
+    let port = mock.base_url();
+    let c = Captured {
+        file: file.to_string(),
+        exit_code: out.status.code(),
+        args: std::iter::once(program.to_string())
+            .chain(args.iter().cloned())
+            .collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace(&port, "http://127.0.0.1:PORT")))
+            .collect(),
+        script,
+        stdout,
+    };
+    (c, mock)
+}
+
+/// The value of `key` on the first line of `stdout` that has it.
+fn first_field(stdout: &str, key: &str) -> String {
+    json_lines(stdout)
+        .iter()
+        .find_map(|v| v[key].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no {key} in\n{stdout}"))
+}
+
+/// `claude -p PROMPT` args (as `claude_argv`, prompt filled in, program left out).
+fn claude_args(prompt: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = claude_argv(extra);
+    a.remove(0);
+    a[1] = prompt.to_string();
+    a
+}
+
+/// `codex exec ...` args (program left out).
+fn codex_args(tail: &[&str]) -> Vec<String> {
+    let mut a = codex_argv(tail);
+    a.remove(0);
+    a
+}
+
+fn aider_args(prompt: &str) -> Vec<String> {
+    [
+        "--model",
+        AIDER_MODEL,
+        "--message",
+        prompt,
+        "--yes-always",
+        "--no-pretty",
+        "--no-stream",
+        "--no-git",
+        "--no-check-update",
+        "--analytics-disable",
+        "--no-show-release-notes",
+        "--no-gitignore",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Seeds aider's model price cache (`~/.aider/caches/model_prices_and_context_window.json`)
+/// from the copy litellm ships, so aider does not fetch one; a fresh mtime keeps it for 24 h.
+fn seed_aider_home(home: &Path) {
+    let caches = home.join(".aider/caches");
+    fs::create_dir_all(&caches).expect("create aider's cache dir");
+    let venv = crate::support::agents_dir().join("aider-venv/lib");
+    let src = fs::read_dir(&venv)
+        .expect("read the aider venv's lib dir")
+        .filter_map(Result::ok)
+        .map(|e| {
+            e.path()
+                .join("site-packages/litellm/model_prices_and_context_window_backup.json")
+        })
+        .find(|p| p.exists())
+        .expect("litellm's model_prices_and_context_window_backup.json in the aider venv");
+    fs::copy(&src, caches.join("model_prices_and_context_window.json"))
+        .expect("seed aider's model price cache");
+}
+
+fn aider_env(mock: &MockProvider, home: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOME", home.display().to_string()),
+        ("ANTHROPIC_API_BASE", mock.base_url()),
+        ("ANTHROPIC_API_KEY", "sk-ant-mock".into()),
+    ]
+}
+
+fn now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Rewrites `tests/fixtures/agents/` from real runs of the installed CLIs against the mock.
+/// Run with `ORCH_CAPTURE_AGENT_FIXTURES=1 cargo test --test e2e capture_agent_fixtures --
+/// --ignored`; takes a few minutes (aider's retries of a 429 take the longest).
+#[test]
+#[ignore = "rewrites tests/fixtures/agents; run by hand with ORCH_CAPTURE_AGENT_FIXTURES=1"]
+fn capture_agent_fixtures() {
+    use crate::support::Usage;
+    if std::env::var_os("ORCH_CAPTURE_AGENT_FIXTURES").is_none_or(|v| v != "1") {
+        announce("capture_agent_fixtures: set ORCH_CAPTURE_AGENT_FIXTURES=1 to rewrite them");
+        return;
+    }
+    assert!(
+        require_agents(&["claude", "codex", "aider"]),
+        "the CLIs are needed"
+    );
+    let h = home_dir();
+    let mut all: Vec<Captured> = Vec::new();
+    let dir = |name: &str| {
+        let p = h.path().join(name);
+        fs::create_dir_all(&p).expect("create a capture dir");
+        p
+    };
+    let (ch, cw) = (dir("claude-home"), dir("claude-work"));
+    let chp = ch.clone();
+    let cenv = move |m: &MockProvider| claude_env(m, &chp);
+
+    // --- Claude Code
+    let (c, _) = capture(
+        "claude-plain.jsonl",
+        "claude",
+        &claude_args("say hello", &[]),
+        &cenv,
+        Api::Anthropic,
+        vec![Reply::text(
+            "Hello from the mock.",
+            Usage::new(12, 6).cache(2000, 10000),
+        )],
+        &cw,
+    );
+    all.push(c);
+    let (c, _) = capture(
+        "claude-tool.jsonl",
+        "claude",
+        &claude_args("run echo hi", &[]),
+        &cenv,
+        Api::Anthropic,
+        vec![
+            Reply::claude_bash(
+                Some("Let me run it."),
+                "echo hi",
+                Usage::new(100, 20).cache(300, 400),
+            ),
+            Reply::text(
+                "The command printed hi.",
+                Usage::new(150, 30).cache(50, 700),
+            ),
+        ],
+        &cw,
+    );
+    let sid = first_field(&c.stdout, "session_id");
+    all.push(c);
+    let (c, mock) = capture(
+        "claude-resume.jsonl",
+        "claude",
+        &claude_args("what did you run?", &["--resume", &sid]),
+        &cenv,
+        Api::Anthropic,
+        vec![Reply::text(
+            "I ran echo hi; it printed hi.",
+            Usage::new(40, 12).cache(0, 2000),
+        )],
+        &cw,
+    );
+    let bodies = mock.bodies(Api::Anthropic);
+    assert!(
+        bodies
+            .first()
+            .is_some_and(|b| anthropic_tool_results(b).len() == 1),
+        "the resumed session did not replay the earlier tool round trip"
+    );
+    all.push(c);
+    let (c, _) = capture(
+        "claude-max-turns.jsonl",
+        "claude",
+        &claude_args("run echo hi", &["--max-turns", "1"]),
+        &cenv,
+        Api::Anthropic,
+        vec![Reply::claude_bash(
+            Some("Let me run it."),
+            "echo hi",
+            Usage::new(100, 20).cache(300, 400),
+        )],
+        &cw,
+    );
+    all.push(c);
+    let (c, _) = capture(
+        "claude-rate-limit-429.jsonl",
+        "claude",
+        &claude_args("say hello", &[]),
+        &cenv,
+        Api::Anthropic,
+        vec![Reply::anthropic_rate_limited(30)],
+        &cw,
+    );
+    all.push(c);
+    let (c, _) = capture(
+        "claude-overloaded-529.jsonl",
+        "claude",
+        &claude_args("say hello", &[]),
+        &cenv,
+        Api::Anthropic,
+        vec![Reply::anthropic_overloaded()],
+        &cw,
+    );
+    all.push(c);
+    let chp = ch.clone();
+    let (c, _) = capture(
+        "claude-retry-then-success.jsonl",
+        "claude",
+        &claude_args("say hello", &[]),
+        move |m: &MockProvider| {
+            let mut e = claude_env(m, &chp);
+            e.retain(|(k, _)| *k != "CLAUDE_CODE_MAX_RETRIES");
+            e.push(("CLAUDE_CODE_MAX_RETRIES", "1".into()));
+            e
+        },
+        Api::Anthropic,
+        vec![
+            Reply::anthropic_overloaded(),
+            Reply::text("Hello after a retry.", Usage::new(12, 6)),
+        ],
+        &cw,
+    );
+    all.push(c);
+    let chp = ch.clone();
+    let (c, _) = capture(
+        "claude-usage-limit.jsonl",
+        "claude",
+        &claude_args("say hello", &[]),
+        move |m: &MockProvider| {
+            let mut e = claude_env(m, &chp);
+            e.retain(|(k, _)| *k != "ANTHROPIC_API_KEY");
+            e.push(("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-mock".into()));
+            e
+        },
+        Api::Anthropic,
+        vec![Reply::anthropic_usage_limit(now_s() + 3600)],
+        &cw,
+    );
+    all.push(c);
+
+    // --- Codex
+    let xh = h.path().join("codex-user-home");
+    fs::create_dir_all(&xh).expect("create the codex HOME");
+    let xw = dir("codex-work");
+    let codex_mock_env = |xh: PathBuf| {
+        move |m: &MockProvider| {
+            let ch = codex_home(m, &xh);
+            codex_env(&ch, &xh)
+        }
+    };
+    let (c, _) = capture(
+        "codex-plain.jsonl",
+        "codex",
+        &codex_args(&["say hello"]),
+        codex_mock_env(xh.clone()),
+        Api::OpenAi,
+        vec![Reply::text(
+            "Hello from the mock.",
+            Usage::new(5000, 8).cache(0, 4096),
+        )],
+        &xw,
+    );
+    all.push(c);
+    let (c, _) = capture(
+        "codex-tool.jsonl",
+        "codex",
+        &codex_args(&["run echo hi"]),
+        codex_mock_env(xh.clone()),
+        Api::OpenAi,
+        vec![
+            Reply::codex_exec("echo hi", Usage::new(1000, 20).cache(0, 600).reasoning(5)),
+            Reply::text(
+                "The command printed hi.",
+                Usage::new(1200, 30).cache(0, 1000),
+            ),
+        ],
+        &xw,
+    );
+    let tid = first_field(&c.stdout, "thread_id");
+    all.push(c);
+    let (c, mock) = capture(
+        "codex-resume.jsonl",
+        "codex",
+        &codex_args(&["resume", &tid, "what did you run?"]),
+        codex_mock_env(xh.clone()),
+        Api::OpenAi,
+        vec![Reply::text(
+            "I ran echo hi; it printed hi.",
+            Usage::new(1500, 15).cache(0, 1200),
+        )],
+        &xw,
+    );
+    assert!(
+        mock.bodies(Api::OpenAi)
+            .first()
+            .is_some_and(|b| openai_tool_outputs(b).len() == 1),
+        "the resumed thread did not replay the earlier tool round trip"
+    );
+    all.push(c);
+    let (c, _) = capture(
+        "codex-rate-limit-429.jsonl",
+        "codex",
+        &codex_args(&["say hello"]),
+        codex_mock_env(xh.clone()),
+        Api::OpenAi,
+        vec![Reply::openai_rate_limited(1)],
+        &xw,
+    );
+    all.push(c);
+    let (c, _) = capture(
+        "codex-usage-limit.jsonl",
+        "codex",
+        &codex_args(&["say hello"]),
+        codex_mock_env(xh.clone()),
+        Api::OpenAi,
+        vec![Reply::openai_usage_limit(now_s() + 3600)],
+        &xw,
+    );
+    all.push(c);
+
+    // --- aider
+    let ah = dir("aider-home");
+    seed_aider_home(&ah);
+    let aw = dir("aider-work");
+    let ahp = ah.clone();
+    let (c, _) = capture(
+        "aider-plain.txt",
+        "aider",
+        &aider_args("say hello"),
+        move |m: &MockProvider| aider_env(m, &ahp),
+        Api::Anthropic,
+        vec![Reply::text(
+            "Hello from the mock.",
+            Usage::new(1200, 6).cache(0, 0),
+        )],
+        &aw,
+    );
+    all.push(c);
+    // aider retries a 429 with backoff (0.2 s doubling to 32 s, about a minute in all), then
+    // gives up and exits 0.
+    let ahp = ah.clone();
+    let (c, _) = capture(
+        "aider-rate-limit-429.txt",
+        "aider",
+        &aider_args("say hello"),
+        move |m: &MockProvider| aider_env(m, &ahp),
+        Api::Anthropic,
+        (0..12).map(|_| Reply::anthropic_rate_limited(1)).collect(),
+        &aw,
+    );
+    all.push(c);
+
+    write_fixtures(&all);
+}
+
+/// Writes each transcript, `manifest.json` (file, exit code, argv, env, mock script) and the
+/// README's generated table.
+fn write_fixtures(all: &[Captured]) {
+    let dir = Path::new(FIXTURES);
+    fs::create_dir_all(dir).expect("create the fixtures dir");
+    let mut manifest = Vec::new();
+    let mut table = String::new();
+    for c in all {
+        fs::write(dir.join(&c.file), &c.stdout).expect("write a fixture");
+        manifest.push(json!({"file": c.file, "exit_code": c.exit_code, "argv": c.args,
+            "env": c.env, "mock_script": c.script}));
+        table.push_str(&format!(
+            "### `{}`\n\nexit code {}; `{}`\n\nmock replies, in order:\n\n{}\n\n",
+            c.file,
+            c.exit_code.map_or("none (signal)".into(), |c| c.to_string()),
+            c.args.join(" "),
+            c.script
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{}. {s}", i + 1))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+    }
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&Value::Array(manifest)).expect("manifest JSON") + "\n",
+    )
+    .expect("write manifest.json");
+    let version = |cli: &str| {
+        std::process::Command::new(agent_cli(cli))
+            .arg("--version")
+            .env("HOME", std::env::temp_dir())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let readme_path = dir.join("README.md");
+    let old = fs::read_to_string(&readme_path).unwrap_or_default();
+    let marker = "<!-- generated by capture_agent_fixtures -->";
+    let head = old.split(marker).next().unwrap_or("").trim_end().to_string();
+    fs::write(
+        &readme_path,
+        format!(
+            "{head}\n\n{marker}\n\nCaptured {} with `{}`, `{}`, `{}`.\n\n{table}",
+            chrono::Utc::now().format("%Y-%m-%d"),
+            version("claude"),
+            version("codex"),
+            version("aider"),
+        )
+        .trim_start()
+        .to_string(),
+    )
+    .expect("write the fixtures README");
+}

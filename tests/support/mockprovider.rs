@@ -447,7 +447,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
         "/v1/responses" => Api::OpenAi,
         _ => Api::Other,
     };
-    let reply = {
+    let (n, reply) = {
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         s.requests.push(Recorded {
             api,
@@ -457,7 +457,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
             body: body.clone(),
         });
         let n = s.requests.len();
-        match (api, &method, route) {
+        let reply = match (api, &method, route) {
             (Api::Anthropic, &Method::POST, "/v1/messages/count_tokens") => Ok(Either::Resp(
                 json_response(200, &[], &json!({"input_tokens": 1000})),
             )),
@@ -472,7 +472,8 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
                 &json!({"error": {"type": "not_found_error",
                     "message": format!("mock provider: no route {method} {path}")}}),
             ))),
-        }
+        };
+        (n, reply)
     };
     let resp = match reply {
         Ok(Either::Resp(r)) => r,
@@ -494,10 +495,12 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
                 .and_then(Value::as_str)
                 .unwrap_or("mock-model");
             match (api, stream) {
-                (Api::Anthropic, true) => sse_response(&anthropic_events(&turn, model)),
-                (Api::Anthropic, false) => json_response(200, &[], &anthropic_message(&turn, model)),
-                (_, true) => sse_response(&openai_events(&turn, model)),
-                (_, false) => json_response(200, &[], &openai_response(&turn, model)),
+                (Api::Anthropic, true) => sse_response(&anthropic_events(n, &turn, model)),
+                (Api::Anthropic, false) => {
+                    json_text_response(200, &anthropic_message(n, &turn, model))
+                }
+                (_, true) => sse_response(&openai_events(n, &turn, model)),
+                (_, false) => json_text_response(200, &openai_response(n, &turn, model)),
             }
         }
         Err(n) => json_response(
@@ -514,6 +517,15 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
 enum Either {
     Reply(Reply),
     Resp(Resp),
+}
+
+fn json_text_response(status: u16, body: &str) -> Resp {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json")
+        .header("request-id", "req_mock")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("build a mock response")
 }
 
 fn json_response(status: u16, headers: &[(&str, &str)], body: &Value) -> Resp {
@@ -533,7 +545,7 @@ fn json_response(status: u16, headers: &[(&str, &str)], body: &Value) -> Resp {
         .expect("build a mock response")
 }
 
-fn sse_response(events: &[(&str, Value)]) -> Resp {
+fn sse_response(events: &[(&str, String)]) -> Resp {
     let mut text = String::new();
     for (name, data) in events {
         text.push_str(&format!("event: {name}\ndata: {data}\n\n"));
@@ -547,18 +559,63 @@ fn sse_response(events: &[(&str, Value)]) -> Resp {
         .expect("build a mock SSE response")
 }
 
-fn anthropic_usage(u: &Usage, output: u64) -> Value {
-    json!({"input_tokens": u.input, "output_tokens": output,
-        "cache_creation_input_tokens": u.cache_creation, "cache_read_input_tokens": u.cached})
+/// A JSON object with its keys in the given order (`serde_json::Value` sorts them; the CLIs
+/// pass some objects through to their own output, so the order the real APIs use is kept).
+fn obj(fields: &[(&str, String)]) -> String {
+    let items: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect();
+    format!("{{{}}}", items.join(","))
 }
 
-fn anthropic_content(turn: &Turn) -> Vec<Value> {
+/// A JSON value as text.
+fn j(v: impl Into<Value>) -> String {
+    v.into().to_string()
+}
+
+fn arr(items: &[String]) -> String {
+    format!("[{}]", items.join(","))
+}
+
+/// Anthropic `usage`, in the API's order.
+fn anthropic_usage(u: &Usage, output: u64) -> String {
+    obj(&[
+        ("input_tokens", j(u.input)),
+        ("cache_creation_input_tokens", j(u.cache_creation)),
+        ("cache_read_input_tokens", j(u.cached)),
+        (
+            "cache_creation",
+            obj(&[
+                ("ephemeral_5m_input_tokens", j(u.cache_creation)),
+                ("ephemeral_1h_input_tokens", j(0)),
+            ]),
+        ),
+        ("output_tokens", j(output)),
+        ("service_tier", j("standard")),
+    ])
+}
+
+fn text_block(text: &str) -> String {
+    obj(&[("type", j("text")), ("text", j(text))])
+}
+
+fn tool_block(t: &ToolCall, input: String) -> String {
+    obj(&[
+        ("type", j("tool_use")),
+        ("id", j(t.id.as_str())),
+        ("name", j(t.name.as_str())),
+        ("input", input),
+    ])
+}
+
+fn anthropic_content(turn: &Turn) -> Vec<String> {
     let mut content = Vec::new();
     if let Some(t) = &turn.text {
-        content.push(json!({"type": "text", "text": t}));
+        content.push(text_block(t));
     }
     if let Some(t) = &turn.tool {
-        content.push(json!({"type": "tool_use", "id": t.id, "name": t.name, "input": t.input}));
+        content.push(tool_block(t, t.input.to_string()));
     }
     content
 }
@@ -571,141 +628,249 @@ fn stop_reason(turn: &Turn) -> &'static str {
     }
 }
 
-/// A non-streamed Messages API reply.
-fn anthropic_message(turn: &Turn, model: &str) -> Value {
-    json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-        "content": anthropic_content(turn), "stop_reason": stop_reason(turn), "stop_sequence": null,
-        "usage": anthropic_usage(&turn.usage, turn.usage.output)})
+/// A Messages API `message` object (as in `message_start`, or a whole non-streamed reply).
+fn anthropic_msg(n: usize, model: &str, content: &[String], stop: Value, usage: String) -> String {
+    obj(&[
+        ("model", j(model)),
+        ("id", j(format!("msg_mock{n:04}"))),
+        ("type", j("message")),
+        ("role", j("assistant")),
+        ("content", arr(content)),
+        ("stop_reason", stop.to_string()),
+        ("stop_sequence", j(Value::Null)),
+        ("usage", usage),
+    ])
 }
 
-/// The streamed events of a Messages API reply.
-fn anthropic_events(turn: &Turn, model: &str) -> Vec<(&'static str, Value)> {
-    let mut ev = vec![(
-        "message_start",
-        json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
-            "role": "assistant", "model": model, "content": [], "stop_reason": null,
-            "stop_sequence": null, "usage": anthropic_usage(&turn.usage, 1)}}),
-    )];
-    ev.push(("ping", json!({"type": "ping"})));
-    let mut index = 0;
-    if let Some(t) = &turn.text {
+/// A non-streamed Messages API reply to request `n`.
+fn anthropic_message(n: usize, turn: &Turn, model: &str) -> String {
+    anthropic_msg(
+        n,
+        model,
+        &anthropic_content(turn),
+        j(stop_reason(turn)).into(),
+        anthropic_usage(&turn.usage, turn.usage.output),
+    )
+}
+
+/// The streamed events of a Messages API reply to request `n`.
+fn anthropic_events(n: usize, turn: &Turn, model: &str) -> Vec<(&'static str, String)> {
+    let start = anthropic_msg(n, model, &[], Value::Null, anthropic_usage(&turn.usage, 1));
+    let mut ev = vec![
+        (
+            "message_start",
+            obj(&[("type", j("message_start")), ("message", start)]),
+        ),
+        ("ping", obj(&[("type", j("ping"))])),
+    ];
+    let mut block = |index: usize, start: String, delta: String| {
         ev.push((
             "content_block_start",
-            json!({"type": "content_block_start", "index": index,
-                "content_block": {"type": "text", "text": ""}}),
+            obj(&[
+                ("type", j("content_block_start")),
+                ("index", j(index)),
+                ("content_block", start),
+            ]),
         ));
         ev.push((
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "text_delta", "text": t}}),
+            obj(&[
+                ("type", j("content_block_delta")),
+                ("index", j(index)),
+                ("delta", delta),
+            ]),
         ));
         ev.push((
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
+            obj(&[("type", j("content_block_stop")), ("index", j(index))]),
         ));
+    };
+    let mut index = 0;
+    if let Some(t) = &turn.text {
+        block(
+            index,
+            text_block(""),
+            obj(&[("type", j("text_delta")), ("text", j(t.as_str()))]),
+        );
         index += 1;
     }
     if let Some(t) = &turn.tool {
-        ev.push((
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index,
-                "content_block": {"type": "tool_use", "id": t.id, "name": t.name, "input": {}}}),
-        ));
-        ev.push((
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": t.input.to_string()}}),
-        ));
-        ev.push((
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
-        ));
+        block(
+            index,
+            tool_block(t, "{}".into()),
+            obj(&[
+                ("type", j("input_json_delta")),
+                ("partial_json", j(t.input.to_string())),
+            ]),
+        );
     }
     ev.push((
         "message_delta",
-        json!({"type": "message_delta",
-            "delta": {"stop_reason": stop_reason(turn), "stop_sequence": null},
-            "usage": {"output_tokens": turn.usage.output}}),
+        obj(&[
+            ("type", j("message_delta")),
+            (
+                "delta",
+                obj(&[
+                    ("stop_reason", j(stop_reason(turn))),
+                    ("stop_sequence", j(Value::Null)),
+                ]),
+            ),
+            ("usage", obj(&[("output_tokens", j(turn.usage.output))])),
+        ]),
     ));
-    ev.push(("message_stop", json!({"type": "message_stop"})));
+    ev.push(("message_stop", obj(&[("type", j("message_stop"))])));
     ev
 }
 
-fn openai_usage(u: &Usage) -> Value {
-    json!({"input_tokens": u.input, "input_tokens_details": {"cached_tokens": u.cached},
-        "output_tokens": u.output, "output_tokens_details": {"reasoning_tokens": u.reasoning},
-        "total_tokens": u.input + u.output})
+/// OpenAI `usage`, in the API's order.
+fn openai_usage(u: &Usage) -> String {
+    obj(&[
+        ("input_tokens", j(u.input)),
+        (
+            "input_tokens_details",
+            obj(&[("cached_tokens", j(u.cached))]),
+        ),
+        ("output_tokens", j(u.output)),
+        (
+            "output_tokens_details",
+            obj(&[("reasoning_tokens", j(u.reasoning))]),
+        ),
+        ("total_tokens", j(u.input + u.output)),
+    ])
 }
 
-/// The output items of a Responses API reply.
-fn openai_items(turn: &Turn) -> Vec<Value> {
+/// An output item of a Responses API reply: `done` is the finished item, else the one
+/// `response.output_item.added` announces (empty content / arguments).
+fn openai_item(n: usize, turn: &Turn, which: usize, done: bool) -> Option<String> {
+    let status = j(if done { "completed" } else { "in_progress" });
     let mut items = Vec::new();
     if let Some(t) = &turn.text {
-        items.push(json!({"type": "message", "id": "msg_mock", "role": "assistant",
-            "status": "completed",
-            "content": [{"type": "output_text", "text": t, "annotations": []}]}));
+        let content = if done {
+            arr(&[obj(&[
+                ("type", j("output_text")),
+                ("annotations", arr(&[])),
+                ("text", j(t.as_str())),
+            ])])
+        } else {
+            arr(&[])
+        };
+        items.push(obj(&[
+            ("id", j(format!("msg_mock{n:04}"))),
+            ("type", j("message")),
+            ("status", status.clone()),
+            ("content", content),
+            ("role", j("assistant")),
+        ]));
     }
     if let Some(t) = &turn.tool {
-        items.push(json!({"type": "function_call", "id": "fc_mock", "call_id": t.id,
-            "name": t.name, "arguments": t.input.to_string(), "status": "completed"}));
+        let args = if done { t.input.to_string() } else { String::new() };
+        items.push(obj(&[
+            ("id", j(format!("fc_mock{n:04}"))),
+            ("type", j("function_call")),
+            ("status", status),
+            ("arguments", j(args)),
+            ("call_id", j(t.id.as_str())),
+            ("name", j(t.name.as_str())),
+        ]));
     }
-    items
+    items.into_iter().nth(which)
 }
 
-/// A non-streamed Responses API reply.
-fn openai_response(turn: &Turn, model: &str) -> Value {
-    json!({"id": "resp_mock", "object": "response", "status": "completed", "model": model,
-        "output": openai_items(turn), "usage": openai_usage(&turn.usage)})
+fn openai_items(n: usize, turn: &Turn) -> Vec<String> {
+    (0..2).filter_map(|i| openai_item(n, turn, i, true)).collect()
 }
 
-/// The streamed events of a Responses API reply.
-fn openai_events(turn: &Turn, model: &str) -> Vec<(&'static str, Value)> {
-    let mut ev = vec![(
+/// A Responses API `response` object.
+fn openai_resp(n: usize, model: &str, status: &str, output: &[String], usage: Option<String>) -> String {
+    obj(&[
+        ("id", j(format!("resp_mock{n:04}"))),
+        ("object", j("response")),
+        ("created_at", j(chrono::Utc::now().timestamp())),
+        ("status", j(status)),
+        ("model", j(model)),
+        ("output", arr(output)),
+        ("usage", usage.unwrap_or_else(|| j(Value::Null))),
+    ])
+}
+
+/// A non-streamed Responses API reply to request `n`.
+fn openai_response(n: usize, turn: &Turn, model: &str) -> String {
+    openai_resp(
+        n,
+        model,
+        "completed",
+        &openai_items(n, turn),
+        Some(openai_usage(&turn.usage)),
+    )
+}
+
+/// The streamed events of a Responses API reply to request `n`.
+fn openai_events(n: usize, turn: &Turn, model: &str) -> Vec<(&'static str, String)> {
+    let mut seq = 0;
+    let mut ev = Vec::new();
+    let mut push = |ev: &mut Vec<(&'static str, String)>, name: &'static str, rest: Vec<(&str, String)>| {
+        let mut fields = vec![("type", j(name)), ("sequence_number", j(seq))];
+        fields.extend(rest);
+        seq += 1;
+        ev.push((name, obj(&fields)));
+    };
+    push(
+        &mut ev,
         "response.created",
-        json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_mock",
-            "object": "response", "status": "in_progress", "model": model, "output": []}}),
-    )];
-    for (i, item) in openai_items(turn).into_iter().enumerate() {
-        let mut added = item.clone();
-        match item["type"].as_str() {
-            Some("message") => {
-                added["content"] = json!([]);
-                added["status"] = json!("in_progress");
-                ev.push((
-                    "response.output_item.added",
-                    json!({"type": "response.output_item.added", "output_index": i, "item": added}),
-                ));
-                let text = item["content"][0]["text"].clone();
-                ev.push((
-                    "response.output_text.delta",
-                    json!({"type": "response.output_text.delta", "item_id": item["id"],
-                        "output_index": i, "content_index": 0, "delta": text}),
-                ));
-            }
-            _ => {
-                added["arguments"] = json!("");
-                added["status"] = json!("in_progress");
-                ev.push((
-                    "response.output_item.added",
-                    json!({"type": "response.output_item.added", "output_index": i, "item": added}),
-                ));
-                ev.push((
-                    "response.function_call_arguments.delta",
-                    json!({"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                        "output_index": i, "delta": item["arguments"]}),
-                ));
-            }
+        vec![("response", openai_resp(n, model, "in_progress", &[], None))],
+    );
+    for i in 0..2 {
+        let (Some(added), Some(done)) = (openai_item(n, turn, i, false), openai_item(n, turn, i, true))
+        else {
+            continue;
+        };
+        let item: Value = serde_json::from_str(&done).unwrap_or_default();
+        push(
+            &mut ev,
+            "response.output_item.added",
+            vec![("output_index", j(i)), ("item", added)],
+        );
+        if item["type"] == "message" {
+            push(
+                &mut ev,
+                "response.output_text.delta",
+                vec![
+                    ("item_id", item["id"].to_string()),
+                    ("output_index", j(i)),
+                    ("content_index", j(0)),
+                    ("delta", item["content"][0]["text"].to_string()),
+                ],
+            );
+        } else {
+            push(
+                &mut ev,
+                "response.function_call_arguments.delta",
+                vec![
+                    ("item_id", item["id"].to_string()),
+                    ("output_index", j(i)),
+                    ("delta", item["arguments"].to_string()),
+                ],
+            );
         }
-        ev.push((
+        push(
+            &mut ev,
             "response.output_item.done",
-            json!({"type": "response.output_item.done", "output_index": i, "item": item}),
-        ));
+            vec![("output_index", j(i)), ("item", done)],
+        );
     }
-    ev.push((
+    push(
+        &mut ev,
         "response.completed",
-        json!({"type": "response.completed", "response": {"id": "resp_mock", "object": "response",
-            "status": "completed", "model": model, "output": openai_items(turn),
-            "usage": openai_usage(&turn.usage)}}),
-    ));
+        vec![(
+            "response",
+            openai_resp(
+                n,
+                model,
+                "completed",
+                &openai_items(n, turn),
+                Some(openai_usage(&turn.usage)),
+            ),
+        )],
+    );
     ev
 }
