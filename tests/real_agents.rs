@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::support::{
-    Api, MockProvider, Reply, TestDaemon, agent_cli, announce, attempts, describe,
-    require_agents, step,
+    Api, MockProvider, Reply, TestDaemon, Usage, agent_cli, announce, attempts, describe, of_kind,
+    require_agents, rfc3339,
 };
 
 // ------------------------------------------------------------------ helpers
@@ -44,10 +44,6 @@ fn home_dir() -> TempDir {
 /// A TOML string literal.
 fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
-}
-
-fn q_path(p: &Path) -> String {
-    q(&p.display().to_string())
 }
 
 /// A TOML inline table of environment variables.
@@ -325,6 +321,169 @@ fn openai_tool_outputs(body: &Value) -> Vec<String> {
         .collect()
 }
 
+// ------------------------------------------------------------------ the mock itself
+
+/// One HTTP/1.1 request to the mock over a plain socket: (status, headers, body).
+fn http(mock: &MockProvider, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let addr = mock.base_url().trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect to the mock");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         x-test: yes\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send a request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the reply");
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), rest.to_string())
+}
+
+/// The SSE `data:` payloads of a streamed reply, with their event names.
+fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_string(), serde_json::from_str(data).ok()?))
+        })
+        .collect()
+}
+
+/// The mock on its own (no CLI needed): replies in order per API, streamed and not, errors
+/// with their headers, an empty queue answered 400, every request recorded.
+#[test]
+fn mock_provider_scripts_and_records_both_apis() {
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(
+            Some("Let me run it."),
+            "echo hi",
+            Usage::new(10, 5).cache(3, 4),
+        ),
+        Reply::anthropic_server_error(),
+        Reply::text("plain", Usage::new(1, 2)),
+    ]);
+    mock.openai([Reply::codex_exec(
+        "echo hi",
+        Usage::new(100, 7).cache(0, 60).reasoning(2),
+    )]);
+    assert_eq!(mock.pending(), (3, 1));
+
+    let (status, head, _) = http(&mock, "HEAD", "/", "");
+    assert_eq!(status, 200, "{head}");
+
+    let (status, head, body) = http(
+        &mock,
+        "POST",
+        "/v1/messages?beta=true",
+        r#"{"model":"m","stream":true}"#,
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let ev = sse_events(&body);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert_eq!(ev[0].1["message"]["usage"]["cache_read_input_tokens"], 4);
+    assert_eq!(ev[5].1["content_block"]["name"], "Bash");
+    let input: Value = serde_json::from_str(
+        ev[6].1["delta"]["partial_json"]
+            .as_str()
+            .expect("partial_json"),
+    )
+    .expect("tool input JSON");
+    assert_eq!(input["command"], "echo hi");
+    assert_eq!(ev[8].1["delta"]["stop_reason"], "tool_use");
+    assert_eq!(ev[8].1["usage"]["output_tokens"], 5);
+    // The key order of the real API is kept (Claude Code passes message objects through).
+    assert!(
+        body.contains(r#"{"type":"message_start","message":{"model":"m","id":"#),
+        "{body}"
+    );
+
+    let (status, _, body) = http(&mock, "POST", "/v1/messages", r#"{"model":"m"}"#);
+    assert_eq!(status, 500, "{body}");
+    let (status, _, body) = http(&mock, "POST", "/v1/messages", r#"{"model":"m"}"#);
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).expect("a JSON message");
+    assert_eq!(v["content"][0]["text"], "plain");
+    assert_eq!(v["usage"]["output_tokens"], 2);
+    let (status, _, body) = http(&mock, "POST", "/v1/messages", "{}");
+    assert_eq!(status, 400);
+    assert!(body.contains("no reply scripted for request"), "{body}");
+
+    let (status, _, body) = http(
+        &mock,
+        "POST",
+        "/v1/responses",
+        r#"{"model":"g","stream":true}"#,
+    );
+    assert_eq!(status, 200);
+    let ev = sse_events(&body);
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert_eq!(ev[3].1["item"]["name"], "exec_command");
+    assert_eq!(ev[3].1["item"]["call_id"], "call_1");
+    let u = &ev[4].1["response"]["usage"];
+    assert_eq!(u["input_tokens_details"]["cached_tokens"], 60);
+    assert_eq!(u["output_tokens_details"]["reasoning_tokens"], 2);
+
+    let limited = MockProvider::start();
+    limited.openai([
+        Reply::openai_usage_limit(2_000_000_000),
+        Reply::openai_rate_limited(3),
+    ]);
+    let (status, head, body) = http(&limited, "POST", "/v1/responses", "{}");
+    assert_eq!(status, 429);
+    assert!(
+        head.contains("x-codex-primary-reset-at: 2000000000"),
+        "{head}"
+    );
+    assert!(body.contains("usage_limit_reached"), "{body}");
+    let (status, head, _) = http(&limited, "POST", "/v1/responses", "{}");
+    assert_eq!(status, 429);
+    assert!(head.contains("retry-after: 3"), "{head}");
+
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 6);
+    assert_eq!(reqs[0].api, Api::Other);
+    assert_eq!(reqs[1].header("x-test"), Some("yes"));
+    assert!(reqs[1].body_text().contains("\"stream\":true"));
+    assert_eq!(mock.bodies(Api::Anthropic).len(), 4);
+    assert_eq!(mock.bodies(Api::OpenAi).len(), 1);
+    assert_eq!(mock.pending(), (0, 0));
+}
+
 // ------------------------------------------------------------------ Claude Code
 
 #[test]
@@ -337,11 +496,11 @@ fn claude_tool_round_trip_under_orchd() {
         Reply::claude_bash(
             Some("Let me run it."),
             "echo hi",
-            crate::support::Usage::new(100, 20).cache(300, 400),
+            Usage::new(100, 20).cache(300, 400),
         ),
         Reply::text(
             "The command printed hi.",
-            crate::support::Usage::new(150, 30).cache(50, 700),
+            Usage::new(150, 30).cache(50, 700),
         ),
     ]);
     let home = home_dir();
@@ -368,14 +527,257 @@ fn claude_tool_round_trip_under_orchd() {
         results[0]
     );
     assert_eq!(bodies[0]["model"], CLAUDE_MODEL);
+    let first = &mock.requests()[0];
+    assert_eq!(first.path, "/v1/messages?beta=true");
+    assert_eq!(first.header("x-api-key"), Some("sk-ant-mock"));
 
     let out = stdout_of(&d, &v);
     let cli = claude_reported(&out);
     // Claude Code's own sums: 250 input + 350 cache writes + 1100 cache reads, 50 output,
     // priced at Sonnet 4.5's list price.
     assert_eq!((cli.input, cli.output), (1700, 50), "{out}");
-    assert!((cli.cost.unwrap_or(0.0) - 0.0031425).abs() < 1e-9, "{cli:?}");
+    assert!(
+        (cli.cost.unwrap_or(0.0) - 0.0031425).abs() < 1e-9,
+        "{cli:?}"
+    );
     known_gap("claude result usage", recorded(a), cli);
+}
+
+/// A subscription's usage limit: Claude Code (with `CLAUDE_CODE_OAUTH_TOKEN`) prints a
+/// `rate_limit_event` with `status: rejected` and `resetsAt`, and exits 1; orch waits in
+/// `backoff` until the reset without using up a retry, then the next attempt succeeds.
+#[test]
+fn claude_usage_limit_waits_for_the_reset_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    let reset_s = now_s() + 3;
+    mock.anthropic([
+        Reply::anthropic_usage_limit(reset_s),
+        Reply::text("Hello after the reset.", Usage::new(12, 6)),
+    ]);
+    let home = home_dir();
+    let mut env = claude_env(&mock, home.path());
+    env.retain(|(k, _)| *k != "ANTHROPIC_API_KEY");
+    env.push(("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-mock".into()));
+    let d = daemon(&profile(
+        "claude",
+        &claude_argv(&[]),
+        "claude-stream-json",
+        &env,
+    ));
+    let v = run_agent(&d, "claude", "say hello", &[]);
+    assert_eq!(
+        v["state"], "succeeded",
+        "one attempt allowed; the rate-limited one must not count: {v}"
+    );
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 2, "{v}");
+    assert_eq!(a[0]["outcome"], "exit_failure", "{v}");
+    assert_eq!(a[1]["outcome"], "success", "{v}");
+    let started = rfc3339(&a[1]["started_at"], "started_at").timestamp_millis();
+    assert!(
+        started >= reset_s * 1000,
+        "attempt 2 started at {started}, before the reset at {reset_s}: {v}"
+    );
+    let events = d.events(v["id"].as_str().expect("id"));
+    let retry = of_kind(&events, "retry_scheduled");
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    assert_eq!(
+        rfc3339(&retry[0]["due_at"], "due_at").timestamp_millis(),
+        reset_s * 1000,
+        "{}",
+        retry[0]
+    );
+    assert_eq!(mock.bodies(Api::Anthropic).len(), 2);
+}
+
+/// `--max-turns 1` with a tool call: Claude Code ends with an `error_max_turns` result
+/// (`is_error: true`) and exits 1, which orch records as `exit_failure`.
+#[test]
+fn claude_max_turns_ends_as_exit_failure_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([Reply::claude_bash(
+        Some("Let me run it."),
+        "echo hi",
+        Usage::new(100, 20).cache(300, 400),
+    )]);
+    let home = home_dir();
+    let d = daemon(&profile(
+        "claude",
+        &claude_argv(&["--max-turns", "1"]),
+        "claude-stream-json",
+        &claude_env(&mock, home.path()),
+    ));
+    let v = run_agent(&d, "claude", "run echo hi", &[]);
+    assert_eq!(v["state"], "failed", "{v}");
+    let a = only_attempt(&v);
+    assert_eq!(a["outcome"], "exit_failure", "{a}");
+    assert_eq!(a["exit_code"], 1, "{a}");
+    let out = stdout_of(&d, &v);
+    let result = json_lines(&out)
+        .into_iter()
+        .rfind(|l| l["type"] == "result")
+        .expect("a result event");
+    assert_eq!(result["subtype"], "error_max_turns", "{result}");
+    assert_eq!(result["is_error"], true, "{result}");
+    known_gap(
+        "claude error_max_turns result usage",
+        recorded(a),
+        claude_reported(&out),
+    );
+}
+
+/// A session resumed in a second objective (`--resume ID`, same `HOME` and workdir): the
+/// mock sees the earlier tool round trip replayed, and the resumed run's `result` reports
+/// this run's tokens but the whole session's `total_cost_usd`.
+#[test]
+fn claude_resume_replays_the_session_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(
+            Some("Let me run it."),
+            "echo hi",
+            Usage::new(100, 20).cache(300, 400),
+        ),
+        Reply::text(
+            "The command printed hi.",
+            Usage::new(150, 30).cache(50, 700),
+        ),
+        Reply::text(
+            "I ran echo hi; it printed hi.",
+            Usage::new(40, 12).cache(0, 2000),
+        ),
+    ]);
+    let home = home_dir();
+    let sid = "6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b";
+    let env = claude_env(&mock, home.path());
+    let d = daemon(&format!(
+        "{}\n{}",
+        profile(
+            "claude",
+            &claude_argv(&["--session-id", sid]),
+            "claude-stream-json",
+            &env
+        ),
+        profile(
+            "claude-resume",
+            &claude_argv(&["--resume", sid]),
+            "claude-stream-json",
+            &env
+        ),
+    ));
+    let first = run_agent(&d, "claude", "run echo hi", &[]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let second = run_agent(&d, "claude-resume", "what did you run?", &[]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(
+        anthropic_tool_results(&bodies[2]).len(),
+        1,
+        "the resumed session must replay the tool round trip: {}",
+        bodies[2]["messages"]
+    );
+    let out = stdout_of(&d, &second);
+    let lines = json_lines(&out);
+    let result = lines
+        .iter()
+        .rfind(|l| l["type"] == "result")
+        .expect("a result event");
+    assert_eq!(result["session_id"], sid);
+    // This run alone: 40 + 2000 cache reads in, 12 out, $0.0009; the result's
+    // total_cost_usd is the session's ($0.0031425 + $0.0009).
+    let this_run: f64 = result["model_usage_since_last_result"]
+        .as_object()
+        .expect("model_usage_since_last_result")
+        .values()
+        .filter_map(|m| m["costUSD"].as_f64())
+        .sum();
+    assert!((this_run - 0.0009).abs() < 1e-9, "{result}");
+    let total = result["total_cost_usd"].as_f64().unwrap_or(0.0);
+    assert!((total - 0.0040425).abs() < 1e-9, "{result}");
+    let want = Reported {
+        cost: Some(this_run),
+        ..claude_reported(&out)
+    };
+    assert_eq!((want.input, want.output), (2040, 12));
+    known_gap(
+        "claude resumed session usage",
+        recorded(only_attempt(&second)),
+        want,
+    );
+}
+
+/// orch writes the prompt to an agent's stdin as well as putting it where `{prompt}` is.
+/// Claude Code `-p PROMPT` appends piped stdin to the prompt (`PROMPT\nSTDIN`), so the model
+/// gets it twice; `-p` with no prompt argument reads it from stdin once. Codex `exec PROMPT`
+/// likewise appends stdin; `exec -` reads it from stdin only.
+#[test]
+fn prompt_reaches_the_model_once_only_from_stdin_under_orchd() {
+    if !require_agents(&["claude", "codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::text("Hello.", Usage::new(10, 2)),
+        Reply::text("Hello.", Usage::new(10, 2)),
+    ]);
+    mock.openai([
+        Reply::text("Hello.", Usage::new(10, 2)),
+        Reply::text("Hello.", Usage::new(10, 2)),
+    ]);
+    let home = home_dir();
+    let cenv = claude_env(&mock, home.path());
+    let ch = codex_home(&mock, home.path());
+    let xenv = codex_env(&ch, home.path());
+    let mut claude_stdin = claude_argv(&[]);
+    claude_stdin.remove(2); // "{prompt}"
+    let d = daemon(
+        &[
+            profile("claude-arg", &claude_argv(&[]), "claude-stream-json", &cenv),
+            profile("claude-stdin", &claude_stdin, "claude-stream-json", &cenv),
+            profile("codex-arg", &codex_argv(&["{prompt}"]), "codex-json", &xenv),
+            profile("codex-stdin", &codex_argv(&["-"]), "codex-json", &xenv),
+        ]
+        .join("\n"),
+    );
+    let copies = |api: Api, i: usize, prompt: &str| {
+        let b = &mock.bodies(api)[i];
+        let field = if api == Api::Anthropic {
+            "messages"
+        } else {
+            "input"
+        };
+        b[field].to_string().matches(prompt).count()
+    };
+    for (i, (agent, api)) in [
+        ("claude-arg", Api::Anthropic),
+        ("claude-stdin", Api::Anthropic),
+        ("codex-arg", Api::OpenAi),
+        ("codex-stdin", Api::OpenAi),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let prompt = format!("say hello {agent}");
+        let v = run_agent(&d, agent, &prompt, &[]);
+        assert_eq!(v["state"], "succeeded", "{agent}: {v}");
+        let n = copies(api, i % 2, &prompt);
+        if agent.ends_with("stdin") {
+            assert_eq!(n, 1, "{agent}: the prompt once");
+        } else {
+            // Today 2: the argument plus the same prompt on stdin.
+            known_gap(&format!("{agent}: copies of the prompt sent"), n, 1);
+        }
+    }
 }
 
 // ------------------------------------------------------------------ Codex
@@ -387,15 +789,10 @@ fn codex_tool_round_trip_under_orchd() {
     }
     let mock = MockProvider::start();
     mock.openai([
-        Reply::codex_exec(
-            "echo hi",
-            crate::support::Usage::new(1000, 20)
-                .cache(0, 600)
-                .reasoning(5),
-        ),
+        Reply::codex_exec("echo hi", Usage::new(1000, 20).cache(0, 600).reasoning(5)),
         Reply::text(
             "The command printed hi.",
-            crate::support::Usage::new(1200, 30).cache(0, 1000),
+            Usage::new(1200, 30).cache(0, 1000),
         ),
     ]);
     let home = home_dir();
@@ -420,6 +817,10 @@ fn codex_tool_round_trip_under_orchd() {
     assert_eq!(outputs.len(), 1, "{}", bodies[1]["input"]);
     assert!(outputs[0].contains("hi"), "tool output: {:?}", outputs[0]);
     assert_eq!(bodies[0]["model"], CODEX_MODEL);
+    let first = &mock.requests()[0];
+    assert_eq!(first.path, "/v1/responses");
+    assert_eq!(first.header("authorization"), Some("Bearer sk-mock"));
+    assert_eq!(mock.pending(), (0, 0));
 
     let out = stdout_of(&d, &v);
     let cli = codex_reported(&out);
@@ -428,7 +829,146 @@ fn codex_tool_round_trip_under_orchd() {
     // with no discount for the 1600 cached input tokens.
     let got = recorded(a);
     assert_eq!((got.input, got.output), (2200, 50), "{a}");
-    let _ = json!(null);
+}
+
+/// A thread resumed in a second objective (`codex exec resume --last`): the mock sees the
+/// earlier round trip replayed, and the resumed run's `turn.completed` reports the thread's
+/// totals (earlier runs included).
+#[test]
+fn codex_resume_replays_the_thread_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::codex_exec("echo hi", Usage::new(1000, 20).cache(0, 600).reasoning(5)),
+        Reply::text(
+            "The command printed hi.",
+            Usage::new(1200, 30).cache(0, 1000),
+        ),
+        Reply::text(
+            "I ran echo hi; it printed hi.",
+            Usage::new(1500, 15).cache(0, 1200),
+        ),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let env = codex_env(&ch, home.path());
+    let d = daemon(&format!(
+        "{}\n{}",
+        profile("codex", &codex_argv(&["-"]), "codex-json", &env),
+        profile(
+            "codex-resume",
+            &codex_argv(&["resume", "--last", "-"]),
+            "codex-json",
+            &env
+        ),
+    ));
+    let first = run_agent(&d, "codex", "run echo hi", &[]);
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let second = run_agent(&d, "codex-resume", "what did you run?", &[]);
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let bodies = mock.bodies(Api::OpenAi);
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(
+        openai_tool_outputs(&bodies[2]).len(),
+        1,
+        "the resumed thread must replay the tool round trip"
+    );
+    let out = stdout_of(&d, &second);
+    let cli = codex_reported(&out);
+    // Cumulative for the thread: 2200 + 1500 in, 50 + 15 out.
+    assert_eq!((cli.input, cli.output), (3700, 65), "{out}");
+    let got = recorded(only_attempt(&second));
+    known_gap(
+        "codex resumed thread usage (this run is 1500 in / 15 out)",
+        (got.input, got.output),
+        (1500, 15),
+    );
+}
+
+/// A ChatGPT plan's usage limit: Codex prints an `error` and a `turn.failed` saying "try
+/// again at <local time>" and exits 1. orch should wait for the reset as it does for Claude.
+#[test]
+fn codex_usage_limit_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::openai_usage_limit(now_s() + 3),
+        Reply::text("Hello after the reset.", Usage::new(100, 5)),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let d = daemon(&profile(
+        "codex",
+        &codex_argv(&["-"]),
+        "codex-json",
+        &codex_env(&ch, home.path()),
+    ));
+    let v = run_agent(&d, "codex", "say hello", &[]);
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a[0]["outcome"], "exit_failure", "{v}");
+    let out = {
+        let id = v["id"].as_str().expect("id");
+        let step_id = v["steps"][0]["id"].as_str().expect("step id");
+        String::from_utf8_lossy(&d.logs(&[id, step_id, "--attempt", "1", "--stdout"])).into_owned()
+    };
+    assert!(
+        json_lines(&out).iter().any(|l| l["type"] == "turn.failed"
+            && l["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("try again at"))),
+        "{out}"
+    );
+    known_gap(
+        "codex usage_limit_reached (objective state, attempts)",
+        (v["state"].as_str().unwrap_or("").to_string(), a.len()),
+        ("succeeded".to_string(), 2),
+    );
+}
+
+// ------------------------------------------------------------------ aider
+
+/// aider answers through the mock's Anthropic API (litellm, `--no-stream`); it prints its
+/// usage as text (`Tokens: 1.2k sent, 6 received. Cost: $0.0037 message, ...`), which no
+/// usage format of orch reads.
+#[test]
+fn aider_plain_answer_under_orchd() {
+    if !require_agents(&["aider"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([Reply::text("Hello from the mock.", Usage::new(1200, 6))]);
+    let home = home_dir();
+    seed_aider_home(home.path());
+    let mut command = vec![agent_cli("aider").display().to_string()];
+    command.extend(aider_args("{prompt}"));
+    let d = daemon(&profile(
+        "aider",
+        &command,
+        "orch-lines",
+        &aider_env(&mock, home.path()),
+    ));
+    let v = run_agent(&d, "aider", "say hello", &[]);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["model"], "claude-sonnet-4-5");
+    let out = stdout_of(&d, &v);
+    assert!(out.contains("Hello from the mock."), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Tokens: "))
+        .unwrap_or_else(|| panic!("no Tokens line in\n{out}"));
+    assert!(line.contains("1.2k sent, 6 received"), "{line}");
+    let got = recorded(only_attempt(&v));
+    known_gap(
+        "aider usage (its `Tokens:` line)",
+        (got.input, got.output),
+        (1200, 6),
+    );
 }
 
 // ------------------------------------------------------------------ fixtures
@@ -613,7 +1153,6 @@ fn now_s() -> i64 {
 #[test]
 #[ignore = "rewrites tests/fixtures/agents; run by hand with ORCH_CAPTURE_AGENT_FIXTURES=1"]
 fn capture_agent_fixtures() {
-    use crate::support::Usage;
     if std::env::var_os("ORCH_CAPTURE_AGENT_FIXTURES").is_none_or(|v| v != "1") {
         announce("capture_agent_fixtures: set ORCH_CAPTURE_AGENT_FIXTURES=1 to rewrite them");
         return;
@@ -882,12 +1421,15 @@ fn write_fixtures(all: &[Captured]) {
     let mut table = String::new();
     for c in all {
         fs::write(dir.join(&c.file), &c.stdout).expect("write a fixture");
-        manifest.push(json!({"file": c.file, "exit_code": c.exit_code, "argv": c.args,
-            "env": c.env, "mock_script": c.script}));
+        manifest.push(
+            json!({"file": c.file, "exit_code": c.exit_code, "argv": c.args,
+            "env": c.env, "mock_script": c.script}),
+        );
         table.push_str(&format!(
             "### `{}`\n\nexit code {}; `{}`\n\nmock replies, in order:\n\n{}\n\n",
             c.file,
-            c.exit_code.map_or("none (signal)".into(), |c| c.to_string()),
+            c.exit_code
+                .map_or("none (signal)".into(), |c| c.to_string()),
             c.args.join(" "),
             c.script
                 .iter()
@@ -913,7 +1455,12 @@ fn write_fixtures(all: &[Captured]) {
     let readme_path = dir.join("README.md");
     let old = fs::read_to_string(&readme_path).unwrap_or_default();
     let marker = "<!-- generated by capture_agent_fixtures -->";
-    let head = old.split(marker).next().unwrap_or("").trim_end().to_string();
+    let head = old
+        .split(marker)
+        .next()
+        .unwrap_or("")
+        .trim_end()
+        .to_string();
     fs::write(
         &readme_path,
         format!(
@@ -923,8 +1470,165 @@ fn write_fixtures(all: &[Captured]) {
             version("codex"),
             version("aider"),
         )
-        .trim_start()
-        .to_string(),
+        .trim_start(),
     )
     .expect("write the fixtures README");
+}
+
+/// Each captured transcript (`tests/fixtures/agents/`, see its README) replayed through orchd
+/// by a profile that prints it and exits with the CLI's exit code, its usage read with the
+/// CLI's format and compared with what the CLI itself reported. Needs no CLI.
+#[test]
+fn fixtures_replayed_through_orchd() {
+    let dir = Path::new(FIXTURES);
+    let manifest: Vec<Value> = serde_json::from_str(
+        &fs::read_to_string(dir.join("manifest.json")).expect("read manifest.json"),
+    )
+    .expect("manifest.json is JSON");
+    // Usage-limit transcripts carry a reset time that may still be ahead: the live tests
+    // cover them.
+    let cases: Vec<(String, String, i64)> = manifest
+        .iter()
+        .map(|m| {
+            (
+                m["file"].as_str().expect("file").to_string(),
+                m["argv"][0].as_str().expect("argv[0]").to_string(),
+                m["exit_code"].as_i64().expect("exit_code"),
+            )
+        })
+        .filter(|(f, _, _)| !f.contains("usage-limit"))
+        .collect();
+    assert!(cases.len() >= 10, "{cases:?}");
+    let mut config = format!(
+        "[prices.{m}]\ninput_per_mtok = 1.25\noutput_per_mtok = 10.0\n",
+        m = q(CODEX_MODEL)
+    );
+    let mut plan = String::from("name = \"replay\"\n[defaults]\nretry = { max_attempts = 1 }\n");
+    for (file, cli, code) in &cases {
+        let name = file.split('.').next().expect("a name");
+        let usage = match cli.as_str() {
+            "claude" => "claude-stream-json",
+            "codex" => "codex-json",
+            _ => "orch-lines",
+        };
+        let script = format!("cat {}; exit {code}", dir.join(file).display());
+        config.push_str(&format!(
+            "\n{}{}",
+            profile(name, &["sh".into(), "-c".into(), script], usage, &[]),
+            if cli == "codex" {
+                format!("model = {}\n", q(CODEX_MODEL))
+            } else {
+                String::new()
+            }
+        ));
+        plan.push_str(&format!(
+            "\n[[steps]]\nid = {n}\nagent = {n}\nprompt = \"replay\"\n",
+            n = q(name)
+        ));
+    }
+    let d = daemon(&config);
+    let p = d.write_file("replay.toml", &plan);
+    let out = d.ctl(&["submit", "--clean-env", "--wait", &p.display().to_string()]);
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let v = d.status(&id);
+
+    let text = |f: &str| fs::read_to_string(dir.join(f)).expect("read a fixture");
+    // Codex: a resumed thread's totals include the runs before it (same thread_id).
+    let thread_totals = |f: &str| -> (String, Reported) {
+        let t = text(f);
+        (first_field(&t, "thread_id"), codex_reported(&t))
+    };
+    for (file, cli, code) in &cases {
+        let name = file.split('.').next().expect("a name");
+        let s = crate::support::step(&v, name);
+        let a = &attempts(s)[0];
+        let got = recorded(a);
+        // Outcomes: orch goes by the exit code, which is right for every CLI here but aider
+        // (exit 0 after giving up on a 429).
+        let want_outcome = if *code == 0 {
+            "success"
+        } else {
+            "exit_failure"
+        };
+        assert_eq!(a["outcome"], want_outcome, "{file}: {a}");
+        let t = text(file);
+        match cli.as_str() {
+            "claude" => {
+                let result = json_lines(&t)
+                    .into_iter()
+                    .rfind(|l| l["type"] == "result")
+                    .expect("a result");
+                let this_run = result["model_usage_since_last_result"]
+                    .as_object()
+                    .map(|m| {
+                        m.values()
+                            .filter_map(|x| x["costUSD"].as_f64())
+                            .sum::<f64>()
+                    });
+                let want = Reported {
+                    cost: this_run.or(result["total_cost_usd"].as_f64()),
+                    ..claude_reported(&t)
+                };
+                known_gap(&format!("replay {file}: usage"), got, want);
+                if result["is_error"] == true && *code == 0 {
+                    known_gap(
+                        &format!("replay {file}: is_error result, exit 0"),
+                        a["outcome"].as_str().unwrap_or(""),
+                        "a failure",
+                    );
+                }
+            }
+            "codex" => {
+                let (tid, mut want) = thread_totals(file);
+                for (other, ocli, _) in &cases {
+                    if other != file
+                        && ocli == "codex"
+                        && file.contains("resume")
+                        && !other.contains("resume")
+                        && thread_totals(other).0 == tid
+                    {
+                        let before = thread_totals(other).1;
+                        want.input -= before.input;
+                        want.output -= before.output;
+                    }
+                }
+                if file.contains("resume") {
+                    known_gap(
+                        &format!("replay {file}: tokens"),
+                        (got.input, got.output),
+                        (want.input, want.output),
+                    );
+                } else {
+                    assert_eq!(
+                        (got.input, got.output),
+                        (want.input, want.output),
+                        "{file}: {a}"
+                    );
+                }
+            }
+            _ => {
+                let tokens = t.lines().find(|l| l.starts_with("Tokens: "));
+                known_gap(
+                    &format!("replay {file}: aider's Tokens line {tokens:?}"),
+                    (got.input, got.output),
+                    (
+                        if tokens.is_some() { 1200 } else { 0 },
+                        if tokens.is_some() { 6 } else { 0 },
+                    ),
+                );
+                if file.contains("429") {
+                    known_gap(
+                        &format!("replay {file}: gave up on a 429, exit {code}"),
+                        a["outcome"].as_str().unwrap_or(""),
+                        "a failure",
+                    );
+                }
+            }
+        }
+    }
 }

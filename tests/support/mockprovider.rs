@@ -192,7 +192,10 @@ impl Reply {
             &[
                 ("anthropic-ratelimit-unified-status", "rejected"),
                 ("anthropic-ratelimit-unified-reset", &reset),
-                ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+                (
+                    "anthropic-ratelimit-unified-representative-claim",
+                    "five_hour",
+                ),
                 ("anthropic-ratelimit-unified-5h-status", "rejected"),
                 ("anthropic-ratelimit-unified-5h-reset", &reset),
                 ("anthropic-ratelimit-unified-5h-utilization", "1.0"),
@@ -302,8 +305,7 @@ pub struct MockProvider {
 impl MockProvider {
     /// Starts a provider on a free port of 127.0.0.1, with empty scripts.
     pub fn start() -> MockProvider {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the mock provider");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the mock provider");
         listener
             .set_nonblocking(true)
             .expect("make the mock provider's socket non-blocking");
@@ -461,7 +463,9 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
             (Api::Anthropic, &Method::POST, "/v1/messages/count_tokens") => Ok(Either::Resp(
                 json_response(200, &[], &json!({"input_tokens": 1000})),
             )),
-            (Api::Anthropic, &Method::POST, _) => s.anthropic.pop_front().map(Either::Reply).ok_or(n),
+            (Api::Anthropic, &Method::POST, _) => {
+                s.anthropic.pop_front().map(Either::Reply).ok_or(n)
+            }
             (Api::OpenAi, &Method::POST, _) => s.openai.pop_front().map(Either::Reply).ok_or(n),
             (_, &Method::HEAD, _) | (_, &Method::GET, "/") => {
                 Ok(Either::Resp(json_response(200, &[], &Value::Null)))
@@ -763,7 +767,11 @@ fn openai_item(n: usize, turn: &Turn, which: usize, done: bool) -> Option<String
         ]));
     }
     if let Some(t) = &turn.tool {
-        let args = if done { t.input.to_string() } else { String::new() };
+        let args = if done {
+            t.input.to_string()
+        } else {
+            String::new()
+        };
         items.push(obj(&[
             ("id", j(format!("fc_mock{n:04}"))),
             ("type", j("function_call")),
@@ -777,11 +785,19 @@ fn openai_item(n: usize, turn: &Turn, which: usize, done: bool) -> Option<String
 }
 
 fn openai_items(n: usize, turn: &Turn) -> Vec<String> {
-    (0..2).filter_map(|i| openai_item(n, turn, i, true)).collect()
+    (0..2)
+        .filter_map(|i| openai_item(n, turn, i, true))
+        .collect()
 }
 
 /// A Responses API `response` object.
-fn openai_resp(n: usize, model: &str, status: &str, output: &[String], usage: Option<String>) -> String {
+fn openai_resp(
+    n: usize,
+    model: &str,
+    status: &str,
+    output: &[String],
+    usage: Option<String>,
+) -> String {
     obj(&[
         ("id", j(format!("resp_mock{n:04}"))),
         ("object", j("response")),
@@ -808,20 +824,23 @@ fn openai_response(n: usize, turn: &Turn, model: &str) -> String {
 fn openai_events(n: usize, turn: &Turn, model: &str) -> Vec<(&'static str, String)> {
     let mut seq = 0;
     let mut ev = Vec::new();
-    let mut push = |ev: &mut Vec<(&'static str, String)>, name: &'static str, rest: Vec<(&str, String)>| {
-        let mut fields = vec![("type", j(name)), ("sequence_number", j(seq))];
-        fields.extend(rest);
-        seq += 1;
-        ev.push((name, obj(&fields)));
-    };
+    let mut push =
+        |ev: &mut Vec<(&'static str, String)>, name: &'static str, rest: Vec<(&str, String)>| {
+            let mut fields = vec![("type", j(name)), ("sequence_number", j(seq))];
+            fields.extend(rest);
+            seq += 1;
+            ev.push((name, obj(&fields)));
+        };
     push(
         &mut ev,
         "response.created",
         vec![("response", openai_resp(n, model, "in_progress", &[], None))],
     );
     for i in 0..2 {
-        let (Some(added), Some(done)) = (openai_item(n, turn, i, false), openai_item(n, turn, i, true))
-        else {
+        let (Some(added), Some(done)) = (
+            openai_item(n, turn, i, false),
+            openai_item(n, turn, i, true),
+        ) else {
             continue;
         };
         let item: Value = serde_json::from_str(&done).unwrap_or_default();
