@@ -93,7 +93,8 @@ fn claude_argv(extra: &[&str]) -> Vec<String> {
 }
 
 /// Writes `CODEX_HOME/config.toml` for the mock: a `responses` provider at the mock, no
-/// retries, no update check, analytics and OpenTelemetry off.
+/// retries, no update check, analytics and OpenTelemetry off, and the `plugins` feature off
+/// (with it on, Codex looks up github.com, api.github.com and chatgpt.com).
 fn codex_home(mock: &MockProvider, home: &Path) -> PathBuf {
     let dir = home.join("codex-home");
     fs::create_dir_all(&dir).expect("create CODEX_HOME");
@@ -117,6 +118,9 @@ enabled = false
 
 [otel]
 exporter = "none"
+
+[features]
+plugins = false
 "#,
             model = q(CODEX_MODEL),
             url = q(&mock.openai_base_url()),
@@ -1140,6 +1144,8 @@ fn aider_env(mock: &MockProvider, home: &Path) -> Vec<(&'static str, String)> {
         ("HOME", home.display().to_string()),
         ("ANTHROPIC_API_BASE", mock.base_url()),
         ("ANTHROPIC_API_KEY", "sk-ant-mock".into()),
+        // litellm's own price list: the copy it ships, not a fetch at import.
+        ("LITELLM_LOCAL_MODEL_COST_MAP", "True".into()),
     ]
 }
 
