@@ -556,7 +556,9 @@ fn claude_usage_limit_waits_for_the_reset_under_orchd() {
         return;
     }
     let mock = MockProvider::start();
-    let reset_s = now_s() + 3;
+    // Far enough ahead that attempt 1 (a Claude Code start, ~1-2 s) ends before it even on
+    // a loaded machine; a reset already past is an ordinary failure.
+    let reset_s = now_s() + 6;
     mock.anthropic([
         Reply::anthropic_usage_limit(reset_s),
         Reply::text("Hello after the reset.", Usage::new(12, 6)),
@@ -579,6 +581,10 @@ fn claude_usage_limit_waits_for_the_reset_under_orchd() {
     let a = attempts(&v["steps"][0]);
     assert_eq!(a.len(), 2, "{v}");
     assert_eq!(a[0]["outcome"], "exit_failure", "{v}");
+    assert!(
+        rfc3339(&a[0]["ended_at"], "ended_at").timestamp() < reset_s,
+        "the machine was too slow: attempt 1 ended after the reset: {v}"
+    );
     assert_eq!(a[1]["outcome"], "success", "{v}");
     let started = rfc3339(&a[1]["started_at"], "started_at").timestamp_millis();
     assert!(
@@ -900,7 +906,7 @@ fn codex_usage_limit_under_orchd() {
     }
     let mock = MockProvider::start();
     mock.openai([
-        Reply::openai_usage_limit(now_s() + 3),
+        Reply::openai_usage_limit(now_s() + 6),
         Reply::text("Hello after the reset.", Usage::new(100, 5)),
     ]);
     let home = home_dir();
