@@ -272,6 +272,26 @@ fn codex_reported(stdout: &str) -> Reported {
     r
 }
 
+/// Claude Code's account of this run over every model it used (subagents included):
+/// `model_usage_since_last_result` summed (input with cache writes and reads), `None` when
+/// the result has no such field.
+fn claude_this_run(result: &Value) -> Option<Reported> {
+    let models = result["model_usage_since_last_result"].as_object()?;
+    let mut r = Reported {
+        input: 0,
+        output: 0,
+        cost: Some(0.0),
+    };
+    for m in models.values() {
+        r.input += n(&m["inputTokens"])
+            + n(&m["cacheReadInputTokens"])
+            + n(&m["cacheCreationInputTokens"]);
+        r.output += n(&m["outputTokens"]);
+        r.cost = Some(r.cost.unwrap_or(0.0) + m["costUSD"].as_f64().unwrap_or(0.0));
+    }
+    Some(r)
+}
+
 /// What orch recorded for an attempt.
 fn recorded(attempt: &Value) -> Reported {
     let u = &attempt["usage"];
@@ -1273,6 +1293,39 @@ fn capture_agent_fixtures() {
         &cw,
     );
     all.push(c);
+    // A subagent on another model (haiku): the result's `usage` has the main model's
+    // tokens only; `modelUsage` and `total_cost_usd` have both.
+    let (c, mock) = capture(
+        "claude-subagent.jsonl",
+        "claude",
+        &claude_args("delegate a greeting", &["--allowedTools", "Agent"]),
+        &cenv,
+        Api::Anthropic,
+        vec![
+            Reply::tool(
+                Some("Delegating."),
+                "toolu_02",
+                "Agent",
+                json!({"description": "Say hi", "prompt": "Reply with hi.",
+                    "subagent_type": "general-purpose", "model": "haiku",
+                    "run_in_background": false}),
+                Usage::new(100, 20).cache(0, 500),
+            ),
+            Reply::text("hi", Usage::new(50, 3)),
+            Reply::text("The subagent said hi.", Usage::new(200, 10).cache(0, 600)),
+        ],
+        &cw,
+    );
+    let models: Vec<String> = mock
+        .bodies(Api::Anthropic)
+        .iter()
+        .map(|b| b["model"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        models.len() == 3 && models[1] != models[0],
+        "the subagent did not run on another model: {models:?}"
+    );
+    all.push(c);
     let chp = ch.clone();
     let (c, _) = capture(
         "claude-retry-then-success.jsonl",
@@ -1575,17 +1628,7 @@ fn fixtures_replayed_through_orchd() {
                     .into_iter()
                     .rfind(|l| l["type"] == "result")
                     .expect("a result");
-                let this_run = result["model_usage_since_last_result"]
-                    .as_object()
-                    .map(|m| {
-                        m.values()
-                            .filter_map(|x| x["costUSD"].as_f64())
-                            .sum::<f64>()
-                    });
-                let want = Reported {
-                    cost: this_run.or(result["total_cost_usd"].as_f64()),
-                    ..claude_reported(&t)
-                };
+                let want = claude_this_run(&result).unwrap_or(claude_reported(&t));
                 known_gap(&format!("replay {file}: usage"), got, want);
                 if result["is_error"] == true && *code == 0 {
                     known_gap(
