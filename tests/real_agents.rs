@@ -69,6 +69,8 @@ fn claude_env(mock: &MockProvider, home: &Path) -> Vec<(&'static str, String)> {
         ("DISABLE_TELEMETRY", "1".into()),
         ("DISABLE_AUTOUPDATER", "1".into()),
         ("CLAUDE_CODE_MAX_RETRIES", "0".into()),
+        // Its scratch files (else /tmp/claude-UID/<cwd>/, never removed).
+        ("CLAUDE_CODE_TMPDIR", home.join("tmp").display().to_string()),
     ]
 }
 
