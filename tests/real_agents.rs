@@ -1447,7 +1447,10 @@ fn capture_agent_fixtures() {
     // --- aider
     let ah = dir("aider-home");
     seed_aider_home(&ah);
-    let aw = dir("aider-work");
+    // Outside the repository: aider looks for a git root from its cwd upwards (even with
+    // --no-git) and writes its .aider.*.history files there.
+    let aw_dir = crate::support::temp_dir();
+    let aw = aw_dir.path().to_path_buf();
     let ahp = ah.clone();
     let (c, _) = capture(
         "aider-plain.txt",
