@@ -12,6 +12,7 @@ mod lifecycle;
 mod multiuser;
 mod plans;
 mod rate_limits;
+mod real_agents;
 mod runs;
 mod security;
 mod squatting;

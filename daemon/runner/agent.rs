@@ -470,7 +470,13 @@ fn try_again_at(message: &str, now: DateTime<Local>) -> Option<i64> {
     let today = now.date_naive().and_time(time);
     let mut at = Local.from_local_datetime(&today).earliest()?;
     if at <= now {
-        at = at.checked_add_signed(chrono::Duration::days(1))?;
+        // The named minute is this one (the reset is within it, a time of day says no
+        // more): the next minute. An earlier time of day is tomorrow's.
+        at = if now - at < chrono::Duration::minutes(1) {
+            at.checked_add_signed(chrono::Duration::minutes(1))?
+        } else {
+            at.checked_add_signed(chrono::Duration::days(1))?
+        };
     }
     Some(at.timestamp_millis())
 }
@@ -843,6 +849,28 @@ mod tests {
         out
     }
 
+    /// The first value of `key` anywhere in a fixture (as text).
+    fn fixture_field(name: &str, key: &str) -> String {
+        fn find(v: &serde_json::Value, key: &str) -> Option<String> {
+            match v {
+                serde_json::Value::Object(m) => m
+                    .get(key)
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                    .or_else(|| m.values().find_map(|x| find(x, key))),
+                serde_json::Value::Array(a) => a.iter().find_map(|x| find(x, key)),
+                _ => None,
+            }
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/agents")
+            .join(name);
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| find(&v, key))
+            .unwrap_or_else(|| panic!("no {key} in {name}"))
+    }
+
     fn failures(lines: &[AgentLine]) -> Vec<(FailureClass, String)> {
         lines
             .iter()
@@ -881,7 +909,10 @@ mod tests {
         );
         assert!((t.cost_usd - 0.010626).abs() < 1e-9, "{}", t.cost_usd);
         assert!(failures(&lines).is_empty());
-        assert_eq!(sessions(&lines), ["27ebf8c6-d7a0-43c0-820d-b125f04b080e"]);
+        assert_eq!(
+            sessions(&lines),
+            [fixture_field("claude-plain.jsonl", "session_id")]
+        );
     }
 
     #[test]
@@ -950,8 +981,11 @@ mod tests {
         }
         // The usage limit's reset comes from its rate_limit_event; a plain 429 has none.
         let limited = replay(UsageFormat::ClaudeStreamJson, "claude-usage-limit.jsonl");
+        let resets_at: i64 = fixture_field("claude-usage-limit.jsonl", "resetsAt")
+            .parse()
+            .expect("resetsAt is a number");
         assert!(limited.contains(&AgentLine::RateLimited {
-            until_ms: Some(1_796_108_838_000)
+            until_ms: Some(resets_at * 1000)
         }));
         let plain = replay(UsageFormat::ClaudeStreamJson, "claude-rate-limit-429.jsonl");
         assert!(plain.contains(&AgentLine::RateLimited { until_ms: None }));
@@ -971,7 +1005,10 @@ mod tests {
             (t.input_tokens, t.cache_read_tokens, t.output_tokens),
             (600, 1600, 50)
         );
-        assert_eq!(sessions(&lines), ["01a23036-fba7-7b52-9f2d-300422e9e791"]);
+        assert_eq!(
+            sessions(&lines),
+            [fixture_field("codex-tool.jsonl", "thread_id")]
+        );
     }
 
     #[test]
@@ -1002,6 +1039,9 @@ mod tests {
         assert_eq!(at("try again at 5:30 AM"), Some(tomorrow));
         let evening = Local.with_ymd_and_hms(2026, 12, 1, 19, 15, 0).single();
         assert_eq!(at("try again at 19:15."), Some(evening));
+        // The current minute: the reset is within it, so at the next one.
+        let soon = Local.with_ymd_and_hms(2026, 12, 1, 6, 1, 0).single();
+        assert_eq!(at("try again at 6:00 AM."), Some(soon));
         assert_eq!(at("try again later"), None);
     }
 

@@ -9,12 +9,15 @@
 //! - `json`: accessors for `orchctl ... -o json` (status, attempts, events, seqs);
 //! - `procfs`: processes in /proc and the cgroup v2 tree;
 //! - `plans`: plan files, gRPC submit requests, progress lines, gate files;
-//! - `skip`: tests that need root or Python's grpc say when they are skipped;
+//! - `skip`: tests that need root, Python's grpc or the real agent CLIs say when they are
+//!   skipped, and where those CLIs are installed;
+//! - `mockprovider`: a scripted Anthropic / OpenAI provider on 127.0.0.1 for the real CLIs;
 //! - `users`: throwaway users (and group `orch`) for the multi-user tests, as root.
 
 mod ctl;
 mod daemon;
 mod json;
+mod mockprovider;
 mod plans;
 mod procfs;
 mod skip;
@@ -24,6 +27,7 @@ mod wait;
 pub use ctl::*;
 pub use daemon::*;
 pub use json::*;
+pub use mockprovider::*;
 pub use plans::*;
 pub use procfs::*;
 pub use skip::*;

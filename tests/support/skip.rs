@@ -1,9 +1,11 @@
 //! Tests that need something this machine may lack (root, Python's grpc, a program) check it
 //! first: a skip is announced on stderr past the test harness's output capture, and becomes a
 //! failure where the environment says it must not happen (CI: `ORCH_TEST_ROOT=1` as root,
-//! `ORCH_TEST_PYTHON=1` with the Python requirements installed).
+//! `ORCH_TEST_PYTHON=1` with the Python requirements installed, `ORCH_TEST_AGENTS=1` with the
+//! real agent CLIs installed by `.ci/run`).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The running test's name (libtest names each test's thread after it).
@@ -65,4 +67,48 @@ pub fn require_program(program: &str, why: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     require(have, &format!("`{program}` ({why})"), None)
+}
+
+/// Where `.ci/run` installs the real agent CLIs: `$ORCH_AGENTS_DIR`, default `/opt/orch-agents`
+/// (npm packages under `npm/`, aider in the venv `aider-venv/`).
+pub fn agents_dir() -> PathBuf {
+    std::env::var_os("ORCH_AGENTS_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/opt/orch-agents"), PathBuf::from)
+}
+
+/// The installed program of a real agent CLI: `claude`, `codex` or `aider`.
+pub fn agent_cli(name: &str) -> PathBuf {
+    let dir = agents_dir();
+    match name {
+        "aider" => dir.join("aider-venv/bin/aider"),
+        other => dir.join("npm/node_modules/.bin").join(other),
+    }
+}
+
+/// Whether every CLI in `names` (`claude`, `codex`, `aider`) is installed under
+/// [`agents_dir`] and answers `--version`; without them, says the test was skipped and
+/// returns false (panics instead under `ORCH_TEST_AGENTS=1`).
+pub fn require_agents(names: &[&str]) -> bool {
+    let missing: Vec<String> = names
+        .iter()
+        .map(|n| agent_cli(n))
+        .filter(|p| {
+            !Command::new(p)
+                .arg("--version")
+                .env("HOME", std::env::temp_dir())
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    require(
+        missing.is_empty(),
+        &format!(
+            "the real agent CLIs ({}; install them with the agents section of .ci/run, or set \
+             ORCH_AGENTS_DIR)",
+            missing.join(", ")
+        ),
+        Some("ORCH_TEST_AGENTS"),
+    )
 }
