@@ -221,6 +221,20 @@ pub struct AgentProfile {
     /// Model name for the price table, when the agent reports tokens but no cost.
     #[serde(default)]
     pub model: Option<String>,
+    /// How the agent takes its prompt: `stdin`, `argv` (`{prompt}`) or `file`
+    /// (`{prompt_file}`); default: what the command's placeholders imply, else stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+impl AgentProfile {
+    /// How this profile's agent takes its prompt.
+    pub fn prompt_mode(&self) -> crate::model::PromptMode {
+        self.prompt
+            .as_deref()
+            .and_then(crate::model::PromptMode::from_word)
+            .unwrap_or_else(|| crate::model::PromptMode::implied_by(&self.command))
+    }
 }
 
 fn default_usage() -> String {
@@ -231,6 +245,7 @@ fn default_usage() -> String {
 pub fn shell_profile() -> AgentProfile {
     AgentProfile {
         command: vec!["bash".into(), "-c".into(), "{prompt}".into()],
+        prompt: None,
         usage: default_usage(),
         env: BTreeMap::new(),
         timeout: None,
@@ -549,6 +564,18 @@ impl Config {
                     "must name a program",
                 ));
             }
+            if let Some(p) = &a.prompt
+                && crate::model::PromptMode::from_word(p).is_none()
+            {
+                return Err(invalid(
+                    origin,
+                    &format!("{key}.prompt"),
+                    format!(
+                        "`{p}` is not one of {}",
+                        crate::model::PromptMode::WORDS.join(", ")
+                    ),
+                ));
+            }
             if !USAGE_FORMATS.contains(&a.usage.as_str()) {
                 return Err(invalid(
                     origin,
@@ -864,6 +891,36 @@ monthly_usd = 5.0
         .unwrap_err()
         .to_string();
         assert!(e.contains("prices.m.input_per_mtok"), "{e}");
+    }
+
+    #[test]
+    fn a_profile_takes_its_prompt_one_way() {
+        use crate::model::PromptMode;
+        let c = parse(
+            "[agents.a]\ncommand = [\"x\", \"{prompt}\"]\n[agents.b]\ncommand = [\"x\"]\n[agents.c]\ncommand = [\"x\", \"--file={prompt_file}\"]\n[agents.d]\ncommand = [\"x\", \"{prompt}\"]\nprompt = \"stdin\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let mode = |n: &str| c.agents[n].prompt_mode();
+        assert_eq!(
+            [mode("a"), mode("b"), mode("c"), mode("d")],
+            [
+                PromptMode::Argv,
+                PromptMode::Stdin,
+                PromptMode::File,
+                PromptMode::Stdin
+            ]
+        );
+        let e = parse(
+            "[agents.a]\ncommand = [\"x\"]\nprompt = \"pipe\"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("agents.a.prompt") && e.contains("stdin, argv, file"),
+            "{e}"
+        );
     }
 
     #[test]

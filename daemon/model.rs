@@ -237,6 +237,45 @@ impl RetryPolicy {
     }
 }
 
+/// How an agent takes its prompt (a profile's `prompt`): never twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptMode {
+    /// Written to the agent's stdin.
+    Stdin,
+    /// The `{prompt}` placeholder of its argv (at most `MAX_ARG_PROMPT_BYTES`).
+    Argv,
+    /// A file named by the `{prompt_file}` placeholder, readable only by the agent's user.
+    File,
+}
+
+impl PromptMode {
+    pub const WORDS: [&'static str; 3] = ["stdin", "argv", "file"];
+
+    pub fn from_word(w: &str) -> Option<PromptMode> {
+        match w {
+            "stdin" => Some(PromptMode::Stdin),
+            "argv" => Some(PromptMode::Argv),
+            "file" => Some(PromptMode::File),
+            _ => None,
+        }
+    }
+
+    /// The mode a command template implies: its placeholder, else stdin.
+    pub fn implied_by(template: &[String]) -> PromptMode {
+        if template.iter().any(|a| a.contains("{prompt_file}")) {
+            PromptMode::File
+        } else if template.iter().any(|a| a.contains("{prompt}")) {
+            PromptMode::Argv
+        } else {
+            PromptMode::Stdin
+        }
+    }
+}
+
+/// The largest prompt passed as one argv element (Linux's `MAX_ARG_STRLEN`, 128 KiB).
+pub const MAX_ARG_PROMPT_BYTES: usize = 128 * 1024;
+
 /// A step as the daemon runs it: defaults applied, paths absolute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepPlan {
@@ -264,6 +303,10 @@ pub struct StepPlan {
     pub requires_approval: bool,
     pub fallback: Vec<String>,
     pub fallback_on_rate_limit: bool,
+    /// How its own agent takes the prompt (`None`: stored before this was kept, when the
+    /// prompt went to stdin and to any `{prompt}` alike).
+    #[serde(default)]
+    pub prompt_mode: Option<PromptMode>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -467,6 +510,7 @@ impl StepPlan {
             requires_approval: false,
             fallback: vec![],
             fallback_on_rate_limit: false,
+            prompt_mode: None,
         }
     }
 }

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::{Config, limits_of};
-use crate::model::{Budget, Limits, Outcome, RetryPolicy, StepPlan, expand_template};
+use crate::model::{
+    Budget, Limits, MAX_ARG_PROMPT_BYTES, Outcome, PromptMode, RetryPolicy, StepPlan,
+    expand_template,
+};
 
 /// Why a submitted objective cannot be resolved. The messages name the field the way
 /// `orch_proto::validate::SpecError` does (`field: problem`).
@@ -28,6 +31,16 @@ pub enum PlanError {
         at: String,
         index: usize,
         agent: String,
+    },
+    /// A prompt too large to pass as one argument to an agent that takes it in argv.
+    #[error(
+        "{at}.prompt: {bytes} bytes is too large to pass as an argument to agent `{agent}` (at most {max}); give the profile prompt = \"stdin\" or \"file\""
+    )]
+    PromptTooLarge {
+        at: String,
+        agent: String,
+        bytes: usize,
+        max: usize,
     },
 }
 
@@ -146,6 +159,21 @@ fn check_agents(input: &ObjectiveInput, cfg: &Config) -> Result<(), PlanError> {
                 known: known.join(", "),
             });
         }
+        // Every agent that may run it must be able to take the prompt.
+        for agent in std::iter::once(&s.agent).chain(&s.fallback) {
+            let argv = cfg
+                .agents
+                .get(agent)
+                .is_some_and(|p| p.prompt_mode() == PromptMode::Argv);
+            if argv && s.prompt.len() > MAX_ARG_PROMPT_BYTES {
+                return Err(PlanError::PromptTooLarge {
+                    at,
+                    agent: agent.clone(),
+                    bytes: s.prompt.len(),
+                    max: MAX_ARG_PROMPT_BYTES,
+                });
+            }
+        }
         if let Some((index, agent)) = s
             .fallback
             .iter()
@@ -228,6 +256,7 @@ fn resolve_step(s: &StepInput, defaults: &StepDefaults, cfg: &Config, base: &Pat
         requires_approval: s.requires_approval,
         fallback: s.fallback.clone(),
         fallback_on_rate_limit: s.fallback_on_rate_limit,
+        prompt_mode: profile.map(|p| p.prompt_mode()),
     }
 }
 

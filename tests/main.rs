@@ -11,6 +11,7 @@ mod holes;
 mod lifecycle;
 mod multiuser;
 mod plans;
+mod prompts;
 mod rate_limits;
 mod real_agents;
 mod runs;

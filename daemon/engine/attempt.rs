@@ -9,15 +9,39 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::logfile::attempt_log;
-use crate::model::{Objective, Step};
+use crate::model::{Objective, PromptMode, Step};
 use crate::runner::{AttemptKey, RunSpec, UsageFormat};
 use crate::sys;
 
-/// The agent, argv and usage format of a step's next attempt.
+/// How the agent of a step's next attempt takes its prompt: its own profile's mode as
+/// recorded at submit (`None` for steps stored before: stdin and `{prompt}` alike), a
+/// fallback agent's from its profile now.
+pub fn prompt_mode(cfg: &Config, step: &Step) -> Option<PromptMode> {
+    if step.current_agent().is_empty() {
+        return None;
+    }
+    if step.agent_index == 0 {
+        return step.plan.prompt_mode;
+    }
+    cfg.agents
+        .get(step.current_agent())
+        .map(|p| p.prompt_mode())
+}
+
+/// Where attempt `number` of a step finds its prompt with `prompt = "file"`.
+pub fn prompt_file(cfg: &Config, objective_id: &str, step: &Step, number: u32) -> PathBuf {
+    cfg.state_dir()
+        .join("prompts")
+        .join(objective_id)
+        .join(format!("{}-{number}.txt", step.plan.id))
+}
+
+/// The agent, argv and usage format of attempt `number` of a step.
 pub fn command(
     cfg: &Config,
     step: &Step,
     objective_id: &str,
+    number: u32,
 ) -> Result<(String, Vec<String>, UsageFormat), String> {
     let agent = step.current_agent();
     if agent.is_empty() {
@@ -38,8 +62,12 @@ pub fn command(
     } else {
         &step.plan.template
     };
+    let file = prompt_file(cfg, objective_id, step, number)
+        .display()
+        .to_string();
     let vars = [
         ("prompt", step.plan.prompt.as_str()),
+        ("prompt_file", file.as_str()),
         ("workdir", step.plan.workdir.as_str()),
         ("objective_id", objective_id),
         ("step_id", step.plan.id.as_str()),
@@ -123,8 +151,19 @@ pub fn run_spec(
         env: environment(cfg, obj, step, number, &runs_as)
             .into_iter()
             .collect(),
-        // Agent steps (including a fallback agent) get the prompt on stdin.
-        stdin: (!step.current_agent().is_empty()).then(|| step.plan.prompt.clone().into_bytes()),
+        // An agent gets its prompt once: on stdin (also for steps stored before modes
+        // were kept), in its argv (expanded already) or in a file.
+        stdin: match prompt_mode(cfg, step) {
+            Some(PromptMode::Stdin) => Some(step.plan.prompt.clone().into_bytes()),
+            None if !step.current_agent().is_empty() => Some(step.plan.prompt.clone().into_bytes()),
+            _ => None,
+        },
+        prompt_file: (prompt_mode(cfg, step) == Some(PromptMode::File)).then(|| {
+            (
+                prompt_file(cfg, &obj.id, step, number),
+                step.plan.prompt.clone(),
+            )
+        }),
         log: attempt_log(logs_dir, &obj.id, &step.plan.id, number),
         log_max_bytes: cfg.logs.max_attempt_bytes.0,
         checkpoint: step.checkpoint.as_ref().map(|json| {

@@ -141,7 +141,7 @@ impl Engine {
         else {
             return;
         };
-        let (agent, command) = match attempt::command(&self.cfg, step, id) {
+        let (agent, command) = match attempt::command(&self.cfg, step, id, step.attempts + 1) {
             Ok((agent, argv, _)) => (agent, argv),
             // Recorded as an attempt that could not start (see `spawn_after`).
             Err(_) => (step.current_agent().to_string(), Vec::new()),
@@ -164,7 +164,7 @@ impl Engine {
         let Some(s) = live.run.steps.get(step as usize) else {
             return;
         };
-        let after = match attempt::command(&self.cfg, s, id) {
+        let after = match attempt::command(&self.cfg, s, id, number) {
             Ok((_, argv, format)) => After::Spawn(Box::new(attempt::run_spec(
                 &self.cfg,
                 &self.logs_dir,

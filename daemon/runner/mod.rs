@@ -52,6 +52,9 @@ pub struct RunSpec {
     pub log_max_bytes: u64,
     /// Written before the start when the step has a checkpoint: `(path, JSON)`.
     pub checkpoint: Option<(PathBuf, String)>,
+    /// Written before the start for an agent that reads its prompt from a file
+    /// (`prompt = "file"`): `(path, prompt)`; removed when the attempt ends.
+    pub prompt_file: Option<(PathBuf, String)>,
     pub grace: Duration,
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
@@ -129,7 +132,15 @@ pub fn start(spec: RunSpec, facts: mpsc::UnboundedSender<Fact>) -> mpsc::Unbound
             .as_ref()
             .filter(|_| spec.run_as.is_some())
             .map(|(path, _)| path.clone());
+        let prompt_file = spec.prompt_file.as_ref().map(|(path, _)| path.clone());
         let end = run(spec, rx, &facts).await;
+        if let Some(path) = prompt_file {
+            let _ = std::fs::remove_file(&path);
+            // Other steps of the objective may still use the directory: then it stays.
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
         if let Some(leaf) = leaf {
             leaf.remove();
         }
@@ -328,6 +339,15 @@ async fn run(
             ));
         }
         env.push(("ORCH_CHECKPOINT_FILE".into(), path.display().to_string()));
+    }
+    if let Some((path, prompt)) = &spec.prompt_file {
+        let owner = spec.run_as.as_ref().map(|(u, g, _)| (*u, *g));
+        if let Err(e) = write_private(path, prompt, owner) {
+            return AttemptEnd::spawn_error(format!(
+                "cannot write the prompt file {}: {e}",
+                path.display()
+            ));
+        }
     }
     let setup = ChildSetup {
         cgroup_procs: spec.prepared.cgroup.as_ref().and_then(|c| {
