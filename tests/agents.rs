@@ -356,7 +356,7 @@ fn assert_not_pwned(pwned: &str) {
 }
 
 #[test]
-fn agent_templates_pass_the_prompt_as_one_literal_argument_and_on_stdin() {
+fn agent_templates_pass_the_prompt_as_one_literal_argument_and_only_once() {
     let d = daemon_with(
         &[],
         |_| {},
@@ -400,7 +400,8 @@ usage = "claude-stream-json"
     );
     assert_not_pwned(&pwned);
 
-    // The prompt on stdin, and every placeholder replaced inside its argv element.
+    // The prompt once (its argv takes it, so stdin is empty), and every placeholder
+    // replaced inside its argv element.
     let p = d.write_plan(
         "reader.toml",
         &format!(
@@ -412,8 +413,8 @@ usage = "claude-stream-json"
     let id = d.submit(&["--wait", &p], 0);
     assert_eq!(
         read_work(&d, "stdin.txt"),
-        prompt,
-        "stdin is not the prompt"
+        "",
+        "an agent that takes the prompt as an argument does not get it on stdin too"
     );
     assert_eq!(
         read_work(&d, "cmd-stdin.txt"),
