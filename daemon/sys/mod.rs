@@ -4,9 +4,11 @@
 //! locks; `watch`: reactor registration and inotify. `Processes` is the seam recovery
 //! uses to find and kill leftovers, with `Host` the real implementation. Other modules
 //! may name nix types (re-exported here, e.g. `Signal`) but call the OS only through `sys`.
+//! `limits`: the daemon's own open-files limit.
 
 mod child;
 mod fs;
+mod limits;
 mod process;
 mod watch;
 
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use child::{ChildSetup, child_pre_exec};
 pub use fs::{can_write, read_xattr, set_owner, try_lock_record, with_umask};
+pub use limits::raise_open_files;
 pub use nix::sys::signal::Signal;
 pub use process::{
     ProcUsage, Reaped, current_uid, effective_uid, group_alive, group_id, pidfd_open,
