@@ -199,7 +199,7 @@ impl Default for ServerConfig {
             request_bytes_per_user: Size(64 << 20),
             watch_queue_bytes: Size(4 << 20),
             watch_bytes_per_user: Size(64 << 20),
-            watch_stall_timeout: Dur(30_000),
+            watch_stall_timeout: Dur(5 * 60_000),
         }
     }
 }

@@ -119,16 +119,19 @@ impl LogBudget {
     }
 
     /// Takes `n` bytes for a log of `uid` (`None`: the daemon's own user, counted in the
-    /// total only), unless that passes a limit; `force` takes them anyway (marker lines).
-    fn draw(&self, uid: Option<u32>, n: u64, force: bool) -> Result<(), Over> {
+    /// total only) if there is room for `need` under the limits (but at most a quarter of
+    /// each, and at least `n`); `force` takes them anyway (marker lines).
+    fn draw(&self, uid: Option<u32>, n: u64, need: u64, force: bool) -> Result<(), Over> {
+        // Room for `need` (but at most a quarter of a limit), and for `n` in any case.
+        let room = |cap: u64| need.min(cap / 4).max(n);
         let mut s = self.lock();
-        if !force && s.total.saturating_add(n) > s.total_cap {
+        if !force && s.total.saturating_add(room(s.total_cap)) > s.total_cap {
             return Err(Over::Total { cap: s.total_cap });
         }
         if let Some(uid) = uid {
             let cap = s.user_cap;
             let mine = s.users.entry(uid).or_default();
-            if !force && mine.saturating_add(n) > cap {
+            if !force && mine.saturating_add(room(cap)) > cap {
                 return Err(Over::User { uid, cap });
             }
             *mine += n;
@@ -165,6 +168,9 @@ pub fn budget() -> Arc<LogBudget> {
         .get_or_init(|| Arc::new(LogBudget::new(u64::MAX, u64::MAX)))
         .clone()
 }
+
+/// Room a log that is dropping output must see before it writes again.
+const RESUME_ROOM: u64 = 256 << 10;
 
 /// Writes one attempt's log.
 pub struct LogWriter {
@@ -290,7 +296,10 @@ impl Sink {
         if self.broken {
             return;
         }
-        if let Err(over) = self.draw(HEADER + data.len(), false) {
+        // Once dropping, output resumes only when there is room for a good stretch of it
+        // (another attempt ended, or rotation freed some), not for the odd small chunk.
+        let need = if self.dropped > 0 { RESUME_ROOM } else { 0 };
+        if let Err(over) = self.draw(HEADER + data.len(), need, false) {
             if self.dropped == 0 {
                 tracing::warn!(log = %self.path.display(), "{over}; output of this attempt is dropped from its log until there is room");
                 self.marker(format!("orchd: output dropped from here: {over}\n"));
@@ -305,10 +314,11 @@ impl Sink {
         self.frame(stream, data);
     }
 
-    /// Takes `n` bytes from the budget (if the log draws from one).
-    fn draw(&mut self, n: usize, force: bool) -> Result<(), Over> {
+    /// Takes `n` bytes from the budget (if the log draws from one), when it has room for
+    /// `need`.
+    fn draw(&mut self, n: usize, need: u64, force: bool) -> Result<(), Over> {
         if let Some((budget, uid)) = &self.budget {
-            budget.draw(*uid, n as u64, force)?;
+            budget.draw(*uid, n as u64, need, force)?;
         }
         self.held += n as u64;
         Ok(())
@@ -317,7 +327,7 @@ impl Sink {
     /// A line of orchd's own in the log (on stderr), taken from the budget whatever it
     /// holds: there is at most one per stretch of dropped output and one at the end.
     fn marker(&mut self, text: String) {
-        let _ = self.draw(HEADER + text.len(), true);
+        let _ = self.draw(HEADER + text.len(), 0, true);
         self.frame(Stream::Stderr, text.as_bytes());
     }
 
@@ -699,10 +709,10 @@ mod tests {
         assert!(all.contains("the logs of the running attempts of uid 1001 reached [logs] max_user_bytes = 50000 bytes"), "{all}");
         // Another user is not held back by the first; the daemon's own user counts in the
         // total only.
-        budget.draw(Some(1001), 50_000, false).unwrap();
-        assert!(budget.draw(Some(1001), 10, false).is_err());
-        budget.draw(Some(1002), 10, false).unwrap();
-        budget.draw(None, 500_000, false).unwrap();
+        budget.draw(Some(1001), 50_000, 0, false).unwrap();
+        assert!(budget.draw(Some(1001), 10, 0, false).is_err());
+        budget.draw(Some(1002), 10, 0, false).unwrap();
+        budget.draw(None, 500_000, 0, false).unwrap();
         assert_eq!(budget.held(1001), (550_010, 50_000));
         // Room again (another attempt ended): that user's next log is written again.
         budget.give_back(Some(1001), 50_000);

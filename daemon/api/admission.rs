@@ -211,6 +211,8 @@ pub struct Admission {
     closed: Notify,
     requests: Pools,
     watches: Pools,
+    /// Refused connections being told why (see [`refuse`]).
+    telling: Arc<Semaphore>,
 }
 
 impl Admission {
@@ -222,6 +224,7 @@ impl Admission {
             owner,
             conns: Mutex::new(Conns::default()),
             closed: Notify::new(),
+            telling: Arc::new(Semaphore::new(TELLING)),
         })
     }
 
@@ -263,7 +266,7 @@ impl Admission {
                     }
                 }
                 Err(refusal) => {
-                    refuse(&stream, &refusal);
+                    refuse(stream, &refusal, &self.telling);
                     self.log_refusal(&refusal);
                 }
             }
@@ -404,11 +407,33 @@ fn out_of_resources(e: &io::Error) -> bool {
     )
 }
 
-/// Closes a refused connection at once, first telling an HTTP/2 client why: the server
-/// preface (an empty SETTINGS frame) and a GOAWAY (ENHANCE_YOUR_CALM) whose debug data is
-/// the reason. Never waits: what the socket does not take at once is not sent.
-fn refuse(stream: &UnixStream, why: &Refusal) {
+/// Refused connections that may still be told why (see [`refuse`]).
+const TELLING: usize = 32;
+/// How long a refused connection may take to read why.
+const TELL_FOR: Duration = Duration::from_millis(250);
+
+/// Closes a refused connection, first telling an HTTP/2 client why: the server preface (an
+/// empty SETTINGS frame) and a GOAWAY (ENHANCE_YOUR_CALM) whose debug data is the reason,
+/// written without waiting. A client whose preface arrives at a closed socket fails on the
+/// write and never reads the GOAWAY, so up to [`TELLING`] refused connections are kept
+/// half-closed for at most [`TELL_FOR`], until the client hangs up; past that many they
+/// are closed at once.
+fn refuse(stream: UnixStream, why: &Refusal, telling: &Arc<Semaphore>) {
     let _ = stream.try_write(&goaway(&why.to_string()));
+    let Ok(permit) = telling.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(TELL_FOR, async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        drop(permit);
+    });
 }
 
 /// An empty SETTINGS frame followed by a GOAWAY frame carrying `reason`.

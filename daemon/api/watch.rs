@@ -72,10 +72,15 @@ pub(super) fn open(
             .and_then(|o| o.ended_seq.filter(|_| o.state.is_terminal())),
         kinds,
         next,
+        largest: LARGEST_EVENT,
     };
     tokio::spawn(job.run(queue));
     Ok(Box::pin(unread))
 }
+
+/// The largest event there can be, in bytes: a checkpoint at its limit (1 MiB, see
+/// `runner::agent`), and the rest.
+const LARGEST_EVENT: u64 = (1 << 20) + 1024;
 
 /// Bytes of unread events one queued item holds: of its watch's queue, of its user's pool.
 type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
@@ -103,6 +108,17 @@ impl Queue {
         let (tx, rx) = mpsc::unbounded_channel();
         let own = quota.queue();
         (Queue { tx, own, quota }, Unread(rx))
+    }
+
+    /// Bytes the client's queue has room for now.
+    fn room_bytes(&self) -> u64 {
+        self.own.available_permits() as u64 * 1024
+    }
+
+    /// Whether an event of `bytes` would be queued without waiting.
+    fn has_room(&self, bytes: usize) -> bool {
+        let kib = self.quota.cost_kib(bytes) as usize;
+        self.own.available_permits() >= kib && self.quota.user.available_permits() >= kib
     }
 
     /// Room for `kib` now, if there is.
@@ -218,6 +234,8 @@ struct WatchJob {
     kinds: HashSet<String>,
     /// The next global sequence number not yet looked at.
     next: u64,
+    /// The largest event sent so far, in bytes (at first, the largest one can be).
+    largest: u64,
 }
 
 enum Sent {
@@ -299,21 +317,34 @@ impl WatchJob {
     }
 
     /// Sends stored events from `next` up to what is durable now.
+    /// Sends stored events from `next` up to what is durable now. Reads as many at a time
+    /// as the client's queue has room for (by the largest event seen so far), and holds
+    /// none of them while it waits for the client to make room.
     async fn replay(&mut self, q: &Queue) -> Result<Sent, StoreError> {
         loop {
             let upto = self.published.load(AtomicOrdering::SeqCst);
+            let limit = (q.room_bytes() / self.largest).clamp(1, 512) as usize;
             let batch = match &self.objective_id {
-                Some(id) => self.store.objective_events_from(id, self.next, 512)?,
-                None => self.store.events_from(self.next, 512)?,
+                Some(id) => self.store.objective_events_from(id, self.next, limit)?,
+                None => self.store.events_from(self.next, limit)?,
             };
-            let batch: Vec<Event> = batch.into_iter().filter(|e| e.seq <= upto).collect();
-            if batch.is_empty() {
+            let mut batch = batch.into_iter().filter(|e| e.seq <= upto).peekable();
+            if batch.peek().is_none() {
                 // Everything up to what is durable has been looked at.
                 self.next = self.next.max(upto + 1);
                 return Ok(Sent::More);
             }
-            for e in &batch {
-                if let Sent::Done = self.offer(e, q).await {
+            while let Some(e) = batch.next() {
+                let bytes = event_pb(&e).encoded_len();
+                self.largest = self.largest.max(bytes as u64);
+                if !q.has_room(bytes) {
+                    drop(batch);
+                    if let Sent::Done = self.offer(&e, q).await {
+                        return Ok(Sent::Done);
+                    }
+                    break;
+                }
+                if let Sent::Done = self.offer(&e, q).await {
                     return Ok(Sent::Done);
                 }
             }
