@@ -179,10 +179,11 @@ pub struct ServerConfig {
     pub keepalive_timeout: Dur,
     /// Bytes of requests being received or handled at once, per user.
     pub request_bytes_per_user: Size,
+    /// `Watch` and `StreamLogs` calls open at once per user; root and the daemon's own
+    /// user are exempt.
+    pub max_streams_per_user: u32,
     /// Bytes of events queued for one `Watch` client that has not read them yet.
     pub watch_queue_bytes: Size,
-    /// Bytes of events queued for all of one user's `Watch` clients together.
-    pub watch_bytes_per_user: Size,
     /// A `Watch` client that takes nothing from a full queue for this long is ended.
     pub watch_stall_timeout: Dur,
 }
@@ -197,8 +198,8 @@ impl Default for ServerConfig {
             keepalive_interval: Dur(30_000),
             keepalive_timeout: Dur(10_000),
             request_bytes_per_user: Size(64 << 20),
-            watch_queue_bytes: Size(4 << 20),
-            watch_bytes_per_user: Size(64 << 20),
+            max_streams_per_user: 64,
+            watch_queue_bytes: Size(2 << 20),
             watch_stall_timeout: Dur(5 * 60_000),
         }
     }
@@ -240,14 +241,7 @@ impl ServerConfig {
                 )
             })
             .or_else(|| bytes("watch_queue_bytes", self.watch_queue_bytes, 64 << 10, "64K"))
-            .or_else(|| {
-                bytes(
-                    "watch_bytes_per_user",
-                    self.watch_bytes_per_user,
-                    self.watch_queue_bytes.0,
-                    "watch_queue_bytes",
-                )
-            })
+            .or_else(|| count("max_streams_per_user", self.max_streams_per_user))
     }
 }
 

@@ -20,8 +20,8 @@ use tonic::codec::Streaming;
 use tempfile::TempDir;
 
 use crate::support::{
-    TestDaemon, TestUser, block_on, describe, first_line, is_terminal, poll_until, require_root,
-    submit_request, temp_dir,
+    Follower, ORCHCTL, TestDaemon, TestUser, block_on, describe, first_line, is_terminal,
+    poll_until, require_root, run_deadline, submit_request, temp_dir,
 };
 
 /// A daemon reading `config` whose socket every user can reach (what group `orch` does on
@@ -381,10 +381,10 @@ fn a_users_requests_in_flight_are_bounded_by_bytes() {
 
 // ------------------------------------------------------------------ watchers
 
-/// An objective whose agent writes 20 checkpoints of about 1 MB each (20 MB of events).
+/// An objective whose agent writes 200 checkpoints of 100 KB each (20 MB of events).
 fn spew_checkpoints() -> ObjectiveSpec {
-    let script = "pad=$(head -c 1000000 /dev/zero | tr '\\0' a); \
-                  for i in $(seq 20); do \
+    let script = "pad=$(head -c 100000 /dev/zero | tr '\\0' a); \
+                  for i in $(seq 200); do \
                   echo \"::orch-checkpoint::{\\\"i\\\":$i,\\\"pad\\\":\\\"$pad\\\"}\"; done";
     ObjectiveSpec {
         name: "spew".into(),
@@ -448,8 +448,7 @@ async fn peak_rss(d: &TestDaemon, id: Option<&str>, for_: Duration) -> u64 {
 fn watch_clients_that_do_not_read_hold_bounded_memory() {
     const WATCHERS: usize = 24;
     let (d, _config) = daemon(
-        "[server]\nwatch_queue_bytes = \"2M\"\nwatch_bytes_per_user = \"8M\"\n\
-         watch_stall_timeout = \"1s\"\n",
+        "[server]\nwatch_queue_bytes = \"1M\"\nwatch_stall_timeout = \"1s\"\n",
         None,
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -481,7 +480,7 @@ fn watch_clients_that_do_not_read_hold_bounded_memory() {
         // Watchers of a live objective, not reading, while it writes the same 20 MB.
         let at_rest = rss_bytes(d.pid());
         let second = c.submit(request()).await.expect("submit").into_inner().id;
-        let mut live = stalled_watchers(&d, &second, WATCHERS).await;
+        let live = stalled_watchers(&d, &second, WATCHERS).await;
         let grew = peak_rss(&d, Some(&second), Duration::from_secs(120))
             .await
             .saturating_sub(at_rest);
@@ -491,38 +490,16 @@ fn watch_clients_that_do_not_read_hold_bounded_memory() {
             grew >> 20
         );
         assert!(
-            grew < stored + (96 << 20),
+            grew < stored + (64 << 20),
             "{WATCHERS} live watchers not reading grew orchd by {} MiB (storing alone: {} MiB)",
             grew >> 20,
             stored >> 20
         );
         drop(replaying);
 
-        // Each was ended with a status that says where to resume; resuming there gets the
-        // rest, from that event to the end.
-        // Each was ended with a status that says where to resume; what it got and what
-        // resuming there gets are all the objective's events, once each.
-        let mut stream = live.swap_remove(0);
-        let mut seqs = Vec::new();
-        let status = loop {
-            match stream.message().await {
-                Ok(Some(e)) => seqs.push(e.seq),
-                Ok(None) => panic!("the watch ended without a status, after {seqs:?}"),
-                Err(s) => break s,
-            }
-        };
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        let m = status.message();
-        assert!(
-            m.contains(
-                "(limits: [server] watch_queue_bytes = 2097152 bytes, watch_stall_timeout = 1s)"
-            ) || m.contains("(limit: [server] watch_bytes_per_user = 8388608 bytes)"),
-            "{m}"
-        );
-        let resume: u64 = m
-            .rsplit_once("; resume with from_seq = ")
-            .and_then(|(_, n)| n.parse().ok())
-            .unwrap_or_else(|| panic!("no seq to resume from in `{m}`"));
+        // Those that stayed full for the stall timeout were ended with a status saying
+        // where to resume; what each got, and what resuming there gets, are all the
+        // objective's events once each.
         let all_from = |from: u64| {
             let mut c = c.clone();
             let id = second.clone();
@@ -543,9 +520,88 @@ fn watch_clients_that_do_not_read_hold_bounded_memory() {
                 seqs
             }
         };
-        seqs.extend(all_from(resume).await);
-        assert_eq!(seqs, all_from(0).await, "resumed with no gap and no repeat");
+        let all = all_from(0).await;
+        let mut ended = 0;
+        for mut stream in live {
+            let mut seqs = Vec::new();
+            let status = loop {
+                match stream.message().await {
+                    Ok(Some(e)) => seqs.push(e.seq),
+                    Ok(None) => break None,
+                    Err(s) => break Some(s),
+                }
+            };
+            let Some(status) = status else {
+                // Read before its stall timeout passed: it caught up.
+                assert_eq!(seqs, all);
+                continue;
+            };
+            ended += 1;
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            let m = status.message();
+            assert!(
+                m.contains(
+                    "(limits: [server] watch_queue_bytes = 1048576 bytes, watch_stall_timeout = \
+                     1s)"
+                ),
+                "{m}"
+            );
+            let resume: u64 = m
+                .rsplit_once("; resume with from_seq = ")
+                .and_then(|(_, n)| n.parse().ok())
+                .unwrap_or_else(|| panic!("no seq to resume from in `{m}`"));
+            seqs.extend(all_from(resume).await);
+            assert_eq!(seqs, all, "resumed with no gap and no repeat");
+        }
+        assert!(ended > 0, "no watcher was ended for falling behind");
     });
+}
+
+#[test]
+fn one_user_may_hold_only_so_many_streams() {
+    if !require_root("to watch as another user") {
+        return;
+    }
+    let (d, _config) = daemon("[server]\nmax_streams_per_user = 3\n", None);
+    let id = d.submit(&["--", "sleep", "60"], 0);
+    let user = TestUser::create(true);
+    let watch = || {
+        let mut cmd = user.command(ORCHCTL);
+        cmd.arg("--socket").arg(d.socket()).args(["watch", &id]);
+        cmd
+    };
+    let mut open: Vec<Follower> = (0..3).map(|_| Follower::start(watch())).collect();
+    for w in &mut open {
+        w.next_line(Duration::from_secs(10));
+    }
+    let fourth = run_deadline(&mut watch(), Duration::from_secs(10)).expect("refused at once");
+    assert_eq!(fourth.status.code(), Some(1), "{}", describe(&fourth));
+    let err = String::from_utf8_lossy(&fourth.stderr);
+    assert!(
+        err.contains(&format!(
+            "uid {} already has 3 Watch and StreamLogs calls open, the limit of [server] \
+             max_streams_per_user = 3",
+            user.uid
+        )),
+        "{err}"
+    );
+    // Root is not counted; and a closed stream gives its place back.
+    let mut roots: Vec<Follower> = (0..4)
+        .map(|_| Follower::start(d.ctl_command(&["watch", &id])))
+        .collect();
+    for w in &mut roots {
+        w.next_line(Duration::from_secs(10));
+    }
+    drop(open.pop());
+    poll_until(
+        "a fourth stream once one closed",
+        Duration::from_secs(10),
+        || {
+            let mut w = Follower::start(watch());
+            w.try_next_line(Duration::from_secs(2)).map(|_| w)
+        },
+    );
+    d.ctl(&["cancel", &id]);
 }
 
 // ------------------------------------------------------------------ logs

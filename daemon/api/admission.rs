@@ -43,6 +43,9 @@ const FD_RESERVE: u64 = 512;
 /// `max_connections` (at most a quarter of it).
 const ADMIN_RESERVE: usize = 16;
 
+/// Tasks accepting connections at once.
+const ACCEPTORS: usize = 2;
+
 /// How often refused connections of one uid are logged.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -57,8 +60,8 @@ pub struct ClientLimits {
     pub max_connections_per_user: usize,
     pub idle_timeout: Duration,
     pub request_bytes_per_user: u64,
+    pub max_streams_per_user: usize,
     pub watch_queue_bytes: u64,
-    pub watch_bytes_per_user: u64,
     pub watch_stall_timeout: Duration,
 }
 
@@ -82,8 +85,8 @@ impl ClientLimits {
             max_connections_per_user: cfg.max_connections_per_user as usize,
             idle_timeout: Duration::from_millis(cfg.idle_timeout.0),
             request_bytes_per_user: cfg.request_bytes_per_user.0,
+            max_streams_per_user: cfg.max_streams_per_user as usize,
             watch_queue_bytes: cfg.watch_queue_bytes.0,
-            watch_bytes_per_user: cfg.watch_bytes_per_user.0,
             watch_stall_timeout: Duration::from_millis(cfg.watch_stall_timeout.0),
         };
         (limits, lowered)
@@ -158,6 +161,8 @@ impl fmt::Display for Refusal {
 struct Conns {
     total: usize,
     by_uid: HashMap<u32, usize>,
+    /// Streams open per uid.
+    streams: HashMap<u32, usize>,
     refusals: HashMap<u32, Refusals>,
     accept_error_logged: Option<Instant>,
 }
@@ -201,7 +206,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Decides which connections are served and keeps count of them; hands out the per-user
-/// byte pools of requests and watches.
+/// byte pools of requests and counts the streams each user has open.
 pub struct Admission {
     limits: ClientLimits,
     /// The daemon's own uid: like root, exempt from the per-user connection limit.
@@ -210,7 +215,6 @@ pub struct Admission {
     /// Signalled when a connection closes (an accept that ran out of descriptors waits).
     closed: Notify,
     requests: Pools,
-    watches: Pools,
     /// Refused connections being told why (see [`refuse`]).
     telling: Arc<Semaphore>,
 }
@@ -219,7 +223,6 @@ impl Admission {
     pub fn new(limits: ClientLimits, owner: u32) -> Arc<Admission> {
         Arc::new(Admission {
             requests: Pools::new(limits.request_bytes_per_user),
-            watches: Pools::new(limits.watch_bytes_per_user),
             limits,
             owner,
             conns: Mutex::new(Conns::default()),
@@ -235,13 +238,18 @@ impl Admission {
         listener: UnixListener,
     ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(self.clone().accept_loop(listener, tx));
+        // Two accepting tasks: a flood of connections (each refused at once) empties the
+        // listen queue faster, so fewer of everyone else's connects find it full.
+        let listener = Arc::new(listener);
+        for _ in 0..ACCEPTORS {
+            tokio::spawn(self.clone().accept_loop(listener.clone(), tx.clone()));
+        }
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 
     async fn accept_loop(
         self: Arc<Self>,
-        listener: UnixListener,
+        listener: Arc<UnixListener>,
         tx: mpsc::Sender<io::Result<Conn>>,
     ) {
         loop {
@@ -393,11 +401,57 @@ impl Admission {
         WatchQuota {
             uid,
             queue_bytes: self.limits.watch_queue_bytes,
-            user_bytes: self.limits.watch_bytes_per_user,
-            user: self.watches.of(uid),
             stall: self.limits.watch_stall_timeout,
         }
     }
+
+    /// A place for one more stream (`Watch`, `StreamLogs`) of `uid`, or the refusal.
+    fn take_stream(self: &Arc<Self>, uid: u32) -> Result<StreamSlot, Status> {
+        let limit = self.limits.max_streams_per_user;
+        let mut c = lock(&self.conns);
+        let open = c.streams.entry(uid).or_default();
+        if uid != 0 && uid != self.owner && *open >= limit {
+            let open = *open;
+            drop(c);
+            let message = format!(
+                "uid {uid} already has {open} Watch and StreamLogs calls open, the limit of \
+                 [server] max_streams_per_user = {limit}; close one first"
+            );
+            tracing::debug!(uid, "{message}");
+            return Err(Status::resource_exhausted(message));
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            admission: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// One open stream's place in its user's count, given back when the call ends.
+struct StreamSlot {
+    admission: Arc<Admission>,
+    uid: u32,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.admission.conns);
+        if let Some(n) = c.streams.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.streams.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Whether a gRPC method is a server stream that holds memory for its client.
+fn is_stream(path: &str) -> bool {
+    matches!(
+        path,
+        "/orch.v1.Orchestrator/Watch" | "/orch.v1.Orchestrator/StreamLogs"
+    )
 }
 
 fn out_of_resources(e: &io::Error) -> bool {
@@ -766,11 +820,19 @@ impl http_body::Body for Metered {
     }
 }
 
+/// What one call holds until its response has been sent (or dropped).
+struct Call {
+    _in_flight: InFlight,
+    _charge: Arc<Charge>,
+    _stream: Option<StreamSlot>,
+}
+
 /// A response body that ends its call when it is done: the call leaves the connection's
-/// calls in flight, and the bytes its request held go back to its user's pool.
+/// calls in flight, the bytes its request held go back to its user's pool, and a stream
+/// gives back its place.
 struct Finish<B> {
     inner: B,
-    _call: Option<(InFlight, Arc<Charge>)>,
+    call: Option<Call>,
 }
 
 impl<B> http_body::Body for Finish<B>
@@ -787,7 +849,7 @@ where
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if frame.is_none() {
-            this._call = None;
+            this.call = None;
         }
         Poll::Ready(frame)
     }
@@ -801,47 +863,35 @@ where
     }
 }
 
-/// The memory a `Watch` call may hold of unread events: its own queue and its user's pool
-/// (shared by all the user's watches).
+/// The memory a `Watch` call may hold of unread events, and how long its client may
+/// leave its queue full.
 #[derive(Clone)]
 pub struct WatchQuota {
     pub uid: u32,
     pub queue_bytes: u64,
-    pub user_bytes: u64,
-    pub user: Arc<Semaphore>,
     pub stall: Duration,
 }
 
 impl WatchQuota {
     /// For a watch that did not come through [`AdmissionLayer`] (unit tests): the default
-    /// limits, and a pool of its own.
+    /// limits.
     pub fn standalone(uid: u32) -> WatchQuota {
         let cfg = ServerConfig::default();
         WatchQuota {
             uid,
             queue_bytes: cfg.watch_queue_bytes.0,
-            user_bytes: cfg.watch_bytes_per_user.0,
-            user: Arc::new(Semaphore::new(kib_of(cfg.watch_bytes_per_user.0) as usize)),
             stall: Duration::from_millis(cfg.watch_stall_timeout.0),
         }
     }
 
-    /// The KiB permits an item of `encoded` bytes costs (at most a whole queue or pool).
+    /// The KiB permits an item of `encoded` bytes costs (at most the whole queue).
     pub fn cost_kib(&self, encoded: usize) -> u32 {
-        kib_of((encoded + ITEM_OVERHEAD) as u64)
-            .min(kib_of(self.queue_bytes))
-            .min(kib_of(self.user_bytes))
+        kib_of((encoded + ITEM_OVERHEAD) as u64).min(kib_of(self.queue_bytes))
     }
 
     /// A queue of the configured size for one watch.
     pub fn queue(&self) -> Arc<Semaphore> {
         Arc::new(Semaphore::new(kib_of(self.queue_bytes) as usize))
-    }
-
-    /// Bytes of the user's pool in use now.
-    pub fn user_held(&self) -> u64 {
-        self.user_bytes
-            .saturating_sub(self.user.available_permits() as u64 * 1024)
     }
 
     pub fn stall_text(&self) -> String {
@@ -850,9 +900,10 @@ impl WatchQuota {
 }
 
 /// The tower layer of [`Admission`]: tracks each connection's calls in flight, measures
-/// request messages against the limits, and gives each call its caller's credentials
-/// (`UdsConnectInfo`, what `api::caller` reads) and [`WatchQuota`]. Calls that did not come
-/// through [`Admission::incoming`] pass unchanged.
+/// request messages against the limits, counts each user's streams (refusing one past
+/// `max_streams_per_user`), and gives each call its caller's credentials (`UdsConnectInfo`,
+/// what `api::caller` reads) and [`WatchQuota`]. Calls that did not come through
+/// [`Admission::incoming`] pass unchanged.
 #[derive(Clone)]
 pub struct AdmissionLayer;
 
@@ -888,35 +939,51 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let info = req.extensions().get::<ConnInfo>().cloned();
-        let call = info.map(|info| {
-            let state = info.state;
-            let a = &state.admission;
-            req.extensions_mut().insert(info.peer);
-            req.extensions_mut().insert(a.watch_quota(state.uid));
-            let charge = Arc::new(Charge {
-                uid: state.uid,
-                pool: a.requests.of(state.uid),
-                pool_bytes: a.limits.request_bytes_per_user,
-                held: Mutex::new(None),
-            });
-            (InFlight::start(&state), charge)
+        let Some(info) = req.extensions().get::<ConnInfo>().cloned() else {
+            let fut = self.inner.call(req);
+            return Box::pin(async move { Ok(fut.await?.map(Body::new)) });
+        };
+        let state = info.state;
+        let a = state.admission.clone();
+        let stream = if is_stream(req.uri().path()) {
+            match a.take_stream(state.uid) {
+                Ok(slot) => Some(slot),
+                Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+            }
+        } else {
+            None
+        };
+        req.extensions_mut().insert(info.peer);
+        req.extensions_mut().insert(a.watch_quota(state.uid));
+        let charge = Arc::new(Charge {
+            uid: state.uid,
+            pool: a.requests.of(state.uid),
+            pool_bytes: a.limits.request_bytes_per_user,
+            held: Mutex::new(None),
         });
-        if let Some((_, charge)) = &call {
-            let charge = charge.clone();
-            req = req.map(|inner| {
-                Body::new(Metered {
-                    inner,
-                    prefixes: Prefixes::default(),
-                    charge,
-                    failed: false,
-                })
-            });
-        }
+        let metered = charge.clone();
+        let req = req.map(|inner| {
+            Body::new(Metered {
+                inner,
+                prefixes: Prefixes::default(),
+                charge: metered,
+                failed: false,
+            })
+        });
+        let call = Call {
+            _in_flight: InFlight::start(&state),
+            _charge: charge,
+            _stream: stream,
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
-            Ok(resp.map(|inner| Body::new(Finish { inner, _call: call })))
+            Ok(resp.map(|inner| {
+                Body::new(Finish {
+                    inner,
+                    call: Some(call),
+                })
+            }))
         })
     }
 }
@@ -964,6 +1031,26 @@ mod tests {
         assert!(a.take(0).is_err(), "not even root past max_connections");
         drop(others);
         assert_eq!(a.open(0).0, 1);
+    }
+
+    #[test]
+    fn each_user_may_hold_only_so_many_streams() {
+        let mut l = limits(10, 10);
+        l.max_streams_per_user = 2;
+        let a = Admission::new(l, 500);
+        let held: Vec<StreamSlot> = (0..2).map(|_| a.take_stream(1000).expect("room")).collect();
+        let e = a.take_stream(1000).err().expect("a third is refused");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            e.message(),
+            "uid 1000 already has 2 Watch and StreamLogs calls open, the limit of [server] \
+             max_streams_per_user = 2; close one first"
+        );
+        a.take_stream(1001).expect("another user");
+        let _root: Vec<StreamSlot> = (0..5).map(|_| a.take_stream(0).expect("root")).collect();
+        let _own: Vec<StreamSlot> = (0..5).map(|_| a.take_stream(500).expect("owner")).collect();
+        drop(held);
+        a.take_stream(1000).expect("room again");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `Watch`: the sequenced event history from the store, then live events, joined with no
-//! gap and no duplicate. What a client has not read yet is bounded by bytes (its queue and
-//! its user's pool, see `admission::WatchQuota`): a watch waiting for a slow client holds
-//! no live events (it re-reads the store when the client catches up), and one whose client
-//! takes nothing for `[server] watch_stall_timeout` is ended with a status that says where
-//! to resume.
+//! gap and no duplicate. What a client has not read yet is bounded by bytes (its queue,
+//! `[server] watch_queue_bytes`, see `admission::WatchQuota`): a watch waiting for a slow
+//! client holds no live events (it re-reads the store when the client catches up), and one
+//! whose client takes nothing for `[server] watch_stall_timeout` is ended with a status
+//! that says where to resume.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -82,8 +82,8 @@ pub(super) fn open(
 /// `runner::agent`), and the rest.
 const LARGEST_EVENT: u64 = (1 << 20) + 1024;
 
-/// Bytes of unread events one queued item holds: of its watch's queue, of its user's pool.
-type Held = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// The bytes of unread events one queued item holds of its watch's queue.
+type Held = OwnedSemaphorePermit;
 
 /// One watch's queue of events for its client, bounded by bytes (see [`WatchQuota`]); the
 /// bytes are given back as the client takes the events.
@@ -99,8 +99,6 @@ enum Behind {
     Gone,
     /// The client took nothing from its full queue for the stall timeout.
     Stalled,
-    /// The user's watches together held their pool for the stall timeout.
-    UserFull,
 }
 
 impl Queue {
@@ -117,31 +115,21 @@ impl Queue {
 
     /// Whether an event of `bytes` would be queued without waiting.
     fn has_room(&self, bytes: usize) -> bool {
-        let kib = self.quota.cost_kib(bytes) as usize;
-        self.own.available_permits() >= kib && self.quota.user.available_permits() >= kib
+        self.own.available_permits() >= self.quota.cost_kib(bytes) as usize
     }
 
     /// Room for `kib` now, if there is.
     fn try_reserve(&self, kib: u32) -> Option<Held> {
-        let own = self.own.clone().try_acquire_many_owned(kib).ok()?;
-        let user = self.quota.user.clone().try_acquire_many_owned(kib).ok()?;
-        Some((own, user))
+        self.own.clone().try_acquire_many_owned(kib).ok()
     }
 
     /// Room for `kib`, waiting at most the stall timeout for the client to take events.
     async fn reserve(&self, kib: u32) -> Result<Held, Behind> {
-        let until = tokio::time::Instant::now() + self.quota.stall;
-        let own = tokio::select! {
-            p = self.own.clone().acquire_many_owned(kib) => p.map_err(|_| Behind::Gone)?,
-            _ = tokio::time::sleep_until(until) => return Err(Behind::Stalled),
-            _ = self.tx.closed() => return Err(Behind::Gone),
-        };
-        let user = tokio::select! {
-            p = self.quota.user.clone().acquire_many_owned(kib) => p.map_err(|_| Behind::Gone)?,
-            _ = tokio::time::sleep_until(until) => return Err(Behind::UserFull),
-            _ = self.tx.closed() => return Err(Behind::Gone),
-        };
-        Ok((own, user))
+        tokio::select! {
+            p = self.own.clone().acquire_many_owned(kib) => p.map_err(|_| Behind::Gone),
+            _ = tokio::time::sleep(self.quota.stall) => Err(Behind::Stalled),
+            _ = self.tx.closed() => Err(Behind::Gone),
+        }
     }
 
     /// Queues an event; false when the client went away.
@@ -161,9 +149,7 @@ impl Queue {
     /// The status ending a watch that fell behind; `seq` is where the client resumes.
     fn behind(&self, why: &Behind, seq: u64) -> Option<Status> {
         let q = &self.quota;
-        let unread = q
-            .queue_bytes
-            .saturating_sub(self.own.available_permits() as u64 * 1024);
+        let unread = q.queue_bytes.saturating_sub(self.room_bytes());
         let message = match why {
             Behind::Gone => return None,
             Behind::Stalled => format!(
@@ -174,14 +160,6 @@ impl Queue {
                 q.stall_text(),
                 q.queue_bytes,
                 q.stall_text(),
-            ),
-            Behind::UserFull => format!(
-                "watch ended: the watches of uid {} left {} of events unread for {} (limit: \
-                 [server] watch_bytes_per_user = {} bytes); resume with from_seq = {seq}",
-                q.uid,
-                HumanBytes(q.user_held()),
-                q.stall_text(),
-                q.user_bytes,
             ),
         };
         tracing::info!(uid = q.uid, "{message}");
