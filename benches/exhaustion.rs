@@ -6,8 +6,9 @@
 //! and root's `DaemonStatus` are timed; how many connections orchd holds), `requests` (40
 //! submits of 15 MiB at once: refusals and orchd's RSS), `watchers` (20 watch clients that
 //! never read while an agent writes 100 checkpoints of 1 MiB: orchd's RSS, against the same
-//! agent with nobody watching), `logs` (an agent writing 1 GiB as fast as it can under a
-//! 256 MiB log cap: bytes on disk, and how long the agent took). Name one or more to run
+//! agent with nobody watching), `logs` (8 objectives at once, each an agent writing 512 MiB
+//! as fast as it can, under a 256 MiB log cap and under the default 10 GiB: bytes on disk,
+//! and how long they took). Name one or more to run
 //! only those. The attacker is this binary run again as user `nobody`
 //! (`--attacker SOCKET N SECONDS`). Figures are printed, never asserted.
 
@@ -526,7 +527,7 @@ async fn checkpoints(d: &Daemon, watchers: usize) -> Result<(f64, f64, Duration)
 
 async fn watchers() -> Result<()> {
     println!(
-        "\n3. watchers: an agent writes 100 checkpoints of 1 MiB (defaults: 4 MiB per watcher, 64 MiB per user)"
+        "\n3. watchers: an agent writes 100 checkpoints of 1 MiB (default queue: 2 MiB per watcher)"
     );
     for n in [0, 20] {
         let d = Daemon::start("").await?;
@@ -542,21 +543,40 @@ async fn watchers() -> Result<()> {
 // ---------------------------------------------------------------- 4. logs
 
 async fn logs() -> Result<()> {
-    println!("\n4. logs: an agent writes 1 GiB to stdout as fast as it can");
+    println!(
+        "\n4. logs: 8 objectives at once, each an agent writing 512 MiB to stdout as fast as it can (max_attempt_bytes 256M)"
+    );
     for cap in ["256M", "10G"] {
-        let d = Daemon::start(&format!("[logs]\nmax_total_bytes = \"{cap}\"\n")).await?;
+        let config = format!("max_parallel = 8\n[logs]\nmax_total_bytes = \"{cap}\"\n");
+        let d = Daemon::start(&config).await?;
+        let req = d.one_step(&["sh", "-c", "head -c 536870912 /dev/zero"]);
+        let logs = d._dir.path().join("state").join("logs");
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sampler = {
+            let (logs, peak) = (logs.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while std::sync::Arc::strong_count(&peak) > 1 {
+                    peak.fetch_max(dir_bytes(&logs), std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
         let mut c = d.client().await?;
         let t = Instant::now();
-        let id = c
-            .submit(d.one_step(&["sh", "-c", "head -c 1073741824 /dev/zero"]))
-            .await?
-            .into_inner()
-            .id;
-        d.wait_ended(&id).await?;
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            ids.push(c.submit(req.clone()).await?.into_inner().id);
+        }
+        for id in &ids {
+            d.wait_ended(id).await?;
+        }
         let took = t.elapsed();
-        let logs = d._dir.path().join("state").join("logs");
+        let peak_bytes = peak.load(std::sync::atomic::Ordering::Relaxed);
+        drop(peak);
+        let _ = sampler.join();
         println!(
-            "  max_total_bytes = {cap}: {:.0} MiB of logs on disk; submit to end {:.2} s",
+            "  max_total_bytes = {cap}: logs peaked at {:.0} MiB on disk, {:.0} MiB at the end; submit to end {:.2} s",
+            peak_bytes as f64 / (1 << 20) as f64,
             dir_bytes(&logs) as f64 / (1 << 20) as f64,
             took.as_secs_f64()
         );
