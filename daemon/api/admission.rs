@@ -1,10 +1,9 @@
-//! Admission: what one client, and all of them, may hold of the daemon. Connections are
-//! counted per peer uid (SO_PEERCRED, read at accept) and overall, and refused at once
-//! beyond `[server] max_connections_per_user` / `max_connections`; a connection with no
-//! call in flight for `idle_timeout` is closed. Each call's request messages are measured
-//! as they arrive: one larger than [`MAX_REQUEST_BYTES`] is refused before it is buffered,
-//! and a user's calls in flight together hold at most `request_bytes_per_user`. `Watch`
-//! gets its share of memory as a [`WatchQuota`].
+//! Admission of connections: counted per peer uid (SO_PEERCRED, read at accept) and
+//! overall, and refused at once beyond `[server] max_connections_per_user` /
+//! `max_connections` (root and the daemon's own user are exempt from the first and have a
+//! reserve in the second); a connection with no call in flight for `idle_timeout` is
+//! closed. [`Admission`] also keeps each user's count of streams and pool of request
+//! bytes, which `calls` draws on for each call.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,27 +12,19 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
-use tonic::body::Body;
-use tonic::codegen::Bytes;
-use tonic::codegen::http::{Request, Response};
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
-use crate::config::ServerConfig;
-use orch_proto::units::{HumanBytes, format_duration_ms};
-use orch_proto::validate::MAX_SPEC_BYTES;
+use super::calls::AdmissionLayer;
 
-/// The largest request message orchd reads: a `SubmitRequest` whose spec is at the spec
-/// limit ([`MAX_SPEC_BYTES`]) plus 1 MiB for the rest (client environment, workdir,
-/// request id). Anything larger is refused before it is buffered.
-pub const MAX_REQUEST_BYTES: usize = MAX_SPEC_BYTES + (1 << 20);
+use crate::config::ServerConfig;
 
 /// File descriptors kept for everything but client connections (agents' pipes and pidfds,
 /// log files, the store, inotify), or half the open-files limit when that is smaller.
@@ -48,9 +39,6 @@ const ACCEPTORS: usize = 2;
 
 /// How often refused connections of one uid are logged.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// The bytes charged for one queued item besides its encoded size.
-const ITEM_OVERHEAD: usize = 64;
 
 /// The limits in force, from `[server]` and the open-files limit.
 #[derive(Debug, Clone)]
@@ -196,11 +184,11 @@ impl Pools {
 }
 
 /// Bytes as whole KiB (rounded up), the unit of the byte semaphores.
-fn kib_of(bytes: u64) -> u32 {
+pub(super) fn kib_of(bytes: u64) -> u32 {
     bytes.div_ceil(1024).min(u64::from(u32::MAX)) as u32
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these leaves counts that are still meaningful.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -397,16 +385,17 @@ impl Admission {
         AdmissionLayer
     }
 
-    fn watch_quota(&self, uid: u32) -> WatchQuota {
-        WatchQuota {
-            uid,
-            queue_bytes: self.limits.watch_queue_bytes,
-            stall: self.limits.watch_stall_timeout,
-        }
+    pub(super) fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
+    /// The pool of request bytes of `uid`.
+    pub(super) fn request_pool(&self, uid: u32) -> Arc<Semaphore> {
+        self.requests.of(uid)
     }
 
     /// A place for one more stream (`Watch`, `StreamLogs`) of `uid`, or the refusal.
-    fn take_stream(self: &Arc<Self>, uid: u32) -> Result<StreamSlot, Status> {
+    pub(super) fn take_stream(self: &Arc<Self>, uid: u32) -> Result<StreamSlot, Status> {
         let limit = self.limits.max_streams_per_user;
         let mut c = lock(&self.conns);
         let open = c.streams.entry(uid).or_default();
@@ -426,32 +415,6 @@ impl Admission {
             uid,
         })
     }
-}
-
-/// One open stream's place in its user's count, given back when the call ends.
-struct StreamSlot {
-    admission: Arc<Admission>,
-    uid: u32,
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut c = lock(&self.admission.conns);
-        if let Some(n) = c.streams.get_mut(&self.uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.streams.remove(&self.uid);
-            }
-        }
-    }
-}
-
-/// Whether a gRPC method is a server stream that holds memory for its client.
-fn is_stream(path: &str) -> bool {
-    matches!(
-        path,
-        "/orch.v1.Orchestrator/Watch" | "/orch.v1.Orchestrator/StreamLogs"
-    )
 }
 
 fn out_of_resources(e: &io::Error) -> bool {
@@ -516,19 +479,37 @@ impl Drop for Slot {
     }
 }
 
+/// One open stream's place in its user's count, given back when the call ends.
+pub(super) struct StreamSlot {
+    admission: Arc<Admission>,
+    uid: u32,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.admission.conns);
+        if let Some(n) = c.streams.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.streams.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// What calls on one connection share: who is on the other end and whether a call is in
 /// flight (an idle connection is closed).
 pub struct ConnState {
-    uid: u32,
-    admission: Arc<Admission>,
-    in_flight: AtomicUsize,
+    pub(super) uid: u32,
+    pub(super) admission: Arc<Admission>,
+    pub(super) in_flight: AtomicUsize,
     /// When the last call started or ended, in ms since `opened`.
     last_active_ms: AtomicU64,
     opened: Instant,
 }
 
 impl ConnState {
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         self.last_active_ms
             .store(self.opened.elapsed().as_millis() as u64, Ordering::SeqCst);
     }
@@ -548,8 +529,8 @@ impl ConnState {
 /// What tonic puts into each request's extensions for a [`Conn`].
 #[derive(Clone)]
 pub struct ConnInfo {
-    peer: UdsConnectInfo,
-    state: Arc<ConnState>,
+    pub(super) peer: UdsConnectInfo,
+    pub(super) state: Arc<ConnState>,
 }
 
 /// An admitted connection: the socket, its place in the counts, and its idle timer. When
@@ -662,335 +643,10 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// A call in flight on a connection; when it ends, the connection's idle time starts.
-struct InFlight(Arc<ConnState>);
-
-impl InFlight {
-    fn start(state: &Arc<ConnState>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::SeqCst);
-        state.touch();
-        InFlight(state.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The bytes of request messages one call holds of its user's pool.
-struct Charge {
-    uid: u32,
-    pool: Arc<Semaphore>,
-    pool_bytes: u64,
-    held: Mutex<Option<OwnedSemaphorePermit>>,
-}
-
-impl Charge {
-    /// Takes `bytes` more for this call, or says which limit refuses them.
-    fn take(&self, bytes: usize) -> Result<(), Status> {
-        if bytes > MAX_REQUEST_BYTES {
-            return Err(too_large(bytes));
-        }
-        let kib = kib_of(bytes as u64);
-        match self.pool.clone().try_acquire_many_owned(kib) {
-            Ok(p) => {
-                let mut held = lock(&self.held);
-                match held.as_mut() {
-                    Some(h) => h.merge(p),
-                    None => *held = Some(p),
-                }
-                Ok(())
-            }
-            Err(_) => {
-                let free = self.pool.available_permits() as u64 * 1024;
-                Err(Status::resource_exhausted(format!(
-                    "calls in flight from uid {} hold {} of requests; this request of {} \
-                     would pass the limit of [server] request_bytes_per_user = {} bytes ({}); \
-                     retry when they have finished",
-                    self.uid,
-                    HumanBytes(self.pool_bytes.saturating_sub(free)),
-                    HumanBytes(bytes as u64),
-                    self.pool_bytes,
-                    HumanBytes(self.pool_bytes),
-                )))
-            }
-        }
-    }
-}
-
-/// The refusal of a request message larger than [`MAX_REQUEST_BYTES`].
-fn too_large(bytes: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "request message of {bytes} bytes is larger than the limit of {MAX_REQUEST_BYTES} bytes \
-         ({}: the spec limit of {} plus {} for the rest of the request); nothing was read",
-        HumanBytes(MAX_REQUEST_BYTES as u64),
-        HumanBytes(MAX_SPEC_BYTES as u64),
-        HumanBytes((MAX_REQUEST_BYTES - MAX_SPEC_BYTES) as u64),
-    ))
-}
-
-/// Reads the gRPC message prefixes (`[flag u8][length u32 BE]`) of a request body as it
-/// arrives, so each message is measured (and charged) before tonic buffers it.
-#[derive(Default)]
-struct Prefixes {
-    header: [u8; 5],
-    have: usize,
-    /// Bytes of the current message still to come.
-    left: usize,
-}
-
-impl Prefixes {
-    /// Feeds `data`; returns the length of each message whose prefix completed in it.
-    fn feed(
-        &mut self,
-        mut data: &[u8],
-        mut on_message: impl FnMut(usize) -> Result<(), Status>,
-    ) -> Result<(), Status> {
-        while !data.is_empty() {
-            if self.left > 0 {
-                let n = self.left.min(data.len());
-                self.left -= n;
-                data = &data[n..];
-                continue;
-            }
-            let n = (5 - self.have).min(data.len());
-            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
-            self.have += n;
-            data = &data[n..];
-            if self.have == 5 {
-                self.have = 0;
-                let len = u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]) as usize;
-                self.left = len;
-                on_message(len)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A request body whose messages are measured as they arrive (see [`Prefixes`]).
-struct Metered {
-    inner: Body,
-    prefixes: Prefixes,
-    charge: Arc<Charge>,
-    failed: bool,
-}
-
-impl http_body::Body for Metered {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        let this = self.get_mut();
-        if this.failed {
-            return Poll::Ready(None);
-        }
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            other => return Poll::Ready(other),
-        };
-        if let Some(data) = frame.data_ref() {
-            let charge = &this.charge;
-            if let Err(status) = this.prefixes.feed(data, |len| charge.take(len + 5)) {
-                this.failed = true;
-                tracing::debug!(uid = charge.uid, "{}", status.message());
-                return Poll::Ready(Some(Err(status)));
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// What one call holds until its response has been sent (or dropped).
-struct Call {
-    _in_flight: InFlight,
-    _charge: Arc<Charge>,
-    _stream: Option<StreamSlot>,
-}
-
-/// A response body that ends its call when it is done: the call leaves the connection's
-/// calls in flight, the bytes its request held go back to its user's pool, and a stream
-/// gives back its place.
-struct Finish<B> {
-    inner: B,
-    call: Option<Call>,
-}
-
-impl<B> http_body::Body for Finish<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if frame.is_none() {
-            this.call = None;
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The memory a `Watch` call may hold of unread events, and how long its client may
-/// leave its queue full.
-#[derive(Clone)]
-pub struct WatchQuota {
-    pub uid: u32,
-    pub queue_bytes: u64,
-    pub stall: Duration,
-}
-
-impl WatchQuota {
-    /// For a watch that did not come through [`AdmissionLayer`] (unit tests): the default
-    /// limits.
-    pub fn standalone(uid: u32) -> WatchQuota {
-        let cfg = ServerConfig::default();
-        WatchQuota {
-            uid,
-            queue_bytes: cfg.watch_queue_bytes.0,
-            stall: Duration::from_millis(cfg.watch_stall_timeout.0),
-        }
-    }
-
-    /// The KiB permits an item of `encoded` bytes costs (at most the whole queue).
-    pub fn cost_kib(&self, encoded: usize) -> u32 {
-        kib_of((encoded + ITEM_OVERHEAD) as u64).min(kib_of(self.queue_bytes))
-    }
-
-    /// A queue of the configured size for one watch.
-    pub fn queue(&self) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(kib_of(self.queue_bytes) as usize))
-    }
-
-    pub fn stall_text(&self) -> String {
-        format_duration_ms(self.stall.as_millis() as u64)
-    }
-}
-
-/// The tower layer of [`Admission`]: tracks each connection's calls in flight, measures
-/// request messages against the limits, counts each user's streams (refusing one past
-/// `max_streams_per_user`), and gives each call its caller's credentials (`UdsConnectInfo`,
-/// what `api::caller` reads) and [`WatchQuota`]. Calls that did not come through
-/// [`Admission::incoming`] pass unchanged.
-#[derive(Clone)]
-pub struct AdmissionLayer;
-
-impl<S> tower::Layer<S> for AdmissionLayer {
-    type Service = Admitted<S>;
-
-    fn layer(&self, inner: S) -> Admitted<S> {
-        Admitted { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct Admitted<S> {
-    inner: S,
-}
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
-
-impl<S, B> tower::Service<Request<Body>> for Admitted<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Response<Body>, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let Some(info) = req.extensions().get::<ConnInfo>().cloned() else {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { Ok(fut.await?.map(Body::new)) });
-        };
-        let state = info.state;
-        let a = state.admission.clone();
-        let stream = if is_stream(req.uri().path()) {
-            match a.take_stream(state.uid) {
-                Ok(slot) => Some(slot),
-                Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
-            }
-        } else {
-            None
-        };
-        req.extensions_mut().insert(info.peer);
-        req.extensions_mut().insert(a.watch_quota(state.uid));
-        let charge = Arc::new(Charge {
-            uid: state.uid,
-            pool: a.requests.of(state.uid),
-            pool_bytes: a.limits.request_bytes_per_user,
-            held: Mutex::new(None),
-        });
-        let metered = charge.clone();
-        let req = req.map(|inner| {
-            Body::new(Metered {
-                inner,
-                prefixes: Prefixes::default(),
-                charge: metered,
-                failed: false,
-            })
-        });
-        let call = Call {
-            _in_flight: InFlight::start(&state),
-            _charge: charge,
-            _stream: stream,
-        };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            Ok(resp.map(|inner| {
-                Body::new(Finish {
-                    inner,
-                    call: Some(call),
-                })
-            }))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::calls::InFlight;
 
     fn limits(max: usize, per_user: usize) -> ClientLimits {
         let (mut l, _) = ClientLimits::new(&ServerConfig::default(), 1 << 20);
@@ -1034,26 +690,6 @@ mod tests {
     }
 
     #[test]
-    fn each_user_may_hold_only_so_many_streams() {
-        let mut l = limits(10, 10);
-        l.max_streams_per_user = 2;
-        let a = Admission::new(l, 500);
-        let held: Vec<StreamSlot> = (0..2).map(|_| a.take_stream(1000).expect("room")).collect();
-        let e = a.take_stream(1000).err().expect("a third is refused");
-        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(
-            e.message(),
-            "uid 1000 already has 2 Watch and StreamLogs calls open, the limit of [server] \
-             max_streams_per_user = 2; close one first"
-        );
-        a.take_stream(1001).expect("another user");
-        let _root: Vec<StreamSlot> = (0..5).map(|_| a.take_stream(0).expect("root")).collect();
-        let _own: Vec<StreamSlot> = (0..5).map(|_| a.take_stream(500).expect("owner")).collect();
-        drop(held);
-        a.take_stream(1000).expect("room again");
-    }
-
-    #[test]
     fn max_connections_fits_the_open_files_limit() {
         let cfg = ServerConfig::default();
         let (l, why) = ClientLimits::new(&cfg, 100_000);
@@ -1077,71 +713,6 @@ mod tests {
         assert_eq!(f[12], 7);
         assert_eq!(&f[22..26], &[0, 0, 0, 0xb]);
         assert_eq!(&f[26..], b"too many");
-    }
-
-    #[test]
-    fn prefixes_are_read_across_frames() {
-        let mut p = Prefixes::default();
-        let mut seen = Vec::new();
-        let mut msg = vec![0u8, 0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 1];
-        msg.extend_from_slice(&[0, b'z']);
-        for chunk in msg.chunks(2) {
-            p.feed(chunk, |n| {
-                seen.push(n);
-                Ok(())
-            })
-            .expect("no refusal");
-        }
-        assert_eq!(seen, vec![3, 256]);
-        assert_eq!(p.left, 255);
-    }
-
-    fn charge(pool_bytes: u64) -> Charge {
-        Charge {
-            uid: 7,
-            pool: Arc::new(Semaphore::new(kib_of(pool_bytes) as usize)),
-            pool_bytes,
-            held: Mutex::new(None),
-        }
-    }
-
-    #[test]
-    fn a_message_over_the_request_limit_is_refused_by_its_prefix() {
-        let c = charge(64 << 20);
-        let e = c.take(15 << 20).expect_err("too large");
-        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            e.message().starts_with(&format!(
-                "request message of {} bytes is larger than the limit of {MAX_REQUEST_BYTES} bytes (5.0M",
-                15 << 20
-            )),
-            "{}",
-            e.message()
-        );
-    }
-
-    #[test]
-    fn a_users_calls_share_one_pool_until_they_end() {
-        let pool = charge(3 << 20);
-        let first = Charge {
-            uid: 7,
-            pool: pool.pool.clone(),
-            pool_bytes: 3 << 20,
-            held: Mutex::new(None),
-        };
-        first.take(2 << 20).expect("fits");
-        let e = pool.take(2 << 20).expect_err("would pass the pool");
-        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            e.message().contains("uid 7 hold 2.0M")
-                && e.message()
-                    .contains("[server] request_bytes_per_user = 3145728 bytes"),
-            "{}",
-            e.message()
-        );
-        drop(first);
-        pool.take(2 << 20)
-            .expect("room again once the first call ended");
     }
 
     #[tokio::test]

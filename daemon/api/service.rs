@@ -9,7 +9,7 @@ use orch_proto::v1 as pb;
 use orch_proto::v1::orchestrator_server::Orchestrator;
 use orch_proto::validate::{check_env, parallel_groups};
 
-use super::admission::WatchQuota;
+use super::calls::WatchQuota;
 use super::convert::{obj_state_from_pb, resolved_plan_pb, summary_pb, ts, usage_pb};
 use super::{
     Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, required_id,

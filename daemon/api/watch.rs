@@ -17,7 +17,7 @@ use orch_proto::units::HumanBytes;
 use orch_proto::v1 as pb;
 use orch_proto::words::EVENT_KINDS;
 
-use super::admission::WatchQuota;
+use super::calls::WatchQuota;
 use super::convert::event_pb;
 use super::{Api, BoxStream, store_status};
 use crate::model::{Event, EventKind};
