@@ -77,11 +77,13 @@ struct Charge {
 }
 
 impl Charge {
-    /// Takes `bytes` more for this call, or says which limit refuses them.
-    fn take(&self, bytes: usize) -> Result<(), Status> {
-        if bytes > MAX_REQUEST_BYTES {
-            return Err(too_large(bytes));
+    /// Takes what a message of `len` bytes (and its 5-byte prefix) holds for this call,
+    /// or says which limit refuses it.
+    fn take(&self, len: usize) -> Result<(), Status> {
+        if len > MAX_REQUEST_BYTES {
+            return Err(too_large(len));
         }
+        let bytes = len + 5;
         let kib = kib_of(bytes as u64);
         match self.pool.clone().try_acquire_many_owned(kib) {
             Ok(p) => {
@@ -190,7 +192,7 @@ impl http_body::Body for Metered {
         };
         if let Some(data) = frame.data_ref() {
             let charge = &this.charge;
-            if let Err(status) = this.prefixes.feed(data, |len| charge.take(len + 5)) {
+            if let Err(status) = this.prefixes.feed(data, |len| charge.take(len)) {
                 this.failed = true;
                 tracing::debug!(uid = charge.uid, "{}", status.message());
                 return Poll::Ready(Some(Err(status)));
