@@ -164,6 +164,10 @@ pub struct UserLimits {
 pub struct LogsConfig {
     pub max_attempt_bytes: Size,
     pub max_total_bytes: Size,
+    /// The most the logs of one user's running attempts may hold at once, in a daemon
+    /// shared by several users (default: half of `max_total_bytes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_user_bytes: Option<Size>,
 }
 
 impl Default for LogsConfig {
@@ -171,7 +175,102 @@ impl Default for LogsConfig {
         LogsConfig {
             max_attempt_bytes: Size(256 << 20),
             max_total_bytes: Size(10 << 30),
+            max_user_bytes: None,
         }
+    }
+}
+
+impl LogsConfig {
+    /// `max_user_bytes`, or its default: half of `max_total_bytes`.
+    pub fn user_bytes(&self) -> u64 {
+        self.max_user_bytes
+            .map_or(self.max_total_bytes.0 / 2, |s| s.0)
+    }
+}
+
+/// `[server]`: what one client, and all of them, may hold of the daemon (connections,
+/// calls, bytes of requests and of unread events). Read at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Connections open at once, all users together (the last few are kept for root and
+    /// the daemon's own user).
+    pub max_connections: u32,
+    /// Connections open at once per user; root and the daemon's own user are exempt.
+    pub max_connections_per_user: u32,
+    /// A connection with no call in flight for this long is closed.
+    pub idle_timeout: Dur,
+    /// Calls in flight at once on one connection (HTTP/2 `MAX_CONCURRENT_STREAMS`).
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 ping interval, and how long a ping may go unanswered before the connection
+    /// is closed.
+    pub keepalive_interval: Dur,
+    pub keepalive_timeout: Dur,
+    /// Bytes of requests being received or handled at once, per user.
+    pub request_bytes_per_user: Size,
+    /// `Watch` and `StreamLogs` calls open at once per user; root and the daemon's own
+    /// user are exempt.
+    pub max_streams_per_user: u32,
+    /// Bytes of events queued for one `Watch` client that has not read them yet.
+    pub watch_queue_bytes: Size,
+    /// A `Watch` client that takes nothing from a full queue for this long is ended.
+    pub watch_stall_timeout: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 1024,
+            max_connections_per_user: 64,
+            idle_timeout: Dur(5 * 60_000),
+            max_streams_per_connection: 64,
+            keepalive_interval: Dur(30_000),
+            keepalive_timeout: Dur(10_000),
+            request_bytes_per_user: Size(64 << 20),
+            max_streams_per_user: 64,
+            watch_queue_bytes: Size(2 << 20),
+            watch_stall_timeout: Dur(5 * 60_000),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The first key out of range, and why.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        let count = |key, v: u32| (v < 1).then(|| (key, "must be at least 1".to_string()));
+        let time = |key, d: Dur| {
+            (d.0 < 100).then(|| {
+                (
+                    key,
+                    format!("must be at least 100ms, got {}", format_duration_ms(d.0)),
+                )
+            })
+        };
+        let bytes = |key, s: Size, min: u64, name: &str| {
+            (s.0 < min).then(|| (key, format!("must be at least {name}, got {} bytes", s.0)))
+        };
+        count("max_connections", self.max_connections)
+            .or_else(|| count("max_connections_per_user", self.max_connections_per_user))
+            .or_else(|| {
+                count(
+                    "max_streams_per_connection",
+                    self.max_streams_per_connection,
+                )
+            })
+            .or_else(|| time("idle_timeout", self.idle_timeout))
+            .or_else(|| time("keepalive_interval", self.keepalive_interval))
+            .or_else(|| time("keepalive_timeout", self.keepalive_timeout))
+            .or_else(|| time("watch_stall_timeout", self.watch_stall_timeout))
+            .or_else(|| {
+                bytes(
+                    "request_bytes_per_user",
+                    self.request_bytes_per_user,
+                    64 << 10,
+                    "64K",
+                )
+            })
+            .or_else(|| bytes("watch_queue_bytes", self.watch_queue_bytes, 64 << 10, "64K"))
+            .or_else(|| count("max_streams_per_user", self.max_streams_per_user))
     }
 }
 
@@ -275,6 +374,7 @@ pub struct Config {
     pub defaults: DefaultsConfig,
     pub budget: BudgetConfig,
     pub logs: LogsConfig,
+    pub server: ServerConfig,
     pub prices: BTreeMap<String, Price>,
     pub agents: BTreeMap<String, AgentProfile>,
     /// Per-user limits by user name or uid.
@@ -295,6 +395,7 @@ impl Default for Config {
             defaults: DefaultsConfig::default(),
             budget: BudgetConfig::default(),
             logs: LogsConfig::default(),
+            server: ServerConfig::default(),
             prices: BTreeMap::new(),
             agents: BTreeMap::new(),
             users: BTreeMap::new(),
@@ -555,6 +656,16 @@ impl Config {
             }
         }
         self.check_numbers(origin)?;
+        if let Some((key, problem)) = self.server.problem() {
+            return Err(invalid(origin, &format!("server.{key}"), problem));
+        }
+        if self.logs.max_user_bytes.is_some_and(|s| s.0 < 64 << 10) {
+            return Err(invalid(
+                origin,
+                "logs.max_user_bytes",
+                "must be at least 64K (in bytes)",
+            ));
+        }
         for (name, a) in &self.agents {
             let key = format!("agents.{name}");
             if a.command.is_empty() || a.command[0].is_empty() {

@@ -3,15 +3,20 @@
 //! can be read alone. The file rotates by size into `NAME.1` so the newest output (at
 //! least half the cap, at most the cap) is kept. The writer never blocks the agent: it
 //! is fed through a queue bounded by bytes that readers never wait on. The reader can follow
-//! a live file, woken by inotify, across rotations.
+//! a live file, woken by inotify, across rotations. The logs of running attempts draw their
+//! bytes from one [`LogBudget`] (`[logs] max_total_bytes`, and `max_user_bytes` for each user
+//! of a shared daemon): beyond it output is dropped, and a marker line in the log says so.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use orch_proto::units::HumanBytes;
 
 use tokio::sync::mpsc;
 
@@ -59,12 +64,132 @@ fn create_private(path: &Path) -> io::Result<std::fs::File> {
         .open(path)
 }
 
+/// The bytes the logs of running attempts hold on disk, against `[logs] max_total_bytes`
+/// (all of them) and `max_user_bytes` (each user of a shared daemon: the attempts run as
+/// another user). Log writers draw from it frame by frame and give back what rotation
+/// deletes; when an attempt ends its log leaves the budget (housekeeping keeps ended logs
+/// under `max_total_bytes`). A writer refused a frame drops it and marks the log.
+pub struct LogBudget {
+    state: Mutex<BudgetState>,
+}
+
+struct BudgetState {
+    total_cap: u64,
+    user_cap: u64,
+    total: u64,
+    users: HashMap<u32, u64>,
+}
+
+/// Which limit refused output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Over {
+    Total { cap: u64 },
+    User { uid: u32, cap: u64 },
+}
+
+impl fmt::Display for Over {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Over::Total { cap } => write!(
+                f,
+                "the logs of running attempts reached [logs] max_total_bytes = {cap} bytes ({})",
+                HumanBytes(*cap)
+            ),
+            Over::User { uid, cap } => write!(
+                f,
+                "the logs of the running attempts of uid {uid} reached [logs] max_user_bytes = \
+                 {cap} bytes ({})",
+                HumanBytes(*cap)
+            ),
+        }
+    }
+}
+
+impl LogBudget {
+    pub fn new(total_cap: u64, user_cap: u64) -> LogBudget {
+        LogBudget {
+            state: Mutex::new(BudgetState {
+                total_cap,
+                user_cap,
+                total: 0,
+                users: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        // The counts stay meaningful whatever panicked while holding them.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the limits (at start and when the config is reloaded); what is held stays.
+    pub fn set_caps(&self, total_cap: u64, user_cap: u64) {
+        let mut s = self.lock();
+        s.total_cap = total_cap;
+        s.user_cap = user_cap;
+    }
+
+    /// Takes `n` bytes for a log of `uid` (`None`: the daemon's own user, counted in the
+    /// total only) if there is room for `need` under the limits (but at most a quarter of
+    /// each, and at least `n`); `force` takes them anyway (marker lines).
+    fn draw(&self, uid: Option<u32>, n: u64, need: u64, force: bool) -> Result<(), Over> {
+        // Room for `need` (but at most a quarter of a limit), and for `n` in any case.
+        let room = |cap: u64| need.min(cap / 4).max(n);
+        let mut s = self.lock();
+        if !force && s.total.saturating_add(room(s.total_cap)) > s.total_cap {
+            return Err(Over::Total { cap: s.total_cap });
+        }
+        if let Some(uid) = uid {
+            let cap = s.user_cap;
+            let mine = s.users.entry(uid).or_default();
+            if !force && mine.saturating_add(room(cap)) > cap {
+                return Err(Over::User { uid, cap });
+            }
+            *mine += n;
+        }
+        s.total += n;
+        Ok(())
+    }
+
+    fn give_back(&self, uid: Option<u32>, n: u64) {
+        let mut s = self.lock();
+        s.total = s.total.saturating_sub(n);
+        if let Some(uid) = uid
+            && let Some(mine) = s.users.get_mut(&uid)
+        {
+            *mine = mine.saturating_sub(n);
+            if *mine == 0 {
+                s.users.remove(&uid);
+            }
+        }
+    }
+
+    /// Bytes held now: all, and those of `uid`.
+    #[cfg(test)]
+    pub fn held(&self, uid: u32) -> (u64, u64) {
+        let s = self.lock();
+        (s.total, s.users.get(&uid).copied().unwrap_or(0))
+    }
+}
+
+/// The daemon's log budget (no limits until `set_caps`).
+pub fn budget() -> Arc<LogBudget> {
+    static BUDGET: OnceLock<Arc<LogBudget>> = OnceLock::new();
+    BUDGET
+        .get_or_init(|| Arc::new(LogBudget::new(u64::MAX, u64::MAX)))
+        .clone()
+}
+
+/// Room a log that is dropping output must see before it writes again.
+const RESUME_ROOM: u64 = 256 << 10;
+
 /// Writes one attempt's log.
 pub struct LogWriter {
     path: PathBuf,
     file: std::fs::File,
-    size: u64,
     segment_max: u64,
+    /// The budget its bytes are drawn from, and the user they are counted for.
+    budget: Option<(Arc<LogBudget>, Option<u32>)>,
 }
 
 impl LogWriter {
@@ -83,9 +208,15 @@ impl LogWriter {
         Ok(LogWriter {
             path: path.to_path_buf(),
             file,
-            size: 0,
             segment_max: (max_bytes / 2).max(64 * 1024),
+            budget: None,
         })
+    }
+
+    /// Draws the log's bytes from `budget`, for `uid` (`None`: the daemon's own user).
+    pub fn drawing_from(mut self, budget: Arc<LogBudget>, uid: Option<u32>) -> LogWriter {
+        self.budget = Some((budget, uid));
+        self
     }
 
     /// Starts the writer on a thread of its own (plain buffered file writes, no async
@@ -114,57 +245,177 @@ impl LogWriter {
     }
 
     fn run(self, mut rx: mpsc::UnboundedReceiver<(Stream, Vec<u8>)>, queued: &AtomicUsize) {
-        use std::io::Write;
         let LogWriter {
             path,
             file,
-            mut size,
             segment_max,
+            budget,
         } = self;
-        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
-        let mut broken = false;
+        let mut sink = Sink {
+            out: std::io::BufWriter::with_capacity(256 * 1024, file),
+            path,
+            size: 0,
+            rotated_size: 0,
+            segment_max,
+            broken: false,
+            budget,
+            held: 0,
+            dropped: 0,
+            over: None,
+        };
         loop {
             // Flush whenever the queue runs dry, so followers see output promptly.
             let next = match rx.try_recv() {
                 Ok(item) => Some(item),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    let _ = out.flush();
+                    sink.flush();
                     rx.blocking_recv()
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
             let Some((stream, data)) = next else { break };
             queued.fetch_sub(data.len(), Ordering::Relaxed);
-            if broken {
-                continue;
+            sink.write(stream, &data);
+        }
+        sink.finish();
+    }
+}
+
+/// Where a log writer's frames go: the file (rotated by size), and the budget they are
+/// drawn from.
+struct Sink {
+    out: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    /// Bytes of the current segment, and of the rotated one (`NAME.1`).
+    size: u64,
+    rotated_size: u64,
+    segment_max: u64,
+    /// Writing failed once: nothing more is written.
+    broken: bool,
+    budget: Option<(Arc<LogBudget>, Option<u32>)>,
+    /// Bytes drawn from the budget (what both segments hold).
+    held: u64,
+    /// Output bytes dropped since the last marker, and the limit that dropped them.
+    dropped: u64,
+    over: Option<Over>,
+}
+
+impl Sink {
+    fn flush(&mut self) {
+        use std::io::Write;
+        let _ = self.out.flush();
+    }
+
+    /// Writes one chunk of output as a frame, unless the budget refuses it: then it is
+    /// dropped, and the log gets a marker where output stops and where it starts again.
+    fn write(&mut self, stream: Stream, data: &[u8]) {
+        if self.broken {
+            return;
+        }
+        // Once dropping, output resumes only when there is room for a good stretch of it
+        // (another attempt ended, or rotation freed some), not for the odd small chunk.
+        let need = if self.dropped > 0 { RESUME_ROOM } else { 0 };
+        if let Err(over) = self.draw(HEADER + data.len(), need, false) {
+            if self.dropped == 0 {
+                tracing::warn!(log = %self.path.display(), "{over}; output of this attempt is dropped from its log until there is room");
+                self.marker(format!("orchd: output dropped from here: {over}\n"));
             }
-            let frame_len = (HEADER + data.len()) as u64;
-            if size > 0 && size + frame_len > segment_max {
-                let _ = out.flush();
-                match std::fs::rename(&path, rotated(&path)).and_then(|_| create_private(&path)) {
-                    Ok(f) => {
-                        out = std::io::BufWriter::with_capacity(256 * 1024, f);
-                        size = 0;
-                    }
-                    Err(e) => {
-                        tracing::warn!(log = %path.display(), error = %e, "cannot rotate the attempt log; output is no longer logged");
-                        broken = true;
-                        continue;
-                    }
+            self.dropped += data.len() as u64;
+            self.over = Some(over);
+            return;
+        }
+        if self.dropped > 0 {
+            self.dropped_marker("before this point");
+        }
+        self.frame(stream, data);
+    }
+
+    /// Takes `n` bytes from the budget (if the log draws from one), when it has room for
+    /// `need`.
+    fn draw(&mut self, n: usize, need: u64, force: bool) -> Result<(), Over> {
+        if let Some((budget, uid)) = &self.budget {
+            budget.draw(*uid, n as u64, need, force)?;
+        }
+        self.held += n as u64;
+        Ok(())
+    }
+
+    /// A line of orchd's own in the log (on stderr), taken from the budget whatever it
+    /// holds: there is at most one per stretch of dropped output and one at the end.
+    fn marker(&mut self, text: String) {
+        let _ = self.draw(HEADER + text.len(), 0, true);
+        self.frame(Stream::Stderr, text.as_bytes());
+    }
+
+    fn dropped_marker(&mut self, at: &str) {
+        let why = self
+            .over
+            .take()
+            .map(|o| format!(" ({o})"))
+            .unwrap_or_default();
+        let text = format!(
+            "orchd: {} bytes of output were dropped {at}{why}\n",
+            std::mem::take(&mut self.dropped)
+        );
+        self.marker(text);
+    }
+
+    /// Appends one frame (its bytes already drawn), rotating first when it would not fit.
+    fn frame(&mut self, stream: Stream, data: &[u8]) {
+        use std::io::Write;
+        let frame_len = (HEADER + data.len()) as u64;
+        if self.size > 0 && self.size + frame_len > self.segment_max {
+            let _ = self.out.flush();
+            match std::fs::rename(&self.path, rotated(&self.path))
+                .and_then(|_| create_private(&self.path))
+            {
+                Ok(f) => {
+                    self.out = std::io::BufWriter::with_capacity(256 * 1024, f);
+                    // The old `NAME.1` is gone: its bytes go back to the budget.
+                    let freed = std::mem::replace(&mut self.rotated_size, self.size);
+                    self.give_back(freed);
+                    self.size = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(log = %self.path.display(), error = %e, "cannot rotate the attempt log; output is no longer logged");
+                    self.broken = true;
+                    return;
                 }
             }
-            let mut header = [0u8; HEADER];
-            header[0] = stream as u8;
-            header[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
-            if let Err(e) = out.write_all(&header).and_then(|_| out.write_all(&data)) {
-                // A full disk or a broken file must not stop the agent: keep draining.
-                tracing::warn!(log = %path.display(), error = %e, "cannot write the attempt log; output is no longer logged");
-                broken = true;
-                continue;
-            }
-            size += frame_len;
         }
-        let _ = out.flush();
+        let mut header = [0u8; HEADER];
+        header[0] = stream as u8;
+        header[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        if let Err(e) = self
+            .out
+            .write_all(&header)
+            .and_then(|_| self.out.write_all(data))
+        {
+            // A full disk or a broken file must not stop the agent: keep draining.
+            tracing::warn!(log = %self.path.display(), error = %e, "cannot write the attempt log; output is no longer logged");
+            self.broken = true;
+            return;
+        }
+        self.size += frame_len;
+    }
+
+    fn give_back(&mut self, n: u64) {
+        let n = n.min(self.held);
+        self.held -= n;
+        if let Some((budget, uid)) = &self.budget {
+            budget.give_back(*uid, n);
+        }
+    }
+
+    /// The attempt's output has ended: says what was dropped at the end, flushes, and
+    /// takes the log out of the budget of running attempts.
+    fn finish(mut self) {
+        if self.dropped > 0 && !self.broken {
+            self.dropped_marker("at the end");
+        }
+        self.flush();
+        let held = self.held;
+        self.give_back(held);
     }
 }
 
@@ -413,6 +664,104 @@ mod tests {
         assert!(all.ends_with(&format!("line 004999 {}\n", "x".repeat(100))));
         assert!(!all.contains("line 000000 "));
         assert!(all.len() as u64 >= cap / 2 - 1024);
+    }
+
+    fn log_size(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+            + std::fs::metadata(rotated(path))
+                .map(|m| m.len())
+                .unwrap_or(0)
+    }
+
+    /// Writes `chunks` chunks of 1000 bytes through a writer drawing from `budget`.
+    async fn write_through(path: &Path, budget: &Arc<LogBudget>, uid: Option<u32>, chunks: usize) {
+        let w = LogWriter::create(path, 1 << 30)
+            .unwrap()
+            .drawing_from(budget.clone(), uid);
+        let (tx, task) = w.spawn();
+        for i in 0..chunks {
+            assert!(tx.send(Stream::Stdout, format!("{i:0999}\n").into_bytes()));
+        }
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn past_the_budget_output_is_dropped_and_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let budget = Arc::new(LogBudget::new(100_000, u64::MAX));
+        write_through(&path, &budget, None, 1000).await;
+        let size = log_size(&path);
+        assert!(size <= 100_000 + 1000, "{size}");
+        let all = text(&LogReader::new(&path).read_new().unwrap());
+        assert!(all.starts_with(&format!("{:0999}\n", 0)));
+        let marker = "orchd: output dropped from here: the logs of running attempts reached \
+                      [logs] max_total_bytes = 100000 bytes (97.7K)\n";
+        assert!(all.contains(marker), "{}", &all[all.len() - 400..]);
+        assert!(
+            all.ends_with(
+                "bytes of output were dropped at the end (the logs of running attempts \
+                           reached [logs] max_total_bytes = 100000 bytes (97.7K))\n"
+            ),
+            "{}",
+            &all[all.len() - 400..]
+        );
+        assert_eq!(
+            budget.held(0),
+            (0, 0),
+            "an ended attempt's log leaves the budget"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_user_has_a_share_of_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Arc::new(LogBudget::new(1 << 20, 50_000));
+        let a = dir.path().join("a.log");
+        write_through(&a, &budget, Some(1001), 200).await;
+        assert!(log_size(&a) <= 50_000 + 1000);
+        let all = text(&LogReader::new(&a).read_new().unwrap());
+        assert!(all.contains("the logs of the running attempts of uid 1001 reached [logs] max_user_bytes = 50000 bytes"), "{all}");
+        // Another user is not held back by the first; the daemon's own user counts in the
+        // total only.
+        budget.draw(Some(1001), 50_000, 0, false).unwrap();
+        assert!(budget.draw(Some(1001), 10, 0, false).is_err());
+        budget.draw(Some(1002), 10, 0, false).unwrap();
+        budget.draw(None, 500_000, 0, false).unwrap();
+        assert_eq!(budget.held(1001), (550_010, 50_000));
+        // Room again (another attempt ended): that user's next log is written again.
+        budget.give_back(Some(1001), 50_000);
+        let (tx, task) = LogWriter::create(&dir.path().join("b.log"), 1 << 30)
+            .unwrap()
+            .drawing_from(budget.clone(), Some(1001))
+            .spawn();
+        for _ in 0..60 {
+            assert!(tx.send(Stream::Stdout, vec![b'x'; 999]));
+        }
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(budget.held(1001), (500_010, 0));
+    }
+
+    #[tokio::test]
+    async fn rotation_gives_back_what_it_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let budget = Arc::new(LogBudget::new(300_000, u64::MAX));
+        let (tx, task) = LogWriter::create(&path, 256 * 1024)
+            .unwrap()
+            .drawing_from(budget.clone(), None)
+            .spawn();
+        for i in 0..2000 {
+            assert!(tx.send(Stream::Stdout, format!("{i:0999}\n").into_bytes()));
+        }
+        drop(tx);
+        task.await.unwrap();
+        // 2 MB went through a 256K log under a 300K budget: rotation made room each time.
+        let all = text(&LogReader::new(&path).read_new().unwrap());
+        assert!(!all.contains("orchd:"), "nothing was dropped");
+        assert!(all.ends_with(&format!("{:0999}\n", 1999)));
     }
 
     #[test]

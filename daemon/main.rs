@@ -27,7 +27,6 @@ use clap::Parser;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio_stream::wrappers::UnixListenerStream;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -456,6 +455,18 @@ async fn serve(
     }
 
     let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
+    {
+        // The logs of running attempts draw from one budget; a reload sets new limits.
+        let budget = logfile::budget();
+        budget.set_caps(cfg.logs.max_total_bytes.0, cfg.logs.user_bytes());
+        let mut changes = cfg_rx.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let logs = changes.borrow_and_update().logs.clone();
+                budget.set_caps(logs.max_total_bytes.0, logs.user_bytes());
+            }
+        });
+    }
     let reloader = Arc::new(api::Reloader {
         path: config_path.clone(),
         explicit,
@@ -496,13 +507,42 @@ async fn serve(
         .build_v1alpha()
         .context("cannot build the reflection service")?;
 
+    // What clients may hold: connections per user and overall (fitted to the open-files
+    // limit, raised as far as they need), idle connections closed, request and watch bytes.
+    let server_cfg = &cfg.server;
+    let open_files = match sys::raise_open_files(api::wanted_open_files(server_cfg)) {
+        Ok(files) => files.soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit; assuming 1024");
+            1024
+        }
+    };
+    let (client_limits, lowered) = api::ClientLimits::new(server_cfg, open_files);
+    if let Some(why) = lowered {
+        tracing::warn!("{why}");
+    }
+    tracing::info!(
+        max_connections = client_limits.max_connections,
+        max_connections_per_user = client_limits.max_connections_per_user,
+        open_files,
+        "client limits"
+    );
+    let admission = api::Admission::new(client_limits, sys::effective_uid());
     let (stop_server, server_stop_rx) = oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(server_cfg.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_millis(server_cfg.keepalive_interval.0)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(server_cfg.keepalive_timeout.0)))
+        .http2_max_header_list_size(16 << 10)
+        .max_frame_size(16 << 10)
+        .layer(admission.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(OrchestratorServer::new(service).max_decoding_message_size(16 << 20))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        .add_service(
+            OrchestratorServer::new(service).max_decoding_message_size(api::MAX_REQUEST_BYTES),
+        )
+        .serve_with_incoming_shutdown(admission.incoming(listener), async {
             let _ = server_stop_rx.await;
         });
     let server_task = tokio::spawn(server);

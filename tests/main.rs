@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod durability;
 mod events;
+mod exhaustion;
 mod grpc;
 mod holes;
 mod lifecycle;

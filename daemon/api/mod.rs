@@ -2,8 +2,11 @@
 //! converts requests to domain types (`convert`), has `plans` resolve submitted specs,
 //! forwards commands to the engine (reserving channel capacity first) and maps errors to
 //! `Status`. Queries read the store. The RPCs themselves are routed in `service`; the
-//! streams are `watch` and `logs`.
+//! streams are `watch` and `logs`. What clients may hold is decided in `admission`
+//! (connections) and `calls` (each call's request bytes, streams and watch queue).
 
+mod admission;
+mod calls;
 mod convert;
 mod logs;
 mod service;
@@ -28,6 +31,8 @@ use crate::model::{AuditEntry, Event};
 use crate::plans::PlanError;
 use crate::store::{Store, StoreError};
 
+pub use admission::{Admission, ClientLimits, wanted_open_files};
+pub use calls::MAX_REQUEST_BYTES;
 pub use convert::read_objective;
 // Reachable as `api::*_pb`, where they were before `api` was split; the rest of the daemon
 // may use them without reaching into `api::convert`.

@@ -9,6 +9,7 @@ use orch_proto::v1 as pb;
 use orch_proto::v1::orchestrator_server::Orchestrator;
 use orch_proto::validate::{check_env, parallel_groups};
 
+use super::calls::WatchQuota;
 use super::convert::{obj_state_from_pb, resolved_plan_pb, summary_pb, ts, usage_pb};
 use super::{
     Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, required_id,
@@ -230,7 +231,14 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        watch::open(self, req.into_inner()).map(Response::new)
+        // What the client may leave unread (set by the admission layer for every call
+        // that came through the socket).
+        let quota = req
+            .extensions()
+            .get::<WatchQuota>()
+            .cloned()
+            .unwrap_or_else(|| WatchQuota::standalone(caller(&req).map_or(0, |c| c.uid)));
+        watch::open(self, req.into_inner(), quota).map(Response::new)
     }
 
     type StreamLogsStream = BoxStream<pb::LogChunk>;

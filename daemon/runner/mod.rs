@@ -321,7 +321,8 @@ async fn run(
         ));
     };
     let log = match LogWriter::create(&spec.log, spec.log_max_bytes) {
-        Ok(w) => w,
+        // Counted against the daemon's log budget, per user when run as another user.
+        Ok(w) => w.drawing_from(crate::logfile::budget(), spec.run_as.as_ref().map(|r| r.0)),
         Err(e) => {
             return AttemptEnd::spawn_error(format!(
                 "cannot create the log file {}: {e}",

@@ -4,9 +4,11 @@
 //! files and directories, record locks; `watch`: reactor registration and inotify. `Processes` is the seam recovery
 //! uses to find and kill leftovers, with `Host` the real implementation. Other modules
 //! may name nix types (re-exported here, e.g. `Signal`) but call the OS only through `sys`.
+//! `limits`: the daemon's own open-files limit.
 
 mod child;
 mod fs;
+mod limits;
 mod process;
 mod watch;
 
@@ -18,6 +20,7 @@ pub use fs::{
     can_write, create_private, private_dir, read_xattr, restrict_umask, set_owner, try_lock_record,
     with_umask,
 };
+pub use limits::raise_open_files;
 pub use nix::sys::signal::Signal;
 pub use process::{
     Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
