@@ -46,9 +46,10 @@ fn daemon(config: &str, open_files: Option<u32>) -> (TestDaemon, Option<TempDir>
             (d, Some(dir))
         }
     };
-    for p in [d.dir(), d.socket()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    }
+    // Root's directory, not writable by others (orchctl refuses one that is); the socket
+    // itself is open to every user.
+    std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(d.socket(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     (d, kept)
 }
 
