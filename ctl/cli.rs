@@ -80,6 +80,9 @@ pub enum Command {
         id: String,
         /// Only this step (default: every failed or cancelled step)
         step: Option<String>,
+        /// Start the agents' sessions afresh instead of resuming their conversations
+        #[arg(long)]
+        fresh: bool,
     },
     /// Approve a step that waits for approval
     Approve {

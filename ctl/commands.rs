@@ -77,6 +77,8 @@ pub enum Control {
     Resume,
     Retry {
         step: Option<String>,
+        /// New agent sessions instead of resumed ones.
+        fresh: bool,
     },
     Answer {
         step: String,
@@ -91,10 +93,11 @@ pub async fn control(client: &mut Client, id: String, what: Control, format: For
         Control::Cancel => client.api.cancel(ObjectiveRef { id }).await,
         Control::Pause => client.api.pause(ObjectiveRef { id }).await,
         Control::Resume => client.api.resume(ObjectiveRef { id }).await,
-        Control::Retry { step } => {
+        Control::Retry { step, fresh } => {
             let request = RetryRequest {
                 id,
                 step_id: step.unwrap_or_default(),
+                fresh,
             };
             client.api.retry(request).await
         }

@@ -76,8 +76,8 @@ async fn dispatch(
         Command::Cancel { id } => commands::control(client, id, Control::Cancel, format).await,
         Command::Pause { id } => commands::control(client, id, Control::Pause, format).await,
         Command::Resume { id } => commands::control(client, id, Control::Resume, format).await,
-        Command::Retry { id, step } => {
-            commands::control(client, id, Control::Retry { step }, format).await
+        Command::Retry { id, step, fresh } => {
+            commands::control(client, id, Control::Retry { step, fresh }, format).await
         }
         Command::Approve { id, step } => {
             let what = Control::Answer {

@@ -324,6 +324,14 @@ pub struct AgentProfile {
     /// (`{prompt_file}`); default: what the command's placeholders imply, else stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// Arguments added to `command` to continue the step's earlier session
+    /// (`{session_id}` is replaced), e.g. `["--resume", "{session_id}"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resume: Vec<String>,
+    /// A whole command used instead of `command` to continue the session, e.g.
+    /// `["codex", "exec", "resume", "{session_id}", "--json", "-"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resume_command: Vec<String>,
 }
 
 impl AgentProfile {
@@ -345,6 +353,8 @@ pub fn shell_profile() -> AgentProfile {
     AgentProfile {
         command: vec!["bash".into(), "-c".into(), "{prompt}".into()],
         prompt: None,
+        resume: Vec::new(),
+        resume_command: Vec::new(),
         usage: default_usage(),
         env: BTreeMap::new(),
         timeout: None,

@@ -371,6 +371,14 @@ pub struct Step {
     /// Waits for a provider's rate-limit reset made with the current agent.
     #[serde(default)]
     pub rate_limit_waits: u32,
+    /// The current agent's session (from its last attempt that named one): the next
+    /// attempt resumes it when the profile says how.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// What that session used so far (agents that report a session's running total, like
+    /// Codex, are counted from there when it is resumed).
+    #[serde(default)]
+    pub session_usage: Usage,
     /// An approval gate was answered yes.
     #[serde(default)]
     pub approved: bool,
@@ -393,6 +401,8 @@ impl Step {
             message: String::new(),
             agent_index: 0,
             rate_limit_waits: 0,
+            session: None,
+            session_usage: Usage::default(),
             approved: false,
         }
     }

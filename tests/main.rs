@@ -17,6 +17,7 @@ mod rate_limits;
 mod real_agents;
 mod runs;
 mod security;
+mod sessions;
 mod squatting;
 mod supervisor;
 mod support;

@@ -182,6 +182,7 @@ impl Orchestrator for Api {
             self.ask(|reply| Command::Retry {
                 id: id.clone(),
                 step,
+                fresh: r.fresh,
                 caller: who,
                 reply,
             })

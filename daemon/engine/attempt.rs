@@ -28,6 +28,16 @@ pub fn prompt_mode(cfg: &Config, step: &Step) -> Option<PromptMode> {
         .map(|p| p.prompt_mode())
 }
 
+/// The session the next attempt of `step` continues: the step's last one, when its
+/// current agent's profile says how to resume (`resume` or `resume_command`).
+pub fn resumes<'a>(cfg: &Config, step: &'a Step) -> Option<&'a str> {
+    let profile = cfg.agents.get(step.current_agent())?;
+    if profile.resume.is_empty() && profile.resume_command.is_empty() {
+        return None;
+    }
+    step.session.as_deref()
+}
+
 /// Where attempt `number` of a step finds its prompt with `prompt = "file"`.
 pub fn prompt_file(cfg: &Config, objective_id: &str, step: &Step, number: u32) -> PathBuf {
     cfg.state_dir()
@@ -52,7 +62,7 @@ pub fn command(
         ));
     }
     let profile = cfg.agents.get(agent);
-    let template: &[String] = if step.agent_index > 0 {
+    let base: &[String] = if step.agent_index > 0 {
         &profile
             .ok_or_else(|| format!("agent profile `{agent}` is not in the daemon config"))?
             .command
@@ -62,12 +72,20 @@ pub fn command(
     } else {
         &step.plan.template
     };
+    // Continue the agent's earlier session when the profile says how.
+    let template: Vec<String> = match (resumes(cfg, step), profile) {
+        (Some(_), Some(p)) if !p.resume_command.is_empty() => p.resume_command.clone(),
+        (Some(_), Some(p)) => base.iter().chain(&p.resume).cloned().collect(),
+        _ => base.to_vec(),
+    };
+    let session = resumes(cfg, step).unwrap_or_default();
     let file = prompt_file(cfg, objective_id, step, number)
         .display()
         .to_string();
     let vars = [
         ("prompt", step.plan.prompt.as_str()),
         ("prompt_file", file.as_str()),
+        ("session_id", session),
         ("workdir", step.plan.workdir.as_str()),
         ("objective_id", objective_id),
         ("step_id", step.plan.id.as_str()),
@@ -176,6 +194,8 @@ pub fn run_spec(
         timeout: step.plan.timeout_ms.map(Duration::from_millis),
         idle_timeout: step.plan.idle_timeout_ms.map(Duration::from_millis),
         usage_format,
+        // A resumed session's running totals carry on from what it had used.
+        session_usage: resumes(cfg, step).map(|_| step.session_usage),
         price: cfg
             .agents
             .get(step.current_agent())

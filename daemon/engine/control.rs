@@ -77,17 +77,16 @@ impl Engine {
             Command::Retry {
                 id,
                 step,
+                fresh,
                 caller,
                 reply,
             } => {
-                let r = self.control(
-                    &id,
-                    caller,
-                    Input::Retry {
-                        step,
-                        by: caller.uid,
-                    },
-                );
+                let input = Input::Retry {
+                    step,
+                    fresh,
+                    by: caller.uid,
+                };
+                let r = self.control(&id, caller, input);
                 self.after_reply(reply, r);
             }
             Command::LogBytes(n) => {

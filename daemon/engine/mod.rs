@@ -153,6 +153,8 @@ pub enum Command {
     Retry {
         id: String,
         step: Option<String>,
+        /// New agent sessions instead of resumed ones.
+        fresh: bool,
         caller: Caller,
         reply: Reply<()>,
     },

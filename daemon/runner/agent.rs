@@ -91,6 +91,16 @@ impl LineParser {
         }
     }
 
+    /// Counts a resumed session's running totals (Codex `turn.completed`) from what it
+    /// had used before this attempt.
+    pub fn with_session_usage(mut self, before: Option<Usage>) -> LineParser {
+        if let (UsageFormat::CodexJson, Some(u)) = (self.format, before) {
+            self.seen
+                .insert(String::new(), Usage { cost_usd: 0.0, ..u });
+        }
+        self
+    }
+
     /// Prices the running estimate (Claude's per-call usage) at `price`.
     pub fn with_price(mut self, price: Option<crate::config::Price>) -> LineParser {
         self.price = price;
@@ -1098,5 +1108,25 @@ mod tests {
         let want = (250.0 * 3.0 + 350.0 * 3.75 + 1100.0 * 0.3) / 1e6;
         assert!((estimate - want).abs() < 1e-12, "{estimate} vs {want}");
         assert!((total_of(&lines).cost_usd - 0.0031425).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_resumed_codex_thread_counts_only_what_this_attempt_added() {
+        // The thread's totals after `codex-tool`: what the resumed run starts from.
+        let before = total_of(&replay(UsageFormat::CodexJson, "codex-tool.jsonl"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/agents/codex-resume.jsonl");
+        let bytes = std::fs::read(&path).expect("fixture");
+        let mut p = LineParser::new(UsageFormat::CodexJson).with_session_usage(Some(before));
+        let t = total_of(&p.feed(&bytes));
+        assert_eq!(
+            (t.input_tokens + t.cache_read_tokens, t.output_tokens),
+            (1500, 15),
+            "3700 in / 65 out for the thread, 2200 / 50 of it before"
+        );
+        // Without the earlier usage the whole thread would be counted again.
+        let mut fresh = LineParser::new(UsageFormat::CodexJson);
+        let all = total_of(&fresh.feed(&bytes));
+        assert_eq!(all.input_tokens + all.cache_read_tokens, 3700);
     }
 }

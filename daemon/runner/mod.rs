@@ -65,6 +65,9 @@ pub struct RunSpec {
     pub usage_format: UsageFormat,
     /// The prices of the profile's model, for the running estimate of an agent's cost.
     pub price: Option<crate::config::Price>,
+    /// A resumed session's usage before this attempt (for agents that report a session's
+    /// running total, so that only this attempt's part is counted).
+    pub session_usage: Option<crate::model::Usage>,
     /// Run as this user (uid, gid, supplementary groups): a root daemon runs each agent
     /// as the user who submitted it.
     pub run_as: Option<(u32, u32, Vec<u32>)>,
@@ -434,7 +437,9 @@ async fn run(
             Some((
                 facts.clone(),
                 spec.key.clone(),
-                LineParser::new(spec.usage_format).with_price(spec.price.clone()),
+                LineParser::new(spec.usage_format)
+                    .with_price(spec.price.clone())
+                    .with_session_usage(spec.session_usage),
             )),
             None,
         ))

@@ -59,8 +59,14 @@ impl Tx<'_> {
         step.usage.add(&delta);
         let (sid, step_total) = (step.plan.id.clone(), step.usage);
         self.d.steps.insert(index);
+        let mut in_session = None;
         if let Some(r) = self.running_mut(index, attempt) {
             r.attempt.usage.add(&delta);
+            in_session = r.attempt.session.clone();
+        }
+        let step = self.step_mut(index)?;
+        if in_session.is_some() && in_session == step.session {
+            step.session_usage.add(&delta);
         }
         self.run.obj.usage.add(&delta);
         self.run.obj.updated_ms = self.ctx.now;
@@ -166,6 +172,9 @@ impl Tx<'_> {
                 step.agent_index += 1;
                 step.counted_attempts = 0;
                 step.rate_limit_waits = 0;
+                // Another agent: its own session, not the last one's.
+                step.session = None;
+                step.session_usage = Usage::default();
                 let message = format!("{why}; falling back to agent `{}`", step.current_agent());
                 self.hold_or_queue(index, message);
             }

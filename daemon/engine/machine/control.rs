@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::{Effect, Invalid, Tx};
-use crate::model::{Control, EventKind, ObjState, Step, StepState, StopReason};
+use crate::model::{Control, EventKind, ObjState, Step, StepState, StopReason, Usage};
 
 impl Tx<'_> {
     pub(super) fn cancel(&mut self, by: u32) {
@@ -160,7 +160,12 @@ impl Tx<'_> {
     /// Re-runs the failed or cancelled steps (or `name` alone) and the steps they
     /// skipped or left cancelled downstream, each with a fresh set of attempts, from
     /// its last checkpoint.
-    pub(super) fn retry(&mut self, name: Option<&str>, by: u32) -> Result<(), Invalid> {
+    pub(super) fn retry(
+        &mut self,
+        name: Option<&str>,
+        fresh: bool,
+        by: u32,
+    ) -> Result<(), Invalid> {
         let rerun = |s: &Step| matches!(s.state, StepState::Failed | StepState::Cancelled);
         let chosen: Vec<u32> = match name {
             Some(name) => {
@@ -195,7 +200,12 @@ impl Tx<'_> {
             .filter(|s| again.contains(&s.index))
         {
             s.counted_attempts = 0;
+            s.rate_limit_waits = 0;
             s.next_attempt_ms = None;
+            if fresh {
+                s.session = None;
+                s.session_usage = Usage::default();
+            }
         }
         let run = &mut *self.run;
         run.obj.message = String::new();

@@ -106,6 +106,8 @@ pub enum Input {
     /// Re-run the failed or cancelled steps (or `step` alone) of an ended objective.
     Retry {
         step: Option<String>,
+        /// Forget the agents' sessions: the next attempts start new ones.
+        fresh: bool,
         by: u32,
     },
     /// The scheduler gave a slot to a ready step: open its next attempt.
@@ -392,7 +394,7 @@ impl<'a> Tx<'a> {
                 reason,
                 by,
             } => self.approve(&step, approve, reason, by)?,
-            Input::Retry { step, by } => self.retry(step.as_deref(), by)?,
+            Input::Retry { step, fresh, by } => self.retry(step.as_deref(), fresh, by)?,
             Input::Start {
                 step,
                 agent,
@@ -475,9 +477,17 @@ impl<'a> Tx<'a> {
                 if let Some(r) = self.running_mut(step, attempt)
                     && r.attempt.session.as_deref() != Some(id.as_str())
                 {
-                    r.attempt.session = Some(id);
+                    r.attempt.session = Some(id.clone());
                     let a = r.attempt.clone();
+                    let so_far = a.usage;
                     self.d.attempts.push(a);
+                    // The step's next attempt resumes it (with the same agent).
+                    let s = self.step_mut(step)?;
+                    if s.session.as_deref() != Some(id.as_str()) {
+                        s.session = Some(id);
+                        s.session_usage = so_far;
+                    }
+                    self.d.steps.insert(step);
                 }
             }
             Input::AgentFailed {

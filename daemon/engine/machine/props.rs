@@ -125,7 +125,11 @@ fn input(run: &Run, a: &Act) -> Input {
         Act::Exhaust => Input::Exhaust {
             why: "budget".into(),
         },
-        Act::Retry => Input::Retry { step: None, by: 1 },
+        Act::Retry => Input::Retry {
+            step: None,
+            fresh: false,
+            by: 1,
+        },
         Act::Usage(s) => Input::Usage {
             step: s % n,
             attempt: attempt(*s),

@@ -364,6 +364,80 @@ fn the_session_an_agent_names_is_recorded_on_its_attempt() {
 }
 
 #[test]
+fn the_steps_session_is_kept_for_the_next_attempt_and_dropped_on_fallback_or_fresh_retry() {
+    let mut p = plan("a", &[]);
+    p.agent = "claude".into();
+    p.fallback = vec!["codex".into()];
+    p.retry.max_attempts = 2;
+    let mut run = run_of(vec![p]);
+    start(&mut run, 0);
+    let session = |id: &str, attempt| Input::Session {
+        step: 0,
+        attempt,
+        id: id.into(),
+    };
+    ok(&mut run, session("S1", 1));
+    ok(
+        &mut run,
+        Input::Usage {
+            step: 0,
+            attempt: 1,
+            delta: Usage {
+                input_tokens: 10,
+                ..Usage::default()
+            },
+            model: String::new(),
+        },
+    );
+    assert_eq!(run.steps[0].session.as_deref(), Some("S1"));
+    assert_eq!(run.steps[0].session_usage.input_tokens, 10);
+    end(&mut run, 0, Outcome::ExitFailure);
+    ok(&mut run, Input::TimerFired { step: 0 });
+    start(&mut run, 0);
+    // The resumed attempt names the same session: its usage so far carries on.
+    ok(&mut run, session("S1", 2));
+    assert_eq!(run.steps[0].session_usage.input_tokens, 10);
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(run.steps[0].current_agent(), "codex");
+    assert_eq!(run.steps[0].session, None, "another agent, another session");
+    start(&mut run, 0);
+    ok(&mut run, session("S2", 3));
+    end(&mut run, 0, Outcome::ExitFailure);
+    ok(&mut run, Input::TimerFired { step: 0 });
+    start(&mut run, 0);
+    end(&mut run, 0, Outcome::ExitFailure);
+    assert_eq!(run.obj.state, ObjState::Failed);
+    ok(
+        &mut run,
+        Input::Retry {
+            step: None,
+            fresh: false,
+            by: 0,
+        },
+    );
+    assert_eq!(
+        run.steps[0].session.as_deref(),
+        Some("S2"),
+        "a retry resumes"
+    );
+    let mut again = run.clone();
+    start(&mut again, 0);
+    end(&mut again, 0, Outcome::ExitFailure);
+    ok(&mut again, Input::TimerFired { step: 0 });
+    start(&mut again, 0);
+    end(&mut again, 0, Outcome::ExitFailure);
+    ok(
+        &mut again,
+        Input::Retry {
+            step: None,
+            fresh: true,
+            by: 0,
+        },
+    );
+    assert_eq!(again.steps[0].session, None, "--fresh starts anew");
+}
+
+#[test]
 fn a_rate_limit_falls_back_when_the_step_says_so() {
     let mut p = plan("a", &[]);
     p.agent = "claude".into();

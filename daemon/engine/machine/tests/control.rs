@@ -282,7 +282,14 @@ fn control_of_an_ended_objective_is_refused_saying_so() {
 fn retry_of_an_objective_that_has_not_ended_is_refused() {
     let mut run = run_of(vec![plan("a", &[])]);
     assert_eq!(
-        refused(&mut run, Input::Retry { step: None, by: 0 }),
+        refused(
+            &mut run,
+            Input::Retry {
+                step: None,
+                fresh: false,
+                by: 0
+            }
+        ),
         Invalid::FailedPrecondition(
             "objective OBJ has not ended; only an ended objective can be retried".into()
         )
@@ -292,7 +299,14 @@ fn retry_of_an_objective_that_has_not_ended_is_refused() {
 #[test]
 fn retry_reruns_failed_steps_and_what_they_skipped_with_fresh_attempts() {
     let mut run = ended_run();
-    let d = ok(&mut run, Input::Retry { step: None, by: 3 });
+    let d = ok(
+        &mut run,
+        Input::Retry {
+            step: None,
+            fresh: false,
+            by: 3,
+        },
+    );
     assert_eq!(
         said(&d),
         [
@@ -317,6 +331,7 @@ fn retry_of_one_step_is_refused_unless_it_failed_or_was_cancelled() {
             &mut run,
             Input::Retry {
                 step: Some("c".into()),
+                fresh: false,
                 by: 0
             }
         ),
@@ -329,6 +344,7 @@ fn retry_of_one_step_is_refused_unless_it_failed_or_was_cancelled() {
             &mut run,
             Input::Retry {
                 step: Some("x".into()),
+                fresh: false,
                 by: 0
             }
         ),
@@ -342,7 +358,14 @@ fn retry_with_nothing_to_rerun_is_refused() {
     start(&mut run, 0);
     end(&mut run, 0, Outcome::Success);
     assert_eq!(
-        refused(&mut run, Input::Retry { step: None, by: 0 }),
+        refused(
+            &mut run,
+            Input::Retry {
+                step: None,
+                fresh: false,
+                by: 0
+            }
+        ),
         Invalid::FailedPrecondition(
             "objective OBJ has no failed or cancelled step to retry".into()
         )
