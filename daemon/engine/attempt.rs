@@ -196,12 +196,14 @@ pub fn run_spec(
         usage_format,
         // A resumed session's running totals carry on from what it had used.
         session_usage: resumes(cfg, step).map(|_| step.session_usage),
-        price: cfg
-            .agents
-            .get(step.current_agent())
-            .and_then(|p| p.model.as_ref())
-            .and_then(|m| cfg.prices.get(m))
-            .cloned(),
+        prices: crate::runner::Prices {
+            table: std::sync::Arc::new(cfg.prices.clone()),
+            model: cfg
+                .agents
+                .get(step.current_agent())
+                .and_then(|p| p.model.clone())
+                .unwrap_or_default(),
+        },
         run_as,
         limits: step.plan.limits,
         prepared: Default::default(),

@@ -624,15 +624,13 @@ impl Engine {
                         return;
                     }
                     AgentLine::RateLimited { until_ms } => {
-                        // No reset given: wait the configured default.
-                        let until_ms = until_ms.unwrap_or_else(|| {
-                            now_ms().saturating_add(self.cfg.rate_limit_wait.0 as i64)
-                        });
-                        tracing::warn!(objective = %key.objective_id, step, attempt, until = until_ms, "the agent's provider rate-limited it");
+                        tracing::warn!(objective = %key.objective_id, step, attempt, until = ?until_ms, "the agent's provider rate-limited it");
+                        // No reset given: the configured wait, from the attempt's end.
                         Input::RateLimited {
                             step,
                             attempt,
                             until_ms,
+                            wait_ms: self.cfg.rate_limit_wait.0,
                         }
                     }
                     AgentLine::Session(id) => Input::Session { step, attempt, id },

@@ -57,6 +57,24 @@ impl UsageFormat {
     }
 }
 
+/// The `[prices]` table and a profile's model, for pricing what an agent reports as it
+/// goes.
+#[derive(Debug, Clone, Default)]
+pub struct Prices {
+    pub table: std::sync::Arc<std::collections::BTreeMap<String, crate::config::Price>>,
+    /// The profile's `model`, when a model has no entry of its own.
+    pub model: String,
+}
+
+impl Prices {
+    /// The price of `model`, else of the profile's model.
+    fn of(&self, model: &str) -> Option<&crate::config::Price> {
+        self.table
+            .get(model)
+            .or_else(|| self.table.get(&self.model))
+    }
+}
+
 /// Reads agent lines from stdout chunks: keeps only lines that may be something the
 /// format reads (bounded), and turns cumulative or final totals into deltas, so that the
 /// usage lines of an attempt always add up to what the agent reported last.
@@ -69,8 +87,8 @@ pub struct LineParser {
     /// Claude message ids already counted in the running estimate (a message's usage is
     /// repeated on each of its content blocks).
     messages: HashSet<String>,
-    /// The prices of the profile's model, for the running estimate's cost.
-    price: Option<crate::config::Price>,
+    /// The prices, for the running estimate's cost.
+    prices: Prices,
     /// A rejected `rate_limit_event`'s reset, for the error result that follows it.
     reset_ms: Option<i64>,
     /// The wall clock, for "try again at 3:28 PM" (a seam for tests).
@@ -85,7 +103,7 @@ impl LineParser {
             skipping: false,
             seen: BTreeMap::new(),
             messages: HashSet::new(),
-            price: None,
+            prices: Prices::default(),
             reset_ms: None,
             now: Local::now,
         }
@@ -101,9 +119,9 @@ impl LineParser {
         self
     }
 
-    /// Prices the running estimate (Claude's per-call usage) at `price`.
-    pub fn with_price(mut self, price: Option<crate::config::Price>) -> LineParser {
-        self.price = price;
+    /// Prices the running estimate (Claude's per-call usage) from `prices`.
+    pub fn with_prices(mut self, prices: Prices) -> LineParser {
+        self.prices = prices;
         self
     }
 
@@ -229,8 +247,10 @@ impl LineParser {
             cache_write_tokens: num(u, "cache_creation_input_tokens"),
             ..Usage::default()
         };
-        let cost = self.price.as_ref().map(|p| p.cost(&tokens));
-        Some(self.add(model, tokens, cost))
+        // Always a cost (0 without a price), so that the result's cost completes it
+        // rather than the daemon pricing it a second time.
+        let cost = self.prices.of(model).map_or(0.0, |p| p.cost(&tokens));
+        Some(self.add(model, tokens, Some(cost)))
     }
 
     fn claude_result(&mut self, v: &serde_json::Value) -> Vec<AgentLine> {
@@ -248,6 +268,8 @@ impl LineParser {
             });
         match per_model {
             Some(models) => {
+                let names: Vec<&str> = models.keys().map(String::as_str).collect();
+                self.rekey_estimates(&names);
                 for (model, u) in models {
                     let tokens = Usage {
                         input_tokens: num(u, "inputTokens"),
@@ -325,6 +347,31 @@ impl LineParser {
                 out
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// Files the estimates made under another name of a model the result names (a reply's
+    /// dated `claude-sonnet-4-5-20250929` for the requested `claude-sonnet-4-5`), so the
+    /// result completes them instead of counting them again. Estimates of no model the
+    /// result names go to its first model.
+    fn rekey_estimates(&mut self, names: &[&str]) {
+        let Some(first) = names.first() else {
+            return;
+        };
+        let stray: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|k| !names.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for k in stray {
+            let to = names
+                .iter()
+                .find(|n| k.starts_with(&format!("{n}-")) || n.starts_with(&format!("{k}-")))
+                .unwrap_or(first);
+            if let Some(u) = self.seen.remove(&k) {
+                self.seen.entry(to.to_string()).or_default().add(&u);
+            }
         }
     }
 
@@ -1091,7 +1138,11 @@ mod tests {
             cached_input_per_mtok: Some(0.3),
             cache_write_per_mtok: Some(3.75),
         };
-        let mut p = LineParser::new(UsageFormat::ClaudeStreamJson).with_price(Some(price));
+        let prices = Prices {
+            table: std::sync::Arc::new([("claude-sonnet-4-5".to_string(), price)].into()),
+            model: String::new(),
+        };
+        let mut p = LineParser::new(UsageFormat::ClaudeStreamJson).with_prices(prices);
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/agents/claude-tool.jsonl");
         let text = std::fs::read_to_string(&path).expect("fixture");
@@ -1128,5 +1179,28 @@ mod tests {
         let mut fresh = LineParser::new(UsageFormat::CodexJson);
         let all = total_of(&fresh.feed(&bytes));
         assert_eq!(all.input_tokens + all.cache_read_tokens, 3700);
+    }
+
+    #[test]
+    fn estimates_under_a_dated_model_name_are_completed_by_the_result() {
+        let mut p = LineParser::new(UsageFormat::ClaudeStreamJson);
+        let lines = p.feed(concat!(
+            r#"{"type":"assistant","message":{"model":"claude-sonnet-4-5-20250929","id":"m1","usage":{"input_tokens":12,"cache_creation_input_tokens":2000,"cache_read_input_tokens":10000,"output_tokens":1}}}"#,
+            "\n",
+            r#"{"is_error":false,"type":"result","total_cost_usd":0.01,"modelUsage":{"claude-sonnet-4-5":{"inputTokens":12,"outputTokens":6,"cacheReadInputTokens":10000,"cacheCreationInputTokens":2000,"costUSD":0.01}}}"#,
+            "\n",
+        ).as_bytes());
+        let t = total_of(&lines);
+        assert_eq!(
+            (
+                t.input_tokens,
+                t.cache_read_tokens,
+                t.cache_write_tokens,
+                t.output_tokens
+            ),
+            (12, 10000, 2000, 6),
+            "counted once: {lines:?}"
+        );
+        assert!((t.cost_usd - 0.01).abs() < 1e-12);
     }
 }

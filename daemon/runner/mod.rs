@@ -27,7 +27,7 @@ use crate::model::{End, Limits, Outcome, now_ms};
 use crate::sys::{self, ChildSetup, Reaped, Signal};
 
 pub use crate::model::{Control, StopReason};
-pub use agent::{AgentLine, LineParser, UsageFormat};
+pub use agent::{AgentLine, LineParser, Prices, UsageFormat};
 pub use outcome::{Classify, classify};
 
 /// Identifies an attempt.
@@ -63,8 +63,9 @@ pub struct RunSpec {
     pub prepared: Prepared,
     /// How usage and cost are read from stdout.
     pub usage_format: UsageFormat,
-    /// The prices of the profile's model, for the running estimate of an agent's cost.
-    pub price: Option<crate::config::Price>,
+    /// The `[prices]` table and the profile's model, for the running estimate of an
+    /// agent's cost.
+    pub prices: crate::runner::Prices,
     /// A resumed session's usage before this attempt (for agents that report a session's
     /// running total, so that only this attempt's part is counted).
     pub session_usage: Option<crate::model::Usage>,
@@ -438,7 +439,7 @@ async fn run(
                 facts.clone(),
                 spec.key.clone(),
                 LineParser::new(spec.usage_format)
-                    .with_price(spec.price.clone())
+                    .with_prices(spec.prices.clone())
                     .with_session_usage(spec.session_usage),
             )),
             None,

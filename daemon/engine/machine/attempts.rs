@@ -37,6 +37,7 @@ impl Tx<'_> {
             Running {
                 attempt,
                 rate_limited_until: None,
+                rate_limited_for: None,
                 failure: None,
             },
         );
@@ -104,13 +105,15 @@ impl Tx<'_> {
         a.cpu_ms = a.cpu_ms.max(end.cpu_ms);
         let step_id = a.step_id.clone();
         self.d.attempts.push(r.attempt);
-        let rate_limit = r
-            .rate_limited_until
-            .filter(|t| *t > now)
-            .map(|until_ms| RateLimit {
-                wait_ms: (until_ms - now) as u64,
-                until_ms,
-            });
+        // A reset still ahead, or a wait from now when the provider named none.
+        let until = r.rate_limited_until.filter(|t| *t > now).or_else(|| {
+            r.rate_limited_for
+                .map(|ms| now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
+        });
+        let rate_limit = until.filter(|t| *t > now).map(|until_ms| RateLimit {
+            wait_ms: (until_ms - now) as u64,
+            until_ms,
+        });
         let Some(step) = self.run.steps.get_mut(index as usize) else {
             return;
         };
@@ -210,6 +213,7 @@ impl Tx<'_> {
                 Running {
                     attempt: a,
                     rate_limited_until: None,
+                    rate_limited_for: None,
                     failure: None,
                 },
             );

@@ -59,6 +59,9 @@ pub struct Running {
     pub attempt: Attempt,
     /// The provider refused until then (ms); the step waits instead of failing.
     pub rate_limited_until: Option<Millis>,
+    /// The provider refused without saying until when: the step waits this long from
+    /// the attempt's end (the daemon's `rate_limit_wait`).
+    pub rate_limited_for: Option<u64>,
     /// The agent said its run failed (whatever its exit code): why.
     pub failure: Option<(FailureClass, String)>,
 }
@@ -148,10 +151,13 @@ pub enum Input {
         delta: Usage,
         model: String,
     },
+    /// The provider refused until `until_ms`, or (`None`) without saying: then the step
+    /// waits `wait_ms` from the attempt's end.
     RateLimited {
         step: u32,
         attempt: u32,
-        until_ms: Millis,
+        until_ms: Option<Millis>,
+        wait_ms: u64,
     },
     /// The agent's session id (recorded on the attempt, for a later resume).
     Session {
@@ -468,9 +474,13 @@ impl<'a> Tx<'a> {
                 step,
                 attempt,
                 until_ms,
+                wait_ms,
             } => {
                 if let Some(r) = self.running_mut(step, attempt) {
-                    r.rate_limited_until = Some(until_ms);
+                    match until_ms {
+                        Some(t) => r.rate_limited_until = Some(t),
+                        None => r.rate_limited_for = Some(wait_ms),
+                    }
                 }
             }
             Input::Session { step, attempt, id } => {

@@ -110,7 +110,8 @@ fn input(run: &Run, a: &Act) -> Input {
         Act::RateLimit(s) => Input::RateLimited {
             step: s % n,
             attempt: attempt(*s),
-            until_ms: T0 + 1_000,
+            until_ms: Some(T0 + 1_000),
+            wait_ms: 0,
         },
         Act::Timer(s) => Input::TimerFired { step: s % n },
         Act::Approve(s, approve) => Input::Approve {

@@ -251,7 +251,8 @@ fn rate_limit_waits_are_bounded_and_the_step_then_says_how_many_it_made() {
             Input::RateLimited {
                 step: 0,
                 attempt: n,
-                until_ms: T0 + 60_000,
+                until_ms: Some(T0 + 60_000),
+                wait_ms: 0,
             },
         );
         let d = end(&mut run, 0, Outcome::ExitFailure);
@@ -271,7 +272,8 @@ fn rate_limit_waits_are_bounded_and_the_step_then_says_how_many_it_made() {
         Input::RateLimited {
             step: 0,
             attempt: 3,
-            until_ms: T0 + 60_000,
+            until_ms: Some(T0 + 60_000),
+            wait_ms: 0,
         },
     );
     end(&mut run, 0, Outcome::ExitFailure);
@@ -435,6 +437,41 @@ fn the_steps_session_is_kept_for_the_next_attempt_and_dropped_on_fallback_or_fre
         },
     );
     assert_eq!(again.steps[0].session, None, "--fresh starts anew");
+}
+
+#[test]
+fn a_rate_limit_without_a_reset_waits_from_the_attempts_end() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(
+        &mut run,
+        Input::RateLimited {
+            step: 0,
+            attempt: 1,
+            until_ms: None,
+            wait_ms: 5_000,
+        },
+    );
+    // The agent takes 20 s more to exit: the wait still runs from its end.
+    let later = Ctx::at(T0 + 20_000);
+    let d = step(
+        &mut run,
+        Input::Ended {
+            step: 0,
+            attempt: 1,
+            end: End::of(Outcome::ExitFailure, "exit status 1"),
+        },
+        later,
+    )
+    .expect("accepted");
+    assert!(has(
+        &d,
+        &Effect::Timer {
+            step: 0,
+            due: T0 + 25_000
+        }
+    ));
+    assert_eq!(run.steps[0].counted_attempts, 0);
 }
 
 #[test]

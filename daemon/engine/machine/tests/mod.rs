@@ -93,7 +93,8 @@ fn rate_limit(run: &mut Run, s: u32, until_ms: Millis) {
         Input::RateLimited {
             step: s,
             attempt: 1,
-            until_ms,
+            until_ms: Some(until_ms),
+            wait_ms: 0,
         },
     );
 }
