@@ -192,6 +192,12 @@ impl TestDaemon {
         d
     }
 
+    /// Sets `key=value` in the environment of the daemon's next launch (e.g. `TZ`).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// The private temp dir.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -97,6 +97,9 @@ pub struct Turn {
     pub text: Option<String>,
     pub tool: Option<ToolCall>,
     pub usage: Usage,
+    /// The model the reply names (default: the one the request asked for). The real APIs
+    /// answer an alias with a dated snapshot (`claude-sonnet-4-5` → `claude-sonnet-4-5-20250929`).
+    pub served_model: Option<String>,
 }
 
 /// What the next request of an API gets.
@@ -117,8 +120,8 @@ impl Reply {
     pub fn text(text: &str, usage: Usage) -> Reply {
         Reply::Turn(Turn {
             text: Some(text.to_string()),
-            tool: None,
             usage,
+            ..Turn::default()
         })
     }
 
@@ -132,7 +135,19 @@ impl Reply {
                 input,
             }),
             usage,
+            served_model: None,
         })
+    }
+
+    /// This turn answered as from `model` (see [`Turn::served_model`]).
+    pub fn served_as(self, model: &str) -> Reply {
+        match self {
+            Reply::Turn(t) => Reply::Turn(Turn {
+                served_model: Some(model.to_string()),
+                ..t
+            }),
+            other => other,
+        }
     }
 
     /// Claude Code's `Bash` tool running `command`.
@@ -494,10 +509,11 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
         }
         Ok(Either::Reply(Reply::Turn(turn))) => {
             let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-            let model = body
-                .get("model")
-                .and_then(Value::as_str)
-                .unwrap_or("mock-model");
+            let model = turn.served_model.as_deref().unwrap_or_else(|| {
+                body.get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or("mock-model")
+            });
             match (api, stream) {
                 (Api::Anthropic, true) => sse_response(&anthropic_events(n, &turn, model)),
                 (Api::Anthropic, false) => {
