@@ -438,6 +438,11 @@ fn known_gap(what: &str, closed: bool, got: impl std::fmt::Debug, want: impl std
     announce(&line);
 }
 
+/// A gap that is closed now: `ok` must hold, else the test fails saying what it was.
+fn assert_fixed(what: &str, ok: bool, got: impl std::fmt::Debug, want: impl std::fmt::Debug) {
+    assert!(ok, "{what}: orch has {got:?}, it should have {want:?}");
+}
+
 /// A POSIX `TZ` (UTC shifted by less than a minute) in which the local time now is `second`
 /// seconds past a minute, and the epoch second at which the next local minute starts. Codex
 /// names a usage limit's reset as a local time to the minute ("try again at 7:12 AM"), which
@@ -841,7 +846,7 @@ fn claude_cost_with_prices_configured_under_orchd() {
     let v = run_agent(&d, "unpriced", "say hello", &[]);
     assert_eq!(v["state"], "succeeded", "{v}");
     let got = recorded(only_attempt(&v));
-    known_gap(
+    assert_fixed(
         "claude profile without `model`, its model in [prices]: the estimate's cost (priced \
          by the daemon) is added to the result's costUSD",
         got.matches(&want),
@@ -871,7 +876,7 @@ fn claude_cost_with_prices_configured_under_orchd() {
         .filter_map(|e| e["model"].as_str())
         .collect();
     let got = recorded(only_attempt(&v));
-    known_gap(
+    assert_fixed(
         &format!(
             "claude reply naming claude-sonnet-4-5-20250929, result filed under {CLAUDE_MODEL}: \
              the estimate (usage events by model {models:?}) is not taken off the result, \
@@ -1213,7 +1218,7 @@ fn prompt_reaches_the_model_once_only_from_stdin_under_orchd() {
             assert_eq!(n, 1, "{agent}: the prompt once");
         } else {
             // Today 2: the argument plus the same prompt on stdin.
-            known_gap(
+            assert_fixed(
                 &format!("{agent}: copies of the prompt sent to the model"),
                 n == 1,
                 n,
@@ -2448,7 +2453,7 @@ fn fixtures_replayed_through_orchd() {
     let s = crate::support::step(&v, "claude-tool-profile-without-model");
     let got = recorded(&attempts(s)[0]);
     let want = account("claude-tool.jsonl", "claude");
-    known_gap(
+    assert_fixed(
         "replay claude-tool.jsonl by a profile without `model` (claude-sonnet-4-5 in [prices]): \
          the estimate's cost, priced by the daemon, is added to the result's costUSD",
         got.matches(&want),
@@ -2460,7 +2465,7 @@ fn fixtures_replayed_through_orchd() {
         .iter()
         .filter_map(|a| a["outcome"].as_str())
         .collect();
-    known_gap(
+    assert_fixed(
         "replay claude-rate-limit-429.jsonl, exit 1.5 s after the 429 with rate_limit_wait = 1s: \
          the wait, counted from the error line, is over at the exit, so it is an ordinary \
          failure (a retry used, here the step failed)",
