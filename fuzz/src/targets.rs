@@ -13,7 +13,7 @@ use prost::Message;
 
 use crate::api::convert::{objective_input, resolved_plan_pb};
 use crate::config::{self, Config, Overrides};
-use crate::model::{Limits, RetryPolicy, StepPlan};
+use crate::model::{Limits, RetryPolicy, StepPlan, Usage};
 use crate::plans::resolve;
 use crate::runner::agent::{
     AgentLine, LineParser, MAX_CHECKPOINT_BYTES, UsageFormat, parse_protocol_line,
@@ -86,6 +86,15 @@ pub fn daemon_config(data: &[u8]) {
     check_retry_on(&cfg);
     check_resolved_limits(&cfg.limits(), "defaults.limits");
     check_timeouts(cfg.defaults.timeout, cfg.defaults.idle_timeout, "defaults");
+    check_ms(cfg.retention.0, "retention");
+    check_ms(cfg.grace_period.0, "grace_period");
+    for (model, p) in &cfg.prices {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        assert!(
+            ok(p.input_per_mtok) && ok(p.output_per_mtok),
+            "prices.{model}: {p:?}"
+        );
+    }
     for (name, a) in &cfg.agents {
         check_timeouts(a.timeout, a.idle_timeout, &format!("agents.{name}"));
         check_resolved_limits(
@@ -120,8 +129,9 @@ fn check_resolved_limits(l: &Limits, at: &str) {
         cpu_quota: l.cpu_quota,
     };
     if let Err(e) = check_limits(&pb, at) {
-        panic!("config accepted limits a plan cannot give: {e}");
+        panic!("accepted limits a plan cannot give: {e}");
     }
+    check_cpu_seconds(l, at);
 }
 
 /// Timeouts a config gives steps must be ones a plan could give (longer than zero).
@@ -146,11 +156,39 @@ fn check_retry_on(cfg: &Config) {
     }
 }
 
-/// A resolved retry policy the engine can use.
+/// A resolved retry policy the engine can use, with every backoff it computes
+/// (`RetryPolicy::delay_ms`, the engine's formula) a usable duration.
 fn check_policy(p: &RetryPolicy) {
     assert!(p.max_attempts >= 1, "{p:?}");
     assert!(p.multiplier.is_finite() && p.multiplier >= 1.0, "{p:?}");
     assert!((0.0..=1.0).contains(&p.jitter), "{p:?}");
+    for n in 2..=p.max_attempts.saturating_add(1).min(66) {
+        check_ms(p.delay_ms(n, 1.0), "a retry backoff");
+    }
+}
+
+/// A duration the daemon can use as it does: milliseconds added to (or subtracted from)
+/// the time now as an `i64` (engine timers, the runner's deadlines, retention), and as a
+/// `Duration`.
+fn check_ms(ms: u64, what: &str) {
+    let now = crate::model::now_ms();
+    let usable = i64::try_from(ms)
+        .ok()
+        .is_some_and(|m| now.checked_add(m).is_some() && now.checked_sub(m).is_some());
+    assert!(
+        usable,
+        "{what} of {ms} ms overflows the daemon's time arithmetic"
+    );
+}
+
+/// Limits the runner can use: the CPU budget is counted in ms (`cpu_seconds * 1000`).
+fn check_cpu_seconds(l: &Limits, at: &str) {
+    if let Some(s) = l.cpu_seconds {
+        assert!(
+            s.checked_mul(1000).is_some(),
+            "{at}.cpu_seconds {s} overflows in ms"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ agent output
@@ -185,6 +223,26 @@ pub fn agent_output(data: &[u8]) {
         "chunks of {chunk} bytes change what is read"
     );
     said.iter().for_each(check_line);
+
+    // What the engine keeps of the usage lines: an attempt's running total
+    // (`model::Usage::add`, `tokens()`), which must not overflow.
+    let mut total = Usage::default();
+    for l in &said {
+        if let AgentLine::Usage {
+            input_tokens,
+            output_tokens,
+            cost_usd,
+            ..
+        } = l
+        {
+            total.add(&Usage {
+                input_tokens: *input_tokens,
+                output_tokens: *output_tokens,
+                cost_usd: cost_usd.unwrap_or(0.0),
+            });
+        }
+    }
+    let _ = total.tokens();
 
     for line in stream.split(|b| *b == b'\n') {
         if let Some(l) = parse_protocol_line(&String::from_utf8_lossy(line)) {
@@ -292,6 +350,13 @@ fn check_step(s: &StepPlan) {
     check_resolved_limits(&s.limits, &format!("steps[{}].limits", s.id));
     assert_ne!(s.timeout_ms, Some(0));
     assert_ne!(s.idle_timeout_ms, Some(0));
+    s.timeout_ms
+        .into_iter()
+        .for_each(|t| check_ms(t, "timeout"));
+    s.idle_timeout_ms
+        .into_iter()
+        .for_each(|t| check_ms(t, "idle_timeout"));
+    check_cpu_seconds(&s.limits, &format!("steps[{}].limits", s.id));
     let json = serde_json::to_vec(s).expect("a step plan serializes");
     let back: StepPlan = serde_json::from_slice(&json).expect("a stored step plan reads back");
     assert_eq!(&back, s);
