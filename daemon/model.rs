@@ -679,6 +679,17 @@ mod tests {
         assert_eq!(expand_template("{step_id}", &vars), "{step_id}");
     }
 
+    /// Found by fuzzing (fuzz/corpus/submit_spec/float-roundtrip): records are stored as
+    /// JSON, and without serde_json's `float_roundtrip` a jitter of 1.1319598848533391e-73
+    /// read back as 1.1319598848533393e-73.
+    #[test]
+    fn floats_read_back_exactly_from_json() {
+        let mut plan = StepPlan::literal("a", &[]);
+        plan.retry.jitter = f64::from_bits(0x30c9_9999_9999_999a); // 1.1319598848533391e-73
+        let back: StepPlan = serde_json::from_slice(&serde_json::to_vec(&plan).unwrap()).unwrap();
+        assert_eq!(back, plan);
+    }
+
     #[test]
     fn backoff_formula() {
         let p = RetryPolicy {
