@@ -416,6 +416,26 @@ impl Config {
                 ));
             }
         }
+        step_settings(
+            origin,
+            "defaults",
+            [self.defaults.timeout, self.defaults.idle_timeout],
+            &self.defaults.limits,
+        )?;
+        for (model, p) in &self.prices {
+            for (k, v) in [
+                ("input_per_mtok", p.input_per_mtok),
+                ("output_per_mtok", p.output_per_mtok),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(
+                        origin,
+                        &format!("prices.{model}.{k}"),
+                        format!("{v} is not a non-negative amount"),
+                    ));
+                }
+            }
+        }
         for (name, a) in &self.agents {
             let key = format!("agents.{name}");
             if a.command.is_empty() || a.command[0].is_empty() {
@@ -425,6 +445,7 @@ impl Config {
                     "must name a program",
                 ));
             }
+            step_settings(origin, &key, [a.timeout, a.idle_timeout], &a.limits)?;
             if !USAGE_FORMATS.contains(&a.usage.as_str()) {
                 return Err(invalid(
                     origin,
@@ -504,6 +525,35 @@ pub fn limits_of(l: &LimitsConfig) -> Limits {
         open_files: l.open_files,
         cpu_quota: l.cpu_quota,
     }
+}
+
+/// What `[defaults]` or a profile gives steps must be what a plan could give: timeouts
+/// longer than zero, limits that pass `orch_proto::validate::check_limits`.
+fn step_settings(
+    origin: &str,
+    at: &str,
+    [timeout, idle_timeout]: [Option<Dur>; 2],
+    limits: &LimitsConfig,
+) -> Result<(), ConfigError> {
+    for (k, d) in [("timeout", timeout), ("idle_timeout", idle_timeout)] {
+        if d == Some(Dur(0)) {
+            return Err(invalid(
+                origin,
+                &format!("{at}.{k}"),
+                "must be longer than zero",
+            ));
+        }
+    }
+    let l = limits_of(limits);
+    let l = orch_proto::v1::Limits {
+        memory_bytes: l.memory_bytes,
+        cpu_seconds: l.cpu_seconds,
+        pids: l.pids,
+        open_files: l.open_files,
+        cpu_quota: l.cpu_quota,
+    };
+    orch_proto::validate::check_limits(&l, &format!("{at}.limits"))
+        .map_err(|e| invalid(origin, &e.field, e.problem))
 }
 
 fn retry_problem(r: &RetryConfig) -> Option<(&'static str, String)> {
@@ -599,6 +649,43 @@ usage = "claude-stream-json"
         assert!(e.contains("agents.x.usage"), "{e}");
         let e = parse("max_parallel = 0", "t.toml").unwrap_err().to_string();
         assert!(e.contains("max_parallel"), "{e}");
+    }
+
+    /// Found by fuzzing (fuzz/corpus/daemon_config/zero-timeout.toml): a profile's
+    /// `timeout = "0h"` was accepted, and every attempt of it would time out at once. Step
+    /// settings from the config now get the checks a plan's get, and prices must be numbers.
+    #[test]
+    fn step_settings_a_plan_could_not_give_are_refused() {
+        for (text, key) in [
+            (
+                "[agents.x]\ncommand = [\"x\"]\ntimeout = \"0h\"",
+                "agents.x.timeout",
+            ),
+            ("[defaults]\nidle_timeout = \"0s\"", "defaults.idle_timeout"),
+            ("[defaults.limits]\nmemory = 0", "defaults.limits.memory"),
+            (
+                "[defaults.limits]\ncpu_quota = nan",
+                "defaults.limits.cpu_quota",
+            ),
+            (
+                "[agents.x]\ncommand = [\"x\"]\nlimits = { memory = \"1K\" }",
+                "agents.x.limits.memory",
+            ),
+            (
+                "[prices.m]\ninput_per_mtok = -1.0\noutput_per_mtok = 1.0",
+                "prices.m.input_per_mtok",
+            ),
+            (
+                "[prices.m]\ninput_per_mtok = 1.0\noutput_per_mtok = inf",
+                "prices.m.output_per_mtok",
+            ),
+        ] {
+            let e = parse(text, "t.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("config t.toml: {key}: ")),
+                "{text}: {e}"
+            );
+        }
     }
 
     #[test]
