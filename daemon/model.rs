@@ -334,14 +334,15 @@ impl Step {
 }
 
 impl Usage {
+    /// Adds `o` (token counts saturate: an agent may report any `u64`).
     pub fn add(&mut self, o: &Usage) {
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
         self.cost_usd += o.cost_usd;
     }
 
     pub fn tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
+        self.input_tokens.saturating_add(self.output_tokens)
     }
 }
 
@@ -688,6 +689,25 @@ mod tests {
         plan.retry.jitter = f64::from_bits(0x30c9_9999_9999_999a); // 1.1319598848533391e-73
         let back: StepPlan = serde_json::from_slice(&serde_json::to_vec(&plan).unwrap()).unwrap();
         assert_eq!(back, plan);
+    }
+
+    /// Found with the agent_output fuzz target (fuzz/corpus/agent_output/usage-overflow):
+    /// usage lines of `u64::MAX` tokens overflowed the attempt's running total.
+    #[test]
+    fn usage_totals_saturate() {
+        let mut u = Usage::default();
+        let big = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: u64::MAX,
+            cost_usd: 1.0,
+        };
+        u.add(&big);
+        u.add(&big);
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.tokens()),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+        assert_eq!(u.cost_usd, 2.0);
     }
 
     #[test]

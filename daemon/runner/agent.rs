@@ -134,8 +134,8 @@ impl LineParser {
                 // Authoritative for the session: replaces (never adds to) per-message usage.
                 let u = v.get("usage").cloned().unwrap_or_default();
                 let input = num(&u, "input_tokens")
-                    + num(&u, "cache_creation_input_tokens")
-                    + num(&u, "cache_read_input_tokens");
+                    .saturating_add(num(&u, "cache_creation_input_tokens"))
+                    .saturating_add(num(&u, "cache_read_input_tokens"));
                 let output = num(&u, "output_tokens");
                 let cost = v
                     .get("total_cost_usd")
@@ -151,10 +151,9 @@ impl LineParser {
             (UsageFormat::ClaudeStreamJson, Some("rate_limit_event")) => {
                 let info = v.get("rate_limit_info").cloned().unwrap_or_default();
                 let rejected = info.get("status").and_then(|s| s.as_str()) == Some("rejected");
-                match (rejected, info.get("resetsAt").and_then(|r| r.as_i64())) {
-                    (true, Some(secs)) => vec![AgentLine::RateLimited {
-                        until_ms: secs * 1000,
-                    }],
+                let reset = info.get("resetsAt").and_then(|r| r.as_i64());
+                match (rejected, reset.and_then(|secs| secs.checked_mul(1000))) {
+                    (true, Some(until_ms)) => vec![AgentLine::RateLimited { until_ms }],
                     _ => Vec::new(),
                 }
             }
@@ -357,6 +356,34 @@ mod tests {
             l,
             vec![AgentLine::RateLimited {
                 until_ms: 1_778_565_600_000
+            }]
+        );
+    }
+
+    /// Found with the agent_output fuzz target (fuzz/corpus/agent_output/claude-overflow):
+    /// token counts that add up past `u64::MAX` and a `resetsAt` whose milliseconds do not
+    /// fit an `i64` overflowed (a panic in debug builds, a wrapped number in release).
+    #[test]
+    fn claude_numbers_out_of_range_do_not_overflow() {
+        let mut p = LineParser::new(UsageFormat::ClaudeStreamJson);
+        let l = p.feed(
+            concat!(
+                r#"{"type":"result","usage":{"input_tokens":18446744073709551615,"#,
+                r#""cache_read_input_tokens":1,"output_tokens":2}}"#,
+                "\n",
+                r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","#,
+                r#""resetsAt":9223372036854776}}"#,
+                "\n",
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            l,
+            vec![AgentLine::Usage {
+                input_tokens: u64::MAX,
+                output_tokens: 2,
+                cost_usd: Some(0.0),
+                model: String::new(),
             }]
         );
     }
