@@ -2,7 +2,11 @@
 
 use std::fmt;
 
-/// Parses a duration into milliseconds.
+/// Longest duration accepted (100 years): the daemon adds durations to the time now in
+/// `i64` milliseconds (timers, deadlines, retention), which longer ones would overflow.
+pub const MAX_DURATION_MS: u64 = 100 * 31_557_600_000;
+
+/// Parses a duration into milliseconds (at most `MAX_DURATION_MS`).
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let t = text.trim();
     if t.is_empty() {
@@ -10,7 +14,15 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     }
     let d = humantime::parse_duration(t)
         .map_err(|e| format!("bad duration `{text}`: {e} (expected e.g. 500ms, 30s, 10m, 2h)"))?;
-    u64::try_from(d.as_millis()).map_err(|_| format!("duration `{text}` is too large"))
+    u64::try_from(d.as_millis())
+        .ok()
+        .filter(|ms| *ms <= MAX_DURATION_MS)
+        .ok_or_else(|| {
+            format!(
+                "duration `{text}` is longer than the limit of {}",
+                format_duration_ms(MAX_DURATION_MS)
+            )
+        })
 }
 
 /// Parses a size into bytes: plain bytes, or a number with K, M, G or T (powers of 1024;
@@ -43,7 +55,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("bad size `{text}` (expected e.g. 512K, 256M, 2G or bytes)"))?;
     let bytes = value * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+    // At most `i64::MAX`, the largest integer TOML can write back (`--print-config`).
+    if !bytes.is_finite() || bytes >= 2f64.powi(63) {
         return Err(format!("size `{text}` is too large"));
     }
     Ok(bytes as u64)
@@ -90,6 +103,21 @@ mod tests {
         assert!(parse_duration_ms("ten minutes").is_err());
         assert!(parse_duration_ms("").is_err());
         assert!(parse_duration_ms("5").is_err());
+    }
+
+    /// Found with the daemon_config fuzz target (fuzz/corpus/daemon_config/huge-values.toml):
+    /// `retention = "300000000y"` was accepted and overflowed `now - retention` in `i64`
+    /// milliseconds, and `max_attempt_bytes = "16000000T"` was printed by `--print-config`
+    /// as an integer TOML cannot read back.
+    #[test]
+    fn durations_and_sizes_have_limits() {
+        assert_eq!(parse_duration_ms("100y"), Ok(MAX_DURATION_MS));
+        let e = parse_duration_ms("300000000y").unwrap_err();
+        assert!(e.contains("longer than the limit of 100years"), "{e}");
+        assert!(parse_duration_ms("100y 1ms").is_err());
+        assert_eq!(parse_size("8388607T"), Ok(8_388_607 << 40));
+        assert!(parse_size("16000000T").unwrap_err().contains("too large"));
+        assert!(parse_size("9223372036854775808").is_err());
     }
 
     #[test]

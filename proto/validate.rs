@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use crate::units::{MAX_DURATION_MS, format_duration_ms};
 use crate::v1::{Limits, ObjectiveSpec, RetryPolicy, StepDefaults, StepSpec};
 
 /// Most steps in one objective.
@@ -204,6 +205,8 @@ fn check_step(
             "must be longer than zero",
         ));
     }
+    check_duration(step.timeout_ms, || format!("{at}.timeout"))?;
+    check_duration(step.idle_timeout_ms, || format!("{at}.idle_timeout"))?;
     if let Some(r) = &step.retry {
         check_retry(r, &format!("{at}.retry"))?;
     }
@@ -254,6 +257,8 @@ fn check_defaults(d: &StepDefaults, at: &str) -> Result<(), SpecError> {
             "must be longer than zero",
         ));
     }
+    check_duration(d.timeout_ms, || format!("{at}.timeout"))?;
+    check_duration(d.idle_timeout_ms, || format!("{at}.idle_timeout"))?;
     if let Some(r) = &d.retry {
         check_retry(r, &format!("{at}.retry"))?;
     }
@@ -287,6 +292,8 @@ pub fn check_retry(r: &RetryPolicy, at: &str) -> Result<(), SpecError> {
             format!("must be between 0 and 1, got {j}"),
         ));
     }
+    check_duration(r.initial_backoff_ms, || format!("{at}.initial_backoff"))?;
+    check_duration(r.max_backoff_ms, || format!("{at}.max_backoff"))?;
     if let (Some(i), Some(m)) = (r.initial_backoff_ms, r.max_backoff_ms)
         && m < i
     {
@@ -319,6 +326,9 @@ pub fn check_limits(l: &Limits, at: &str) -> Result<(), SpecError> {
             format!("{m} bytes is below the minimum of 1M"),
         ));
     }
+    check_duration(l.cpu_seconds.map(|s| s.saturating_mul(1000)), || {
+        format!("{at}.cpu_seconds")
+    })?;
     if let Some(q) = l.cpu_quota
         && !(q.is_finite() && q > 0.0)
     {
@@ -328,6 +338,21 @@ pub fn check_limits(l: &Limits, at: &str) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+/// A duration a client sent as milliseconds: at most `MAX_DURATION_MS` (plan files get
+/// the same limit from `units::parse_duration_ms`).
+fn check_duration(ms: Option<u64>, field: impl FnOnce() -> String) -> Result<(), SpecError> {
+    match ms {
+        Some(ms) if ms > MAX_DURATION_MS => Err(err(
+            field(),
+            format!(
+                "longer than the limit of {}",
+                format_duration_ms(MAX_DURATION_MS)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The steps in waves that may run in parallel, in execution order (Kahn's algorithm).
@@ -536,5 +561,37 @@ mod tests {
             .map(|i| step(&format!("s{i}"), &[]))
             .collect();
         assert_eq!(validate_spec(&spec(many), None).unwrap_err().field, "steps");
+    }
+
+    /// Found with the submit_spec fuzz target (fuzz/corpus/submit_spec/huge-durations):
+    /// durations sent as milliseconds past what the daemon's `i64` time arithmetic holds
+    /// (a timeout, a backoff, `cpu_seconds` counted in ms) were accepted.
+    #[test]
+    fn durations_over_the_limit() {
+        let mut s = step("a", &[]);
+        s.timeout_ms = Some(MAX_DURATION_MS);
+        assert_eq!(validate_spec(&spec(vec![s.clone()]), None), Ok(()));
+        s.timeout_ms = Some(u64::MAX);
+        let e = validate_spec(&spec(vec![s]), None).unwrap_err();
+        assert_eq!(e.field, "steps[a].timeout");
+        assert!(e.problem.contains("limit of 100years"), "{e}");
+        let mut s = step("a", &[]);
+        s.limits = Some(Limits {
+            cpu_seconds: Some(u64::MAX / 1000 + 1),
+            ..Default::default()
+        });
+        let e = validate_spec(&spec(vec![s]), None).unwrap_err();
+        assert_eq!(e.field, "steps[a].limits.cpu_seconds");
+        let mut t = spec(vec![step("a", &[])]);
+        t.defaults = Some(StepDefaults {
+            retry: Some(RetryPolicy {
+                max_backoff_ms: Some(1 << 63),
+                ..Default::default()
+            }),
+            idle_timeout_ms: Some(1),
+            ..Default::default()
+        });
+        let e = validate_spec(&t, None).unwrap_err();
+        assert_eq!(e.field, "defaults.retry.max_backoff");
     }
 }
