@@ -142,6 +142,12 @@ fn check_timeouts(timeout: Option<config::Dur>, idle: Option<config::Dur>, at: &
         Some(0),
         "{at}.idle_timeout accepted as 0"
     );
+    let at = at.to_string();
+    timeout
+        .into_iter()
+        .for_each(|d| check_ms(d.0, &format!("{at}.timeout")));
+    idle.into_iter()
+        .for_each(|d| check_ms(d.0, &format!("{at}.idle_timeout")));
 }
 
 /// Every outcome word the config accepted is in the policy it gives.
