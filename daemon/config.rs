@@ -512,8 +512,10 @@ impl Config {
     }
 }
 
+/// An outcome word as `validate` accepts it (`orch_proto::words::parse_outcome`: trimmed,
+/// any case).
 fn outcome_of(word: &str) -> Option<Outcome> {
-    serde_json::from_value(serde_json::Value::String(word.to_string())).ok()
+    serde_json::from_value(serde_json::Value::String(word.trim().to_ascii_lowercase())).ok()
 }
 
 /// Limits from a `limits` table.
@@ -686,6 +688,22 @@ usage = "claude-stream-json"
                 "{text}: {e}"
             );
         }
+    }
+
+    /// Found with the daemon_config fuzz target (fuzz/corpus/daemon_config/retry-on-case.toml):
+    /// `retry_on = [" Timeout"]` passed `validate` but was dropped from the policy, which then
+    /// retried nothing.
+    #[test]
+    fn retry_on_words_are_read_as_validated() {
+        let c = parse(
+            "[defaults.retry]\nretry_on = [\" Timeout\", \"EXIT_FAILURE\"]",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.retry_policy().retry_on,
+            vec![Outcome::Timeout, Outcome::ExitFailure]
+        );
     }
 
     #[test]
