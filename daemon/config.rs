@@ -871,8 +871,11 @@ fn limits_pb(l: &LimitsConfig) -> orch_proto::v1::Limits {
     }
 }
 
+/// An outcome word, read the way `validate` checks it (`orch_proto::words`: spaces and
+/// case do not matter), so that a word accepted there is never dropped here.
 fn outcome_of(word: &str) -> Option<Outcome> {
-    serde_json::from_value(serde_json::Value::String(word.to_string())).ok()
+    let word = word.trim().to_lowercase();
+    serde_json::from_value(serde_json::Value::String(word)).ok()
 }
 
 /// Limits from a `limits` table.
