@@ -2492,3 +2492,74 @@ fn first_field_value(stdout: &str, key: &str) -> String {
         .find_map(|v| find(v, key))
         .unwrap_or_else(|| panic!("no {key} in\n{stdout}"))
 }
+
+// ------------------------------------------------------------------ resumed retries, budgets
+
+/// Whether `command` (an attempt's argv) has `args` in a row.
+fn has_args(command: &Value, args: &[&str]) -> bool {
+    let c: Vec<&str> = command
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    c.windows(args.len()).any(|w| w == args)
+}
+
+/// A rate limit after the session started: attempt 1's first call asks for a tool, its second
+/// gets a 429 (Claude Code ends with an error result naming the session and exits 1). orch
+/// waits `rate_limit_wait` without using up a retry, and attempt 2 runs with the profile's
+/// `resume = ["--resume", "{session_id}"]`: the mock's first request of attempt 2 replays the
+/// tool round trip, and both attempts name the same session.
+#[test]
+fn claude_rate_limit_then_resume_of_the_same_session_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(Some("Let me run it."), "echo hi", Usage::new(100, 20)),
+        Reply::anthropic_rate_limited(30),
+        Reply::text("The command printed hi.", Usage::new(150, 30)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "rate_limit_wait = \"2s\"\n\n{}resume = [\"--resume\", \"{{session_id}}\"]\n",
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let v = run_agent(&d, "claude", "run echo hi", &[]);
+    let first = stdout_of_attempt(&d, &v, Some(1));
+    let result = claude_result(&first);
+    assert_eq!(result["api_error_status"], 429, "{result}");
+    assert_waited_then_succeeded(&d, &v);
+    let a = attempts(&v["steps"][0]);
+    let sid = a[0]["session_id"].as_str().unwrap_or_default();
+    assert!(!sid.is_empty(), "attempt 1 names its session: {}", a[0]);
+    assert_eq!(result["session_id"], sid, "{result}");
+    assert_eq!(a[1]["session_id"], sid, "attempt 2 continues it: {}", a[1]);
+    assert!(
+        !has_args(&a[0]["command"], &["--resume"]),
+        "attempt 1 starts fresh: {}",
+        a[0]["command"]
+    );
+    assert!(
+        has_args(&a[1]["command"], &["--resume", sid]),
+        "attempt 2 resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(
+        anthropic_tool_results(&bodies[2]).len(),
+        1,
+        "attempt 2's first request replays the tool round trip: {}",
+        bodies[2]["messages"]
+    );
+    assert_eq!(
+        claude_result(&stdout_of_attempt(&d, &v, Some(2)))["session_id"],
+        sid
+    );
+}
