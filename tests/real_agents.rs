@@ -17,13 +17,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::support::{
     Api, MockProvider, Reply, TestDaemon, Usage, agent_cli, announce, attempts, describe, of_kind,
-    require_agents, rfc3339,
+    poll_until, require_agents, rfc3339,
 };
 
 // ------------------------------------------------------------------ helpers
@@ -2561,5 +2562,102 @@ fn claude_rate_limit_then_resume_of_the_same_session_under_orchd() {
     assert_eq!(
         claude_result(&stdout_of_attempt(&d, &v, Some(2)))["session_id"],
         sid
+    );
+}
+
+/// An agent killed with SIGKILL mid-run (its Bash tool runs `perl -e "sleep 30"`, after the
+/// session started; Claude Code refuses a plain long `sleep`): the step is retried, and the retry runs with `--resume SESSION`, continuing the
+/// same session (the mock's first request of attempt 2 carries the killed turn's tool call).
+#[test]
+fn claude_kill_9_then_retry_resumes_the_session_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(
+            Some("Let me wait."),
+            "perl -e \"sleep 30\"",
+            Usage::new(100, 20),
+        ),
+        Reply::text("I was interrupted; nothing ran.", Usage::new(150, 30)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "{}resume = [\"--resume\", \"{{session_id}}\"]\n",
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let id = d.submit(
+        &[
+            "--clean-env",
+            "--retries",
+            "1",
+            "--agent",
+            "claude",
+            "--prompt",
+            "wait a while",
+        ],
+        0,
+    );
+    d.wait_until(
+        &id,
+        "attempt 1 running with a session",
+        Duration::from_secs(30),
+        |o| {
+            o.steps
+                .first()
+                .and_then(|s| s.attempts.first())
+                .is_some_and(|a| a.pid.is_some() && !a.session_id.is_empty())
+        },
+    );
+    // The tool call was requested: the CLI is in its 30 s sleep.
+    poll_until("the tool call requested", Duration::from_secs(20), || {
+        (mock.bodies(Api::Anthropic).len() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let before = d.status(&id);
+    let a0 = &attempts(&before["steps"][0])[0];
+    let sid = a0["session_id"].as_str().unwrap_or_default().to_string();
+    let pid = u32::try_from(a0["pid"].as_u64().expect("pid")).expect("pid fits u32");
+    // SAFETY: kill(2) on the agent's pid, which this test's daemon started.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
+    let v = d.wait_ended(&id, Duration::from_secs(30));
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 2, "{v}");
+    assert_eq!(a[0]["signal"], 9, "attempt 1 died of SIGKILL: {}", a[0]);
+    assert_eq!(a[1]["outcome"], "success", "{v}");
+    assert_eq!(a[0]["session_id"], sid.as_str(), "{v}");
+    assert_eq!(
+        a[1]["session_id"],
+        sid.as_str(),
+        "the retry continues it: {v}"
+    );
+    assert!(
+        !has_args(&a[0]["command"], &["--resume"]),
+        "{}",
+        a[0]["command"]
+    );
+    assert!(
+        has_args(&a[1]["command"], &["--resume", &sid]),
+        "the retry resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    let history = bodies[1]["messages"].to_string();
+    assert!(
+        history.contains("toolu_01") && history.contains("sleep 30"),
+        "attempt 2's first request carries the killed turn: {history}"
+    );
+    assert_eq!(
+        claude_result(&stdout_of_attempt(&d, &v, Some(2)))["session_id"],
+        sid.as_str()
     );
 }
