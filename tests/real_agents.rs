@@ -2661,3 +2661,76 @@ fn claude_kill_9_then_retry_resumes_the_session_under_orchd() {
         sid.as_str()
     );
 }
+
+/// A budget that stops a run in progress: the objective may spend $0.01, and Claude Code's
+/// first call (20,000 tokens in, $0.06 at `[prices]`) asks for a 10 s tool run. orch's running
+/// estimate of that call passes the budget, so the attempt is stopped (`budget_exceeded`)
+/// before the CLI prints its result, and the objective fails with the budget's message.
+#[test]
+fn claude_budget_stops_the_run_in_progress_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(
+            Some("Let me wait."),
+            "perl -e \"sleep 10\"",
+            Usage::new(20_000, 100),
+        ),
+        Reply::text("Done waiting.", Usage::new(20_000, 100)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "{}\n{}",
+        claude_prices(),
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let started = std::time::Instant::now();
+    let v = run_agent(
+        &d,
+        "claude",
+        "wait a while",
+        &["--retries", "2", "--budget-usd", "0.01"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the run was not stopped at the budget (its tool sleeps 10 s): {v}"
+    );
+    assert_eq!(v["state"], "failed", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 1, "budget_exceeded is not retried: {v}");
+    assert_eq!(a[0]["outcome"], "budget_exceeded", "{v}");
+    let out = stdout_of(&d, &v);
+    let lines = json_lines(&out);
+    assert!(
+        lines.iter().any(|l| l["type"] == "assistant"),
+        "the CLI ran its first call: {out}"
+    );
+    assert!(
+        !lines.iter().any(|l| l["type"] == "result"),
+        "stopped before the CLI's result: {out}"
+    );
+    let message = v["steps"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("objective budget of $0.01 exhausted: used $"),
+        "{message}\n{v}"
+    );
+    let cost = recorded(&a[0]).cost.unwrap_or(0.0);
+    assert!(
+        (cost - 0.06).abs() < 1e-9,
+        "the running estimate of the first call (20,000 in at $3/Mtok): {}",
+        a[0]
+    );
+    assert_eq!(
+        v["message"], "objective budget of $0.01 exhausted: used $0.0600 ($0.0500 over)",
+        "{v}"
+    );
+    assert_eq!(a[0]["message"], "stopped: the budget is exhausted", "{v}");
+    assert_eq!(mock.bodies(Api::Anthropic).len(), 1);
+}
