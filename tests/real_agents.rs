@@ -2632,6 +2632,7 @@ fn claude_kill_9_then_retry_resumes_the_session_under_orchd() {
     let a = attempts(&v["steps"][0]);
     assert_eq!(a.len(), 2, "{v}");
     assert_eq!(a[0]["signal"], 9, "attempt 1 died of SIGKILL: {}", a[0]);
+    assert_eq!(a[0]["outcome"], "signaled", "{}", a[0]);
     assert_eq!(a[1]["outcome"], "success", "{v}");
     assert_eq!(a[0]["session_id"], sid.as_str(), "{v}");
     assert_eq!(
@@ -2733,4 +2734,158 @@ fn claude_budget_stops_the_run_in_progress_under_orchd() {
     );
     assert_eq!(a[0]["message"], "stopped: the budget is exhausted", "{v}");
     assert_eq!(mock.bodies(Api::Anthropic).len(), 1);
+}
+
+/// A rate limit after the thread started: attempt 1's first call runs a tool, its second gets
+/// a 429 (Codex prints `turn.failed` after naming its thread, and exits 1). orch waits
+/// `rate_limit_wait` without using up a retry, and attempt 2 runs the profile's
+/// `resume_command` (`codex exec ... resume {session_id} -`): the mock's first request of
+/// attempt 2 replays the tool round trip, both attempts name the same thread, and attempt 2
+/// counts only what it added to the thread.
+#[test]
+fn codex_rate_limit_then_resume_of_the_same_thread_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::codex_exec("echo hi", Usage::new(1000, 20).cache(0, 600)),
+        Reply::openai_rate_limited(1),
+        Reply::text(
+            "The command printed hi.",
+            Usage::new(1500, 15).cache(0, 1200),
+        ),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let d = daemon(&format!(
+        "rate_limit_wait = \"2s\"\n\n{}resume_command = {}\n",
+        profile(
+            "codex",
+            &codex_argv(&["-"]),
+            "codex-json",
+            &codex_env(&ch, home.path())
+        ),
+        argv(&codex_argv(&["resume", "{session_id}", "-"])),
+    ));
+    let v = run_agent(&d, "codex", "run echo hi", &[]);
+    assert_waited_then_succeeded(&d, &v);
+    let a = attempts(&v["steps"][0]);
+    let sid = a[0]["session_id"].as_str().unwrap_or_default();
+    assert!(!sid.is_empty(), "attempt 1 names its thread: {}", a[0]);
+    assert_eq!(a[1]["session_id"], sid, "attempt 2 continues it: {}", a[1]);
+    assert!(
+        !has_args(&a[0]["command"], &["resume"]),
+        "attempt 1 starts fresh: {}",
+        a[0]["command"]
+    );
+    assert!(
+        has_args(&a[1]["command"], &["resume", sid, "-"]),
+        "attempt 2 resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::OpenAi);
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(
+        openai_tool_outputs(&bodies[2]).len(),
+        1,
+        "attempt 2's first request replays the tool round trip"
+    );
+    // Codex reports usage only when a turn completes: attempt 1's turn failed, so its call
+    // (1000 in, 600 cached, 20 out) is first reported in attempt 2's `turn.completed`, the
+    // thread's totals (2500 in, 1800 cached, 35 out). Counted once, on attempt 2.
+    let out = stdout_of_attempt(&d, &v, Some(2));
+    let thread = Kinds::new(700, 1800, 0, 35);
+    assert_eq!(codex_thread_total(&out), thread, "{out}");
+    assert_kinds(
+        "the rate-limited attempt",
+        recorded(&a[0]),
+        Kinds::default(),
+    );
+    assert_kinds("the resumed attempt", recorded(&a[1]), thread);
+    assert_kinds("the step", recorded(&v["steps"][0]), thread);
+}
+
+/// Codex killed with SIGKILL mid-run (its tool runs `perl -e "sleep 30"`, after the thread
+/// started): the step is retried, and the retry runs the profile's `resume_command`,
+/// continuing the same thread (the mock's first request of attempt 2 carries the killed
+/// turn's tool call).
+#[test]
+fn codex_kill_9_then_retry_resumes_the_thread_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::codex_exec(
+            "touch tool.started && perl -e \"sleep 30\"",
+            Usage::new(1000, 20),
+        ),
+        Reply::text("I was interrupted; nothing ran.", Usage::new(1500, 15)),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let d = daemon(&format!(
+        "{}resume_command = {}\n",
+        profile(
+            "codex",
+            &codex_argv(&["-"]),
+            "codex-json",
+            &codex_env(&ch, home.path())
+        ),
+        argv(&codex_argv(&["resume", "{session_id}", "-"])),
+    ));
+    let id = d.submit(
+        &[
+            "--clean-env",
+            "--retries",
+            "1",
+            "--agent",
+            "codex",
+            "--prompt",
+            "wait a while",
+        ],
+        0,
+    );
+    // The tool runs (its marker file is there) and orch has read the thread's id.
+    let marker = d.work_dir().join("tool.started");
+    let before = poll_until("the tool running", Duration::from_secs(20), || {
+        let v = d.status(&id);
+        let named = v["steps"][0]["attempts"][0]["session_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty());
+        (marker.exists() && named).then_some(v)
+    });
+    let a0 = &attempts(&before["steps"][0])[0];
+    assert!(a0["ended_at"].is_null(), "still running: {a0}");
+    let sid = a0["session_id"].as_str().unwrap_or_default().to_string();
+    let pid = u32::try_from(a0["pid"].as_u64().expect("pid")).expect("pid fits u32");
+    // SAFETY: kill(2) on the agent's pid, which this test's daemon started.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
+    let v = d.wait_ended(&id, Duration::from_secs(30));
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 2, "{v}");
+    assert_eq!(a[0]["signal"], 9, "attempt 1 died of SIGKILL: {}", a[0]);
+    assert_eq!(a[0]["outcome"], "signaled", "{}", a[0]);
+    assert_eq!(a[1]["outcome"], "success", "{v}");
+    assert_eq!(a[0]["session_id"], sid.as_str(), "{v}");
+    assert_eq!(
+        a[1]["session_id"],
+        sid.as_str(),
+        "the retry continues it: {v}"
+    );
+    assert!(
+        has_args(&a[1]["command"], &["resume", &sid, "-"]),
+        "the retry resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::OpenAi);
+    assert_eq!(bodies.len(), 2);
+    let history = bodies[1]["input"].to_string();
+    assert!(
+        history.contains("call_1") && history.contains("sleep 30"),
+        "attempt 2's first request carries the killed turn: {history}"
+    );
 }
