@@ -2889,3 +2889,62 @@ fn codex_kill_9_then_retry_resumes_the_thread_under_orchd() {
         "attempt 2's first request carries the killed turn: {history}"
     );
 }
+
+/// `orchctl retry --fresh ID` starts a new session even though the profile says how to
+/// resume: attempt 1 runs a tool, then a 401 fails the objective (not retried); the fresh
+/// retry runs without `--resume`, sends no history, and names a new session.
+#[test]
+fn claude_retry_fresh_starts_a_new_session_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(Some("Let me run it."), "echo hi", Usage::new(100, 20)),
+        Reply::error(
+            401,
+            &[],
+            json!({"type": "error", "error": {"type": "authentication_error",
+                "message": "invalid x-api-key"}, "request_id": "req_mock_401"}),
+        ),
+        Reply::text("Hello from a new session.", Usage::new(12, 6)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "{}resume = [\"--resume\", \"{{session_id}}\"]\n",
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let v = run_agent(&d, "claude", "run echo hi", &[]);
+    assert_eq!(v["state"], "failed", "{v}");
+    let sid = only_attempt(&v)["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!sid.is_empty(), "{v}");
+    let id = v["id"].as_str().expect("id");
+    let out = d.ctl(&["retry", "--fresh", id]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v = d.wait_ended(id, Duration::from_secs(30));
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 2, "{v}");
+    assert!(
+        !has_args(&a[1]["command"], &["--resume"]),
+        "a fresh retry does not resume: {}",
+        a[1]["command"]
+    );
+    let new = a[1]["session_id"].as_str().unwrap_or_default();
+    assert!(!new.is_empty() && new != sid, "a new session: {}", a[1]);
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 3);
+    assert!(
+        anthropic_tool_results(&bodies[2]).is_empty(),
+        "no history in the fresh session: {}",
+        bodies[2]["messages"]
+    );
+}
