@@ -2948,3 +2948,58 @@ fn claude_retry_fresh_starts_a_new_session_under_orchd() {
         bodies[2]["messages"]
     );
 }
+
+/// A budget with Codex: Codex reports usage only when its turn completes (no per-call
+/// usage in `exec --json`), so orch's estimate cannot stop it mid-run as it does Claude Code.
+/// Its `turn.completed` (40,000 in, 200 out: $0.123 at `[prices]` for the profile's `model`)
+/// passes the $0.01 budget: the attempt is stopped there (`budget_exceeded`) and the
+/// objective fails with the budget's message.
+#[test]
+fn codex_budget_is_reached_at_turn_completed_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::codex_exec("echo hi", Usage::new(20_000, 100)),
+        Reply::text("Done.", Usage::new(20_000, 100)),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let d = daemon(&format!(
+        "[prices.{}]\ninput_per_mtok = 3.0\noutput_per_mtok = 15.0\n\n{}model = {}\n",
+        q(CODEX_MODEL),
+        profile(
+            "codex",
+            &codex_argv(&["-"]),
+            "codex-json",
+            &codex_env(&ch, home.path())
+        ),
+        q(CODEX_MODEL),
+    ));
+    let v = run_agent(&d, "codex", "run echo hi", &["--budget-usd", "0.01"]);
+    assert_eq!(v["state"], "failed", "{v}\n{}", d.log_text());
+    let a = only_attempt(&v);
+    assert_eq!(a["outcome"], "budget_exceeded", "{v}");
+    assert_eq!(a["message"], "stopped: the budget is exhausted", "{v}");
+    assert_eq!(
+        v["message"], "objective budget of $0.01 exhausted: used $0.1230 ($0.1130 over)",
+        "{v}"
+    );
+    assert_kinds(
+        "the stopped attempt",
+        recorded(a),
+        Kinds::new(40_000, 0, 0, 200).cost(0.123),
+    );
+    let out = stdout_of(&d, &v);
+    assert!(
+        json_lines(&out)
+            .iter()
+            .any(|l| l["type"] == "turn.completed"),
+        "the budget was reached by the turn's usage: {out}"
+    );
+    // Both calls were made (the mock records a request once its connection is done).
+    poll_until("both calls recorded", Duration::from_secs(5), || {
+        (mock.bodies(Api::OpenAi).len() == 2).then_some(())
+    });
+}
