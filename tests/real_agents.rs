@@ -17,13 +17,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::support::{
     Api, MockProvider, Reply, TestDaemon, Usage, agent_cli, announce, attempts, describe, of_kind,
-    require_agents, rfc3339,
+    poll_until, require_agents, rfc3339,
 };
 
 // ------------------------------------------------------------------ helpers
@@ -2491,4 +2492,514 @@ fn first_field_value(stdout: &str, key: &str) -> String {
         .iter()
         .find_map(|v| find(v, key))
         .unwrap_or_else(|| panic!("no {key} in\n{stdout}"))
+}
+
+// ------------------------------------------------------------------ resumed retries, budgets
+
+/// Whether `command` (an attempt's argv) has `args` in a row.
+fn has_args(command: &Value, args: &[&str]) -> bool {
+    let c: Vec<&str> = command
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    c.windows(args.len()).any(|w| w == args)
+}
+
+/// A rate limit after the session started: attempt 1's first call asks for a tool, its second
+/// gets a 429 (Claude Code ends with an error result naming the session and exits 1). orch
+/// waits `rate_limit_wait` without using up a retry, and attempt 2 runs with the profile's
+/// `resume = ["--resume", "{session_id}"]`: the mock's first request of attempt 2 replays the
+/// tool round trip, and both attempts name the same session.
+#[test]
+fn claude_rate_limit_then_resume_of_the_same_session_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(Some("Let me run it."), "echo hi", Usage::new(100, 20)),
+        Reply::anthropic_rate_limited(30),
+        Reply::text("The command printed hi.", Usage::new(150, 30)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "rate_limit_wait = \"2s\"\n\n{}resume = [\"--resume\", \"{{session_id}}\"]\n",
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let v = run_agent(&d, "claude", "run echo hi", &[]);
+    let first = stdout_of_attempt(&d, &v, Some(1));
+    let result = claude_result(&first);
+    assert_eq!(result["api_error_status"], 429, "{result}");
+    assert_waited_then_succeeded(&d, &v);
+    let a = attempts(&v["steps"][0]);
+    let sid = a[0]["session_id"].as_str().unwrap_or_default();
+    assert!(!sid.is_empty(), "attempt 1 names its session: {}", a[0]);
+    assert_eq!(result["session_id"], sid, "{result}");
+    assert_eq!(a[1]["session_id"], sid, "attempt 2 continues it: {}", a[1]);
+    assert!(
+        !has_args(&a[0]["command"], &["--resume"]),
+        "attempt 1 starts fresh: {}",
+        a[0]["command"]
+    );
+    assert!(
+        has_args(&a[1]["command"], &["--resume", sid]),
+        "attempt 2 resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(
+        anthropic_tool_results(&bodies[2]).len(),
+        1,
+        "attempt 2's first request replays the tool round trip: {}",
+        bodies[2]["messages"]
+    );
+    assert_eq!(
+        claude_result(&stdout_of_attempt(&d, &v, Some(2)))["session_id"],
+        sid
+    );
+}
+
+/// An agent killed with SIGKILL mid-run (its Bash tool runs `perl -e "sleep 30"`, after the
+/// session started; Claude Code refuses a plain long `sleep`): the step is retried, and the retry runs with `--resume SESSION`, continuing the
+/// same session (the mock's first request of attempt 2 carries the killed turn's tool call).
+#[test]
+fn claude_kill_9_then_retry_resumes_the_session_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(
+            Some("Let me wait."),
+            "perl -e \"sleep 30\"",
+            Usage::new(100, 20),
+        ),
+        Reply::text("I was interrupted; nothing ran.", Usage::new(150, 30)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "{}resume = [\"--resume\", \"{{session_id}}\"]\n",
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let id = d.submit(
+        &[
+            "--clean-env",
+            "--retries",
+            "1",
+            "--agent",
+            "claude",
+            "--prompt",
+            "wait a while",
+        ],
+        0,
+    );
+    d.wait_until(
+        &id,
+        "attempt 1 running with a session",
+        Duration::from_secs(30),
+        |o| {
+            o.steps
+                .first()
+                .and_then(|s| s.attempts.first())
+                .is_some_and(|a| a.pid.is_some() && !a.session_id.is_empty())
+        },
+    );
+    // The tool call was requested: the CLI is in its 30 s sleep.
+    poll_until("the tool call requested", Duration::from_secs(20), || {
+        (mock.bodies(Api::Anthropic).len() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let before = d.status(&id);
+    let a0 = &attempts(&before["steps"][0])[0];
+    let sid = a0["session_id"].as_str().unwrap_or_default().to_string();
+    let pid = u32::try_from(a0["pid"].as_u64().expect("pid")).expect("pid fits u32");
+    // SAFETY: kill(2) on the agent's pid, which this test's daemon started.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
+    let v = d.wait_ended(&id, Duration::from_secs(30));
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 2, "{v}");
+    assert_eq!(a[0]["signal"], 9, "attempt 1 died of SIGKILL: {}", a[0]);
+    assert_eq!(a[0]["outcome"], "signaled", "{}", a[0]);
+    assert_eq!(a[1]["outcome"], "success", "{v}");
+    assert_eq!(a[0]["session_id"], sid.as_str(), "{v}");
+    assert_eq!(
+        a[1]["session_id"],
+        sid.as_str(),
+        "the retry continues it: {v}"
+    );
+    assert!(
+        !has_args(&a[0]["command"], &["--resume"]),
+        "{}",
+        a[0]["command"]
+    );
+    assert!(
+        has_args(&a[1]["command"], &["--resume", &sid]),
+        "the retry resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    let history = bodies[1]["messages"].to_string();
+    assert!(
+        history.contains("toolu_01") && history.contains("sleep 30"),
+        "attempt 2's first request carries the killed turn: {history}"
+    );
+    assert_eq!(
+        claude_result(&stdout_of_attempt(&d, &v, Some(2)))["session_id"],
+        sid.as_str()
+    );
+}
+
+/// A budget that stops a run in progress: the objective may spend $0.01, and Claude Code's
+/// first call (20,000 tokens in, $0.06 at `[prices]`) asks for a 10 s tool run. orch's running
+/// estimate of that call passes the budget, so the attempt is stopped (`budget_exceeded`)
+/// before the CLI prints its result, and the objective fails with the budget's message.
+#[test]
+fn claude_budget_stops_the_run_in_progress_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(
+            Some("Let me wait."),
+            "perl -e \"sleep 10\"",
+            Usage::new(20_000, 100),
+        ),
+        Reply::text("Done waiting.", Usage::new(20_000, 100)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "{}\n{}",
+        claude_prices(),
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let started = std::time::Instant::now();
+    let v = run_agent(
+        &d,
+        "claude",
+        "wait a while",
+        &["--retries", "2", "--budget-usd", "0.01"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the run was not stopped at the budget (its tool sleeps 10 s): {v}"
+    );
+    assert_eq!(v["state"], "failed", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 1, "budget_exceeded is not retried: {v}");
+    assert_eq!(a[0]["outcome"], "budget_exceeded", "{v}");
+    let out = stdout_of(&d, &v);
+    let lines = json_lines(&out);
+    assert!(
+        lines.iter().any(|l| l["type"] == "assistant"),
+        "the CLI ran its first call: {out}"
+    );
+    assert!(
+        !lines.iter().any(|l| l["type"] == "result"),
+        "stopped before the CLI's result: {out}"
+    );
+    let message = v["steps"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("objective budget of $0.01 exhausted: used $"),
+        "{message}\n{v}"
+    );
+    let cost = recorded(&a[0]).cost.unwrap_or(0.0);
+    assert!(
+        (cost - 0.06).abs() < 1e-9,
+        "the running estimate of the first call (20,000 in at $3/Mtok): {}",
+        a[0]
+    );
+    assert_eq!(
+        v["message"], "objective budget of $0.01 exhausted: used $0.0600 ($0.0500 over)",
+        "{v}"
+    );
+    assert_eq!(a[0]["message"], "stopped: the budget is exhausted", "{v}");
+    assert_eq!(mock.bodies(Api::Anthropic).len(), 1);
+}
+
+/// A rate limit after the thread started: attempt 1's first call runs a tool, its second gets
+/// a 429 (Codex prints `turn.failed` after naming its thread, and exits 1). orch waits
+/// `rate_limit_wait` without using up a retry, and attempt 2 runs the profile's
+/// `resume_command` (`codex exec ... resume {session_id} -`): the mock's first request of
+/// attempt 2 replays the tool round trip, both attempts name the same thread, and attempt 2
+/// counts only what it added to the thread.
+#[test]
+fn codex_rate_limit_then_resume_of_the_same_thread_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::codex_exec("echo hi", Usage::new(1000, 20).cache(0, 600)),
+        Reply::openai_rate_limited(1),
+        Reply::text(
+            "The command printed hi.",
+            Usage::new(1500, 15).cache(0, 1200),
+        ),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let d = daemon(&format!(
+        "rate_limit_wait = \"2s\"\n\n{}resume_command = {}\n",
+        profile(
+            "codex",
+            &codex_argv(&["-"]),
+            "codex-json",
+            &codex_env(&ch, home.path())
+        ),
+        argv(&codex_argv(&["resume", "{session_id}", "-"])),
+    ));
+    let v = run_agent(&d, "codex", "run echo hi", &[]);
+    assert_waited_then_succeeded(&d, &v);
+    let a = attempts(&v["steps"][0]);
+    let sid = a[0]["session_id"].as_str().unwrap_or_default();
+    assert!(!sid.is_empty(), "attempt 1 names its thread: {}", a[0]);
+    assert_eq!(a[1]["session_id"], sid, "attempt 2 continues it: {}", a[1]);
+    assert!(
+        !has_args(&a[0]["command"], &["resume"]),
+        "attempt 1 starts fresh: {}",
+        a[0]["command"]
+    );
+    assert!(
+        has_args(&a[1]["command"], &["resume", sid, "-"]),
+        "attempt 2 resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::OpenAi);
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(
+        openai_tool_outputs(&bodies[2]).len(),
+        1,
+        "attempt 2's first request replays the tool round trip"
+    );
+    // Codex reports usage only when a turn completes: attempt 1's turn failed, so its call
+    // (1000 in, 600 cached, 20 out) is first reported in attempt 2's `turn.completed`, the
+    // thread's totals (2500 in, 1800 cached, 35 out). Counted once, on attempt 2.
+    let out = stdout_of_attempt(&d, &v, Some(2));
+    let thread = Kinds::new(700, 1800, 0, 35);
+    assert_eq!(codex_thread_total(&out), thread, "{out}");
+    assert_kinds(
+        "the rate-limited attempt",
+        recorded(&a[0]),
+        Kinds::default(),
+    );
+    assert_kinds("the resumed attempt", recorded(&a[1]), thread);
+    assert_kinds("the step", recorded(&v["steps"][0]), thread);
+}
+
+/// Codex killed with SIGKILL mid-run (its tool runs `perl -e "sleep 30"`, after the thread
+/// started): the step is retried, and the retry runs the profile's `resume_command`,
+/// continuing the same thread (the mock's first request of attempt 2 carries the killed
+/// turn's tool call).
+#[test]
+fn codex_kill_9_then_retry_resumes_the_thread_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::codex_exec(
+            "touch tool.started && perl -e \"sleep 30\"",
+            Usage::new(1000, 20),
+        ),
+        Reply::text("I was interrupted; nothing ran.", Usage::new(1500, 15)),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let d = daemon(&format!(
+        "{}resume_command = {}\n",
+        profile(
+            "codex",
+            &codex_argv(&["-"]),
+            "codex-json",
+            &codex_env(&ch, home.path())
+        ),
+        argv(&codex_argv(&["resume", "{session_id}", "-"])),
+    ));
+    let id = d.submit(
+        &[
+            "--clean-env",
+            "--retries",
+            "1",
+            "--agent",
+            "codex",
+            "--prompt",
+            "wait a while",
+        ],
+        0,
+    );
+    // The tool runs (its marker file is there) and orch has read the thread's id.
+    let marker = d.work_dir().join("tool.started");
+    let before = poll_until("the tool running", Duration::from_secs(20), || {
+        let v = d.status(&id);
+        let named = v["steps"][0]["attempts"][0]["session_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty());
+        (marker.exists() && named).then_some(v)
+    });
+    let a0 = &attempts(&before["steps"][0])[0];
+    assert!(a0["ended_at"].is_null(), "still running: {a0}");
+    let sid = a0["session_id"].as_str().unwrap_or_default().to_string();
+    let pid = u32::try_from(a0["pid"].as_u64().expect("pid")).expect("pid fits u32");
+    // SAFETY: kill(2) on the agent's pid, which this test's daemon started.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}");
+    let v = d.wait_ended(&id, Duration::from_secs(30));
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 2, "{v}");
+    assert_eq!(a[0]["signal"], 9, "attempt 1 died of SIGKILL: {}", a[0]);
+    assert_eq!(a[0]["outcome"], "signaled", "{}", a[0]);
+    assert_eq!(a[1]["outcome"], "success", "{v}");
+    assert_eq!(a[0]["session_id"], sid.as_str(), "{v}");
+    assert_eq!(
+        a[1]["session_id"],
+        sid.as_str(),
+        "the retry continues it: {v}"
+    );
+    assert!(
+        has_args(&a[1]["command"], &["resume", &sid, "-"]),
+        "the retry resumes: {}",
+        a[1]["command"]
+    );
+    let bodies = mock.bodies(Api::OpenAi);
+    assert_eq!(bodies.len(), 2);
+    let history = bodies[1]["input"].to_string();
+    assert!(
+        history.contains("call_1") && history.contains("sleep 30"),
+        "attempt 2's first request carries the killed turn: {history}"
+    );
+}
+
+/// `orchctl retry --fresh ID` starts a new session even though the profile says how to
+/// resume: attempt 1 runs a tool, then a 401 fails the objective (not retried); the fresh
+/// retry runs without `--resume`, sends no history, and names a new session.
+#[test]
+fn claude_retry_fresh_starts_a_new_session_under_orchd() {
+    if !require_agents(&["claude"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.anthropic([
+        Reply::claude_bash(Some("Let me run it."), "echo hi", Usage::new(100, 20)),
+        Reply::error(
+            401,
+            &[],
+            json!({"type": "error", "error": {"type": "authentication_error",
+                "message": "invalid x-api-key"}, "request_id": "req_mock_401"}),
+        ),
+        Reply::text("Hello from a new session.", Usage::new(12, 6)),
+    ]);
+    let home = home_dir();
+    let d = daemon(&format!(
+        "{}resume = [\"--resume\", \"{{session_id}}\"]\n",
+        profile(
+            "claude",
+            &claude_argv(&[]),
+            "claude-stream-json",
+            &claude_env(&mock, home.path()),
+        )
+    ));
+    let v = run_agent(&d, "claude", "run echo hi", &[]);
+    assert_eq!(v["state"], "failed", "{v}");
+    let sid = only_attempt(&v)["session_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!sid.is_empty(), "{v}");
+    let id = v["id"].as_str().expect("id");
+    let out = d.ctl(&["retry", "--fresh", id]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v = d.wait_ended(id, Duration::from_secs(30));
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", d.log_text());
+    let a = attempts(&v["steps"][0]);
+    assert_eq!(a.len(), 2, "{v}");
+    assert!(
+        !has_args(&a[1]["command"], &["--resume"]),
+        "a fresh retry does not resume: {}",
+        a[1]["command"]
+    );
+    let new = a[1]["session_id"].as_str().unwrap_or_default();
+    assert!(!new.is_empty() && new != sid, "a new session: {}", a[1]);
+    let bodies = mock.bodies(Api::Anthropic);
+    assert_eq!(bodies.len(), 3);
+    assert!(
+        anthropic_tool_results(&bodies[2]).is_empty(),
+        "no history in the fresh session: {}",
+        bodies[2]["messages"]
+    );
+}
+
+/// A budget with Codex: Codex reports usage only when its turn completes (no per-call
+/// usage in `exec --json`), so orch's estimate cannot stop it mid-run as it does Claude Code.
+/// Its `turn.completed` (40,000 in, 200 out: $0.123 at `[prices]` for the profile's `model`)
+/// passes the $0.01 budget: the attempt is stopped there (`budget_exceeded`) and the
+/// objective fails with the budget's message.
+#[test]
+fn codex_budget_is_reached_at_turn_completed_under_orchd() {
+    if !require_agents(&["codex"]) {
+        return;
+    }
+    let mock = MockProvider::start();
+    mock.openai([
+        Reply::codex_exec("echo hi", Usage::new(20_000, 100)),
+        Reply::text("Done.", Usage::new(20_000, 100)),
+    ]);
+    let home = home_dir();
+    let ch = codex_home(&mock, home.path());
+    let d = daemon(&format!(
+        "[prices.{}]\ninput_per_mtok = 3.0\noutput_per_mtok = 15.0\n\n{}model = {}\n",
+        q(CODEX_MODEL),
+        profile(
+            "codex",
+            &codex_argv(&["-"]),
+            "codex-json",
+            &codex_env(&ch, home.path())
+        ),
+        q(CODEX_MODEL),
+    ));
+    let v = run_agent(&d, "codex", "run echo hi", &["--budget-usd", "0.01"]);
+    assert_eq!(v["state"], "failed", "{v}\n{}", d.log_text());
+    let a = only_attempt(&v);
+    assert_eq!(a["outcome"], "budget_exceeded", "{v}");
+    assert_eq!(a["message"], "stopped: the budget is exhausted", "{v}");
+    assert_eq!(
+        v["message"], "objective budget of $0.01 exhausted: used $0.1230 ($0.1130 over)",
+        "{v}"
+    );
+    assert_kinds(
+        "the stopped attempt",
+        recorded(a),
+        Kinds::new(40_000, 0, 0, 200).cost(0.123),
+    );
+    let out = stdout_of(&d, &v);
+    assert!(
+        json_lines(&out)
+            .iter()
+            .any(|l| l["type"] == "turn.completed"),
+        "the budget was reached by the turn's usage: {out}"
+    );
+    // Both calls were made (the mock records a request once its connection is done).
+    poll_until("both calls recorded", Duration::from_secs(5), || {
+        (mock.bodies(Api::OpenAi).len() == 2).then_some(())
+    });
 }
