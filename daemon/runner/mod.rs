@@ -129,26 +129,23 @@ pub fn start(spec: RunSpec, facts: mpsc::UnboundedSender<Fact>) -> mpsc::Unbound
     let key = spec.key.clone();
     tokio::spawn(async move {
         let leaf = spec.prepared.cgroup.clone().map(Leaf);
-        // A copy handed to another user lives outside the state directory, for this
-        // attempt only (the store keeps the checkpoint).
-        let handed = spec
-            .checkpoint
-            .as_ref()
-            .filter(|_| spec.run_as.is_some())
-            .map(|(path, _)| path.clone());
-        let prompt_file = spec.prompt_file.as_ref().map(|(path, _)| path.clone());
+        // The files handed to the agent are for this attempt only: the store keeps the
+        // checkpoint, and the prompt is written again for the next attempt.
+        let handed: Vec<PathBuf> = [
+            spec.checkpoint
+                .as_ref()
+                .filter(|_| spec.run_as.is_some())
+                .map(|(path, _)| path.clone()),
+            spec.prompt_file.as_ref().map(|(path, _)| path.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let end = run(spec, rx, &facts).await;
-        if let Some(path) = prompt_file {
-            let _ = std::fs::remove_file(&path);
-            // Other steps of the objective may still use the directory: then it stays.
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::remove_dir(dir);
-            }
-        }
         if let Some(leaf) = leaf {
             leaf.remove();
         }
-        if let Some(path) = handed {
+        for path in handed {
             let _ = std::fs::remove_file(&path);
             // Other steps of the objective may still use the directory: then it stays.
             if let Some(dir) = path.parent() {
