@@ -601,6 +601,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opens a store a test has just dropped: sled's background flusher may hold its lock
+    /// for a moment after the drop (it offers nothing to wait on), so `Locked` is retried
+    /// for up to 5 s; any other error, or a lock held longer, fails.
+    fn reopen(path: &std::path::Path) -> Result<Store> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(path) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => return r,
+            }
+        }
+    }
     use crate::model::{Budget, EventKind};
 
     fn objective(id: &str, state: ObjState) -> Objective {
@@ -666,7 +681,7 @@ mod tests {
             s.write(&w).unwrap();
             s.flush_blocking().unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s = reopen(&path).unwrap();
         assert_eq!(s.last_seq().unwrap(), 3);
         assert_eq!(s.events_from(2, 10).unwrap().len(), 2);
         let x = s.objective_events_from("X", 0, 10).unwrap();
@@ -682,7 +697,7 @@ mod tests {
             let s = Store::open(&path).unwrap();
             s.set_schema_version_for_test(SCHEMA_VERSION + 1).unwrap();
         }
-        let err = Store::open(&path).err().expect("must refuse");
+        let err = reopen(&path).err().expect("must refuse");
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
