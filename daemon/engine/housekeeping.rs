@@ -28,7 +28,7 @@ impl Engine {
                 Ok(w) => {
                     self.turn.writes.extend(w);
                     dirs.push(self.logs_dir.join(&o.id));
-                    dirs.push(self.cfg.state_dir().join("checkpoints").join(&o.id));
+                    dirs.push(super::attempt::checkpoints_dir(&self.cfg).join(&o.id));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, objective = %o.id, "retention: cannot plan the removal")
