@@ -439,6 +439,11 @@ async fn serve(
         "recovery done"
     );
 
+    // Handled before the socket exists: a client may signal orchd as soon as it can
+    // connect, and the default action of SIGTERM would kill it without draining.
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let listener = bind_socket(&socket)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (stop_engine, engine_stop_rx) = oneshot::channel();
@@ -551,9 +556,6 @@ async fn serve(
     tracing::info!(socket = %socket.display(), "orchd ready");
     spawn_watchdog(cmd_tx.clone());
 
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     {
         let reloader = reloader.clone();
         tokio::spawn(async move {
