@@ -188,6 +188,18 @@ impl LogsConfig {
     }
 }
 
+/// `[host]`: admission on the host's state. Below `min_available_memory` of available
+/// memory, or above a 1-minute load average of `max_load`, no new attempt starts (ready
+/// work waits, with the reason in `status`); running attempts are left alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_available_memory: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_load: Option<f64>,
+}
+
 /// `[server]`: what one client, and all of them, may hold of the daemon (connections,
 /// calls, bytes of requests and of unread events). Read at start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,6 +401,7 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentProfile>,
     /// Per-user limits by user name or uid.
     pub users: BTreeMap<String, UserConfig>,
+    pub host: HostConfig,
 }
 
 impl Default for Config {
@@ -409,6 +422,7 @@ impl Default for Config {
             prices: BTreeMap::new(),
             agents: BTreeMap::new(),
             users: BTreeMap::new(),
+            host: HostConfig::default(),
         }
     }
 }
@@ -579,6 +593,15 @@ impl Config {
                     "`{}` is not one of auto, cgroup-v2, rlimit",
                     self.limits_backend
                 ),
+            ));
+        }
+        if let Some(l) = self.host.max_load
+            && !(l.is_finite() && l > 0.0)
+        {
+            return Err(invalid(
+                origin,
+                "host.max_load",
+                format!("must be a positive number, got {l}"),
             ));
         }
         let r = &self.defaults.retry;

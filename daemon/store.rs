@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::model::{Attempt, AuditEntry, Event, ObjState, Objective, Step, Usage};
+use crate::model::{Attempt, AuditEntry, Event, Millis, ObjState, Objective, Step, Usage};
 
 /// The schema this build writes. Stores with a lower version are migrated on open;
 /// a higher one is refused.
@@ -203,6 +203,12 @@ impl WriteSet {
     /// Sets a usage total (`day:2026-11-21`, `month:2026-11`, `total`).
     pub fn usage_total(&mut self, key: &str, u: &Usage) {
         self.put(T::Usage, key.as_bytes().to_vec(), json(u));
+    }
+
+    /// Sets an agent profile's aggregate (`engine::stats`), kept beside the usage totals
+    /// under `stats:NAME`.
+    pub fn agent_stats<V: serde::Serialize>(&mut self, agent: &str, v: &V) {
+        self.put(T::Usage, format!("stats:{agent}").into_bytes(), json(v));
     }
 
     /// Records that something happened once (e.g. a daemon-wide budget alert was sent).
@@ -582,6 +588,47 @@ impl Store {
         Ok(self
             .tree(T::Usage)
             .contains_key(format!("marker:{key}").as_bytes())?)
+    }
+
+    /// Every agent profile's aggregate written by `WriteSet::agent_stats`.
+    pub fn agent_stats<V: serde::de::DeserializeOwned>(&self) -> Result<Vec<(String, V)>> {
+        let mut out = Vec::new();
+        for r in self.tree(T::Usage).scan_prefix(b"stats:") {
+            let (k, v) = r?;
+            let name = String::from_utf8_lossy(&k[b"stats:".len()..]).into_owned();
+            out.push((name, Self::decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every stored attempt (once, to build aggregates a store written by
+    /// an older orchd lacks).
+    pub fn each_attempt(&self, mut f: impl FnMut(Attempt)) -> Result<()> {
+        for r in self.tree(T::Attempts).iter() {
+            let (k, v) = r?;
+            f(Self::decode(&k, &v)?);
+        }
+        Ok(())
+    }
+
+    /// Usage events (`EventKind::Usage`) newest first, while `keep_going` says so (it is
+    /// given each event's time).
+    pub fn usage_events_newest_first(
+        &self,
+        mut keep_going: impl FnMut(Millis) -> bool,
+    ) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for r in self.tree(T::Events).iter().rev() {
+            let (k, v) = r?;
+            let e: Event = Self::decode(&k, &v)?;
+            if !keep_going(e.time_ms) {
+                break;
+            }
+            if matches!(e.kind, crate::model::EventKind::Usage { .. }) {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// A usage total (zero when none was recorded).

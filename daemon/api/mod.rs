@@ -9,6 +9,7 @@ mod admission;
 mod calls;
 mod convert;
 mod logs;
+mod reports;
 mod service;
 mod watch;
 

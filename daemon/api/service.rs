@@ -100,7 +100,22 @@ impl Orchestrator for Api {
         if id.is_empty() {
             return Err(Status::invalid_argument("id: missing"));
         }
-        read_objective(&self.store, &id).map(Response::new)
+        let mut o = read_objective(&self.store, &id)?;
+        // Ready steps held back by host pressure say why (the reason is live, not stored).
+        let ready = pb::StepState::Ready as i32;
+        if o.steps.iter().any(|s| s.state == ready) {
+            let live = self.ask(|reply| Command::Status { reply }).await?;
+            if let Some(why) = live.host_held {
+                for s in o.steps.iter_mut().filter(|s| s.state == ready) {
+                    s.message = if s.message.is_empty() {
+                        why.clone()
+                    } else {
+                        format!("{}; {why}", s.message)
+                    };
+                }
+            }
+        }
+        Ok(Response::new(o))
     }
 
     async fn list_objectives(
@@ -380,6 +395,10 @@ impl Orchestrator for Api {
             config_path: info.config_path.display().to_string(),
             limits_detail: info.limits_detail.clone(),
             last_event_seq: live.last_seq,
+            host: Some(super::reports::host_status(
+                &self.config.borrow().clone(),
+                live.host_held,
+            )),
         }))
     }
 
@@ -408,5 +427,41 @@ impl Orchestrator for Api {
         };
         self.audit(who, "reload", "", &result).await;
         result.map(Response::new)
+    }
+
+    async fn get_stats(
+        &self,
+        _req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let stats = self.ask(|reply| Command::Stats { reply }).await?;
+        Ok(Response::new(super::reports::stats_pb(&stats)))
+    }
+
+    async fn get_usage_breakdown(
+        &self,
+        req: Request<pb::UsageBreakdownRequest>,
+    ) -> Result<Response<pb::UsageBreakdown>, Status> {
+        let who = caller(&req)?;
+        let req = req.into_inner();
+        let everyone = who.uid == 0 || who.uid == crate::sys::effective_uid();
+        let store = self.store.clone();
+        // Reads the usage events of the period: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            super::reports::usage_breakdown(&store, who, everyone, &req.by, req.since_ms)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("usage report: {e}")))?
+        .map(Response::new)
+    }
+
+    async fn get_config(
+        &self,
+        _req: Request<pb::GetConfigRequest>,
+    ) -> Result<Response<pb::GetConfigResponse>, Status> {
+        let cfg = self.config.borrow().clone();
+        let (path, flags) = (&self.reloader.path, &self.reloader.overrides);
+        Ok(Response::new(super::reports::config_report(
+            &cfg, path, flags,
+        )))
     }
 }

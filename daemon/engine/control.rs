@@ -29,7 +29,11 @@ impl Engine {
                     running_attempts: self.running as u32,
                     max_parallel: self.cfg.max_parallel(),
                     last_seq: self.next_seq - 1,
+                    host_held: self.host.held.clone(),
                 });
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats.clone());
             }
             Command::Ping { reply } => {
                 let _ = reply.send(());

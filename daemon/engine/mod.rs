@@ -16,6 +16,7 @@ mod housekeeping;
 pub mod machine;
 mod recovery;
 mod schedule;
+pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -99,6 +100,8 @@ pub struct Submitted {
 #[derive(Debug, Clone, Default)]
 pub struct EngineStatus {
     pub running_attempts: u32,
+    /// Why host pressure holds new attempts back now (`[host]`).
+    pub host_held: Option<String>,
     pub max_parallel: u32,
     pub last_seq: u64,
 }
@@ -157,6 +160,10 @@ pub enum Command {
         fresh: bool,
         caller: Caller,
         reply: Reply<()>,
+    },
+    /// Every agent profile's aggregate (`GetStats`).
+    Stats {
+        reply: oneshot::Sender<stats::Stats>,
     },
 }
 
@@ -243,6 +250,10 @@ pub struct Engine {
     housekeeping_at: tokio::time::Instant,
     budgets: budget::Budgets,
     shutting_down: bool,
+    /// Per agent profile aggregates, updated as attempts end.
+    stats: stats::Stats,
+    /// Host pressure: the last reading and whether it holds new attempts back.
+    host: schedule::HostGate,
 }
 
 impl Engine {
@@ -278,6 +289,8 @@ impl Engine {
             housekeeping_at: tokio::time::Instant::now(),
             budgets: budget::Budgets::default(),
             shutting_down: false,
+            stats: stats::Stats::new(),
+            host: schedule::HostGate::default(),
         })
     }
 
@@ -324,6 +337,13 @@ impl Engine {
             return;
         };
         let now = now_ms();
+        // Attempts that end in this decision (each end has exactly one event).
+        let mut ended: Vec<(String, u32)> = d
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::AttemptEnded { .. }))
+            .map(|e| (e.step_id.clone(), e.attempt))
+            .collect();
         for e in d.events {
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -354,6 +374,16 @@ impl Engine {
         }
         for a in &d.attempts {
             self.turn.writes.attempt(a);
+            let key = (a.step_id.clone(), a.number);
+            if let Some(i) = ended.iter().position(|k| *k == key)
+                && a.ended_ms.is_some()
+            {
+                ended.swap_remove(i);
+                let name = stats::agent_of(a);
+                let s = self.stats.entry(name.to_string()).or_default();
+                s.record(a);
+                self.turn.writes.agent_stats(name, s);
+            }
         }
         for effect in d.effects {
             let Some(live) = self.live.get_mut(id) else {
@@ -478,6 +508,8 @@ impl Engine {
                     None => break,
                 },
                 _ = sleep_until_ms(timer) => {}
+                // Only while host pressure holds work back.
+                _ = sleep_until_opt(self.host.recheck) => {}
                 _ = tokio::time::sleep_until(self.housekeeping_at) => self.housekeeping(),
             }
             // Group commit: take whatever else is already queued into the same turn, up to
@@ -693,6 +725,13 @@ impl Engine {
                 end,
             },
         );
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

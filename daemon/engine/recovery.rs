@@ -14,6 +14,7 @@ use super::{Engine, Live, Recovery};
 impl Engine {
     pub async fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut report = Recovery::default();
+        self.load_stats()?;
         for state in [
             ObjState::Pending,
             ObjState::Running,
@@ -63,5 +64,33 @@ impl Engine {
         }
         self.commit().await?;
         Ok(report)
+    }
+}
+
+/// Marks a store whose agent aggregates cover every attempt it holds.
+const STATS_BUILT: &str = "agent_stats_v1";
+
+impl Engine {
+    /// Reads the per-agent aggregates; a store written before they existed gets them built
+    /// once from its attempts (written with recovery's turn).
+    pub(super) fn load_stats(&mut self) -> Result<(), StoreError> {
+        if self.store.has_marker(STATS_BUILT)? {
+            self.stats = self.store.agent_stats()?.into_iter().collect();
+            return Ok(());
+        }
+        let mut built = super::stats::Stats::new();
+        self.store.each_attempt(|a| {
+            built
+                .entry(super::stats::agent_of(&a).to_string())
+                .or_default()
+                .record(&a)
+        })?;
+        for (name, s) in &built {
+            self.turn.writes.agent_stats(name, s);
+        }
+        self.turn.writes.marker(STATS_BUILT);
+        tracing::info!(agents = built.len(), "agent statistics built from the stored attempts");
+        self.stats = built;
+        Ok(())
     }
 }

@@ -10,8 +10,69 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{Millis, now_ms};
 
-use super::machine::Input;
+use super::machine::{Input, host};
 use super::{After, Engine, attempt};
+
+/// How often the host is read again while it holds work back.
+pub const HOST_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+/// A reading younger than this is reused (turns come in bursts).
+const HOST_READING_TTL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Host pressure, as the actor holds it: the last reading (taken only while work waits for
+/// a slot and `[host]` sets a rule), why work is held back, and when to look again.
+#[derive(Debug, Default)]
+pub struct HostGate {
+    reading: Option<(tokio::time::Instant, host::Reading)>,
+    /// Why new attempts wait now; `None` when they do not.
+    pub held: Option<String>,
+    /// When to read the host again (only while held).
+    pub recheck: Option<tokio::time::Instant>,
+}
+
+impl HostGate {
+    /// Decides admission for the ready work now: reads the host (unless a fresh reading
+    /// exists) and applies the rules; remembers the answer and sets the recheck timer.
+    fn admit(&mut self, floors: &host::Floors) -> bool {
+        if !floors.any() {
+            self.clear();
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let reading = match self.reading {
+            Some((at, r)) if now.duration_since(at) < HOST_READING_TTL => r,
+            _ => {
+                let h = crate::sys::host_figures();
+                let r = host::Reading {
+                    available_memory: h.available_memory,
+                    load_1m: h.load_1m,
+                };
+                self.reading = Some((now, r));
+                r
+            }
+        };
+        match host::hold(&reading, floors) {
+            Some(why) => {
+                if self.held.as_deref() != Some(why.as_str()) {
+                    tracing::info!(reason = %why, "new attempts held back by host pressure");
+                }
+                self.held = Some(why);
+                self.recheck = Some(now + HOST_RECHECK);
+                false
+            }
+            None => {
+                self.clear();
+                true
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.held.take().is_some() {
+            tracing::info!("host pressure eased: new attempts start again");
+        }
+        self.recheck = None;
+    }
+}
 
 /// `(priority high first, objective id oldest first, step index)`.
 type ReadyKey = (Reverse<i32>, String, u32);
@@ -112,6 +173,18 @@ impl Engine {
             return;
         }
         let max = self.cfg.max_parallel() as usize;
+        if self.running < max && self.queue.users().next().is_some() {
+            let floors = host::Floors {
+                min_available_memory: self.cfg.host.min_available_memory.map(|s| s.0),
+                max_load: self.cfg.host.max_load,
+            };
+            if !self.host.admit(&floors) {
+                return;
+            }
+        } else {
+            // Nothing waits for a slot: nothing is held back.
+            self.host.clear();
+        }
         while self.running < max {
             let users: Vec<u32> = self.queue.users().collect();
             let caps: HashMap<u32, usize> = users

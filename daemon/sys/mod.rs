@@ -8,6 +8,7 @@
 
 mod child;
 mod fs;
+mod host;
 mod limits;
 mod process;
 mod watch;
@@ -20,6 +21,7 @@ pub use fs::{
     can_write, create_private, private_dir, read_xattr, restrict_umask, set_owner, try_lock_record,
     with_umask,
 };
+pub use host::host_figures;
 pub use limits::raise_open_files;
 pub use nix::sys::signal::Signal;
 pub use process::{

@@ -10,6 +10,7 @@
 
 mod attempts;
 mod control;
+pub mod host;
 #[cfg(test)]
 mod props;
 mod tables;
