@@ -103,10 +103,21 @@ pub enum Command {
     },
     /// List the agent profiles the daemon knows
     Agents,
-    /// Tokens and cost of one objective, or in total, with budget use
+    /// Tokens and cost of one objective, or in total, with budget use; or broken down with --by
+    #[command(after_help = "Examples:\n  \
+  orchctl usage\n  \
+  orchctl usage 01JD3X\n  \
+  orchctl usage --by day --since 7d\n  \
+  orchctl usage --by model -o json")]
     Usage {
         /// Objective id (default: totals over every objective)
         id: Option<String>,
+        /// Break the cost down by day, agent, model or objective
+        #[arg(long, value_enum, value_name = "WHAT", conflicts_with = "id")]
+        by: Option<UsageBy>,
+        /// With --by: only usage of the last DUR (e.g. 24h, 7d) [default: 30d]
+        #[arg(long, value_name = "DUR", value_parser = positive_duration, requires = "by")]
+        since: Option<u64>,
     },
     /// Who did what through the control plane
     Audit {
@@ -126,6 +137,43 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Per agent profile: runs, success rate, p50/p95 duration, retries, cost per success
+    #[command(after_help = "Examples:\n  orchctl stats\n  orchctl stats -o json")]
+    Stats,
+    /// Full-screen live dashboard of objectives, steps and the daemon (q quits, ? for keys)
+    #[command(
+        after_help = "Keys: arrows/j/k move, Enter or d details, l logs, c cancel, \
+p pause/resume, a approve, x deny, r refresh, q quit.\n\nExamples:\n  orchctl top\n  orchctl top --all"
+    )]
+    Top(TopArgs),
+}
+
+/// `orchctl usage --by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageBy {
+    Day,
+    Agent,
+    Model,
+    Objective,
+}
+
+impl UsageBy {
+    pub fn word(self) -> &'static str {
+        match self {
+            UsageBy::Day => "day",
+            UsageBy::Agent => "agent",
+            UsageBy::Model => "model",
+            UsageBy::Objective => "objective",
+        }
+    }
+}
+
+/// `orchctl top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Also show objectives that ended (default: only those that have not, plus the last few ended)
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `orchctl daemon ...`.
@@ -135,6 +183,9 @@ pub enum DaemonCommand {
     Status,
     /// Re-read the daemon's config (a bad config is refused and the old one kept)
     Reload,
+    /// The effective config, key by key, with where each value comes from (secrets redacted)
+    #[command(after_help = "Examples:\n  orchctl daemon config\n  orchctl daemon config -o json")]
+    Config,
 }
 
 /// `orchctl submit`.

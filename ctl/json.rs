@@ -386,6 +386,7 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
         "running_attempts": d.running_attempts,
         "config_path": d.config_path,
         "last_event_seq": d.last_event_seq,
+        "host": d.host.as_ref().map(crate::reports::host_json),
     })
 }
 

@@ -9,7 +9,9 @@ mod json;
 mod live;
 mod logs;
 mod output;
+mod reports;
 mod submit;
+mod top;
 mod views;
 mod watch;
 
@@ -96,7 +98,15 @@ async fn dispatch(
             commands::control(client, id, what, format).await
         }
         Command::Agents => commands::agents(client, format).await,
-        Command::Usage { id } => commands::usage(client, id, format).await,
+        Command::Usage {
+            by: Some(by),
+            since,
+            ..
+        } => reports::usage_by(client, by, since, format).await,
+        Command::Usage { id, .. } => commands::usage(client, id, format).await,
+        Command::Stats => reports::stats(client, format).await,
+        Command::Top(args) => top::run(args, client).await,
+        Command::Daemon(DaemonCommand::Config) => reports::daemon_config(client, format).await,
         Command::Audit { limit, objective } => {
             commands::audit(client, limit, objective, format).await
         }

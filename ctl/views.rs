@@ -543,7 +543,23 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> String {
         ),
         ("Objectives", counts),
         ("Last event", d.last_event_seq.to_string()),
-    ])
+    ]) + &daemon_host(d)
+}
+
+/// The host's lines of `daemon status`: memory and load, and why work waits (if it does).
+fn daemon_host(d: &DaemonStatusResponse) -> String {
+    let Some(h) = &d.host else {
+        return String::new();
+    };
+    let mut pairs = vec![("Host", crate::reports::host_line(h))];
+    if !h.held.is_empty() {
+        pairs.push(("Held", h.held.clone()));
+    }
+    // Aligned with the lines above (their longest key is 10 characters).
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k:<10}  {v}\n"))
+        .collect()
 }
 
 #[cfg(test)]

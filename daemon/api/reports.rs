@@ -53,9 +53,7 @@ pub fn stats_pb(stats: &Stats) -> pb::GetStatsResponse {
             duration_p95_ms: s.percentile_ms(0.95).unwrap_or(0),
             usage: Some(usage_pb(&s.usage)),
             cost_per_success_usd: s.cost_per_success(),
-            last_ended_at: (s.last_ended_ms > 0)
-                .then(|| ts(s.last_ended_ms))
-                .flatten(),
+            last_ended_at: (s.last_ended_ms > 0).then(|| ts(s.last_ended_ms)).flatten(),
         })
         .collect();
     pb::GetStatsResponse { agents }
@@ -151,7 +149,9 @@ pub fn usage_breakdown(
             "model" => (model.clone(), String::new()),
             _ => (e.objective_id.clone(), o.name.clone()),
         };
-        let row = rows.entry(key).or_insert_with(|| (Usage::default(), 0, name));
+        let row = rows
+            .entry(key)
+            .or_insert_with(|| (Usage::default(), 0, name));
         row.0.add(report);
         row.1 += 1;
         total.add(report);
@@ -314,9 +314,18 @@ mod tests {
         assert_eq!(env["ANTHROPIC_API_KEY"], REDACTED);
         assert_eq!(env["GITHUB_TOKEN"], REDACTED);
         assert_eq!(env["RUST_LOG"], "info");
-        let report = config_report(&cfg, Path::new("/nonexistent/orchd.toml"), &Overrides::default());
+        let report = config_report(
+            &cfg,
+            Path::new("/nonexistent/orchd.toml"),
+            &Overrides::default(),
+        );
         assert!(!report.toml.contains("sk-123"), "{}", report.toml);
-        assert!(report.entries.iter().all(|e| !e.value_json.contains("sk-123")));
+        assert!(
+            report
+                .entries
+                .iter()
+                .all(|e| !e.value_json.contains("sk-123"))
+        );
         assert!(!report.config_file_exists);
     }
 
@@ -327,10 +336,16 @@ mod tests {
             ..Default::default()
         };
         let file = vec!["retention".to_string(), "agents.claude".to_string()];
-        assert_eq!(source_of("max_parallel", &flags, &file), "flag --max-parallel");
+        assert_eq!(
+            source_of("max_parallel", &flags, &file),
+            "flag --max-parallel"
+        );
         assert_eq!(source_of("retention", &flags, &file), "file");
         assert_eq!(source_of("agents.claude.command", &flags, &file), "file");
-        assert_eq!(source_of("agents.claudex.command", &flags, &file), "default");
+        assert_eq!(
+            source_of("agents.claudex.command", &flags, &file),
+            "default"
+        );
         assert_eq!(source_of("grace_period", &flags, &file), "default");
     }
 

@@ -89,7 +89,10 @@ impl Engine {
             self.turn.writes.agent_stats(name, s);
         }
         self.turn.writes.marker(STATS_BUILT);
-        tracing::info!(agents = built.len(), "agent statistics built from the stored attempts");
+        tracing::info!(
+            agents = built.len(),
+            "agent statistics built from the stored attempts"
+        );
         self.stats = built;
         Ok(())
     }

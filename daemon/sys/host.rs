@@ -34,7 +34,10 @@ mod tests {
     fn reads_this_host() {
         let h = host_figures();
         assert!(h.total_memory > 0, "{h:?}");
-        assert!(h.available_memory > 0 && h.available_memory <= h.total_memory, "{h:?}");
+        assert!(
+            h.available_memory > 0 && h.available_memory <= h.total_memory,
+            "{h:?}"
+        );
         assert!(h.load_1m >= 0.0 && h.cpus >= 1, "{h:?}");
     }
 }

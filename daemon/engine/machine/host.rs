@@ -36,7 +36,10 @@ struct Rule {
 /// The rules, in the order their reasons are given.
 const HOST_RULES: [Rule; 2] = [
     Rule {
-        holds: |r, f| f.min_available_memory.is_some_and(|m| r.available_memory < m),
+        holds: |r, f| {
+            f.min_available_memory
+                .is_some_and(|m| r.available_memory < m)
+        },
         why: |r, f| {
             format!(
                 "available memory {} is below the floor of {} ([host] min_available_memory)",
@@ -98,7 +101,10 @@ mod tests {
         let why = hold(&reading(G - 1, 0.0), &f).unwrap_or_default();
         assert!(why.contains("available memory"), "{why}");
         assert!(why.contains("min_available_memory"), "{why}");
-        assert!(why.contains("1.0G") || why.contains("1G") || why.contains("1024"), "{why}");
+        assert!(
+            why.contains("1.0G") || why.contains("1G") || why.contains("1024"),
+            "{why}"
+        );
     }
 
     #[test]
