@@ -112,3 +112,17 @@ pub fn require_agents(names: &[&str]) -> bool {
         Some("ORCH_TEST_AGENTS"),
     )
 }
+
+/// Whether `tmux` runs here (for the `orchctl top` test); without it, says the test was
+/// skipped and returns false (panics instead under `ORCH_TEST_TMUX=1`, as CI sets).
+pub fn require_tmux() -> bool {
+    let have = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(
+        have,
+        "tmux (apt-get install tmux), to drive `orchctl top` in a terminal",
+        Some("ORCH_TEST_TMUX"),
+    )
+}
