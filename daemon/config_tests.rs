@@ -254,3 +254,33 @@ fn flags_beat_file() {
     let again = parse(&c.to_toml(), "printed").unwrap();
     assert_eq!(again.max_parallel(), 7);
 }
+
+#[test]
+fn host_admission_keys_parse_and_bad_ones_are_named() {
+    let cfg = parse(
+        "[host]\nmin_available_memory = \"1G\"\nmax_load = 6.5\n",
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.host.min_available_memory, Some(Size(1 << 30)));
+    assert_eq!(cfg.host.max_load, Some(6.5));
+    // Unset: no rule, and none printed.
+    let plain = parse("", "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plain.host, HostConfig::default());
+    assert!(!plain.to_toml().contains("min_available_memory"));
+    for (text, key) in [
+        ("[host]\nmax_load = 0\n", "host.max_load"),
+        ("[host]\nmax_load = -2.0\n", "host.max_load"),
+        (
+            "[host]\nmin_available_memory = \"lots\"\n",
+            "host.min_available_memory",
+        ),
+        ("[host]\nmin_free = 1\n", "min_free"),
+    ] {
+        let e = parse(text, "t.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}

@@ -321,6 +321,28 @@ mod tests {
     }
 
     #[test]
+    fn the_host_is_not_read_without_a_rule_and_a_held_gate_rechecks() {
+        let mut g = HostGate::default();
+        assert!(g.admit(&host::Floors::default()));
+        assert!(g.reading.is_none(), "read the host without a rule");
+        // No machine has this much memory available: held, with a recheck timer.
+        let floors = host::Floors {
+            min_available_memory: Some(u64::MAX),
+            max_load: None,
+        };
+        assert!(!g.admit(&floors));
+        assert!(
+            g.held
+                .as_deref()
+                .is_some_and(|h| h.contains("available memory"))
+        );
+        assert!(g.recheck.is_some());
+        // Eased (the rule gone): admitted, no timer left running.
+        assert!(g.admit(&host::Floors::default()));
+        assert_eq!((g.held.clone(), g.recheck), (None, None));
+    }
+
+    #[test]
     fn timers_fire_in_due_order_and_only_when_due() {
         let mut q = Queue::default();
         q.timer(30, "A", 0);
