@@ -276,3 +276,89 @@ fn host_pressure_holds_ready_work_with_the_reason_until_it_eases() {
     let daemon = d.ctl_json(&["daemon", "status"]);
     assert_eq!(daemon["host"]["held"], Value::Null, "{daemon}");
 }
+
+#[test]
+fn stats_count_an_attempt_cut_by_a_crash_once_as_stopped() {
+    let mut d = TestDaemon::start();
+    let gate = crate::support::Gate::new(&d, "crash");
+    let id = d.submit(&["--", "sh", "-c", &gate.wait()], 0);
+    d.wait_started(&id, STATE_DEADLINE);
+    d.kill9();
+    d.launch();
+    gate.open();
+    let done = d.wait_ended(&id, STATE_DEADLINE);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let stats = d.ctl_json(&["stats"]);
+    let cmd = row(&stats, "agent", "command");
+    // The interrupted attempt is counted once, apart from the runs; its re-run is a retry.
+    assert_eq!(
+        (
+            &cmd["runs"],
+            &cmd["successes"],
+            &cmd["cancelled"],
+            &cmd["retries"]
+        ),
+        (
+            &Value::from(1),
+            &Value::from(1),
+            &Value::from(1),
+            &Value::from(1)
+        ),
+        "{cmd}"
+    );
+}
+
+#[test]
+fn stats_are_built_once_from_a_store_written_before_them() {
+    let mut d = TestDaemon::prepare(&[], &[]);
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1/store");
+    let store = d.state_dir().join("store");
+    std::fs::create_dir_all(&store).expect("mkdir the store");
+    for e in std::fs::read_dir(&fixture).expect("read the fixture") {
+        let e = e.expect("fixture entry");
+        std::fs::copy(e.path(), store.join(e.file_name())).expect("copy the fixture");
+    }
+    d.launch();
+    // What the stored attempts say, counted here from their records.
+    let mut expected = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    for o in d.list(&[]) {
+        let id = o["id"].as_str().unwrap_or_default().to_string();
+        for step in d.status(&id)["steps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            for a in step["attempts"].as_array().cloned().unwrap_or_default() {
+                let agent = match a["agent"].as_str() {
+                    Some(name) if !name.is_empty() => name.to_string(),
+                    _ => "command".to_string(),
+                };
+                let e = expected.entry(agent).or_default();
+                e.0 += 1;
+                e.1 += u64::from(a["outcome"] == "success");
+            }
+        }
+    }
+    assert!(!expected.is_empty(), "the fixture holds no attempts");
+    let check = |stats: &Value| {
+        for (agent, (runs, successes)) in &expected {
+            let r = row(stats, "agent", agent);
+            assert_eq!(
+                (&r["runs"], &r["successes"]),
+                (&Value::from(*runs), &Value::from(*successes)),
+                "{agent}: {r}"
+            );
+        }
+    };
+    let first = d.ctl_json(&["stats"]);
+    check(&first);
+    // Built once: a restart reads them back instead of counting the history again.
+    d.restart();
+    assert_eq!(d.ctl_json(&["stats"]), first);
+    assert!(
+        d.log_text().matches("agent statistics built").count() == 1,
+        "{}",
+        d.log_text()
+    );
+}
