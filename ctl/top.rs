@@ -79,10 +79,12 @@ enum Flow {
 enum Note {
     Key(TermEvent),
     Done(String),
+    /// A step's last lines; `open` when asked for by `l` (else a re-read of the page shown).
     Logs {
         id: String,
         step: String,
         text: String,
+        open: bool,
     },
 }
 
@@ -115,9 +117,27 @@ async fn run_loop(
                     Flow::Go => {}
                 },
                 Some(Note::Done(text)) => dash.message = text,
-                Some(Note::Logs { id, step, text }) => {
-                    let lines = text.lines().count() as u16;
-                    dash.mode = Mode::Logs { id, step, text, scroll: lines.saturating_sub(10) };
+                Some(Note::Logs { id, step, text, open }) => {
+                    let bottom = (text.lines().count() as u16).saturating_sub(10);
+                    match &mut dash.mode {
+                        // A re-read of the page shown: follow the end if it was there.
+                        Mode::Logs { id: i, step: s, text: t, scroll }
+                            if *i == id && *s == step =>
+                        {
+                            let was_bottom = *scroll >= (t.lines().count() as u16).saturating_sub(10);
+                            *t = text;
+                            if was_bottom {
+                                *scroll = bottom;
+                            }
+                        }
+                        // Asked for from the list; a re-read that comes after leaving the
+                        // page is dropped.
+                        Mode::List if open => {
+                            dash.message.clear();
+                            dash.mode = Mode::Logs { id, step, text, scroll: bottom }
+                        }
+                        _ => {}
+                    }
                 }
                 None => return Ok(()),
             },
@@ -169,6 +189,7 @@ async fn run_loop(
             }
         }
         let before = dash.selected_row();
+        let refreshed = dirty.clone();
         for id in dirty {
             if id.is_empty() {
                 continue;
@@ -187,6 +208,13 @@ async fn run_loop(
             }
         }
         keep_selection(&mut dash, before);
+        // The logs shown follow their objective's events (new output comes with them:
+        // progress, usage, the attempt's end).
+        if let Mode::Logs { id, step, .. } = &dash.mode
+            && refreshed.contains(id)
+        {
+            read_logs(&api, &tx, id.clone(), step.clone(), false);
+        }
         if daemon_dirty {
             refresh_daemon(&mut api, &mut dash).await;
             daemon_due = tokio::time::Instant::now() + DAEMON_EVERY;
@@ -301,7 +329,7 @@ fn on_key(ev: TermEvent, dash: &mut Dash, api: &Api, tx: &mpsc::UnboundedSender<
             scroll,
         } => {
             if key.code == KeyCode::Char('r') {
-                open_logs(api, tx, id.clone(), step.clone());
+                read_logs(api, tx, id.clone(), step.clone(), false);
             }
             dash.mode = page_key(
                 key.code,
@@ -378,7 +406,7 @@ fn list_key(code: KeyCode, dash: &mut Dash, api: &Api, tx: &mpsc::UnboundedSende
                 KeyCode::Char('l') => match step {
                     Some(step) => {
                         dash.message = format!("reading the logs of {step}…");
-                        open_logs(api, tx, id, step);
+                        read_logs(api, tx, id, step, true);
                     }
                     None => dash.message = "this objective has no steps".into(),
                 },
@@ -465,8 +493,9 @@ where
     });
 }
 
-/// Reads the last lines of a step's latest attempt, then shows them.
-fn open_logs(api: &Api, tx: &mpsc::UnboundedSender<Note>, id: String, step: String) {
+/// Reads the last lines of a step's latest attempt, then shows them (`open`) or refreshes
+/// the page that shows them.
+fn read_logs(api: &Api, tx: &mpsc::UnboundedSender<Note>, id: String, step: String, open: bool) {
     let mut api = api.clone();
     let tx = tx.clone();
     tokio::spawn(async move {
@@ -496,7 +525,12 @@ fn open_logs(api: &Api, tx: &mpsc::UnboundedSender<Note>, id: String, step: Stri
                 if text.is_empty() {
                     text = "(no output yet)".into();
                 }
-                Note::Logs { id, step, text }
+                Note::Logs {
+                    id,
+                    step,
+                    text,
+                    open,
+                }
             }
             Err(e) => Note::Done(format!("cannot read the logs: {}", e.message())),
         };
