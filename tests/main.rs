@@ -11,6 +11,7 @@ mod grpc;
 mod holes;
 mod lifecycle;
 mod multiuser;
+mod on_failure;
 mod plans;
 mod prompts;
 mod rate_limits;
