@@ -362,3 +362,41 @@ fn stats_are_built_once_from_a_store_written_before_them() {
         d.log_text()
     );
 }
+
+#[test]
+fn usage_by_shows_a_user_their_own_and_root_everyones() {
+    use std::os::unix::fs::PermissionsExt;
+    if !crate::support::require_root("to run a shared root daemon and throwaway users") {
+        return;
+    }
+    crate::support::orch_group();
+    let mut d = TestDaemon::prepare_with_config("", &[]);
+    std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o711))
+        .expect("make the temp dir traversable");
+    d.launch();
+    let (a, b) = (
+        crate::support::TestUser::create(true),
+        crate::support::TestUser::create(true),
+    );
+    for (u, model, usd) in [(&a, "ma", 0.25), (&b, "mb", 1.0)] {
+        let script = usage_step(model, usd);
+        let out = u.orchctl(&d, &["submit", "--wait", "--", "sh", "-c", &script]);
+        assert!(
+            out.status.success(),
+            "submit as {}: {}",
+            u.name,
+            describe(&out)
+        );
+    }
+    let out = a.orchctl(&d, &["usage", "--by", "model", "-o", "json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let mine: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let models: Vec<&Value> = mine["rows"]
+        .as_array()
+        .map(|r| r.iter().map(|x| &x["model"]).collect())
+        .unwrap_or_default();
+    assert_eq!(models, [&Value::from("ma")], "{mine}");
+    assert_eq!(mine["total"]["cost_usd"], 0.25, "{mine}");
+    let all = d.ctl_json(&["usage", "--by", "model"]);
+    assert_eq!(all["total"]["cost_usd"], 1.25, "{all}");
+}
