@@ -12,7 +12,8 @@ use super::model::{Ask, Dash, Mode, Row};
 /// The key line of the list.
 pub const LIST_KEYS: &str =
     "q quit  ↑↓ move  ⏎ details  l logs  c cancel  p pause/resume  a approve  x deny";
-const PAGE_KEYS: &str = "esc back  ↑↓ PgUp PgDn scroll  r reload  q quit";
+const PAGE_KEYS: &str = "esc/q back  ↑↓ PgUp PgDn scroll";
+const LOG_KEYS: &str = "esc/q back  ↑↓ PgUp PgDn scroll  r re-read (events re-read it too)";
 
 const WIDTHS: [Constraint; 9] = [
     Constraint::Min(16),
@@ -60,7 +61,7 @@ pub fn draw(f: &mut Frame, dash: &Dash) {
             text,
             scroll,
         } => {
-            let title = format!("logs of {id} {step} (the last lines; r reloads)");
+            let title = format!("logs of {id} {step} (the last lines)");
             page(f, body, &title, text, *scroll);
         }
     }
@@ -76,6 +77,7 @@ pub fn draw(f: &mut Frame, dash: &Dash) {
             Some(why) => why.to_string(),
             None => LIST_KEYS.to_string(),
         },
+        Mode::Logs { .. } => LOG_KEYS.to_string(),
         _ => PAGE_KEYS.to_string(),
     };
     f.render_widget(Paragraph::new(Line::from(bottom)), keys);
