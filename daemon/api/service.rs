@@ -104,8 +104,12 @@ impl Orchestrator for Api {
         // Ready steps held back by host pressure say why (the reason is live, not stored).
         let ready = pb::StepState::Ready as i32;
         if o.steps.iter().any(|s| s.state == ready) {
-            let live = self.ask(|reply| Command::Status { reply }).await?;
-            if let Some(why) = live.host_held {
+            // Best effort: a stopping engine does not fail the read.
+            let held = match self.ask(|reply| Command::Status { reply }).await {
+                Ok(live) => live.host_held,
+                Err(_) => None,
+            };
+            if let Some(why) = held {
                 for s in o.steps.iter_mut().filter(|s| s.state == ready) {
                     s.message = if s.message.is_empty() {
                         why.clone()
