@@ -46,7 +46,7 @@ fn stats_count_runs_successes_retries_and_cost_per_success_across_a_restart() {
             shell["duration_p50_ms"].as_u64().unwrap_or(u64::MAX),
             shell["duration_p95_ms"].as_u64().unwrap_or(0),
         );
-        assert!(p50 <= p95 && p95 < 15_000, "{shell}");
+        assert!(p50 <= p95 && p95 < 60_000, "{shell}");
     };
     let before = d.ctl_json(&["stats"]);
     check(&before);
