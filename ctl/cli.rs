@@ -106,7 +106,7 @@ pub enum Command {
     /// Tokens and cost of one objective, or in total, with budget use; or broken down with --by
     #[command(after_help = "Examples:\n  \
   orchctl usage\n  \
-  orchctl usage "$id"\n  \
+  orchctl usage \"$id\"\n  \
   orchctl usage --by day --since 7d\n  \
   orchctl usage --by model -o json")]
     Usage {
