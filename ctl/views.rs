@@ -384,6 +384,9 @@ pub fn event_details(e: &Event) -> String {
             let head = if x.approved { "approved" } else { "denied" };
             with_message(format!("{head} by uid {}", x.by_uid), &x.reason)
         }
+        Payload::ObjectiveRemoved(x) => {
+            format!("removed by uid {} ({})", x.by_uid, objective_state(x.state))
+        }
     }
 }
 

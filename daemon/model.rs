@@ -606,6 +606,11 @@ pub enum EventKind {
         by_uid: u32,
         reason: String,
     },
+    /// The ended objective was removed (`rm`, `prune`), in `state`.
+    ObjectiveRemoved {
+        by_uid: u32,
+        state: ObjState,
+    },
 }
 
 impl EventKind {
@@ -623,6 +628,7 @@ impl EventKind {
             EventKind::BudgetAlert { .. } => "budget_alert",
             EventKind::ApprovalRequested => "approval_requested",
             EventKind::ApprovalAnswered { .. } => "approval_answered",
+            EventKind::ObjectiveRemoved { .. } => "objective_removed",
         }
     }
 }

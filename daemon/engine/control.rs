@@ -89,6 +89,18 @@ impl Engine {
                 let r = self.control(&id, caller, input);
                 self.after_reply(reply, r);
             }
+            Command::Remove { id, caller, reply } => {
+                let r = self.remove(&id, caller).map(|_| ());
+                self.after_reply(reply, r);
+            }
+            Command::Prune {
+                filter,
+                caller,
+                reply,
+            } => {
+                let r = self.prune(caller, filter);
+                self.after_reply(reply, r);
+            }
             Command::LogBytes(n) => {
                 self.log_bytes += n;
                 self.enforce_log_cap();

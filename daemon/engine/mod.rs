@@ -15,6 +15,8 @@ mod control;
 mod housekeeping;
 pub mod machine;
 mod recovery;
+mod remove;
+pub use remove::PruneFilter;
 mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
@@ -157,6 +159,18 @@ pub enum Command {
         fresh: bool,
         caller: Caller,
         reply: Reply<()>,
+    },
+    /// Remove an ended objective (records, events, logs, checkpoints).
+    Remove {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    /// Remove the caller's ended objectives that match the filter; replies with their ids.
+    Prune {
+        filter: PruneFilter,
+        caller: Caller,
+        reply: Reply<Vec<String>>,
     },
 }
 
@@ -372,6 +386,8 @@ impl Engine {
                         .after
                         .push(After::Order(id.to_string(), step, order))
                 }
+                // Only an ended objective is removed, and never through here (`remove`).
+                Effect::Remove => {}
                 Effect::Ended => {
                     tracing::info!(objective = %id, state = live.run.obj.state.word(), "objective ended");
                     // Every step is terminal, so nothing of it runs any more.
