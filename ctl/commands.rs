@@ -191,9 +191,7 @@ pub async fn daemon_reload(client: &mut Client, format: Format) -> Result<()> {
 
 /// `orchctl completions SHELL`.
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {
-    let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
-    let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "orchctl", &mut buf);
+    let buf = crate::complete::script(shell).map_err(CtlError::Failed)?;
     output::write_bytes(&buf)
 }
 

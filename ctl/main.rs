@@ -3,8 +3,10 @@
 mod cli;
 mod client;
 mod commands;
+mod complete;
 mod error;
 mod follow;
+mod housekeeping;
 mod json;
 mod live;
 mod logs;
@@ -25,7 +27,13 @@ use crate::error::{CtlError, Result};
 use crate::output::Format;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // With `COMPLETE=SHELL` set (by the script `orchctl completions SHELL` prints): answer
+    // the shell's completion request and exit.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -42,6 +50,44 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A command line clap refused: its message, a hint where a common slip explains it, and
+/// clap's exit code (2 for bad input, 0 for `--help` and `--version`).
+fn usage_error(e: clap::Error) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let _ = e.print();
+    if let Some(hint) = submit_hint(&e, &args) {
+        output::warn(&hint);
+    }
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// `orchctl submit echo hi`: a command given without `--` is read as a plan file plus
+/// stray arguments; say how to give a command.
+fn submit_hint(e: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::error::ErrorKind;
+    if !matches!(e.kind(), ErrorKind::UnknownArgument | ErrorKind::TooManyValues) {
+        return None;
+    }
+    let at = args.iter().position(|a| a == "submit")?;
+    let rest = &args[at + 1..];
+    if rest.iter().any(|a| a == "--") {
+        return None;
+    }
+    let words: Vec<&str> = rest
+        .iter()
+        .skip_while(|a| a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let first = words.first()?;
+    if orch_proto::plan::Format::of(Path::new(first)).is_some() {
+        return None;
+    }
+    Some(format!(
+        "hint: to run a command, give it after `--`: orchctl submit -- {}",
+        words.join(" ")
+    ))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -102,6 +148,10 @@ async fn dispatch(
         }
         Command::Daemon(DaemonCommand::Status) => commands::daemon_status(client, format).await,
         Command::Daemon(DaemonCommand::Reload) => commands::daemon_reload(client, format).await,
+        Command::Rm { ids } => housekeeping::rm(client, ids, format).await,
+        Command::Prune { older_than, state } => {
+            housekeeping::prune(client, older_than, state, format).await
+        }
         // Handled before connecting.
         Command::Completions { .. } | Command::Submit(_) | Command::List { .. } => {
             Err(CtlError::Failed(format!(

@@ -183,6 +183,7 @@ pub async fn run(args: SubmitArgs, socket: &Path, format: Format) -> Result<()> 
         request_id: args.request_id.clone().unwrap_or_default(),
         workdir,
         env,
+        ..Default::default()
     };
     let response = match client.api.submit(request).await {
         // The daemon's own validation (e.g. an unknown agent) names the key; add the file.
