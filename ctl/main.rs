@@ -11,6 +11,7 @@ mod json;
 mod live;
 mod logs;
 mod output;
+mod progress;
 mod submit;
 mod views;
 mod watch;

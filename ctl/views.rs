@@ -282,7 +282,7 @@ pub fn plan(p: &ResolvedPlan) -> String {
 }
 
 /// Local wall-clock time of day of an event, e.g. `14:03:07`.
-fn clock(ts: Option<&prost_types::Timestamp>) -> String {
+pub fn clock(ts: Option<&prost_types::Timestamp>) -> String {
     ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|t| {
             t.with_timezone(&chrono::Local)
