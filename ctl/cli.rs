@@ -364,6 +364,23 @@ mod tests {
     }
 
     #[test]
+    fn every_subcommand_help_has_an_example() {
+        fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                if !help.contains("Example") {
+                    missing.push(name.clone());
+                }
+                check(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "orchctl", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
+    }
+
+    #[test]
     fn env_kv() {
         assert_eq!(parse_env_kv("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert_eq!(parse_env_kv("A="), Ok(("A".into(), String::new())));

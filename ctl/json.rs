@@ -390,6 +390,7 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
         "max_parallel": d.max_parallel,
         "running_attempts": d.running_attempts,
         "config_path": d.config_path,
+        "config_found": d.config_found,
         "last_event_seq": d.last_event_seq,
     })
 }

@@ -76,19 +76,46 @@ fn submit_hint(e: &clap::Error, args: &[String]) -> Option<String> {
     if rest.iter().any(|a| a == "--") {
         return None;
     }
-    let words: Vec<&str> = rest
-        .iter()
-        .skip_while(|a| a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
-    let first = words.first()?;
+    let first = rest.iter().find(|a| !a.starts_with('-'))?;
     if orch_proto::plan::Format::of(Path::new(first)).is_some() {
         return None;
     }
-    Some(format!(
-        "hint: to run a command, give it after `--`: orchctl submit -- {}",
-        words.join(" ")
-    ))
+    // Flags and their values cannot be told apart here: name the command only when the
+    // line is nothing but the command.
+    Some(if rest.first().is_some_and(|a| !a.starts_with('-')) {
+        format!(
+            "hint: to run a command, give it after `--`: orchctl submit -- {}",
+            rest.join(" ")
+        )
+    } else {
+        "hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]..."
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(argv: &[&str]) -> Option<String> {
+        let e = Cli::try_parse_from(argv).err()?;
+        let args: Vec<String> = argv[1..].iter().map(|a| a.to_string()).collect();
+        submit_hint(&e, &args)
+    }
+
+    #[test]
+    fn a_command_without_dashes_gets_a_hint() {
+        assert_eq!(
+            hint(&["orchctl", "submit", "echo", "hi"]).as_deref(),
+            Some("hint: to run a command, give it after `--`: orchctl submit -- echo hi")
+        );
+        assert_eq!(
+            hint(&["orchctl", "submit", "--retries", "1", "ls", "-l"]).as_deref(),
+            Some("hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]...")
+        );
+        assert_eq!(hint(&["orchctl", "submit", "plan.toml", "x"]), None);
+        assert_eq!(hint(&["orchctl", "status", "a", "b"]), None);
+    }
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -119,7 +146,7 @@ async fn dispatch(
     match command {
         Command::Status { id } => commands::status(client, id, format).await,
         Command::Watch(args) => watch::run(args, client, format).await,
-        Command::Logs(args) => logs::run(args, client).await,
+        Command::Logs(args) => logs::run(args, client, format).await,
         Command::Cancel { id } => commands::control(client, id, Control::Cancel, format).await,
         Command::Pause { id } => commands::control(client, id, Control::Pause, format).await,
         Command::Resume { id } => commands::control(client, id, Control::Resume, format).await,

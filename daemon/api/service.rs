@@ -443,6 +443,7 @@ impl Orchestrator for Api {
             config_path: info.config_path.display().to_string(),
             limits_detail: info.limits_detail.clone(),
             last_event_seq: live.last_seq,
+            config_found: info.config_path.exists(),
         }))
     }
 
