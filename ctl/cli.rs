@@ -53,7 +53,9 @@ pub enum Command {
         id: String,
     },
     /// List objectives, newest first
-    #[command(after_help = "Examples:\n  orchctl list --state running\n  orchctl list --limit 5 -o json")]
+    #[command(
+        after_help = "Examples:\n  orchctl list --state running\n  orchctl list --limit 5 -o json"
+    )]
     List {
         /// Only objectives in this state (pending, running, paused, awaiting_approval, succeeded, failed, cancelled)
         #[arg(long, value_name = "STATE", add = ArgValueCandidates::new(complete::objective_states))]
@@ -63,10 +65,14 @@ pub enum Command {
         limit: Option<u32>,
     },
     /// Stream events: of one objective until it ends (exit 0 iff it succeeded), or of all, live
-    #[command(after_help = "Examples:\n  orchctl watch last\n  orchctl watch --from 0 --kinds attempt_ended -o json")]
+    #[command(
+        after_help = "Examples:\n  orchctl watch last\n  orchctl watch --from 0 --kinds attempt_ended -o json"
+    )]
     Watch(WatchArgs),
     /// Print the captured stdout/stderr of attempts
-    #[command(after_help = "Examples:\n  orchctl logs 01JD\n  orchctl logs last build --stderr --tail 20\n  orchctl logs 01JD build -f -o json")]
+    #[command(
+        after_help = "Examples:\n  orchctl logs 01JD\n  orchctl logs last build --stderr --tail 20\n  orchctl logs 01JD build -f -o json"
+    )]
     Logs(LogsArgs),
     /// Cancel an objective
     #[command(after_help = "Example:\n  orchctl cancel 01JD")]
@@ -133,7 +139,9 @@ pub enum Command {
         id: Option<String>,
     },
     /// Who did what through the control plane
-    #[command(after_help = "Examples:\n  orchctl audit --limit 20\n  orchctl audit --objective 01JD -o json")]
+    #[command(
+        after_help = "Examples:\n  orchctl audit --limit 20\n  orchctl audit --objective 01JD -o json"
+    )]
     Audit {
         /// At most this many entries
         #[arg(long, value_name = "N")]
@@ -143,7 +151,10 @@ pub enum Command {
         objective: Option<String>,
     },
     /// Inspect or reload the daemon
-    #[command(subcommand, after_help = "Examples:\n  orchctl daemon status\n  orchctl daemon reload")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orchctl daemon status\n  orchctl daemon reload"
+    )]
     Daemon(DaemonCommand),
     /// Print a shell completion script (works without a daemon); it completes commands,
     /// flags, objective ids and state names
@@ -164,7 +175,9 @@ pub enum Command {
         ids: Vec<String>,
     },
     /// Remove your ended objectives (root: everyone's), optionally only old ones or in one state
-    #[command(after_help = "Examples:\n  orchctl prune\n  orchctl prune --older-than 7d --state succeeded")]
+    #[command(
+        after_help = "Examples:\n  orchctl prune\n  orchctl prune --older-than 7d --state succeeded"
+    )]
     Prune {
         /// Only objectives that ended at least this long ago (e.g. 12h, 7d)
         #[arg(long, value_name = "DUR", value_parser = parse_duration_ms)]
@@ -368,7 +381,10 @@ mod tests {
         fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
             for sub in cmd.get_subcommands() {
                 let name = format!("{path} {}", sub.get_name());
-                let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
                 if !help.contains("Example") {
                     missing.push(name.clone());
                 }

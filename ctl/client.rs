@@ -263,11 +263,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("orchd.sock");
         std::fs::write(&file, "x").expect("write");
-        for (path, what) in [(file, "a regular file"), (dir.path().to_path_buf(), "a directory")] {
+        for (path, what) in [
+            (file, "a regular file"),
+            (dir.path().to_path_buf(), "a directory"),
+        ] {
             let err = Client::connect(&path).await.err().expect("refused");
             assert_eq!(err.exit_code(), 3, "{err}");
             let text = err.to_string();
-            assert!(text.contains(&format!("{} is {what}, not a socket", path.display())), "{text}");
+            assert!(
+                text.contains(&format!("{} is {what}, not a socket", path.display())),
+                "{text}"
+            );
         }
     }
 

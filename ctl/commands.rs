@@ -264,7 +264,10 @@ mod tests {
         let text = answered(&o(StepState::Paused), "deploy", true);
         assert!(text.contains("orchctl resume 01ABCD"), "{text}");
         let text = answered(&o(StepState::Failed), "deploy", false);
-        assert!(text.starts_with("denied: step deploy of 01ABCD is failed"), "{text}");
+        assert!(
+            text.starts_with("denied: step deploy of 01ABCD is failed"),
+            "{text}"
+        );
     }
 
     #[test]

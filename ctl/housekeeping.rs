@@ -36,7 +36,11 @@ pub async fn rm(client: &mut Client, ids: Vec<String>, format: Format) -> Result
     }
     match failures.iter().map(CtlError::exit_code).max() {
         None => Ok(()),
-        Some(code) => Err(CtlError::Exit(if failures.len() < ids.len() { 1 } else { code })),
+        Some(code) => Err(CtlError::Exit(if failures.len() < ids.len() {
+            1
+        } else {
+            code
+        })),
     }
 }
 

@@ -49,7 +49,11 @@ impl JsonLines {
 
     /// The last lines that had no newline.
     fn finish(&mut self) -> Vec<serde_json::Value> {
-        let mut rest: Vec<_> = self.partial.drain().filter(|(_, b)| !b.is_empty()).collect();
+        let mut rest: Vec<_> = self
+            .partial
+            .drain()
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
         rest.sort_by(|a, b| a.0.cmp(&b.0));
         rest.iter().map(|(k, b)| Self::value(k, b)).collect()
     }
@@ -207,10 +211,23 @@ mod tests {
         got.extend(j.finish());
         let seen: Vec<(String, String)> = got
             .iter()
-            .map(|v| (v["stream"].as_str().unwrap_or("").to_string(), v["line"].as_str().unwrap_or("").to_string()))
+            .map(|v| {
+                (
+                    v["stream"].as_str().unwrap_or("").to_string(),
+                    v["line"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect();
-        let want = [("stdout", "one"), ("stderr", "oops"), ("stdout", "two"), ("stdout", "three")];
-        let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let want = [
+            ("stdout", "one"),
+            ("stderr", "oops"),
+            ("stdout", "two"),
+            ("stdout", "three"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         assert_eq!(seen, want);
         assert_eq!(got[0]["step"], "a");
         assert_eq!(got[0]["attempt"], 1);

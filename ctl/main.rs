@@ -68,7 +68,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// stray arguments; say how to give a command.
 fn submit_hint(e: &clap::Error, args: &[String]) -> Option<String> {
     use clap::error::ErrorKind;
-    if !matches!(e.kind(), ErrorKind::UnknownArgument | ErrorKind::TooManyValues) {
+    if !matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::TooManyValues
+    ) {
         return None;
     }
     let at = args.iter().position(|a| a == "submit")?;
@@ -111,7 +114,9 @@ mod tests {
         );
         assert_eq!(
             hint(&["orchctl", "submit", "--retries", "1", "ls", "-l"]).as_deref(),
-            Some("hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]...")
+            Some(
+                "hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]..."
+            )
         );
         assert_eq!(hint(&["orchctl", "submit", "plan.toml", "x"]), None);
         assert_eq!(hint(&["orchctl", "status", "a", "b"]), None);

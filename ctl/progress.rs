@@ -143,7 +143,11 @@ pub fn failed_step(o: &Objective) -> Option<(&str, u32)> {
     o.steps
         .iter()
         .find(|s| s.state == StepState::Failed as i32)
-        .or_else(|| o.steps.iter().find(|s| s.state == StepState::Cancelled as i32))
+        .or_else(|| {
+            o.steps
+                .iter()
+                .find(|s| s.state == StepState::Cancelled as i32)
+        })
         .map(|s| (s.id.as_str(), s.attempts.len() as u32))
 }
 
@@ -182,7 +186,10 @@ pub async fn explain_failure(client: &mut Client, end: &Objective) -> Result<()>
         output::warn(text);
         output::warn("---");
     }
-    output::warn(&format!("see all of its output: orchctl logs {} {step}", end.id));
+    output::warn(&format!(
+        "see all of its output: orchctl logs {} {step}",
+        end.id
+    ));
     Ok(())
 }
 
@@ -255,7 +262,10 @@ mod tests {
             }),
         );
         let text = v.text(&running).unwrap_or_default();
-        assert!(text.ends_with("step main running (attempt 1 of 3)"), "{text}");
+        assert!(
+            text.ends_with("step main running (attempt 1 of 3)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use orch_proto::plan::load_plan_file;
 use orch_proto::v1::{
-    GetObjectiveRequest, Limits, ObjectiveSpec, ObjectiveState, RetryPolicy, StepDefaults, StepSpec, SubmitRequest,
+    GetObjectiveRequest, Limits, ObjectiveSpec, ObjectiveState, RetryPolicy, StepDefaults,
+    StepSpec, SubmitRequest,
 };
 use orch_proto::validate::{check_env, validate_spec};
 use orch_proto::words;
@@ -14,8 +15,8 @@ use orch_proto::words;
 use crate::cli::SubmitArgs;
 use crate::client::{Client, status_message};
 use crate::error::{CtlError, Result};
-use crate::output::{self, Format};
 use crate::live::LiveView;
+use crate::output::{self, Format};
 use crate::{progress, views, watch};
 
 /// The step id of a one-step objective made from `-- CMD` or `--agent`.
@@ -234,7 +235,10 @@ pub async fn run(args: SubmitArgs, socket: &Path, format: Format) -> Result<()> 
     if args.wait {
         let mut view: Box<dyn watch::EventView> =
             if format == Format::Table && watch::stdout_is_live_terminal() {
-                let r = client.api.get_objective(GetObjectiveRequest { id: id.clone() }).await;
+                let r = client
+                    .api
+                    .get_objective(GetObjectiveRequest { id: id.clone() })
+                    .await;
                 let start = client.check(r)?;
                 Box::new(LiveView::on_stdout(&start, &[]))
             } else {

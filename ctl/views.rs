@@ -644,7 +644,11 @@ mod tests {
         };
         let text = plan(&p);
         for line in text.lines() {
-            assert!(line.chars().count() <= PLAN_WIDTH, "{} columns: {line}", line.chars().count());
+            assert!(
+                line.chars().count() <= PLAN_WIDTH,
+                "{} columns: {line}",
+                line.chars().count()
+            );
         }
         assert!(text.contains("  retry     3 attempts"), "{text}");
         assert!(text.contains("-o json shows them in full"), "{text}");

@@ -191,13 +191,15 @@ pub fn parse_named(
     file: &str,
 ) -> Result<ObjectiveSpec, PlanError> {
     let path = Path::new(file);
-    let format = format.or_else(|| Format::of(path)).ok_or_else(|| PlanError {
-        file: file.to_string(),
-        key: String::new(),
-        problem: "unknown plan format (give the format, or a file name ending in .toml, \
+    let format = format
+        .or_else(|| Format::of(path))
+        .ok_or_else(|| PlanError {
+            file: file.to_string(),
+            key: String::new(),
+            problem: "unknown plan format (give the format, or a file name ending in .toml, \
                   .yaml, .yml or .json)"
-            .into(),
-    })?;
+                .into(),
+        })?;
     let default_name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

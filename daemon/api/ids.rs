@@ -46,9 +46,7 @@ fn visible(caller: u32, own_uid: u32, owner: u32) -> bool {
 
 /// The message for a prefix matching several objectives.
 pub fn ambiguous(prefix: &str, candidates: &[Objective], more: bool) -> String {
-    let mut lines = vec![format!(
-        "id prefix `{prefix}` is ambiguous; it matches:"
-    )];
+    let mut lines = vec![format!("id prefix `{prefix}` is ambiguous; it matches:")];
     for o in candidates {
         lines.push(format!("  {}  {:<17}  {}", o.id, o.state.word(), o.name));
     }
@@ -71,7 +69,9 @@ impl Api {
             }
             (_, Some(who)) => who,
             (IdArg::Last, None) => {
-                return Err(Status::unauthenticated("`last` needs the caller's identity"));
+                return Err(Status::unauthenticated(
+                    "`last` needs the caller's identity",
+                ));
             }
             (IdArg::Text(id), None) => {
                 return Err(Status::not_found(format!("no objective with id `{id}`")));
@@ -92,7 +92,9 @@ impl Api {
                 }),
             IdArg::Text(prefix) => {
                 if prefix.len() >= FULL_ID {
-                    return Err(Status::not_found(format!("no objective with id `{prefix}`")));
+                    return Err(Status::not_found(format!(
+                        "no objective with id `{prefix}`"
+                    )));
                 }
                 if prefix.chars().count() < MIN_PREFIX {
                     return Err(Status::invalid_argument(format!(

@@ -12,8 +12,8 @@ use orch_proto::validate::{check_env, parallel_groups};
 use super::calls::WatchQuota;
 use super::convert::{obj_state_from_pb, resolved_plan_pb, summary_pb, ts, usage_pb};
 use super::{
-    Api, BoxStream, caller, engine_status, logs, plan_status, read_objective,
-    spec_status, store_status, watch,
+    Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, spec_status,
+    store_status, watch,
 };
 use crate::engine::{Caller, Command, NewObjective};
 use crate::plans;

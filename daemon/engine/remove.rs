@@ -23,7 +23,13 @@ impl Engine {
     pub(super) fn remove(&mut self, id: &str, caller: Caller) -> Result<ObjState, EngineError> {
         let input = Input::Remove { by: caller.uid };
         if let Some(live) = self.live.get(id) {
-            machine::authorize(caller.uid, self.own_uid, live.run.obj.owner_uid, "remove", id)?;
+            machine::authorize(
+                caller.uid,
+                self.own_uid,
+                live.run.obj.owner_uid,
+                "remove",
+                id,
+            )?;
             // The core refuses it (the objective has not ended) and says why.
             let mut run = live.run.clone();
             machine::step(&mut run, input, self.ctx())?;
@@ -32,7 +38,9 @@ impl Engine {
             )));
         }
         if self.removed_this_turn(id) {
-            return Err(EngineError::NotFound(format!("no objective with id `{id}`")));
+            return Err(EngineError::NotFound(format!(
+                "no objective with id `{id}`"
+            )));
         }
         let obj = self
             .store

@@ -416,14 +416,7 @@ impl<'a> Tx<'a> {
         match input {
             Input::Remove { by } => {
                 let state = self.run.obj.state;
-                self.emit(
-                    "",
-                    0,
-                    EventKind::ObjectiveRemoved {
-                        by_uid: by,
-                        state,
-                    },
-                );
+                self.emit("", 0, EventKind::ObjectiveRemoved { by_uid: by, state });
                 self.effect(Effect::Remove);
             }
             Input::Cancel { by } => self.cancel(by),
