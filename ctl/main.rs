@@ -96,33 +96,6 @@ fn submit_hint(e: &clap::Error, args: &[String]) -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hint(argv: &[&str]) -> Option<String> {
-        let e = Cli::try_parse_from(argv).err()?;
-        let args: Vec<String> = argv[1..].iter().map(|a| a.to_string()).collect();
-        submit_hint(&e, &args)
-    }
-
-    #[test]
-    fn a_command_without_dashes_gets_a_hint() {
-        assert_eq!(
-            hint(&["orchctl", "submit", "echo", "hi"]).as_deref(),
-            Some("hint: to run a command, give it after `--`: orchctl submit -- echo hi")
-        );
-        assert_eq!(
-            hint(&["orchctl", "submit", "--retries", "1", "ls", "-l"]).as_deref(),
-            Some(
-                "hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]..."
-            )
-        );
-        assert_eq!(hint(&["orchctl", "submit", "plan.toml", "x"]), None);
-        assert_eq!(hint(&["orchctl", "status", "a", "b"]), None);
-    }
-}
-
 async fn run(cli: Cli) -> Result<()> {
     let socket = orch_proto::paths::client_socket(cli.socket);
     let format = cli.output;
@@ -192,5 +165,32 @@ async fn dispatch(
                 socket.display()
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(argv: &[&str]) -> Option<String> {
+        let e = Cli::try_parse_from(argv).err()?;
+        let args: Vec<String> = argv[1..].iter().map(|a| a.to_string()).collect();
+        submit_hint(&e, &args)
+    }
+
+    #[test]
+    fn a_command_without_dashes_gets_a_hint() {
+        assert_eq!(
+            hint(&["orchctl", "submit", "echo", "hi"]).as_deref(),
+            Some("hint: to run a command, give it after `--`: orchctl submit -- echo hi")
+        );
+        assert_eq!(
+            hint(&["orchctl", "submit", "--retries", "1", "ls", "-l"]).as_deref(),
+            Some(
+                "hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]..."
+            )
+        );
+        assert_eq!(hint(&["orchctl", "submit", "plan.toml", "x"]), None);
+        assert_eq!(hint(&["orchctl", "status", "a", "b"]), None);
     }
 }

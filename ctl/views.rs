@@ -238,7 +238,7 @@ pub fn plan(p: &ResolvedPlan) -> String {
         &format!("Plan {} (dry run: nothing was stored)", p.name),
         PLAN_WIDTH,
     );
-    text.push_str("\n");
+    text.push('\n');
     let mut cut = false;
     for s in &p.steps {
         let mut head = s.id.clone();
