@@ -141,7 +141,12 @@ pub async fn run(args: WatchArgs, client: &mut Client, format: Format) -> Result
     let kinds = check_kinds(&args.kinds)?;
     let from = args.from.unwrap_or(0);
     match args.id {
-        Some(id) => show_objective(client, &id, from, &kinds, format).await,
+        Some(id) => {
+            // A prefix or `last` becomes the full id once, so that the objectives submitted
+            // while watching cannot make it mean another one.
+            let full = get(client, &id).await?.id;
+            show_objective(client, &full, from, &kinds, format).await
+        }
         None => {
             let mut view = view_for(format, true);
             let request = WatchRequest {

@@ -128,6 +128,10 @@ impl Engine {
             tracing::info!(objective = %id, uid = caller.uid, action, "control");
             return Ok(self.input(id, input)?);
         }
+        if self.removed_this_turn(id) {
+            // Its removal is not written yet; it is gone all the same.
+            return Err(EngineError::NotFound(format!("no objective with id `{id}`")));
+        }
         let obj = self
             .store
             .objective(id)?

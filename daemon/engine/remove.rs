@@ -78,7 +78,7 @@ impl Engine {
     }
 
     /// Whether `id` was removed by an earlier command of this turn (not yet written).
-    fn removed_this_turn(&self, id: &str) -> bool {
+    pub(super) fn removed_this_turn(&self, id: &str) -> bool {
         self.turn.events.iter().any(|e| {
             e.objective_id == id
                 && matches!(e.kind, crate::model::EventKind::ObjectiveRemoved { .. })
