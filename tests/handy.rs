@@ -646,7 +646,10 @@ fn the_rough_edges_are_smoothed() {
     cmd.arg("--help").env("ORCH_LOG_FORMAT", "json");
     let out = run_deadline(&mut cmd, CMD_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
     // Wrapped lines joined: a bracket may break across lines.
-    let help = stdout(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = stdout(&out)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     for var in [
         "ORCH_SOCKET",
         "ORCH_STATE_DIR",
@@ -701,5 +704,38 @@ fn the_rough_edges_are_smoothed() {
         )),
         "{}",
         describe(&out)
+    );
+}
+
+#[test]
+fn submit_wait_on_a_terminal_draws_the_live_view() {
+    // `script` (util-linux, essential on Debian) gives orchctl a pseudo-terminal.
+    if Command::new("script").arg("--version").output().is_err() {
+        crate::support::announce(
+            "SKIPPED submit_wait_on_a_terminal_draws_the_live_view: needs `script`",
+        );
+        return;
+    }
+    let d = TestDaemon::start();
+    let line = format!(
+        "'{}' --socket '{}' submit --wait --name on-a-tty -- true",
+        ORCHCTL,
+        d.socket().display()
+    );
+    let mut cmd = Command::new("script");
+    scrub_env(&mut cmd);
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .current_dir(d.work_dir());
+    let out = run_deadline(&mut cmd, CMD_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("1/1 steps succeeded"),
+        "no live view summary:\n{text}"
+    );
+    assert!(
+        !text.contains("running (attempt 1 of"),
+        "state lines on a terminal:\n{text}"
     );
 }

@@ -130,7 +130,9 @@ impl Engine {
         }
         if self.removed_this_turn(id) {
             // Its removal is not written yet; it is gone all the same.
-            return Err(EngineError::NotFound(format!("no objective with id `{id}`")));
+            return Err(EngineError::NotFound(format!(
+                "no objective with id `{id}`"
+            )));
         }
         let obj = self
             .store
