@@ -260,6 +260,7 @@ fn retry(r: Option<&RetryPolicy>) -> Value {
         "retry_on": r.retry_on.iter().map(|o| outcome(*o)).collect::<Vec<_>>(),
         "retry_exit_codes": r.retry_exit_codes,
         "max_rate_limit_waits": r.max_rate_limit_waits,
+        "on_failure": r.on_failure.iter().collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 

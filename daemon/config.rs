@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Limits, Outcome, RetryPolicy};
+use crate::model::{Limits, OnFailure, Outcome, RetryPolicy};
 use orch_proto::units::{format_duration_ms, parse_duration_ms, parse_size};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,7 @@ pub struct RetryConfig {
     pub retry_on: Option<Vec<String>>,
     pub retry_exit_codes: Option<Vec<i32>>,
     pub max_rate_limit_waits: Option<u32>,
+    pub on_failure: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -597,6 +598,15 @@ impl Config {
                 format!("unknown outcome `{w}`"),
             ));
         }
+        for (class, action) in r.on_failure.iter().flatten() {
+            if let Err(problem) = OnFailure::parse_entry(class, action) {
+                return Err(invalid(
+                    origin,
+                    &format!("defaults.retry.on_failure.{class}"),
+                    problem,
+                ));
+            }
+        }
         for p in &self.budget.alert_percent {
             if !(p.is_finite() && *p > 0.0) {
                 return Err(invalid(
@@ -769,6 +779,12 @@ impl Config {
         }
         if let Some(v) = r.max_rate_limit_waits {
             p.max_rate_limit_waits = v;
+        }
+        // Checked by `validate`.
+        for (class, action) in r.on_failure.iter().flatten() {
+            if let Ok((c, a)) = OnFailure::parse_entry(class, action) {
+                p.on_failure.put(c, a);
+            }
         }
         p
     }

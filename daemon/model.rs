@@ -178,6 +178,9 @@ pub struct RetryPolicy {
     /// Waits for a provider's rate-limit reset a step may make (they use up no attempt).
     #[serde(default = "default_rate_limit_waits")]
     pub max_rate_limit_waits: u32,
+    /// What follows each class of agent failure.
+    #[serde(default)]
+    pub on_failure: OnFailure,
 }
 
 /// `max_rate_limit_waits` of a policy stored before it existed, and the default.
@@ -196,6 +199,7 @@ impl Default for RetryPolicy {
             retry_on: Outcome::DEFAULT_RETRY_ON.to_vec(),
             retry_exit_codes: Vec::new(),
             max_rate_limit_waits: default_rate_limit_waits(),
+            on_failure: OnFailure::default(),
         }
     }
 }
@@ -699,9 +703,131 @@ impl FailureClass {
         }
     }
 
-    /// Whether a retry of the same agent can help.
-    pub fn retryable(self) -> bool {
-        !matches!(self, FailureClass::MaxTurns | FailureClass::Auth)
+    pub const ALL: [FailureClass; 5] = [
+        FailureClass::RateLimited,
+        FailureClass::MaxTurns,
+        FailureClass::Auth,
+        FailureClass::Overloaded,
+        FailureClass::Error,
+    ];
+
+    /// Its key in `on_failure` (one of [`orch_proto::words::FAILURE_CLASSES`]).
+    pub fn key(self) -> &'static str {
+        match self {
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::MaxTurns => "max_turns",
+            FailureClass::Auth => "auth",
+            FailureClass::Overloaded => "overloaded",
+            FailureClass::Error => "error",
+        }
+    }
+
+    pub fn parse_key(key: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|c| c.key() == key)
+    }
+}
+
+/// What follows a class of agent failure (`on_failure` in a retry policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureAction {
+    /// Wait for the provider's reset without using an attempt (rate limits only).
+    Wait,
+    /// Retry under the policy's `max_attempts` and backoff, then fall back.
+    Retry,
+    /// Hand over to the next fallback agent at once; fail when there is none.
+    Fallback,
+    /// Fail the step at once.
+    Fail,
+}
+
+impl FailureAction {
+    pub fn word(self) -> &'static str {
+        match self {
+            FailureAction::Wait => "wait",
+            FailureAction::Retry => "retry",
+            FailureAction::Fallback => "fallback",
+            FailureAction::Fail => "fail",
+        }
+    }
+
+    fn parse(word: &str) -> Option<FailureAction> {
+        [
+            FailureAction::Wait,
+            FailureAction::Retry,
+            FailureAction::Fallback,
+            FailureAction::Fail,
+        ]
+        .into_iter()
+        .find(|a| a.word() == word)
+    }
+}
+
+/// The action for each failure class: the defaults wait out rate limits, retry overloads
+/// and other errors, and never retry what a retry would pay for again (max turns,
+/// refused credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OnFailure {
+    pub rate_limited: FailureAction,
+    pub max_turns: FailureAction,
+    pub auth: FailureAction,
+    pub overloaded: FailureAction,
+    pub error: FailureAction,
+}
+
+impl Default for OnFailure {
+    fn default() -> Self {
+        OnFailure {
+            rate_limited: FailureAction::Wait,
+            max_turns: FailureAction::Fallback,
+            auth: FailureAction::Fallback,
+            overloaded: FailureAction::Retry,
+            error: FailureAction::Retry,
+        }
+    }
+}
+
+impl OnFailure {
+    pub fn action(&self, class: FailureClass) -> FailureAction {
+        match class {
+            FailureClass::RateLimited => self.rate_limited,
+            FailureClass::MaxTurns => self.max_turns,
+            FailureClass::Auth => self.auth,
+            FailureClass::Overloaded => self.overloaded,
+            FailureClass::Error => self.error,
+        }
+    }
+
+    /// One entry from its words (`max_turns`, `retry`), refusing what
+    /// [`orch_proto::words::check_on_failure`] refuses.
+    pub fn parse_entry(class: &str, action: &str) -> Result<(FailureClass, FailureAction), String> {
+        orch_proto::words::check_on_failure(class, action)?;
+        let c = FailureClass::parse_key(class)
+            .ok_or_else(|| format!("unknown failure class `{class}`"))?;
+        let a = FailureAction::parse(action)
+            .ok_or_else(|| format!("unknown action `{action}` for {class}"))?;
+        Ok((c, a))
+    }
+
+    pub fn put(&mut self, class: FailureClass, action: FailureAction) {
+        let slot = match class {
+            FailureClass::RateLimited => &mut self.rate_limited,
+            FailureClass::MaxTurns => &mut self.max_turns,
+            FailureClass::Auth => &mut self.auth,
+            FailureClass::Overloaded => &mut self.overloaded,
+            FailureClass::Error => &mut self.error,
+        };
+        *slot = action;
+    }
+
+    /// Every class with its action, as words, in the order of
+    /// [`orch_proto::words::FAILURE_CLASSES`].
+    pub fn entries(&self) -> Vec<(&'static str, &'static str)> {
+        FailureClass::ALL
+            .into_iter()
+            .map(|c| (c.key(), self.action(c).word()))
+            .collect()
     }
 }
 

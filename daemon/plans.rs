@@ -7,8 +7,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::config::{Config, limits_of};
 use crate::model::{
-    Budget, Limits, MAX_ARG_PROMPT_BYTES, Outcome, PromptMode, RetryPolicy, StepPlan,
-    expand_template,
+    Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome, PromptMode,
+    RetryPolicy, StepPlan, expand_template,
 };
 
 /// Why a submitted objective cannot be resolved. The messages name the field the way
@@ -98,6 +98,8 @@ pub struct RetryOverlay {
     pub retry_on: Option<Vec<Outcome>>,
     pub retry_exit_codes: Option<Vec<i32>>,
     pub max_rate_limit_waits: Option<u32>,
+    /// Classes whose action is set here; the others inherit.
+    pub on_failure: Vec<(FailureClass, FailureAction)>,
 }
 
 /// An objective resolved against the config: what the engine stores, less who asked.
@@ -301,6 +303,9 @@ fn overlay_retry(p: &mut RetryPolicy, r: Option<&RetryOverlay>) {
     }
     if let Some(v) = r.max_rate_limit_waits {
         p.max_rate_limit_waits = v;
+    }
+    for (class, action) in &r.on_failure {
+        p.on_failure.put(*class, *action);
     }
     if p.max_backoff_ms < p.initial_backoff_ms {
         p.max_backoff_ms = p.initial_backoff_ms;

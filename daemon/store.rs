@@ -634,9 +634,42 @@ impl Store {
         }
     }
 
+    fn thread_key(thread: &str) -> Vec<u8> {
+        format!("thread:{thread}").into_bytes()
+    }
+
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// Agent threads' running totals, beside the usage totals (`thread:ID`). Written as the
+/// agent reports them, outside the engine's write sets: a total lost in a crash before
+/// the next flush is at worst counted again, as it would have been without it.
+impl crate::runner::ThreadTotals for Store {
+    fn get(&self, thread: &str) -> Option<Usage> {
+        let key = Self::thread_key(thread);
+        match self.tree(T::Usage).get(&key) {
+            Ok(Some(v)) => Self::decode(&key, &v).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(thread, error = %e, "cannot read a thread's total");
+                None
+            }
+        }
+    }
+
+    fn put(&self, thread: &str, total: &Usage) {
+        let key = Self::thread_key(thread);
+        let mut keep = self.get(thread).unwrap_or_default();
+        keep.input_tokens = keep.input_tokens.max(total.input_tokens);
+        keep.cache_read_tokens = keep.cache_read_tokens.max(total.cache_read_tokens);
+        keep.cache_write_tokens = keep.cache_write_tokens.max(total.cache_write_tokens);
+        keep.output_tokens = keep.output_tokens.max(total.output_tokens);
+        if let Err(e) = self.tree(T::Usage).insert(key, json(&keep)) {
+            tracing::warn!(thread, error = %e, "cannot keep a thread's total");
+        }
     }
 }
 

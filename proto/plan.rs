@@ -97,6 +97,7 @@ struct RetryFile {
     retry_on: Option<Vec<String>>,
     retry_exit_codes: Option<Vec<i32>>,
     max_rate_limit_waits: Option<u32>,
+    on_failure: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,6 +390,7 @@ fn retry_spec(r: RetryFile, at: &str) -> Result<RetryPolicy, (String, String)> {
         retry_on,
         retry_exit_codes: r.retry_exit_codes.unwrap_or_default(),
         max_rate_limit_waits: r.max_rate_limit_waits,
+        on_failure: r.on_failure.unwrap_or_default().into_iter().collect(),
     })
 }
 

@@ -330,6 +330,12 @@ pub fn check_retry(r: &RetryPolicy, at: &str) -> Result<(), SpecError> {
             "must not be shorter than initial_backoff",
         ));
     }
+    let mut on_failure: Vec<_> = r.on_failure.iter().collect();
+    on_failure.sort();
+    for (class, action) in on_failure {
+        crate::words::check_on_failure(class, action)
+            .map_err(|problem| err(format!("{at}.on_failure.{class}"), problem))?;
+    }
     Ok(())
 }
 

@@ -48,6 +48,38 @@ pub fn parse_outcome(text: &str) -> Option<Outcome> {
     Outcome::from_str_name(&from_word(text, "OUTCOME_")).filter(|o| *o != Outcome::Unspecified)
 }
 
+/// The classes an agent's failure is told apart by: the keys of a retry policy's
+/// `on_failure` table.
+pub const FAILURE_CLASSES: [&str; 5] = ["rate_limited", "max_turns", "auth", "overloaded", "error"];
+
+/// What `on_failure` may do with a class: wait for the provider's reset (rate limits
+/// only), retry under the policy, hand over to the next fallback agent (or fail when
+/// there is none), or fail the step at once.
+pub const FAILURE_ACTIONS: [&str; 4] = ["wait", "retry", "fallback", "fail"];
+
+/// Checks one `on_failure` entry, saying what is wrong with it.
+pub fn check_on_failure(class: &str, action: &str) -> Result<(), String> {
+    if !FAILURE_CLASSES.contains(&class) {
+        return Err(format!(
+            "unknown failure class `{class}` (one of {})",
+            FAILURE_CLASSES.join(", ")
+        ));
+    }
+    if !FAILURE_ACTIONS.contains(&action) {
+        return Err(format!(
+            "unknown action `{action}` for {class} (one of {})",
+            FAILURE_ACTIONS.join(", ")
+        ));
+    }
+    if action == "wait" && class != "rate_limited" {
+        return Err(format!(
+            "`wait` waits for a provider's reset, which only rate_limited has; {class} can \
+             retry, fallback or fail"
+        ));
+    }
+    Ok(())
+}
+
 /// `stdout` / `stderr`.
 pub fn log_stream(s: LogStream) -> String {
     word(s.as_str_name(), "LOG_STREAM_")

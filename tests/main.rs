@@ -12,6 +12,7 @@ mod handy;
 mod holes;
 mod lifecycle;
 mod multiuser;
+mod on_failure;
 mod plans;
 mod prompts;
 mod rate_limits;

@@ -8,10 +8,8 @@
 //! own provider (port 0), daemon, work dir and CLI home (and, where it matters, time zone), so
 //! they run in parallel.
 //!
-//! What orch reads right is asserted. Where it is still wrong, the test reports it with
-//! [`known_gap`] (a `KNOWN GAP` line on stderr) instead of asserting the wrong value; under
-//! `ORCH_TEST_AGENT_USAGE_STRICT=1` a known gap that turns out closed fails, so that whoever
-//! fixes it turns the check into an assertion. The transcripts these tests produce are kept in
+//! What orch reads is asserted, every figure against what the CLI itself reported (the
+//! gaps these tests once reported are closed and asserted now). The transcripts these tests produce are kept in
 //! `tests/fixtures/agents/` (`capture_agent_fixtures` rewrites them) and replayed through orchd
 //! by `fixtures_replayed_through_orchd`, which needs no CLI.
 
@@ -414,29 +412,6 @@ fn usage_events(events: &[Value], step: &str, number: u64) -> (usize, Kinds) {
         sum.add(&recorded(e));
     }
     (mine.len(), sum)
-}
-
-/// Whether `ORCH_TEST_AGENT_USAGE_STRICT=1`.
-fn strict() -> bool {
-    std::env::var_os("ORCH_TEST_AGENT_USAGE_STRICT").is_some_and(|v| v == "1")
-}
-
-/// A place where orch is known to be wrong today (listed in docs/agents.md): a `KNOWN GAP`
-/// line on stderr while `closed` is false, never a failure. When it turns out closed, a
-/// `KNOWN GAP CLOSED` line, and under `ORCH_TEST_AGENT_USAGE_STRICT=1` a failure: make it an
-/// assertion.
-fn known_gap(what: &str, closed: bool, got: impl std::fmt::Debug, want: impl std::fmt::Debug) {
-    if !closed {
-        announce(&format!(
-            "KNOWN GAP {what}: orch has {got:?}, it should have {want:?}"
-        ));
-        return;
-    }
-    let line = format!(
-        "KNOWN GAP CLOSED {what}: orch has {got:?} as it should; turn this check into an assertion"
-    );
-    assert!(!strict(), "{line}");
-    announce(&line);
 }
 
 /// A gap that is closed now: `ok` must hold, else the test fails saying what it was.
@@ -1290,7 +1265,8 @@ fn codex_tool_round_trip_under_orchd() {
 
 /// A thread resumed in a second objective (`codex exec resume --last`): the mock sees the
 /// earlier round trip replayed, and the resumed run's `turn.completed` reports the thread's
-/// totals (earlier runs included), which orch still counts again (a known gap).
+/// totals (earlier runs included). orch kept the thread's total from the first objective,
+/// so it counts only this run's part.
 #[test]
 fn codex_resume_replays_the_thread_under_orchd() {
     if !require_agents(&["codex"]) {
@@ -1349,13 +1325,23 @@ fn codex_resume_replays_the_thread_under_orchd() {
         "{out}"
     );
     // This run: 1500 in of which 1200 cached, 15 out.
-    let this_run = Kinds::new(300, 1200, 0, 15);
-    let got = recorded(a2);
-    known_gap(
-        "codex resumed thread: turn.completed is the thread's total, counted again",
-        got.matches(&this_run),
-        got,
-        this_run,
+    assert_kinds(
+        "the resumed run, counted from the thread's earlier total",
+        recorded(a2),
+        Kinds::new(300, 1200, 0, 15),
+    );
+    // The two objectives add up to the thread's total.
+    let (_, u1) = usage_events(&d.events(first["id"].as_str().expect("id")), "main", 1);
+    let (_, u2) = usage_events(&d.events(second["id"].as_str().expect("id")), "main", 1);
+    assert_kinds(
+        "the first run's usage events",
+        u1,
+        Kinds::new(600, 1600, 0, 50),
+    );
+    assert_kinds(
+        "the resumed run's usage events",
+        u2,
+        Kinds::new(300, 1200, 0, 15),
     );
 }
 
@@ -2067,7 +2053,8 @@ enum Replay {
 fn plain_fixture(cli: &str) -> &'static str {
     match cli {
         "claude" => "claude-plain.jsonl",
-        _ => "codex-plain.jsonl",
+        "codex" => "codex-plain.jsonl",
+        _ => "aider-plain.txt",
     }
 }
 
@@ -2129,7 +2116,7 @@ fn fixtures_replayed_through_orchd() {
             .expect("a fixture")
     };
     let how = |file: &str| -> Replay {
-        if file.contains("usage-limit") || (file.contains("429") && !file.starts_with("aider")) {
+        if file.contains("usage-limit") || file.contains("429") {
             Replay::Waited
         } else if file.contains("overloaded") {
             Replay::Retried
@@ -2165,10 +2152,23 @@ fn fixtures_replayed_through_orchd() {
             format!("cat {me}; exit {code}")
         } else {
             let mark = scratch.path().join(format!("{name}.refused"));
+            // The run after the refusal prints the plain transcript as a thread of its
+            // own: orchd counts a thread it has seen from its last total, and every
+            // replay of one transcript would be the same thread.
+            let plain = text(plain_fixture(cli));
+            let plain = match cli.as_str() {
+                "codex" => {
+                    let thread = first_field_value(&plain, "thread_id");
+                    plain.replace(&thread, &format!("{thread}-{name}"))
+                }
+                _ => plain,
+            };
+            let next = scratch.path().join(format!("{name}.next"));
+            fs::write(&next, plain).expect("write the run after a refusal");
             format!(
                 "if [ -e {m} ]; then cat {next}; else : > {m}; cat {me}; exit {code}; fi",
                 m = mark.display(),
-                next = path_of(plain_fixture(cli)),
+                next = next.display(),
             )
         };
         config.push_str(&format!(
@@ -2188,8 +2188,14 @@ fn fixtures_replayed_through_orchd() {
             }
             _ => "{ max_attempts = 1 }",
         };
+        // The resumed thread after the run that began it, as it was captured.
+        let needs = if file == "codex-resume.jsonl" {
+            "needs = [\"codex-tool\"]\n"
+        } else {
+            ""
+        };
         plan.push_str(&format!(
-            "\n[[steps]]\nid = {n}\nagent = {n}\nprompt = \"replay\"\nretry = {retry}\n",
+            "\n[[steps]]\nid = {n}\nagent = {n}\nprompt = \"replay\"\nretry = {retry}\n{needs}",
             n = q(name)
         ));
     }
@@ -2319,26 +2325,12 @@ fn fixtures_replayed_through_orchd() {
             assert_eq!(a[0]["session_id"], sid.as_str(), "{file}: {}", a[0]);
         }
         match how {
-            Replay::Once if file == "aider-rate-limit-429.txt" => {
-                // aider gives up on a 429 after its own retries and exits 0.
-                assert_eq!(a.len(), 1, "{file}: {s}");
-                known_gap(
-                    &format!("replay {file}: aider gave up on a 429 and exited 0"),
-                    a[0]["outcome"] != "success",
-                    a[0]["outcome"].as_str().unwrap_or(""),
-                    "a failure (rate limited)",
-                );
-                assert_kinds(&format!("replay {file}"), recorded(&a[0]), want);
-            }
             Replay::Once if file.contains("resume") && cli == "codex" => {
                 assert_eq!(s["state"], "succeeded", "{file}: {s}");
                 let got = recorded(&a[0]);
-                known_gap(
-                    &format!("replay {file}: turn.completed is the thread's total, counted again"),
-                    got.matches(&want),
-                    got,
-                    want,
-                );
+                // Its turn.completed is the thread's total, codex-tool.jsonl's run included;
+                // orchd saw that run first and counts only this one.
+                assert_kinds(&format!("replay {file}"), got, want);
             }
             Replay::Once => {
                 assert_eq!(a.len(), 1, "{file}: one attempt: {s}");
@@ -2408,10 +2400,12 @@ fn fixtures_replayed_through_orchd() {
                 assert_eq!(a.len(), 2, "{file}: {s}");
                 // Claude's error results are told apart in the message; Codex's failed turn
                 // is quoted as it is.
-                let why = if cli == "claude" {
-                    "rate limited: "
-                } else {
-                    "the agent said: "
+                // aider gives up on a 429 after its own retries and exits 0: its output
+                // ending on the provider's refusal makes it a failure all the same.
+                let why = match cli.as_str() {
+                    "claude" => "rate limited: ",
+                    "codex" => "the agent said: ",
+                    _ => "aider gave up: The API provider has rate limited you",
                 };
                 assert!(
                     a[0]["message"].as_str().is_some_and(|m| m.contains(why)),

@@ -10,8 +10,8 @@ use orch_proto::validate::{SpecError, validate_spec};
 
 use super::store_status;
 use crate::model::{
-    Attempt, Budget, Event, EventKind, Limits, ObjState, Objective, Outcome, RetryPolicy, Step,
-    StepPlan, StepState, Usage,
+    Attempt, Budget, Event, EventKind, Limits, ObjState, Objective, OnFailure, Outcome,
+    RetryPolicy, Step, StepPlan, StepState, Usage,
 };
 use crate::plans::{ObjectiveInput, RetryOverlay, StepDefaults, StepInput};
 use crate::store::Store;
@@ -79,6 +79,12 @@ fn retry_overlay_from_pb(r: &pb::RetryPolicy) -> RetryOverlay {
         }),
         retry_exit_codes: (!r.retry_exit_codes.is_empty()).then(|| r.retry_exit_codes.clone()),
         max_rate_limit_waits: r.max_rate_limit_waits,
+        // Checked by `validate_spec` before this runs.
+        on_failure: r
+            .on_failure
+            .iter()
+            .filter_map(|(c, a)| OnFailure::parse_entry(c, a).ok())
+            .collect(),
     }
 }
 
@@ -181,6 +187,12 @@ fn retry_pb(r: &RetryPolicy) -> pb::RetryPolicy {
         retry_on: r.retry_on.iter().map(|o| outcome_pb(*o) as i32).collect(),
         retry_exit_codes: r.retry_exit_codes.clone(),
         max_rate_limit_waits: Some(r.max_rate_limit_waits),
+        on_failure: r
+            .on_failure
+            .entries()
+            .into_iter()
+            .map(|(c, a)| (c.to_string(), a.to_string()))
+            .collect(),
     }
 }
 

@@ -196,6 +196,7 @@ pub fn run_spec(
         usage_format,
         // A resumed session's running totals carry on from what it had used.
         session_usage: resumes(cfg, step).map(|_| step.session_usage),
+        threads: None,
         prices: crate::runner::Prices {
             table: std::sync::Arc::new(cfg.prices.clone()),
             model: cfg

@@ -165,15 +165,21 @@ impl Engine {
             return;
         };
         let after = match attempt::command(&self.cfg, s, id, number) {
-            Ok((_, argv, format)) => After::Spawn(Box::new(attempt::run_spec(
-                &self.cfg,
-                &self.logs_dir,
-                &live.run.obj,
-                s,
-                number,
-                argv,
-                format,
-            ))),
+            Ok((_, argv, format)) => {
+                let mut spec = attempt::run_spec(
+                    &self.cfg,
+                    &self.logs_dir,
+                    &live.run.obj,
+                    s,
+                    number,
+                    argv,
+                    format,
+                );
+                spec.threads = Some(crate::runner::Threads(std::sync::Arc::new(
+                    self.store.clone(),
+                )));
+                After::Spawn(Box::new(spec))
+            }
             Err(why) => After::SpawnError(
                 crate::runner::AttemptKey {
                     objective_id: id.to_string(),

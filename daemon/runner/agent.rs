@@ -41,7 +41,14 @@ impl UsageFormat {
         let prefixes: &[&[u8]] = match self {
             UsageFormat::OrchLines => &[PREFIX],
             UsageFormat::ClaudeStreamJson | UsageFormat::CodexJson => &[PREFIX, b"{"],
-            UsageFormat::Aider => &[PREFIX, b"Tokens: "],
+            UsageFormat::Aider => &[
+                PREFIX,
+                b"Tokens: ",
+                b"Retrying in ",
+                AIDER_RATE_LIMITED.as_bytes(),
+                AIDER_AUTH.as_bytes(),
+                AIDER_DOWN.as_bytes(),
+            ],
         };
         prefixes.iter().any(|p| {
             if start.len() <= p.len() {
@@ -93,6 +100,37 @@ pub struct LineParser {
     reset_ms: Option<i64>,
     /// The wall clock, for "try again at 3:28 PM" (a seam for tests).
     now: fn() -> DateTime<Local>,
+    /// Where a thread's last running total is kept across attempts and objectives.
+    threads: Option<Threads>,
+    /// The thread this attempt runs (Codex `thread.started`).
+    thread: Option<String>,
+    /// aider's last provider error not followed by its own retry or a reply: if the
+    /// output ends on it, aider gave up (and exits 0 all the same).
+    aider_error: Option<(FailureClass, String)>,
+}
+
+/// What aider prints when the provider refuses it; each is followed by `Retrying in …`
+/// while aider still retries by itself.
+const AIDER_RATE_LIMITED: &str = "The API provider has rate limited you";
+const AIDER_AUTH: &str = "The API provider is not able to authenticate you";
+const AIDER_DOWN: &str = "The API provider's servers are down or overloaded";
+
+/// Keeps each agent thread's last reported running total (Codex `turn.completed` is the
+/// thread's total so far), so that a thread resumed later, by any attempt of any
+/// objective, is counted from where it was and not from zero.
+pub trait ThreadTotals: Send + Sync {
+    fn get(&self, thread: &str) -> Option<Usage>;
+    fn put(&self, thread: &str, total: &Usage);
+}
+
+/// A shared [`ThreadTotals`] (the daemon's store).
+#[derive(Clone)]
+pub struct Threads(pub std::sync::Arc<dyn ThreadTotals>);
+
+impl std::fmt::Debug for Threads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Threads")
+    }
 }
 
 impl LineParser {
@@ -106,7 +144,16 @@ impl LineParser {
             prices: Prices::default(),
             reset_ms: None,
             now: Local::now,
+            threads: None,
+            thread: None,
+            aider_error: None,
         }
+    }
+
+    /// Reads and keeps thread totals in `threads` (Codex).
+    pub fn with_threads(mut self, threads: Option<Threads>) -> LineParser {
+        self.threads = threads;
+        self
     }
 
     /// Counts a resumed session's running totals (Codex `turn.completed`) from what it
@@ -158,10 +205,20 @@ impl LineParser {
         out
     }
 
-    /// The last line, when the stream ended without a newline.
+    /// The last line, when the stream ended without a newline, and what the end of the
+    /// output means (aider's output ending on a provider error: it gave up).
     pub fn finish(&mut self) -> Vec<AgentLine> {
         let mut out = Vec::new();
         self.finish_line(&mut out);
+        if let Some((class, said)) = self.aider_error.take() {
+            if class == FailureClass::RateLimited {
+                out.push(AgentLine::RateLimited { until_ms: None });
+            }
+            out.push(AgentLine::Failed {
+                class,
+                message: format!("aider gave up: {said}"),
+            });
+        }
         out
     }
 
@@ -184,7 +241,7 @@ impl LineParser {
             return parse_protocol_line(text).into_iter().collect();
         }
         match self.format {
-            UsageFormat::Aider => return parse_aider(text).into_iter().collect(),
+            UsageFormat::Aider => return self.aider(text),
             UsageFormat::OrchLines => return Vec::new(),
             _ => {}
         }
@@ -318,7 +375,18 @@ impl LineParser {
 
     fn codex(&mut self, v: &serde_json::Value) -> Vec<AgentLine> {
         match v.get("type").and_then(|t| t.as_str()).unwrap_or("") {
-            "thread.started" => session_of(v, "thread_id").into_iter().collect(),
+            "thread.started" => {
+                let line = session_of(v, "thread_id");
+                if let Some(AgentLine::Session(id)) = &line {
+                    // A resumed thread's totals carry on from what it was last seen at.
+                    let before = self.threads.as_ref().and_then(|t| t.0.get(id));
+                    if let Some(before) = before {
+                        raise(self.seen.entry(String::new()).or_default(), &before);
+                    }
+                    self.thread = Some(id.clone());
+                }
+                line.into_iter().collect()
+            }
             "turn.completed" => {
                 // `input_tokens` includes the cached ones; totals are the thread's so far.
                 let u = v.get("usage").cloned().unwrap_or_default();
@@ -330,6 +398,9 @@ impl LineParser {
                     output_tokens: num(&u, "output_tokens"),
                     cost_usd: 0.0,
                 };
+                if let (Some(threads), Some(id)) = (&self.threads, &self.thread) {
+                    threads.0.put(id, &total);
+                }
                 vec![self.total_delta_unpriced("", total)]
             }
             "turn.failed" => {
@@ -536,6 +607,32 @@ fn try_again_at(message: &str, now: DateTime<Local>) -> Option<i64> {
         };
     }
     Some(at.timestamp_millis())
+}
+
+impl LineParser {
+    /// aider's lines: a provider error is pending until aider retries (`Retrying in`) or
+    /// gets a reply (`Tokens:`); see [`LineParser::finish`].
+    fn aider(&mut self, text: &str) -> Vec<AgentLine> {
+        for (start, class) in [
+            (AIDER_RATE_LIMITED, FailureClass::RateLimited),
+            (AIDER_AUTH, FailureClass::Auth),
+            (AIDER_DOWN, FailureClass::Overloaded),
+        ] {
+            if text.starts_with(start) {
+                self.aider_error = Some((class, text.trim().to_string()));
+                return Vec::new();
+            }
+        }
+        if text.starts_with("Retrying in ") {
+            self.aider_error = None;
+            return Vec::new();
+        }
+        let line = parse_aider(text);
+        if line.is_some() {
+            self.aider_error = None;
+        }
+        line.into_iter().collect()
+    }
 }
 
 /// Reads aider's `Tokens: 1.2k sent, 50 received. Cost: $0.00013 message, $0.02 session.`

@@ -413,6 +413,132 @@ fn aider_cost_lines_are_read() {
 }
 
 #[test]
+fn aider_giving_up_on_a_429_is_a_rate_limited_failure_though_it_exits_0() {
+    let lines = replay(UsageFormat::Aider, "aider-rate-limit-429.txt");
+    let failed: Vec<_> = lines
+        .iter()
+        .filter_map(|l| match l {
+            AgentLine::Failed { class, message } => Some((*class, message.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{lines:?}");
+    assert_eq!(failed[0].0, FailureClass::RateLimited);
+    assert!(
+        failed[0]
+            .1
+            .starts_with("aider gave up: The API provider has rate limited you"),
+        "{}",
+        failed[0].1
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| matches!(l, AgentLine::RateLimited { until_ms: None })),
+        "{lines:?}"
+    );
+    // The plain run ends on its reply: no failure.
+    let plain = replay(UsageFormat::Aider, "aider-plain.txt");
+    assert!(
+        !plain.iter().any(|l| matches!(l, AgentLine::Failed { .. })),
+        "{plain:?}"
+    );
+}
+
+#[test]
+fn aider_errors_it_retried_past_are_no_failure() {
+    let mut p = LineParser::new(UsageFormat::Aider);
+    let mut out = p.feed(
+        b"The API provider has rate limited you. Try again later or check your quotas.\n\
+          Retrying in 0.2 seconds...\n\
+          Tokens: 1.2k sent, 6 received. Cost: $0.0037 message, $0.0037 session.\n",
+    );
+    out.extend(p.finish());
+    assert!(
+        !out.iter().any(|l| matches!(l, AgentLine::Failed { .. })),
+        "{out:?}"
+    );
+    // Refused credentials and a provider that is down end in their own classes.
+    for (text, class) in [
+        (
+            "The API provider is not able to authenticate you. Check your API key.\n",
+            FailureClass::Auth,
+        ),
+        (
+            "The API provider's servers are down or overloaded.\n",
+            FailureClass::Overloaded,
+        ),
+    ] {
+        let mut p = LineParser::new(UsageFormat::Aider);
+        let mut out = p.feed(text.as_bytes());
+        out.extend(p.finish());
+        assert!(
+            out.iter()
+                .any(|l| matches!(l, AgentLine::Failed { class: c, .. } if *c == class)),
+            "{text}: {out:?}"
+        );
+    }
+}
+
+/// An in-memory [`ThreadTotals`], as the store keeps them.
+#[derive(Default)]
+struct Totals(std::sync::Mutex<BTreeMap<String, Usage>>);
+
+impl super::ThreadTotals for Totals {
+    fn get(&self, thread: &str) -> Option<Usage> {
+        self.0.lock().ok()?.get(thread).copied()
+    }
+    fn put(&self, thread: &str, total: &Usage) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(thread.to_string(), *total);
+        }
+    }
+}
+
+#[test]
+fn a_codex_thread_resumed_by_another_attempt_counts_from_its_last_total() {
+    let totals = super::Threads(std::sync::Arc::new(Totals::default()));
+    let run = |turns: &[(u64, u64, u64)]| -> Usage {
+        let mut p = LineParser::new(UsageFormat::CodexJson).with_threads(Some(totals.clone()));
+        let mut text = String::from("{\"type\":\"thread.started\",\"thread_id\":\"th-1\"}\n");
+        for (input, cached, output) in turns {
+            text.push_str(&format!(
+                "{{\"type\":\"turn.completed\",\"usage\":{{\"input_tokens\":{input},\"cached_input_tokens\":{cached},\"output_tokens\":{output}}}}}\n"
+            ));
+        }
+        let mut out = p.feed(text.as_bytes());
+        out.extend(p.finish());
+        total_of(&out)
+    };
+    let first = run(&[(1000, 600, 20), (2200, 1600, 50)]);
+    assert_eq!(
+        (
+            first.input_tokens,
+            first.cache_read_tokens,
+            first.output_tokens
+        ),
+        (600, 1600, 50)
+    );
+    // Another objective resumes the thread: its totals include the first run's.
+    let second = run(&[(3700, 2800, 65)]);
+    assert_eq!(
+        (
+            second.input_tokens,
+            second.cache_read_tokens,
+            second.output_tokens
+        ),
+        (300, 1200, 15)
+    );
+    // A new thread starts from zero.
+    let mut p = LineParser::new(UsageFormat::CodexJson).with_threads(Some(totals.clone()));
+    let out = p.feed(
+        b"{\"type\":\"thread.started\",\"thread_id\":\"th-2\"}\n\
+          {\"type\":\"turn.completed\",\"usage\":{\"input_tokens\":100,\"cached_input_tokens\":0,\"output_tokens\":5}}\n",
+    );
+    assert_eq!(total_of(&out).input_tokens, 100);
+}
+
+#[test]
 fn the_running_estimate_is_priced_and_the_result_only_adds_the_rest() {
     let price = crate::config::Price {
         input_per_mtok: 3.0,

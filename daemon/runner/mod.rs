@@ -27,7 +27,7 @@ use crate::model::{End, Limits, Outcome, now_ms};
 use crate::sys::{self, ChildSetup, Reaped, Signal};
 
 pub use crate::model::{Control, StopReason};
-pub use agent::{AgentLine, LineParser, Prices, UsageFormat};
+pub use agent::{AgentLine, LineParser, Prices, ThreadTotals, Threads, UsageFormat};
 pub use outcome::{Classify, classify};
 
 /// Identifies an attempt.
@@ -69,6 +69,8 @@ pub struct RunSpec {
     /// A resumed session's usage before this attempt (for agents that report a session's
     /// running total, so that only this attempt's part is counted).
     pub session_usage: Option<crate::model::Usage>,
+    /// Where agent threads' running totals are kept (read and written by the parser).
+    pub threads: Option<agent::Threads>,
     /// Run as this user (uid, gid, supplementary groups): a root daemon runs each agent
     /// as the user who submitted it.
     pub run_as: Option<(u32, u32, Vec<u32>)>,
@@ -437,7 +439,8 @@ async fn run(
                 spec.key.clone(),
                 LineParser::new(spec.usage_format)
                     .with_prices(spec.prices.clone())
-                    .with_session_usage(spec.session_usage),
+                    .with_session_usage(spec.session_usage)
+                    .with_threads(spec.threads.clone()),
             )),
             None,
         ))

@@ -117,7 +117,7 @@ impl Tx<'_> {
         let Some(step) = self.run.steps.get_mut(index as usize) else {
             return;
         };
-        if counts_against_retries(end.outcome, rate_limit.is_some()) {
+        if counts_against_retries(end.outcome, step, rate_limit.is_some()) {
             step.counted_attempts += 1;
         }
         self.d.steps.insert(index);

@@ -3,7 +3,7 @@
 //! fallback agents lives here and nowhere else.
 
 pub use crate::model::End;
-use crate::model::{FailureClass, Millis, Outcome, Step};
+use crate::model::{FailureAction, FailureClass, Millis, Outcome, Step};
 
 use super::Input;
 
@@ -90,12 +90,25 @@ fn rfc3339(ms: Millis) -> String {
 }
 
 /// Whether an attempt's end uses up one of the step's `max_attempts`: neither an
-/// interruption nor a provider's rate limit does.
-pub fn counts_against_retries(outcome: Outcome, rate_limited: bool) -> bool {
+/// interruption nor a provider's rate limit that the policy waits out does.
+pub fn counts_against_retries(outcome: Outcome, step: &Step, rate_limited: bool) -> bool {
     match outcome {
         Outcome::Interrupted => false,
         Outcome::Success => true,
-        _ => !rate_limited,
+        _ => !(rate_limited && step.plan.retry.on_failure.rate_limited == FailureAction::Wait),
+    }
+}
+
+/// The class of a failed attempt, if the agent or its provider gave one: a rate limit
+/// still ahead counts as `rate_limited` whatever else the agent said.
+fn failure_class(
+    rate_limit: Option<RateLimit>,
+    agent: Option<FailureClass>,
+) -> Option<FailureClass> {
+    if rate_limit.is_some() {
+        Some(FailureClass::RateLimited)
+    } else {
+        agent
     }
 }
 
@@ -108,13 +121,18 @@ pub fn counts_against_retries(outcome: Outcome, rate_limited: bool) -> bool {
 /// | 3 | cancelled, or the objective is cancelling   | cancelled                     |
 /// | 4 | a budget covering the objective ran out     | failed, saying which budget   |
 /// | 5 | budget_exceeded                             | failed                        |
-/// | 6 | rate limited, fallback on rate limit        | next fallback agent           |
-/// | 7 | rate limited, rate-limit waits left         | backoff until the reset       |
-/// | 7b| rate limited, `max_rate_limit_waits` made   | failed, saying how many waits |
-/// | 7c| the agent said max turns or authentication  | next fallback agent, or failed |
+/// | 6 | rate limited (`wait`), fallback on rate limit | next fallback agent         |
+/// | 7 | rate limited (`wait`), rate-limit waits left | backoff until the reset      |
+/// | 7b| rate limited (`wait`), all waits made       | failed, saying how many waits |
+/// | 7c| the class's action is `fallback`            | next fallback agent, or failed |
+/// | 7d| the class's action is `fail`                | failed, naming the setting    |
 /// | 8 | the policy retries it and attempts are left | backoff (exponential, jitter) |
 /// | 9 | a fallback agent is left                    | next fallback agent           |
 /// | 10| otherwise                                   | failed                        |
+///
+/// A failure's class (rate limited, max turns, auth, overloaded, error) picks its action
+/// from the policy's `on_failure` (defaults: wait, fallback, fallback, retry, retry); a
+/// class whose action is `retry`, and a failure with no class, go on to rows 8–10.
 pub fn next_after_end(
     end: &End,
     step: &Step,
@@ -134,22 +152,42 @@ pub fn next_after_end(
         _ if cancelling => Next::Cancelled(message),
         _ if exhausted.is_some() => Next::Failed(exhausted.unwrap_or_default().to_string()),
         Outcome::BudgetExceeded => Next::Failed(message),
-        _ if rate_limit.is_some() => match rate_limit {
-            Some(limit) => after_rate_limit(step, has_fallback, limit),
-            None => Next::Failed(message),
-        },
-        _ if agent_failure.is_some_and(|c| !c.retryable()) => {
-            let why = agent_failure.map_or("", FailureClass::word);
-            if has_fallback {
-                Next::FallBack(format!(
-                    "{why}, which a retry of this agent would not fix ({message})"
-                ))
-            } else {
+        _ => match failure_class(rate_limit, agent_failure)
+            .map(|c| (c, policy.on_failure.action(c)))
+        {
+            Some((_, FailureAction::Wait)) => match rate_limit {
+                Some(limit) => after_rate_limit(step, has_fallback, limit),
+                None => after_retries(end, step, has_fallback, jitter),
+            },
+            Some((class, FailureAction::Fallback)) if has_fallback => Next::FallBack(format!(
+                "{}, which a retry of this agent would not fix ({message})",
+                class.word()
+            )),
+            Some((FailureClass::MaxTurns | FailureClass::Auth, FailureAction::Fallback)) => {
                 Next::Failed(format!(
                     "{message} (not retried: a retry would pay again for the same)"
                 ))
             }
-        }
+            Some((class, action @ (FailureAction::Fallback | FailureAction::Fail))) => {
+                Next::Failed(format!(
+                    "{message} (not retried: retry.on_failure.{} is \"{}\")",
+                    class.key(),
+                    action.word()
+                ))
+            }
+            Some((_, FailureAction::Retry)) | None => {
+                after_retries(end, step, has_fallback, jitter)
+            }
+        },
+    }
+}
+
+/// Rows 8 to 10: retried under the policy while attempts are left, then the next
+/// fallback agent, then failed.
+fn after_retries(end: &End, step: &Step, has_fallback: bool, jitter: f64) -> Next {
+    let policy = &step.plan.retry;
+    let message = end.message.clone();
+    match end.outcome {
         o if policy.retries(o, end.exit_code) && step.counted_attempts < policy.max_attempts => {
             Next::Backoff {
                 delay_ms: policy.delay_ms(step.counted_attempts + 1, jitter),

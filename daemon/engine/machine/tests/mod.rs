@@ -7,7 +7,7 @@ use super::*;
 mod attempts;
 mod control;
 mod table;
-use crate::model::{FailureClass, Outcome, StopReason};
+use crate::model::{FailureAction, FailureClass, Outcome, StopReason};
 
 const T0: Millis = 1_000_000;
 const OWNER: u32 = 1000;

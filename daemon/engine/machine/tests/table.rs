@@ -234,19 +234,130 @@ fn backoff_delays_grow_with_the_counted_attempts_and_take_the_jitter() {
 
 #[test]
 fn which_ends_use_up_a_retry() {
-    for (outcome, rate_limited, counts) in [
-        (Outcome::Success, false, true),
-        (Outcome::Success, true, true),
-        (Outcome::Interrupted, false, false),
-        (Outcome::ExitFailure, false, true),
-        (Outcome::ExitFailure, true, false),
-        (Outcome::Timeout, true, false),
-        (Outcome::BudgetExceeded, false, true),
+    use FailureAction::*;
+    for (outcome, rate_limited, action, counts) in [
+        (Outcome::Success, false, Wait, true),
+        (Outcome::Success, true, Wait, true),
+        (Outcome::Interrupted, false, Wait, false),
+        (Outcome::Interrupted, true, Retry, false),
+        (Outcome::ExitFailure, false, Wait, true),
+        (Outcome::ExitFailure, true, Wait, false),
+        (Outcome::Timeout, true, Wait, false),
+        (Outcome::BudgetExceeded, false, Wait, true),
+        // A policy that retries rate limits instead of waiting pays an attempt for each.
+        (Outcome::ExitFailure, true, Retry, true),
+        (Outcome::ExitFailure, true, Fail, true),
     ] {
+        let mut s = Step::new("OBJ", 0, plan("a", &[]));
+        s.plan.retry.on_failure.rate_limited = action;
         assert_eq!(
-            counts_against_retries(outcome, rate_limited),
+            counts_against_retries(outcome, &s, rate_limited),
             counts,
-            "{outcome:?} rate_limited={rate_limited}"
+            "{outcome:?} rate_limited={rate_limited} action={action:?}"
         );
     }
+}
+
+/// Every failure class under every action it may have, with and without a fallback
+/// agent and with attempts left or used up: the `on_failure` table, row by row.
+#[test]
+fn each_failure_class_follows_its_on_failure_action() {
+    use FailureAction::*;
+    use FailureClass::*;
+    // (class, action, has fallback, attempts left, want)
+    let rows = [
+        (RateLimited, Wait, false, true, "wait"),
+        (RateLimited, Wait, false, false, "wait"),
+        (RateLimited, Retry, false, true, "backoff"),
+        (RateLimited, Retry, false, false, "failed"),
+        (RateLimited, Retry, true, false, "fallback"),
+        (RateLimited, Fallback, true, true, "fallback"),
+        (RateLimited, Fallback, false, true, "failed"),
+        (RateLimited, Fail, true, true, "failed"),
+        (MaxTurns, Fallback, true, true, "fallback"),
+        (MaxTurns, Fallback, false, true, "failed"),
+        (MaxTurns, Retry, false, true, "backoff"),
+        (MaxTurns, Retry, true, false, "fallback"),
+        (MaxTurns, Fail, true, true, "failed"),
+        (Auth, Fallback, true, true, "fallback"),
+        (Auth, Fallback, false, true, "failed"),
+        (Auth, Retry, false, true, "backoff"),
+        (Auth, Fail, true, true, "failed"),
+        (Overloaded, Retry, false, true, "backoff"),
+        (Overloaded, Retry, false, false, "failed"),
+        (Overloaded, Fallback, true, true, "fallback"),
+        (Overloaded, Fail, true, true, "failed"),
+        (Error, Retry, false, true, "backoff"),
+        (Error, Retry, true, false, "fallback"),
+        (Error, Fallback, true, true, "fallback"),
+        (Error, Fail, false, true, "failed"),
+    ];
+    for (i, (class, action, fallback, attempts_left, want)) in rows.into_iter().enumerate() {
+        let mut p = plan("a", &[]);
+        if fallback {
+            p.agent = "first".into();
+            p.fallback = vec!["second".into()];
+        }
+        p.retry.on_failure.put(class, action);
+        let mut s = Step::new("OBJ", 0, p);
+        s.counted_attempts = if attempts_left { 1 } else { 3 };
+        let limit = (class == RateLimited).then_some(RateLimit {
+            wait_ms: 500,
+            until_ms: T0 + 500,
+        });
+        let agent = (class != RateLimited).then_some(class);
+        let next = next_after_end(
+            &End::of(Outcome::ExitFailure, "m"),
+            &s,
+            false,
+            None,
+            limit,
+            agent,
+            0.0,
+        );
+        assert_eq!(
+            word(&next),
+            want,
+            "row {i}: {class:?} {action:?} gave {next:?}"
+        );
+        if action == Fail {
+            let Next::Failed(message) = &next else {
+                panic!("row {i}: {next:?}")
+            };
+            assert!(
+                message.contains(&format!("retry.on_failure.{} is \"fail\"", class.key())),
+                "row {i}: the message names the setting: {message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_default_on_failure_actions_are_the_documented_ones() {
+    let d = crate::model::OnFailure::default();
+    assert_eq!(
+        d.entries(),
+        vec![
+            ("rate_limited", "wait"),
+            ("max_turns", "fallback"),
+            ("auth", "fallback"),
+            ("overloaded", "retry"),
+            ("error", "retry"),
+        ]
+    );
+    // The keys are the vocabulary the plan parser and config check against.
+    let keys: Vec<_> = d.entries().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, orch_proto::words::FAILURE_CLASSES);
+}
+
+#[test]
+fn on_failure_entries_are_checked_and_say_what_is_wrong() {
+    use crate::model::OnFailure;
+    assert!(OnFailure::parse_entry("max_turns", "retry").is_ok());
+    let e = OnFailure::parse_entry("max_turn", "retry").unwrap_err();
+    assert!(e.contains("unknown failure class `max_turn`"), "{e}");
+    let e = OnFailure::parse_entry("auth", "wait").unwrap_err();
+    assert!(e.contains("only rate_limited"), "{e}");
+    let e = OnFailure::parse_entry("error", "again").unwrap_err();
+    assert!(e.contains("unknown action `again`"), "{e}");
 }
