@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
 use orch_proto::units::{parse_duration_ms, parse_size};
 
+use crate::complete;
 use crate::output::Format;
 
 /// Command-line client of orchd, the supervisor daemon for AI agents.
@@ -16,7 +18,9 @@ use crate::output::Format;
     max_term_width = 100
 )]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 the thing asked for failed or the daemon refused, \
+    after_help = "Ids: a unique prefix of an objective id (4+ characters) works wherever an id \
+is taken, and `last` (or `-`) means your newest objective.\n\
+Exit codes: 0 ok, 1 the thing asked for failed or the daemon refused, \
 2 invalid input, 3 the daemon cannot be reached."
 )]
 pub struct Cli {
@@ -42,41 +46,60 @@ pub enum Command {
   orchctl submit --agent claude --prompt 'fix the flaky test' --wait")]
     Submit(Box<SubmitArgs>),
     /// Show an objective, its steps and attempts
+    #[command(after_help = "Examples:\n  orchctl status 01JD\n  orchctl status last -o json")]
     Status {
-        /// Objective id
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
     },
     /// List objectives, newest first
+    #[command(
+        after_help = "Examples:\n  orchctl list --state running\n  orchctl list --limit 5 -o json"
+    )]
     List {
         /// Only objectives in this state (pending, running, paused, awaiting_approval, succeeded, failed, cancelled)
-        #[arg(long, value_name = "STATE")]
+        #[arg(long, value_name = "STATE", add = ArgValueCandidates::new(complete::objective_states))]
         state: Option<String>,
         /// At most this many
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
     },
     /// Stream events: of one objective until it ends (exit 0 iff it succeeded), or of all, live
+    #[command(
+        after_help = "Examples:\n  orchctl watch last\n  orchctl watch --from 0 --kinds attempt_ended -o json"
+    )]
     Watch(WatchArgs),
     /// Print the captured stdout/stderr of attempts
+    #[command(
+        after_help = "Examples:\n  orchctl logs 01JD\n  orchctl logs last build --stderr --tail 20\n  orchctl logs 01JD build -f -o json"
+    )]
     Logs(LogsArgs),
     /// Cancel an objective
+    #[command(after_help = "Example:\n  orchctl cancel 01JD")]
     Cancel {
-        /// Objective id
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
     },
     /// Pause an objective (its running agents are stopped in place)
+    #[command(after_help = "Example:\n  orchctl pause last")]
     Pause {
-        /// Objective id
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
     },
     /// Resume a paused objective
+    #[command(after_help = "Example:\n  orchctl resume last")]
     Resume {
-        /// Objective id
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
     },
     /// Re-run the failed steps of an ended objective (and their dependents)
+    #[command(after_help = "Examples:\n  orchctl retry 01JD\n  orchctl retry 01JD build --fresh")]
     Retry {
-        /// Objective id
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
         /// Only this step (default: every failed or cancelled step)
         step: Option<String>,
@@ -85,15 +108,19 @@ pub enum Command {
         fresh: bool,
     },
     /// Approve a step that waits for approval
+    #[command(after_help = "Example:\n  orchctl approve 01JD deploy")]
     Approve {
-        /// Objective id
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
         /// Step id
         step: String,
     },
     /// Deny a step that waits for approval
+    #[command(after_help = "Example:\n  orchctl deny 01JD deploy --reason 'not on a Friday'")]
     Deny {
-        /// Objective id
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
         /// Step id
         step: String,
@@ -102,15 +129,17 @@ pub enum Command {
         reason: Option<String>,
     },
     /// List the agent profiles the daemon knows
+    #[command(after_help = "Examples:\n  orchctl agents\n  orchctl agents -o json")]
     Agents,
     /// Tokens and cost of one objective, or in total, with budget use; or broken down with --by
     #[command(after_help = "Examples:\n  \
   orchctl usage\n  \
-  orchctl usage \"$id\"\n  \
+  orchctl usage last\n  \
   orchctl usage --by day --since 7d\n  \
   orchctl usage --by model -o json")]
     Usage {
-        /// Objective id (default: totals over every objective)
+        /// Objective id or prefix, or `last` (default: totals over every objective)
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: Option<String>,
         /// Break the cost down by day, agent, model or objective
         #[arg(long, value_enum, value_name = "WHAT", conflicts_with = "id")]
@@ -120,18 +149,29 @@ pub enum Command {
         since: Option<u64>,
     },
     /// Who did what through the control plane
+    #[command(
+        after_help = "Examples:\n  orchctl audit --limit 20\n  orchctl audit --objective 01JD -o json"
+    )]
     Audit {
         /// At most this many entries
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
         /// Only entries about this objective
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", add = ArgValueCompleter::new(complete::ids))]
         objective: Option<String>,
     },
     /// Inspect or reload the daemon
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  orchctl daemon status\n  orchctl daemon reload"
+    )]
     Daemon(DaemonCommand),
-    /// Print a shell completion script (works without a daemon)
+    /// Print a shell completion script (works without a daemon); it completes commands,
+    /// flags, objective ids and state names
+    #[command(after_help = "Examples:\n  \
+  source <(orchctl completions bash)\n  \
+  orchctl completions zsh > \"${fpath[1]}/_orchctl\"\n  \
+  orchctl completions fish > ~/.config/fish/completions/orchctl.fish")]
     Completions {
         /// The shell
         #[arg(value_enum)]
@@ -146,6 +186,25 @@ pub enum Command {
 p pause/resume, a approve, x deny, r refresh, q quit.\n\nExamples:\n  orchctl top\n  orchctl top --all"
     )]
     Top(TopArgs),
+    /// Remove ended objectives: their records, events, logs and checkpoints (audited)
+    #[command(after_help = "Examples:\n  orchctl rm 01JD 01JE\n  orchctl rm last")]
+    Rm {
+        /// Objective ids (unique prefixes of 4+ characters, or `last`)
+        #[arg(required = true, value_name = "ID", add = ArgValueCompleter::new(complete::ids))]
+        ids: Vec<String>,
+    },
+    /// Remove your ended objectives (root: everyone's), optionally only old ones or in one state
+    #[command(
+        after_help = "Examples:\n  orchctl prune\n  orchctl prune --older-than 7d --state succeeded"
+    )]
+    Prune {
+        /// Only objectives that ended at least this long ago (e.g. 12h, 7d)
+        #[arg(long, value_name = "DUR", value_parser = parse_duration_ms)]
+        older_than: Option<u64>,
+        /// Only objectives in this state (succeeded, failed or cancelled)
+        #[arg(long, value_name = "STATE", add = ArgValueCandidates::new(complete::ended_states))]
+        state: Option<String>,
+    },
 }
 
 /// `orchctl usage --by`.
@@ -180,8 +239,10 @@ pub struct TopArgs {
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
     /// Version, uptime, pid, socket, store, limits backend, counts by state
+    #[command(after_help = "Examples:\n  orchctl daemon status\n  orchctl daemon status -o json")]
     Status,
     /// Re-read the daemon's config (a bad config is refused and the old one kept)
+    #[command(after_help = "Example:\n  orchctl daemon reload")]
     Reload,
     /// The effective config, key by key, with where each value comes from (secrets redacted)
     #[command(after_help = "Examples:\n  orchctl daemon config\n  orchctl daemon config -o json")]
@@ -268,7 +329,9 @@ pub struct SubmitArgs {
 /// `orchctl watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// Only this objective: its history from the first event, then live, until it ends
+    /// Only this objective (id, unique prefix or `last`): its history from the first event,
+    /// then live, until it ends
+    #[arg(add = ArgValueCompleter::new(complete::ids))]
     pub id: Option<String>,
 
     /// Start at the first event whose sequence number is at least SEQ
@@ -283,7 +346,8 @@ pub struct WatchArgs {
 /// `orchctl logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Objective id
+    /// Objective id: a unique prefix (4+ characters) or `last`
+    #[arg(add = ArgValueCompleter::new(complete::ids))]
     pub id: String,
 
     /// Only this step (default: every step's latest attempt, in plan order)
@@ -360,6 +424,26 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_help_has_an_example() {
+        fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.contains("Example") {
+                    missing.push(name.clone());
+                }
+                check(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "orchctl", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
     }
 
     #[test]

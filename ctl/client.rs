@@ -41,6 +41,11 @@ impl Client {
             socket: socket.to_path_buf(),
             cause,
         };
+        if let Some(what) = not_a_socket(socket) {
+            return Err(unreachable(format!(
+                "{what}, not a socket (is --socket / ORCH_SOCKET pointing at the right path?)"
+            )));
+        }
         let refused = Arc::new(Mutex::new(None));
         let connecting = checked_channel(socket, side, refused.clone());
         let channel = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
@@ -93,6 +98,25 @@ impl Client {
     pub fn status_error(&self, status: tonic::Status) -> CtlError {
         status_error(status, self.reached, &self.socket)
     }
+}
+
+/// What is at `path` when it exists and is not a socket (following links): "it is a
+/// directory", "it is a regular file", ...
+fn not_a_socket(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    let what = if t.is_socket() {
+        return None;
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else {
+        "a device"
+    };
+    Some(format!("{} is {what}", path.display()))
 }
 
 /// A channel over the Unix socket at `socket` whose every connection (the first and any
@@ -232,6 +256,25 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
         let err = Client::connect(&socket).await.err().expect("unreachable");
         assert_eq!(err.exit_code(), 3, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_path_that_is_not_a_socket_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("orchd.sock");
+        std::fs::write(&file, "x").expect("write");
+        for (path, what) in [
+            (file, "a regular file"),
+            (dir.path().to_path_buf(), "a directory"),
+        ] {
+            let err = Client::connect(&path).await.err().expect("refused");
+            assert_eq!(err.exit_code(), 3, "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{} is {what}, not a socket", path.display())),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -108,15 +108,47 @@ pub async fn control(client: &mut Client, id: String, what: Control, format: For
         } => {
             let request = ApproveRequest {
                 id,
-                step_id: step,
+                step_id: step.clone(),
                 approve,
                 reason: reason.unwrap_or_default(),
             };
-            client.api.approve(request).await
+            let r = client.api.approve(request).await;
+            let o = client.check(r)?;
+            return match format {
+                Format::Json => output::json_pretty(&json::objective(&o)),
+                Format::Table => output::line(&answered(&o, &step, approve)),
+            };
         }
     };
     let o = client.check(r)?;
     print_state(&o, format)
+}
+
+/// What happens next after an approval gate was answered, in one sentence.
+pub fn answered(o: &Objective, step: &str, approve: bool) -> String {
+    use orch_proto::v1::StepState;
+    let id = &o.id;
+    let state = o
+        .steps
+        .iter()
+        .find(|s| s.id == step)
+        .and_then(|s| StepState::try_from(s.state).ok())
+        .unwrap_or(StepState::Unspecified);
+    if !approve {
+        return format!(
+            "denied: step {step} of {id} is {}; the steps that need it are skipped \
+             (orchctl status {id})",
+            words::step_state(state)
+        );
+    }
+    let next = match state {
+        StepState::Ready => "is ready and starts when a slot is free".to_string(),
+        StepState::Running => "is running".to_string(),
+        StepState::Paused => format!("waits while the objective is paused (orchctl resume {id})"),
+        StepState::Succeeded => "has already run".to_string(),
+        s => format!("is {}", words::step_state(s)),
+    };
+    format!("approved: step {step} of {id} {next}; follow it with `orchctl watch {id}`")
 }
 
 /// `orchctl agents`.
@@ -191,9 +223,7 @@ pub async fn daemon_reload(client: &mut Client, format: Format) -> Result<()> {
 
 /// `orchctl completions SHELL`.
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {
-    let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
-    let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "orchctl", &mut buf);
+    let buf = crate::complete::script(shell).map_err(CtlError::Failed)?;
     output::write_bytes(&buf)
 }
 
@@ -214,10 +244,35 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_says_what_happens_next() {
+        use orch_proto::v1::{Step, StepState};
+        let o = |state: StepState| Objective {
+            id: "01ABCD".into(),
+            steps: vec![Step {
+                id: "deploy".into(),
+                state: state as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = answered(&o(StepState::Ready), "deploy", true);
+        assert_eq!(
+            text,
+            "approved: step deploy of 01ABCD is ready and starts when a slot is free; \
+             follow it with `orchctl watch 01ABCD`"
+        );
+        let text = answered(&o(StepState::Paused), "deploy", true);
+        assert!(text.contains("orchctl resume 01ABCD"), "{text}");
+        let text = answered(&o(StepState::Failed), "deploy", false);
+        assert!(
+            text.starts_with("denied: step deploy of 01ABCD is failed"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn completions_need_no_daemon() {
-        let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
-        let mut buf = Vec::new();
-        clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "orchctl", &mut buf);
+        let buf = crate::complete::script(clap_complete::Shell::Bash).unwrap_or_default();
         assert!(String::from_utf8_lossy(&buf).contains("orchctl"));
     }
 }

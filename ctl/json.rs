@@ -164,6 +164,7 @@ pub fn event_kind(e: &Event) -> String {
         Some(Payload::BudgetAlert(_)) => "budget_alert",
         Some(Payload::ApprovalRequested(_)) => "approval_requested",
         Some(Payload::ApprovalAnswered(_)) => "approval_answered",
+        Some(Payload::ObjectiveRemoved(_)) => "objective_removed",
         None => "unknown",
     }
     .to_string()
@@ -213,6 +214,10 @@ fn payload_fields(p: &Payload) -> Value {
             "approved": x.approved,
             "by_uid": x.by_uid,
             "reason": text_or_null(&x.reason),
+        }),
+        Payload::ObjectiveRemoved(x) => json!({
+            "by_uid": x.by_uid,
+            "state": objective_state_word(x.state),
         }),
     }
 }
@@ -386,6 +391,7 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
         "max_parallel": d.max_parallel,
         "running_attempts": d.running_attempts,
         "config_path": d.config_path,
+        "config_found": d.config_found,
         "last_event_seq": d.last_event_seq,
         "host": d.host.as_ref().map(crate::reports::host_json),
     })

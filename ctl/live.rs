@@ -242,7 +242,8 @@ impl Board {
             Payload::Checkpoint(_)
             | Payload::BudgetAlert(_)
             | Payload::ApprovalRequested(_)
-            | Payload::ApprovalAnswered(_) => {}
+            | Payload::ApprovalAnswered(_)
+            | Payload::ObjectiveRemoved(_) => {}
         }
     }
 

@@ -4,10 +4,60 @@
 
 use orch_proto::v1::{LogChunk, LogStream, StreamLogsRequest};
 
+use std::collections::HashMap;
+
 use crate::cli::LogsArgs;
 use crate::client::Client;
 use crate::error::Result;
-use crate::output;
+use crate::output::{self, Format};
+
+/// `logs -o json`: JSON Lines `{time, step, attempt, stream, line}`, one per line of
+/// output. Lines are put back together across chunks, per step, attempt and stream; the
+/// log files keep no time per line, so `time` is when orchctl received it.
+#[derive(Default)]
+struct JsonLines {
+    partial: HashMap<(String, u32, i32), Vec<u8>>,
+}
+
+impl JsonLines {
+    fn value(key: &(String, u32, i32), line: &[u8]) -> serde_json::Value {
+        let stream = orch_proto::words::log_stream(
+            LogStream::try_from(key.2).unwrap_or(LogStream::Unspecified),
+        );
+        let line = String::from_utf8_lossy(line);
+        serde_json::json!({
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "step": key.0,
+            "attempt": key.1,
+            "stream": stream,
+            "line": line.strip_suffix('\r').unwrap_or(&line),
+        })
+    }
+
+    /// The complete lines of `chunk` (what is left waits for the rest of its line).
+    fn push(&mut self, chunk: &LogChunk) -> Vec<serde_json::Value> {
+        let key = (chunk.step_id.clone(), chunk.attempt, chunk.stream);
+        let buf = self.partial.entry(key.clone()).or_default();
+        buf.extend_from_slice(&chunk.data);
+        let mut out = Vec::new();
+        while let Some(at) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=at).collect();
+            out.push(Self::value(&key, &line[..line.len() - 1]));
+        }
+        out
+    }
+
+    /// The last lines that had no newline.
+    fn finish(&mut self) -> Vec<serde_json::Value> {
+        let mut rest: Vec<_> = self
+            .partial
+            .drain()
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        rest.iter().map(|(k, b)| Self::value(k, b)).collect()
+    }
+}
 
 /// Tracks what was printed last, to place headers and stream markers.
 struct LogPrinter {
@@ -72,7 +122,7 @@ impl LogPrinter {
 }
 
 /// Runs `orchctl logs`.
-pub async fn run(args: LogsArgs, client: &mut Client) -> Result<()> {
+pub async fn run(args: LogsArgs, client: &mut Client, format: Format) -> Result<()> {
     let streams = match (args.stdout, args.stderr) {
         (true, false) => vec![LogStream::Stdout as i32],
         (false, true) => vec![LogStream::Stderr as i32],
@@ -90,13 +140,25 @@ pub async fn run(args: LogsArgs, client: &mut Client) -> Result<()> {
     let r = client.api.stream_logs(request).await;
     let mut stream = client.check(r)?;
     let mut printer = LogPrinter::new(args.step.is_none(), both);
+    let mut json = JsonLines::default();
     loop {
         match stream.message().await {
-            Ok(Some(chunk)) => output::write_bytes(&printer.render(&chunk))?,
-            Ok(None) => return Ok(()),
+            Ok(Some(chunk)) => match format {
+                Format::Table => output::write_bytes(&printer.render(&chunk))?,
+                Format::Json => {
+                    for v in json.push(&chunk) {
+                        output::json_line(&v)?;
+                    }
+                }
+            },
+            Ok(None) => break,
             Err(status) => return Err(client.status_error(status)),
         }
     }
+    for v in json.finish() {
+        output::json_line(&v)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,6 +195,43 @@ mod tests {
             text,
             "==> a (attempt 1) <==\nout1\n--- stderr ---\nerr1\n--- stdout ---\nout2\n\n==> b (attempt 2) <==\nbout\n"
         );
+    }
+
+    #[test]
+    fn json_lines_are_whole_lines_per_stream() {
+        let mut j = JsonLines::default();
+        let mut got = Vec::new();
+        for c in [
+            chunk("a", 1, LogStream::Stdout, "one\ntw"),
+            chunk("a", 1, LogStream::Stderr, "oops\n"),
+            chunk("a", 1, LogStream::Stdout, "o\r\nthree"),
+        ] {
+            got.extend(j.push(&c));
+        }
+        got.extend(j.finish());
+        let seen: Vec<(String, String)> = got
+            .iter()
+            .map(|v| {
+                (
+                    v["stream"].as_str().unwrap_or("").to_string(),
+                    v["line"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            ("stdout", "one"),
+            ("stderr", "oops"),
+            ("stdout", "two"),
+            ("stdout", "three"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(got[0]["step"], "a");
+        assert_eq!(got[0]["attempt"], 1);
+        assert!(got[0]["time"].as_str().is_some_and(|t| t.ends_with('Z')));
     }
 
     #[test]

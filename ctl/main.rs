@@ -3,13 +3,16 @@
 mod cli;
 mod client;
 mod commands;
+mod complete;
 mod error;
 mod follow;
+mod housekeeping;
 mod json;
 mod live;
 mod logs;
 mod output;
 mod reports;
+mod progress;
 mod submit;
 mod top;
 mod views;
@@ -27,7 +30,13 @@ use crate::error::{CtlError, Result};
 use crate::output::Format;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // With `COMPLETE=SHELL` set (by the script `orchctl completions SHELL` prints): answer
+    // the shell's completion request and exit.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -44,6 +53,49 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A command line clap refused: its message, a hint where a common slip explains it, and
+/// clap's exit code (2 for bad input, 0 for `--help` and `--version`).
+fn usage_error(e: clap::Error) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let _ = e.print();
+    if let Some(hint) = submit_hint(&e, &args) {
+        output::warn(&hint);
+    }
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
+/// `orchctl submit echo hi`: a command given without `--` is read as a plan file plus
+/// stray arguments; say how to give a command.
+fn submit_hint(e: &clap::Error, args: &[String]) -> Option<String> {
+    use clap::error::ErrorKind;
+    if !matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::TooManyValues
+    ) {
+        return None;
+    }
+    let at = args.iter().position(|a| a == "submit")?;
+    let rest = &args[at + 1..];
+    if rest.iter().any(|a| a == "--") {
+        return None;
+    }
+    let first = rest.iter().find(|a| !a.starts_with('-'))?;
+    if orch_proto::plan::Format::of(Path::new(first)).is_some() {
+        return None;
+    }
+    // Flags and their values cannot be told apart here: name the command only when the
+    // line is nothing but the command.
+    Some(if rest.first().is_some_and(|a| !a.starts_with('-')) {
+        format!(
+            "hint: to run a command, give it after `--`: orchctl submit -- {}",
+            rest.join(" ")
+        )
+    } else {
+        "hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]..."
+            .to_string()
+    })
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -74,7 +126,7 @@ async fn dispatch(
     match command {
         Command::Status { id } => commands::status(client, id, format).await,
         Command::Watch(args) => watch::run(args, client, format).await,
-        Command::Logs(args) => logs::run(args, client).await,
+        Command::Logs(args) => logs::run(args, client, format).await,
         Command::Cancel { id } => commands::control(client, id, Control::Cancel, format).await,
         Command::Pause { id } => commands::control(client, id, Control::Pause, format).await,
         Command::Resume { id } => commands::control(client, id, Control::Resume, format).await,
@@ -112,6 +164,10 @@ async fn dispatch(
         }
         Command::Daemon(DaemonCommand::Status) => commands::daemon_status(client, format).await,
         Command::Daemon(DaemonCommand::Reload) => commands::daemon_reload(client, format).await,
+        Command::Rm { ids } => housekeeping::rm(client, ids, format).await,
+        Command::Prune { older_than, state } => {
+            housekeeping::prune(client, older_than, state, format).await
+        }
         // Handled before connecting.
         Command::Completions { .. } | Command::Submit(_) | Command::List { .. } => {
             Err(CtlError::Failed(format!(
@@ -119,5 +175,32 @@ async fn dispatch(
                 socket.display()
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(argv: &[&str]) -> Option<String> {
+        let e = Cli::try_parse_from(argv).err()?;
+        let args: Vec<String> = argv[1..].iter().map(|a| a.to_string()).collect();
+        submit_hint(&e, &args)
+    }
+
+    #[test]
+    fn a_command_without_dashes_gets_a_hint() {
+        assert_eq!(
+            hint(&["orchctl", "submit", "echo", "hi"]).as_deref(),
+            Some("hint: to run a command, give it after `--`: orchctl submit -- echo hi")
+        );
+        assert_eq!(
+            hint(&["orchctl", "submit", "--retries", "1", "ls", "-l"]).as_deref(),
+            Some(
+                "hint: to run a command, give it after `--`: orchctl submit [OPTIONS] -- CMD [ARG]..."
+            )
+        );
+        assert_eq!(hint(&["orchctl", "submit", "plan.toml", "x"]), None);
+        assert_eq!(hint(&["orchctl", "status", "a", "b"]), None);
     }
 }

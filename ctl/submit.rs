@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use orch_proto::plan::load_plan_file;
 use orch_proto::v1::{
-    Limits, ObjectiveSpec, ObjectiveState, RetryPolicy, StepDefaults, StepSpec, SubmitRequest,
+    GetObjectiveRequest, Limits, ObjectiveSpec, ObjectiveState, RetryPolicy, StepDefaults,
+    StepSpec, SubmitRequest,
 };
 use orch_proto::validate::{check_env, validate_spec};
 use orch_proto::words;
@@ -14,8 +15,9 @@ use orch_proto::words;
 use crate::cli::SubmitArgs;
 use crate::client::{Client, status_message};
 use crate::error::{CtlError, Result};
+use crate::live::LiveView;
 use crate::output::{self, Format};
-use crate::{views, watch};
+use crate::{progress, views, watch};
 
 /// The step id of a one-step objective made from `-- CMD` or `--agent`.
 pub const SINGLE_STEP_ID: &str = "main";
@@ -183,6 +185,7 @@ pub async fn run(args: SubmitArgs, socket: &Path, format: Format) -> Result<()> 
         request_id: args.request_id.clone().unwrap_or_default(),
         workdir,
         env,
+        ..Default::default()
     };
     let response = match client.api.submit(request).await {
         // The daemon's own validation (e.g. an unknown agent) names the key; add the file.
@@ -215,14 +218,38 @@ pub async fn run(args: SubmitArgs, socket: &Path, format: Format) -> Result<()> 
         ));
     }
 
+    let attempts = progress::max_attempts(response.plan.as_ref());
+    if args.plan.is_none() && args.retries.is_none() {
+        // An ad-hoc command or prompt is retried by the daemon's default policy: say so.
+        if let Some(&n) = attempts.get(SINGLE_STEP_ID).filter(|n| **n > 1) {
+            output::warn(&format!(
+                "note: it runs up to {n} times if it fails (the daemon's default retry \
+                 policy); --retries 0 runs it once"
+            ));
+        }
+    }
+
     if args.watch {
         return watch::show_objective(&mut client, &id, 0, &[], format).await;
     }
     if args.wait {
-        let end = watch::wait(&mut client, &id).await?;
+        let mut view: Box<dyn watch::EventView> =
+            if format == Format::Table && watch::stdout_is_live_terminal() {
+                let r = client
+                    .api
+                    .get_objective(GetObjectiveRequest { id: id.clone() })
+                    .await;
+                let start = client.check(r)?;
+                Box::new(LiveView::on_stdout(&start, &[]))
+            } else {
+                Box::new(progress::StateLines::new(attempts))
+            };
+        let end = watch::follow_objective(&mut client, &id, 0, &[], view.as_mut()).await?;
+        drop(view);
         if end.state == ObjectiveState::Succeeded as i32 {
             return Ok(());
         }
+        progress::explain_failure(&mut client, &end).await?;
         let state = words::objective_state(
             ObjectiveState::try_from(end.state).unwrap_or(ObjectiveState::Unspecified),
         );

@@ -227,44 +227,61 @@ fn limits_text(l: Option<&Limits>) -> String {
     }
 }
 
-/// The `submit --dry-run` view.
+/// The widest line of the `submit --dry-run` view.
+pub const PLAN_WIDTH: usize = 100;
+
+/// The `submit --dry-run` view: a block per step (its settings one per line, values cut
+/// to fit [`PLAN_WIDTH`] columns; `-o json` has them in full), then the execution order.
 pub fn plan(p: &ResolvedPlan) -> String {
-    let mut text = format!("Plan {} (dry run: nothing was stored)\n\n", p.name);
-    let rows = p
-        .steps
-        .iter()
-        .map(|s| {
-            let mut what = runs(&s.agent, &s.command);
-            if !s.fallback.is_empty() {
-                what.push_str(&format!(" (fallback {})", s.fallback.join(", ")));
-            }
-            vec![
-                s.id.clone(),
-                what,
-                dash(&s.workdir),
-                if s.needs.is_empty() {
-                    "-".into()
-                } else {
-                    s.needs.join(",")
-                },
-                output::opt_duration(s.timeout_ms),
-                output::opt_duration(s.idle_timeout_ms),
-                retry_text(s.retry.as_ref()),
-                limits_text(s.limits.as_ref()),
-                if s.requires_approval {
-                    "yes".into()
-                } else {
-                    "-".into()
-                },
-            ]
-        })
-        .collect();
-    text.push_str(&table(
-        &[
-            "STEP", "RUNS", "WORKDIR", "NEEDS", "TIMEOUT", "IDLE", "RETRY", "LIMITS", "APPROVAL",
-        ],
-        rows,
-    ));
+    let fit = |s: &str, room: usize| truncate(s, room);
+    let mut text = fit(
+        &format!("Plan {} (dry run: nothing was stored)", p.name),
+        PLAN_WIDTH,
+    );
+    text.push('\n');
+    let mut cut = false;
+    for s in &p.steps {
+        let mut head = s.id.clone();
+        let mut notes = Vec::new();
+        if !s.needs.is_empty() {
+            notes.push(format!("needs {}", s.needs.join(", ")));
+        }
+        if s.requires_approval {
+            notes.push("waits for approval".to_string());
+        }
+        if !notes.is_empty() {
+            head.push_str(&format!("  ({})", notes.join("; ")));
+        }
+        text.push_str(&format!("\n{}\n", fit(&head, PLAN_WIDTH)));
+        let mut what = runs(&s.agent, &s.command);
+        if !s.fallback.is_empty() {
+            what.push_str(&format!(" (fallback {})", s.fallback.join(", ")));
+        }
+        let timeout = match (s.timeout_ms, s.idle_timeout_ms) {
+            (None, None) => "-".to_string(),
+            (t, None) => output::opt_duration(t),
+            (t, i) => format!(
+                "{} (idle {})",
+                output::opt_duration(t),
+                output::opt_duration(i)
+            ),
+        };
+        for (key, value) in [
+            ("runs", what),
+            ("workdir", dash(&s.workdir)),
+            ("timeout", timeout),
+            ("retry", retry_text(s.retry.as_ref())),
+            ("limits", limits_text(s.limits.as_ref())),
+        ] {
+            let line = format!("  {key:<9} {value}");
+            cut |= line.chars().count() > PLAN_WIDTH;
+            text.push_str(&fit(&line, PLAN_WIDTH));
+            text.push('\n');
+        }
+    }
+    if cut {
+        text.push_str("\n(values cut to fit; -o json shows them in full)\n");
+    }
     text.push_str("\nExecution order:\n");
     for (i, g) in p.groups.iter().enumerate() {
         let parallel = if g.step_ids.len() > 1 {
@@ -272,17 +289,15 @@ pub fn plan(p: &ResolvedPlan) -> String {
         } else {
             ""
         };
-        text.push_str(&format!(
-            "  {}. {}{parallel}\n",
-            i + 1,
-            g.step_ids.join(", ")
-        ));
+        let line = format!("  {}. {}{parallel}", i + 1, g.step_ids.join(", "));
+        text.push_str(&fit(&line, PLAN_WIDTH));
+        text.push('\n');
     }
     text
 }
 
 /// Local wall-clock time of day of an event, e.g. `14:03:07`.
-fn clock(ts: Option<&prost_types::Timestamp>) -> String {
+pub fn clock(ts: Option<&prost_types::Timestamp>) -> String {
     ts.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|t| {
             t.with_timezone(&chrono::Local)
@@ -383,6 +398,9 @@ pub fn event_details(e: &Event) -> String {
         Payload::ApprovalAnswered(x) => {
             let head = if x.approved { "approved" } else { "denied" };
             with_message(format!("{head} by uid {}", x.by_uid), &x.reason)
+        }
+        Payload::ObjectiveRemoved(x) => {
+            format!("removed by uid {} ({})", x.by_uid, objective_state(x.state))
         }
     }
 }
@@ -532,7 +550,14 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> String {
         ("Socket", d.socket.clone()),
         ("State dir", d.state_dir.clone()),
         ("Store size", HumanBytes(d.store_bytes).to_string()),
-        ("Config", dash(&d.config_path)),
+        (
+            "Config",
+            if d.config_found || d.config_path.is_empty() {
+                dash(&d.config_path)
+            } else {
+                format!("none (no file at {}; built-in defaults)", d.config_path)
+            },
+        ),
         ("Limits", backend),
         (
             "Running",
@@ -606,5 +631,42 @@ mod tests {
         let text = plan(&p);
         assert!(text.contains("Execution order:"), "{text}");
         assert!(text.contains("1. a, b  (in parallel)"), "{text}");
+    }
+
+    #[test]
+    fn plan_view_fits_100_columns_whatever_the_plan() {
+        let long = "x".repeat(300);
+        let p = ResolvedPlan {
+            name: long.clone(),
+            steps: vec![ResolvedStep {
+                id: long.clone(),
+                command: vec!["bash".into(), "-c".into(), long.clone()],
+                workdir: format!("/{long}"),
+                needs: vec![long.clone()],
+                timeout_ms: Some(1_200_000),
+                idle_timeout_ms: Some(300_000),
+                retry: Some(RetryPolicy {
+                    max_attempts: Some(3),
+                    initial_backoff_ms: Some(2000),
+                    ..Default::default()
+                }),
+                requires_approval: true,
+                fallback: vec![long.clone()],
+                ..Default::default()
+            }],
+            groups: vec![ParallelGroup {
+                step_ids: vec![long.clone(), long.clone()],
+            }],
+        };
+        let text = plan(&p);
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= PLAN_WIDTH,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(text.contains("  retry     3 attempts"), "{text}");
+        assert!(text.contains("-o json shows them in full"), "{text}");
     }
 }

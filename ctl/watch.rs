@@ -75,9 +75,11 @@ impl EventView for PlainLines {
     }
 }
 
-/// Shows nothing (for `--wait`).
+/// Shows nothing (tests of the waiting logic).
+#[cfg(test)]
 struct Silent;
 
+#[cfg(test)]
 impl EventView for Silent {
     fn show(&mut self, _event: &Event) -> Result<()> {
         Ok(())
@@ -94,7 +96,7 @@ pub fn view_for(format: Format, show_objective: bool) -> Box<dyn EventView> {
 }
 
 /// Whether stdout is a terminal that can redraw lines in place.
-fn stdout_is_live_terminal() -> bool {
+pub fn stdout_is_live_terminal() -> bool {
     std::io::stdout().is_terminal()
         && std::env::var_os("TERM").is_none_or(|t| t != "dumb" && !t.is_empty())
 }
@@ -139,7 +141,12 @@ pub async fn run(args: WatchArgs, client: &mut Client, format: Format) -> Result
     let kinds = check_kinds(&args.kinds)?;
     let from = args.from.unwrap_or(0);
     match args.id {
-        Some(id) => show_objective(client, &id, from, &kinds, format).await,
+        Some(id) => {
+            // A prefix or `last` becomes the full id once, so that the objectives submitted
+            // while watching cannot make it mean another one.
+            let full = get(client, &id).await?.id;
+            show_objective(client, &full, from, &kinds, format).await
+        }
         None => {
             let mut view = view_for(format, true);
             let request = WatchRequest {
@@ -373,6 +380,7 @@ async fn get<F: Follow>(source: &mut F, id: &str) -> Result<Objective> {
 }
 
 /// Waits until the objective ends (following its Watch stream) and returns it as it ended.
+#[cfg(test)]
 pub async fn wait<F: Follow>(source: &mut F, id: &str) -> Result<Objective> {
     let kinds = ["objective_state".to_string()];
     follow_objective(source, id, 0, &kinds, &mut Silent).await

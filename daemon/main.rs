@@ -55,11 +55,12 @@ struct Cli {
     /// Time between SIGTERM and SIGKILL when stopping an agent [env: ORCH_GRACE_PERIOD] [default: 10s]
     #[arg(long, value_name = "DUR")]
     grace_period: Option<String>,
-    /// Log format on stderr: text or json [env: ORCH_LOG_FORMAT]
+    /// Log format on stderr: text or json
     #[arg(
         long,
         value_name = "FORMAT",
         env = "ORCH_LOG_FORMAT",
+        hide_env_values = true,
         default_value = "text"
     )]
     log_format: String,

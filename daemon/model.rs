@@ -610,6 +610,11 @@ pub enum EventKind {
         by_uid: u32,
         reason: String,
     },
+    /// The ended objective was removed (`rm`, `prune`), in `state`.
+    ObjectiveRemoved {
+        by_uid: u32,
+        state: ObjState,
+    },
 }
 
 impl EventKind {
@@ -627,6 +632,7 @@ impl EventKind {
             EventKind::BudgetAlert { .. } => "budget_alert",
             EventKind::ApprovalRequested => "approval_requested",
             EventKind::ApprovalAnswered { .. } => "approval_answered",
+            EventKind::ObjectiveRemoved { .. } => "objective_removed",
         }
     }
 }

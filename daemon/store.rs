@@ -179,6 +179,13 @@ impl WriteSet {
         );
     }
 
+    /// Appends an event that is not indexed under its objective (the objective is being
+    /// removed in the same write: only the global history keeps the event).
+    pub fn event_unindexed(&mut self, e: &Event) {
+        self.put(T::Events, e.seq.to_be_bytes().to_vec(), json(e));
+        self.last_seq = Some(self.last_seq.map_or(e.seq, |s| s.max(e.seq)));
+    }
+
     /// Appends an event; its `seq` must be above every stored one.
     pub fn event(&mut self, e: &Event) {
         self.put(T::Events, e.seq.to_be_bytes().to_vec(), json(e));
@@ -501,6 +508,41 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Objectives whose id starts with `prefix` and that `keep` accepts, oldest first, at
+    /// most `max`. A range scan over the prefix: the cost grows with the ids sharing it,
+    /// not with every stored objective.
+    pub fn objectives_with_prefix(
+        &self,
+        prefix: &str,
+        mut keep: impl FnMut(&Objective) -> bool,
+        max: usize,
+    ) -> Result<Vec<Objective>> {
+        let mut out = Vec::new();
+        for r in self.tree(T::Objectives).scan_prefix(prefix.as_bytes()) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = r?;
+            let o: Objective = Self::decode(&k, &v)?;
+            if keep(&o) {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest objective `keep` accepts (ids sort by creation time).
+    pub fn newest(&self, mut keep: impl FnMut(&Objective) -> bool) -> Result<Option<Objective>> {
+        for r in self.tree(T::Objectives).iter().rev() {
+            let (k, v) = r?;
+            let o: Objective = Self::decode(&k, &v)?;
+            if keep(&o) {
+                return Ok(Some(o));
+            }
+        }
+        Ok(None)
     }
 
     /// Ids of objectives in `state`, oldest first.

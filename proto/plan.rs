@@ -179,11 +179,33 @@ pub fn load_plan_file(path: &Path) -> Result<ObjectiveSpec, PlanError> {
         )));
     }
     let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+    parse_named(&text, Some(format), &file)
+}
+
+/// Parses plan text as the file `file` would be read: in `format`, or else the format of
+/// `file`'s extension; the objective name defaults to `file`'s stem. `load_plan_file`
+/// (orchctl) and orchd's `SubmitRequest.plan_text` both come here, so a plan sent as text
+/// means exactly what the same file given to `orchctl submit` means.
+pub fn parse_named(
+    text: &str,
+    format: Option<Format>,
+    file: &str,
+) -> Result<ObjectiveSpec, PlanError> {
+    let path = Path::new(file);
+    let format = format
+        .or_else(|| Format::of(path))
+        .ok_or_else(|| PlanError {
+            file: file.to_string(),
+            key: String::new(),
+            problem: "unknown plan format (give the format, or a file name ending in .toml, \
+                  .yaml, .yml or .json)"
+                .into(),
+        })?;
     let default_name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    parse_plan(&text, format, &file, &default_name)
+    parse_plan(text, format, file, &default_name)
 }
 
 /// Parses and validates plan text. `file` names the source in errors.

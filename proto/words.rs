@@ -86,7 +86,7 @@ pub fn log_stream(s: LogStream) -> String {
 }
 
 /// Every event kind, as words (the `kind` of `Event` and `--kinds` of `orchctl watch`).
-pub const EVENT_KINDS: [&str; 12] = [
+pub const EVENT_KINDS: [&str; 13] = [
     "objective_submitted",
     "objective_state",
     "step_state",
@@ -99,6 +99,7 @@ pub const EVENT_KINDS: [&str; 12] = [
     "budget_alert",
     "approval_requested",
     "approval_answered",
+    "objective_removed",
 ];
 
 /// The objective states, as words, in contract order.

@@ -161,9 +161,23 @@ fn completions_need_no_daemon() {
         script.contains("orchctl"),
         "does not complete orchctl:\n{script}"
     );
+    // The script asks orchctl itself (COMPLETE=bash) for candidates: commands, flags, ids.
     assert!(
-        script.contains("submit"),
-        "does not know `submit`:\n{script}"
+        script.contains("COMPLETE=\"bash\""),
+        "not a dynamic completion script:\n{script}"
+    );
+    let mut cmd = Command::new(ORCHCTL);
+    scrub_env(&mut cmd);
+    cmd.env("COMPLETE", "fish")
+        .env("ORCH_SOCKET", &socket)
+        .args(["--", "orchctl", "sub"])
+        .current_dir(dir.path());
+    let out = run_deadline(&mut cmd, CMD_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).lines().any(|l| l.starts_with("submit")),
+        "does not complete `submit`:\n{}",
+        describe(&out)
     );
     let out = orchctl(&socket, dir.path(), &["completions", "no-such-shell"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));

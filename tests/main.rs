@@ -8,6 +8,7 @@ mod durability;
 mod events;
 mod exhaustion;
 mod grpc;
+mod handy;
 mod holes;
 mod lifecycle;
 mod multiuser;

@@ -416,6 +416,12 @@ pub fn event_pb(e: &Event) -> pb::Event {
             by_uid: *by_uid,
             reason: reason.clone(),
         }),
+        EventKind::ObjectiveRemoved { by_uid, state } => {
+            P::ObjectiveRemoved(pb::ObjectiveRemoved {
+                by_uid: *by_uid,
+                state: obj_state_pb(*state) as i32,
+            })
+        }
     };
     pb::Event {
         seq: e.seq,

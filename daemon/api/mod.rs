@@ -8,8 +8,10 @@
 mod admission;
 mod calls;
 mod convert;
+mod ids;
 mod logs;
 mod reports;
+mod remove;
 mod service;
 mod watch;
 
@@ -187,15 +189,17 @@ impl Api {
     ) -> Result<Response<pb::Objective>, Status> {
         let who = caller(&req)?;
         let raw = req.into_inner().id;
+        let resolved = self.resolve(Some(who), &raw);
         let result = async {
-            let id = required_id(raw.clone())?;
+            let id = resolved.clone()?;
             self.ask(|reply| make(id.clone(), who, reply))
                 .await?
                 .map_err(engine_status)?;
             read_objective(&self.store, &id)
         }
         .await;
-        self.audit(who, action, raw.trim(), &result).await;
+        let audited = resolved.unwrap_or_else(|_| raw.trim().to_string());
+        self.audit(who, action, &audited, &result).await;
         result.map(Response::new)
     }
 }

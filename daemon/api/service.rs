@@ -12,8 +12,8 @@ use orch_proto::validate::{check_env, parallel_groups};
 use super::calls::WatchQuota;
 use super::convert::{obj_state_from_pb, resolved_plan_pb, summary_pb, ts, usage_pb};
 use super::{
-    Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, required_id,
-    spec_status, store_status, watch,
+    Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, spec_status,
+    store_status, watch,
 };
 use crate::engine::{Caller, Command, NewObjective};
 use crate::plans;
@@ -23,11 +23,22 @@ impl Api {
     async fn submit_inner(
         &self,
         who: Caller,
-        req: pb::SubmitRequest,
+        mut req: pb::SubmitRequest,
     ) -> Result<pb::SubmitResponse, Status> {
-        let spec = req.spec.ok_or_else(|| {
-            Status::invalid_argument("spec: missing (an objective needs a spec with steps)")
-        })?;
+        let spec = match (req.spec.take(), req.plan_text.is_empty()) {
+            (Some(_), false) => {
+                return Err(Status::invalid_argument(
+                    "spec and plan_text: give one of them, not both",
+                ));
+            }
+            (Some(spec), true) => spec,
+            (None, false) => plan_spec(&req)?,
+            (None, true) => {
+                return Err(Status::invalid_argument(
+                    "spec: missing (an objective needs a spec with steps, or plan_text)",
+                ));
+            }
+        };
         check_env(&req.env, "env").map_err(spec_status)?;
         if req.request_id.len() > 200 {
             return Err(Status::invalid_argument(
@@ -76,6 +87,34 @@ impl Api {
     }
 }
 
+/// The spec of a plan sent as text (`plan_text`, `plan_format`, `plan_file`): read by
+/// the same code as `orchctl submit PLAN` reads a file (`orch_proto::plan::parse_named`).
+fn plan_spec(req: &pb::SubmitRequest) -> Result<pb::ObjectiveSpec, Status> {
+    use orch_proto::plan::{Format, parse_named};
+    let format = match pb::PlanFormat::try_from(req.plan_format) {
+        Ok(pb::PlanFormat::Unspecified) => None,
+        Ok(pb::PlanFormat::Toml) => Some(Format::Toml),
+        Ok(pb::PlanFormat::Yaml) => Some(Format::Yaml),
+        Ok(pb::PlanFormat::Json) => Some(Format::Json),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "plan_format: {} is not a plan format (TOML 1, YAML 2, JSON 3)",
+                req.plan_format
+            )));
+        }
+    };
+    let file = match req.plan_file.trim() {
+        "" => "plan",
+        f => f,
+    };
+    if file.len() > 4096 || file.contains('\0') {
+        return Err(Status::invalid_argument(
+            "plan_file: a file name of at most 4096 bytes, without NUL",
+        ));
+    }
+    parse_named(&req.plan_text, format, file).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 #[tonic::async_trait]
 impl Orchestrator for Api {
     async fn submit(
@@ -96,10 +135,8 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::GetObjectiveRequest>,
     ) -> Result<Response<pb::Objective>, Status> {
-        let id = req.into_inner().id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("id: missing"));
-        }
+        let who = caller(&req).ok();
+        let id = self.resolve(who, &req.into_inner().id)?;
         let mut o = read_objective(&self.store, &id)?;
         // Ready steps held back by host pressure say why (the reason is live, not stored).
         let ready = pb::StepState::Ready as i32;
@@ -195,8 +232,9 @@ impl Orchestrator for Api {
     ) -> Result<Response<pb::Objective>, Status> {
         let who = caller(&req)?;
         let r = req.into_inner();
+        let resolved = self.resolve(Some(who), &r.id);
         let result = async {
-            let id = required_id(r.id.clone())?;
+            let id = resolved.clone()?;
             let step = (!r.step_id.trim().is_empty()).then(|| r.step_id.trim().to_string());
             self.ask(|reply| Command::Retry {
                 id: id.clone(),
@@ -210,7 +248,8 @@ impl Orchestrator for Api {
             read_objective(&self.store, &id)
         }
         .await;
-        self.audit(who, "retry", r.id.trim(), &result).await;
+        let audited = resolved.unwrap_or_else(|_| r.id.trim().to_string());
+        self.audit(who, "retry", &audited, &result).await;
         result.map(Response::new)
     }
 
@@ -221,8 +260,9 @@ impl Orchestrator for Api {
         let who = caller(&req)?;
         let r = req.into_inner();
         let action = if r.approve { "approve" } else { "deny" };
+        let resolved = self.resolve(Some(who), &r.id);
         let result = async {
-            let id = required_id(r.id.clone())?;
+            let id = resolved.clone()?;
             if r.step_id.trim().is_empty() {
                 return Err(Status::invalid_argument(
                     "step_id: missing (the step waiting for approval)",
@@ -241,7 +281,8 @@ impl Orchestrator for Api {
             read_objective(&self.store, &id)
         }
         .await;
-        self.audit(who, action, r.id.trim(), &result).await;
+        let audited = resolved.unwrap_or_else(|_| r.id.trim().to_string());
+        self.audit(who, action, &audited, &result).await;
         result.map(Response::new)
     }
 
@@ -258,7 +299,12 @@ impl Orchestrator for Api {
             .get::<WatchQuota>()
             .cloned()
             .unwrap_or_else(|| WatchQuota::standalone(caller(&req).map_or(0, |c| c.uid)));
-        watch::open(self, req.into_inner(), quota).map(Response::new)
+        let who = caller(&req).ok();
+        let mut req = req.into_inner();
+        if !req.objective_id.trim().is_empty() {
+            req.objective_id = self.resolve(who, &req.objective_id)?;
+        }
+        watch::open(self, req, quota).map(Response::new)
     }
 
     type StreamLogsStream = BoxStream<pb::LogChunk>;
@@ -267,7 +313,10 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        logs::open(self, req.into_inner()).map(Response::new)
+        let who = caller(&req).ok();
+        let mut req = req.into_inner();
+        req.id = self.resolve(who, &req.id)?;
+        logs::open(self, req).map(Response::new)
     }
 
     async fn list_agents(
@@ -294,7 +343,10 @@ impl Orchestrator for Api {
         req: Request<pb::GetUsageRequest>,
     ) -> Result<Response<pb::UsageReport>, Status> {
         let who = caller(&req)?;
-        let id = req.into_inner().objective_id;
+        let mut id = req.into_inner().objective_id;
+        if !id.trim().is_empty() {
+            id = self.resolve(Some(who), &id)?;
+        }
         let cfg = self.config.borrow().clone();
         let (day_key, month_key) = crate::model::usage_keys(chrono::Utc::now());
         let total = |key: &str| self.store.usage_total(key).map_err(store_status);
@@ -352,7 +404,18 @@ impl Orchestrator for Api {
         &self,
         req: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let req = req.into_inner();
+        let who = caller(&req).ok();
+        let mut req = req.into_inner();
+        if !req.objective_id.trim().is_empty() {
+            // A removed objective's entries stay: its full id is taken as it is.
+            match self.resolve(who, &req.objective_id) {
+                Ok(id) => req.objective_id = id,
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    req.objective_id = req.objective_id.trim().to_string();
+                }
+                Err(s) => return Err(s),
+            }
+        }
         let objective = (!req.objective_id.is_empty()).then_some(req.objective_id.as_str());
         let entries = self
             .store
@@ -403,6 +466,7 @@ impl Orchestrator for Api {
                 &self.config.borrow().clone(),
                 live.host_held,
             )),
+            config_found: info.config_path.exists(),
         }))
     }
 
@@ -467,5 +531,19 @@ impl Orchestrator for Api {
         Ok(Response::new(super::reports::config_report(
             &cfg, path, flags,
         )))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::ObjectiveRef>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        self.remove_call(req).await
+    }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        self.prune_call(req).await
     }
 }

@@ -93,6 +93,18 @@ impl Engine {
                 let r = self.control(&id, caller, input);
                 self.after_reply(reply, r);
             }
+            Command::Remove { id, caller, reply } => {
+                let r = self.remove(&id, caller).map(|_| ());
+                self.after_reply(reply, r);
+            }
+            Command::Prune {
+                filter,
+                caller,
+                reply,
+            } => {
+                let r = self.prune(caller, filter);
+                self.after_reply(reply, r);
+            }
             Command::LogBytes(n) => {
                 self.log_bytes += n;
                 self.enforce_log_cap();
@@ -119,6 +131,12 @@ impl Engine {
             machine::authorize(caller.uid, self.own_uid, live.run.obj.owner_uid, action, id)?;
             tracing::info!(objective = %id, uid = caller.uid, action, "control");
             return Ok(self.input(id, input)?);
+        }
+        if self.removed_this_turn(id) {
+            // Its removal is not written yet; it is gone all the same.
+            return Err(EngineError::NotFound(format!(
+                "no objective with id `{id}`"
+            )));
         }
         let obj = self
             .store

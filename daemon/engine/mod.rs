@@ -15,6 +15,8 @@ mod control;
 mod housekeeping;
 pub mod machine;
 mod recovery;
+mod remove;
+pub use remove::PruneFilter;
 mod schedule;
 pub mod stats;
 
@@ -164,6 +166,18 @@ pub enum Command {
     /// Every agent profile's aggregate (`GetStats`).
     Stats {
         reply: oneshot::Sender<stats::Stats>,
+    },
+    /// Remove an ended objective (records, events, logs, checkpoints).
+    Remove {
+        id: String,
+        caller: Caller,
+        reply: Reply<()>,
+    },
+    /// Remove the caller's ended objectives that match the filter; replies with their ids.
+    Prune {
+        filter: PruneFilter,
+        caller: Caller,
+        reply: Reply<Vec<String>>,
     },
 }
 
@@ -402,6 +416,8 @@ impl Engine {
                         .after
                         .push(After::Order(id.to_string(), step, order))
                 }
+                // Only an ended objective is removed, and never through here (`remove`).
+                Effect::Remove => {}
                 Effect::Ended => {
                     tracing::info!(objective = %id, state = live.run.obj.state.word(), "objective ended");
                     // Every step is terminal, so nothing of it runs any more.

@@ -4,6 +4,7 @@
 Usage:
     orch_client.py [SOCKET] [--limit N]              list objectives (default mode)
     orch_client.py [SOCKET] --submit [--] CMD ARG...  submit a one-step objective
+    orch_client.py [SOCKET] --plan FILE [--dry-run]   submit a plan file (TOML, YAML or JSON)
     orch_client.py [SOCKET] --watch ID [--from SEQ]   follow an objective's events
 
 SOCKET defaults to $ORCH_SOCKET, then to orchd's default socket path
@@ -22,6 +23,8 @@ Output: one JSON object per line on stdout, each with a "type" field:
     {"type": "objective", "objective": {...}}               list: one per objective, newest first
     {"type": "done", "objectives": N}                       list: last line
     {"type": "submitted", "id": "...", "existing": false}   --submit
+    {"type": "submitted", "id": "...", "existing": false,
+     "plan": {...}}                                         --plan (id "" with --dry-run)
     {"type": "event", "event": {...}}                       --watch: one per event
     {"type": "watch_end", "reason": "end" | "unimplemented",
      "state": "OBJECTIVE_STATE_SUCCEEDED"}                  --watch: last line (state: how it ended)
@@ -202,6 +205,26 @@ def submit(pb, stub, command, timeout):
     emit({"type": "submitted", "id": reply.id, "existing": reply.existing})
 
 
+def submit_plan(pb, stub, path, dry_run, timeout):
+    """Sends a plan file's text; orchd parses and resolves it exactly as
+    `orchctl submit FILE` would (units, the default name from the file name,
+    step workdirs relative to the workdir sent), so no plan parser is needed
+    here. The format comes from the file's extension (plan_format can say it
+    instead)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    request = pb.SubmitRequest(
+        plan_text=text,
+        plan_file=os.path.basename(path),
+        workdir=os.getcwd(),
+        env=dict(os.environ),
+        dry_run=dry_run,
+    )
+    reply = stub.Submit(request, timeout=timeout)
+    emit({"type": "submitted", "id": reply.id, "existing": reply.existing,
+          "plan": to_json(reply.plan)})
+
+
 def watch(pb, stub, objective_id, from_seq, deadline):
     """Prints the objective's events from from_seq (0: its first) until it ends.
 
@@ -270,6 +293,8 @@ def parse_args(argv):
         description="Example orch client (see the top of this file for the output format).")
     p.add_argument("socket", nargs="?", help="orchd socket (default: $ORCH_SOCKET or the default path)")
     p.add_argument("--watch", metavar="ID", help="follow this objective's events until it ends")
+    p.add_argument("--plan", metavar="FILE", help="submit this plan file (.toml, .yaml, .yml, .json)")
+    p.add_argument("--dry-run", action="store_true", help="with --plan: resolve only, store nothing")
     p.add_argument("--from", dest="from_seq", type=int, default=0, metavar="SEQ",
                    help="with --watch: first event sequence number (0: the objective's first event)")
     p.add_argument("--limit", type=int, default=0, help="list at most N objectives (0: all)")
@@ -279,8 +304,8 @@ def parse_args(argv):
     p.add_argument("--health-service", default="orch.v1.Orchestrator",
                    help='service name for the health check (default: orch.v1.Orchestrator; "" = the whole server)')
     args = p.parse_args(argv)
-    if command is not None and args.watch:
-        p.error("--submit and --watch cannot be combined")
+    if sum(x is not None for x in (command, args.watch, args.plan)) > 1:
+        p.error("--submit, --plan and --watch cannot be combined")
     args.command = command
     return args
 
@@ -299,6 +324,8 @@ def main(argv):
         stub = pb_grpc.OrchestratorStub(channel)
         if args.command is not None:
             submit(pb, stub, args.command, args.timeout)
+        elif args.plan:
+            submit_plan(pb, stub, args.plan, args.dry_run, args.timeout)
         elif args.watch:
             watch(pb, stub, args.watch, args.from_seq, args.deadline)
         else:

@@ -92,6 +92,7 @@ fn write_submit_spec_seeds() {
                         .into_iter()
                         .map(|(k, v)| (k.into(), v.into()))
                         .collect(),
+                    ..Default::default()
                 };
                 std::fs::write(out.join(format!("{stem}-{tag}")), req.encode_to_vec()).unwrap();
             }

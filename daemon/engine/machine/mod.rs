@@ -19,7 +19,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use tables::{End, Next, RateLimit, counts_against_retries, next_after_end};
+pub use tables::{End, Needs, Next, RateLimit, counts_against_retries, needs, next_after_end};
 
 use crate::model::{
     Attempt, Control, EventKind, FailureClass, Millis, ObjState, Objective, Progress, Step,
@@ -112,6 +112,11 @@ pub enum Input {
         step: Option<String>,
         /// Forget the agents' sessions: the next attempts start new ones.
         fresh: bool,
+        by: u32,
+    },
+    /// Remove an ended objective (its records, logs and checkpoints go once the
+    /// decision is durable).
+    Remove {
         by: u32,
     },
     /// The scheduler gave a slot to a ready step: open its next attempt.
@@ -214,6 +219,7 @@ impl Input {
             Input::Approve { approve: true, .. } => "approve",
             Input::Approve { approve: false, .. } => "deny",
             Input::Retry { .. } => "retry",
+            Input::Remove { .. } => "remove",
             _ => "change",
         }
     }
@@ -253,6 +259,8 @@ pub enum Effect {
     Order { step: u32, order: Control },
     /// The objective ended: it leaves the live set; whoever waits on it is answered.
     Ended,
+    /// Delete the ended objective's records, logs and checkpoints.
+    Remove,
 }
 
 /// What one input did: changed records, events in order, effects in order.
@@ -371,17 +379,32 @@ impl<'a> Tx<'a> {
             })
     }
 
+    /// Why an input that needs an ended objective is refused.
+    fn not_ended(&self, input: &Input) -> String {
+        let id = self.id();
+        match input {
+            Input::Remove { .. } => format!(
+                "cannot remove objective {id}: it is {} (only an ended objective can be \
+                 removed; cancel it first with `orchctl cancel {id}`, or wait for it to end)",
+                self.run.obj.state.word()
+            ),
+            _ => format!(
+                "objective {id} has not ended; only an ended objective can be {}",
+                match input.action() {
+                    "retry" => "retried",
+                    other => other,
+                }
+            ),
+        }
+    }
+
     fn apply(&mut self, input: Input) -> Result<(), Invalid> {
         let ended = self.run.obj.state.is_terminal();
-        match &input {
-            Input::Retry { .. } if !ended => {
-                return Err(Invalid::FailedPrecondition(format!(
-                    "objective {} has not ended; only an ended objective can be retried",
-                    self.id()
-                )));
+        match (needs(&input), ended) {
+            (Needs::Ended, false) => {
+                return Err(Invalid::FailedPrecondition(self.not_ended(&input)));
             }
-            Input::Retry { .. } => {}
-            _ if ended => {
+            (Needs::NotEnded, true) => {
                 return Err(Invalid::FailedPrecondition(format!(
                     "cannot {} objective {}: it has already ended ({})",
                     input.action(),
@@ -392,6 +415,11 @@ impl<'a> Tx<'a> {
             _ => {}
         }
         match input {
+            Input::Remove { by } => {
+                let state = self.run.obj.state;
+                self.emit("", 0, EventKind::ObjectiveRemoved { by_uid: by, state });
+                self.effect(Effect::Remove);
+            }
             Input::Cancel { by } => self.cancel(by),
             Input::Pause { by } => self.pause(by)?,
             Input::Resume { by } => self.resume(by)?,

@@ -5,6 +5,32 @@
 pub use crate::model::End;
 use crate::model::{FailureAction, FailureClass, Millis, Outcome, Step};
 
+use super::Input;
+
+/// What an input needs of its objective's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// An objective that has not ended (every input but the two below).
+    NotEnded,
+    /// An ended objective (`succeeded`, `failed` or `cancelled`).
+    Ended,
+}
+
+/// The precondition table: what each input needs of the objective's state. A refused
+/// input changes nothing.
+///
+/// | input                                    | needs     | refused with                          |
+/// |------------------------------------------|-----------|---------------------------------------|
+/// | retry                                    | ended     | `objective ID has not ended; ...`     |
+/// | remove                                   | ended     | `cannot remove objective ID: it is S` |
+/// | cancel, pause, resume, approve, facts, … | not ended | `cannot V objective ID: it has already ended (S)` |
+pub fn needs(input: &Input) -> Needs {
+    match input {
+        Input::Retry { .. } | Input::Remove { .. } => Needs::Ended,
+        _ => Needs::NotEnded,
+    }
+}
+
 /// What becomes of a step after one of its attempts ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {

@@ -460,3 +460,84 @@ fn root_the_daemon_and_the_owner_may_act_others_may_not() {
         ))
     );
 }
+
+// ------------------------------------------------------------ remove
+
+#[test]
+fn the_precondition_table_needs_an_end_for_retry_and_remove_only() {
+    let retry = Input::Retry {
+        step: None,
+        fresh: false,
+        by: 0,
+    };
+    for (input, want) in [
+        (Input::Remove { by: 0 }, Needs::Ended),
+        (retry, Needs::Ended),
+        (Input::Cancel { by: 0 }, Needs::NotEnded),
+        (Input::Pause { by: 0 }, Needs::NotEnded),
+        (Input::Resume { by: 0 }, Needs::NotEnded),
+        (Input::TimerFired { step: 0 }, Needs::NotEnded),
+    ] {
+        assert_eq!(needs(&input), want, "{input:?}");
+    }
+}
+
+#[test]
+fn remove_of_an_objective_that_has_not_ended_is_refused_saying_what_to_do() {
+    // Pending, running, paused, awaiting approval: each refused, nothing changed.
+    let mut pending = run_of(vec![plan("a", &["b"]), plan("b", &[])]);
+    let mut running = run_of(vec![plan("a", &[])]);
+    start(&mut running, 0);
+    let mut paused = run_of(vec![plan("a", &[])]);
+    ok(&mut paused, Input::Pause { by: OWNER });
+    let mut gated_run = run_of(vec![gated("a", &[])]);
+    for (run, state) in [
+        (&mut pending, "pending"),
+        (&mut running, "running"),
+        (&mut paused, "paused"),
+        (&mut gated_run, "awaiting_approval"),
+    ] {
+        let e = refused(run, Input::Remove { by: OWNER });
+        let Invalid::FailedPrecondition(text) = e else {
+            panic!("not a precondition: {e:?}");
+        };
+        assert!(
+            text.starts_with(&format!("cannot remove objective OBJ: it is {state}")),
+            "{text}"
+        );
+        assert!(text.contains("orchctl cancel OBJ"), "{text}");
+    }
+}
+
+#[test]
+fn remove_of_an_ended_objective_records_the_removal_and_asks_for_it() {
+    let mut run = ended_run();
+    let d = ok(&mut run, Input::Remove { by: OWNER });
+    assert_eq!(said(&d), ["objective_removed"]);
+    assert_eq!(
+        d.events[0].kind,
+        EventKind::ObjectiveRemoved {
+            by_uid: OWNER,
+            state: ObjState::Failed
+        }
+    );
+    assert_eq!(d.effects, [Effect::Remove]);
+    // Nothing of the objective's own records changes: they are deleted whole.
+    assert!(!d.objective && d.steps.is_empty() && d.attempts.is_empty());
+    assert_eq!(run.obj.state, ObjState::Failed);
+}
+
+#[test]
+fn a_cancelled_objective_can_be_removed_once_it_ended() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    ok(&mut run, Input::Cancel { by: OWNER });
+    assert!(matches!(
+        refused(&mut run, Input::Remove { by: OWNER }),
+        Invalid::FailedPrecondition(_)
+    ));
+    end(&mut run, 0, Outcome::Cancelled);
+    assert_eq!(run.obj.state, ObjState::Cancelled);
+    let d = ok(&mut run, Input::Remove { by: 0 });
+    assert!(has(&d, &Effect::Remove));
+}

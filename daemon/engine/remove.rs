@@ -1,0 +1,113 @@
+//! Housekeeping asked for by users: `Remove` (one ended objective) and `Prune` (the
+//! caller's ended objectives matching filters). The core decides (`Input::Remove`: only
+//! an ended objective, an `objective_removed` event); here the objective's records leave
+//! the store in the turn's one write, and its logs and checkpoints once that is durable.
+
+use crate::model::{Event, ObjState, now_ms};
+
+use super::machine::{self, Effect, Input, Run};
+use super::{After, Caller, Engine, EngineError};
+
+/// What `Prune` removes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneFilter {
+    /// Only objectives that ended at least this long ago.
+    pub older_than_ms: Option<u64>,
+    /// Only objectives in this ended state.
+    pub state: Option<ObjState>,
+}
+
+impl Engine {
+    /// Removes the ended objective `id` for `caller` (the owner rule applies); returns the
+    /// state it was in.
+    pub(super) fn remove(&mut self, id: &str, caller: Caller) -> Result<ObjState, EngineError> {
+        let input = Input::Remove { by: caller.uid };
+        if let Some(live) = self.live.get(id) {
+            machine::authorize(
+                caller.uid,
+                self.own_uid,
+                live.run.obj.owner_uid,
+                "remove",
+                id,
+            )?;
+            // The core refuses it (the objective has not ended) and says why.
+            let mut run = live.run.clone();
+            machine::step(&mut run, input, self.ctx())?;
+            return Err(EngineError::FailedPrecondition(format!(
+                "objective {id} is live and cannot be removed"
+            )));
+        }
+        if self.removed_this_turn(id) {
+            return Err(EngineError::NotFound(format!(
+                "no objective with id `{id}`"
+            )));
+        }
+        let obj = self
+            .store
+            .objective(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("no objective with id `{id}`")))?;
+        machine::authorize(caller.uid, self.own_uid, obj.owner_uid, "remove", id)?;
+        let mut run = Run::new(obj, Vec::new());
+        let d = machine::step(&mut run, input, self.ctx())?;
+        let removal = self.store.removal(&run.obj)?;
+        self.turn.writes.extend(removal);
+        let now = now_ms();
+        for e in d.events {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let e = Event {
+                seq,
+                time_ms: now,
+                objective_id: id.to_string(),
+                step_id: e.step_id,
+                attempt: e.attempt,
+                kind: e.kind,
+            };
+            // Its objective's own events go with it; the global history keeps this one.
+            self.turn.writes.event_unindexed(&e);
+            self.turn.events.push(e);
+        }
+        if d.effects.contains(&Effect::Remove) {
+            self.turn.after.push(After::RemoveDirs(vec![
+                self.logs_dir.join(id),
+                super::attempt::checkpoints_dir(&self.cfg).join(id),
+            ]));
+        }
+        tracing::info!(objective = %id, uid = caller.uid, state = run.obj.state.word(), "objective removed");
+        Ok(run.obj.state)
+    }
+
+    /// Whether `id` was removed by an earlier command of this turn (not yet written).
+    pub(super) fn removed_this_turn(&self, id: &str) -> bool {
+        self.turn.events.iter().any(|e| {
+            e.objective_id == id
+                && matches!(e.kind, crate::model::EventKind::ObjectiveRemoved { .. })
+        })
+    }
+
+    /// Removes the caller's ended objectives (everyone's for root and the daemon's user)
+    /// that match `filter`, oldest first; returns their ids.
+    pub(super) fn prune(
+        &mut self,
+        caller: Caller,
+        filter: PruneFilter,
+    ) -> Result<Vec<String>, EngineError> {
+        let now = now_ms();
+        let own = self.own_uid;
+        let candidates = self.store.ended_oldest_first(|_| true)?;
+        let mut removed = Vec::new();
+        for o in candidates {
+            let mine = caller.uid == 0 || caller.uid == own || caller.uid == o.owner_uid;
+            let state_ok = filter.state.is_none_or(|s| s == o.state);
+            let old_enough = filter
+                .older_than_ms
+                .is_none_or(|ms| o.updated_ms <= now.saturating_sub(ms as i64));
+            if !(mine && state_ok && old_enough) || self.removed_this_turn(&o.id) {
+                continue;
+            }
+            self.remove(&o.id, caller)?;
+            removed.push(o.id);
+        }
+        Ok(removed)
+    }
+}
