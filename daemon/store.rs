@@ -784,6 +784,65 @@ mod tests {
     }
 
     #[test]
+    fn prefix_scans_and_the_newest_by_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let mut w = WriteSet::default();
+        for (id, owner) in [("01AB1", 1), ("01AB2", 2), ("01AC3", 1), ("02ZZ4", 2)] {
+            let mut o = objective(id, ObjState::Succeeded);
+            o.owner_uid = owner;
+            w.objective(&o, None);
+        }
+        s.write(&w).unwrap();
+        let ids = |v: Vec<Objective>| v.into_iter().map(|o| o.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.objectives_with_prefix("01AB", |_| true, 10).unwrap()),
+            ["01AB1", "01AB2"]
+        );
+        assert_eq!(
+            ids(s
+                .objectives_with_prefix("01A", |o| o.owner_uid == 1, 10)
+                .unwrap()),
+            ["01AB1", "01AC3"]
+        );
+        assert_eq!(
+            s.objectives_with_prefix("01", |_| true, 2).unwrap().len(),
+            2
+        );
+        assert!(
+            s.objectives_with_prefix("03", |_| true, 10)
+                .unwrap()
+                .is_empty()
+        );
+        let newest = |uid: u32| s.newest(|o| o.owner_uid == uid).unwrap().map(|o| o.id);
+        assert_eq!(newest(1).as_deref(), Some("01AC3"));
+        assert_eq!(newest(2).as_deref(), Some("02ZZ4"));
+        assert_eq!(newest(3), None);
+    }
+
+    #[test]
+    fn an_unindexed_event_is_in_the_history_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let mut w = WriteSet::default();
+        w.event_unindexed(&Event {
+            seq: 1,
+            time_ms: 0,
+            objective_id: "GONE".into(),
+            step_id: String::new(),
+            attempt: 0,
+            kind: EventKind::ObjectiveRemoved {
+                by_uid: 0,
+                state: ObjState::Failed,
+            },
+        });
+        s.write(&w).unwrap();
+        assert_eq!(s.events_from(0, 10).unwrap().len(), 1);
+        assert!(s.objective_events_from("GONE", 0, 10).unwrap().is_empty());
+        assert_eq!(s.last_seq().unwrap(), 1);
+    }
+
+    #[test]
     fn events_and_seq_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");

@@ -411,7 +411,7 @@ impl Orchestrator for Api {
             match self.resolve(who, &req.objective_id) {
                 Ok(id) => req.objective_id = id,
                 Err(s) if s.code() == tonic::Code::NotFound => {
-                    req.objective_id = req.objective_id.trim().to_string();
+                    req.objective_id = req.objective_id.trim().to_ascii_uppercase();
                 }
                 Err(s) => return Err(s),
             }
