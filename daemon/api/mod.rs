@@ -10,8 +10,8 @@ mod calls;
 mod convert;
 mod ids;
 mod logs;
-mod reports;
 mod remove;
+mod reports;
 mod service;
 mod watch;
 
