@@ -8,6 +8,7 @@ mod follow;
 mod json;
 mod live;
 mod logs;
+mod mcp;
 mod output;
 mod submit;
 mod views;
@@ -50,6 +51,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Completions { shell } => commands::completions(shell),
         Command::Submit(args) => submit::run(*args, &socket, format).await,
+        Command::Mcp(args) => mcp::run(args, &socket).await,
+        Command::Tools(args) => mcp::tools::run(args, &socket, format).await,
         Command::List { state, limit } => {
             // Check input before reaching for the daemon.
             let state = state.as_deref().map(commands::parse_state).transpose()?;
@@ -103,11 +106,13 @@ async fn dispatch(
         Command::Daemon(DaemonCommand::Status) => commands::daemon_status(client, format).await,
         Command::Daemon(DaemonCommand::Reload) => commands::daemon_reload(client, format).await,
         // Handled before connecting.
-        Command::Completions { .. } | Command::Submit(_) | Command::List { .. } => {
-            Err(CtlError::Failed(format!(
-                "internal: command dispatched twice ({})",
-                socket.display()
-            )))
-        }
+        Command::Completions { .. }
+        | Command::Submit(_)
+        | Command::List { .. }
+        | Command::Mcp(_)
+        | Command::Tools(_) => Err(CtlError::Failed(format!(
+            "internal: command dispatched twice ({})",
+            socket.display()
+        ))),
     }
 }

@@ -10,6 +10,7 @@ mod exhaustion;
 mod grpc;
 mod holes;
 mod lifecycle;
+mod mcp;
 mod multiuser;
 mod plans;
 mod prompts;

@@ -1,0 +1,335 @@
+//! `orchctl mcp` driven by the official MCP Python SDK (PyPI `mcp`), over stdio and over
+//! Streamable HTTP with its bearer token; and raw HTTP requests for the 401 and the
+//! 2025-06-18 handshake.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// How long one run of the Python scenario may take.
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(120);
+
+fn client_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/orch_mcp_client.py")
+}
+
+/// The scenario's JSON lines, by their `type`.
+fn lines_by_type(out: &std::process::Output) -> Vec<Value> {
+    assert!(out.status.success(), "{}", describe(out));
+    stdout(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", describe(out)))
+        })
+        .collect()
+}
+
+fn line<'a>(lines: &'a [Value], kind: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|v| v["type"] == kind)
+        .unwrap_or_else(|| panic!("no `{kind}` line in {lines:#?}"))
+}
+
+/// Checks what the Python client saw in one run of the scenario (`orch_mcp_client.py`).
+fn check_scenario(d: &TestDaemon, lines: &[Value], protocol: &str) {
+    assert_eq!(line(lines, "protocol")["version"], protocol);
+    let tools = line(lines, "tools");
+    let names: Vec<&str> = tools["names"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let want = [
+        "agents", "approve", "cancel", "list", "logs", "pause", "resume", "retry", "status",
+        "submit", "usage", "wait",
+    ];
+    assert_eq!(names, want, "{tools}");
+    for name in want {
+        let input = &tools["input_schemas"][name];
+        assert_eq!(input["type"], "object", "{name} input schema: {input}");
+        let output = &tools["output_schemas"][name];
+        assert_eq!(output["type"], "object", "{name} output schema: {output}");
+    }
+    let submit_props = &tools["input_schemas"]["submit"]["properties"];
+    for key in [
+        "plan",
+        "plan_text",
+        "format",
+        "command",
+        "args",
+        "agent",
+        "prompt",
+        "wait",
+    ] {
+        assert!(
+            submit_props.get(key).is_some(),
+            "submit lacks `{key}`: {submit_props}"
+        );
+    }
+    assert!(
+        tools["input_schemas"]["approve"]["required"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|k| k == "approve")),
+        "{}",
+        tools["input_schemas"]["approve"]
+    );
+    let status_out = &tools["output_schemas"]["status"]["properties"];
+    for key in ["id", "name", "state", "steps"] {
+        assert!(status_out.get(key).is_some(), "status output lacks `{key}`");
+    }
+
+    let id = line(lines, "submitted")["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id"))
+        .to_string();
+    let waited = line(lines, "waited");
+    assert_eq!(waited["state"], "succeeded", "{waited}");
+    let progress = waited["progress"].as_array().cloned().unwrap_or_default();
+    let messages: Vec<&str> = progress
+        .iter()
+        .filter_map(|p| p["message"].as_str())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("attempt_ended")),
+        "progress notifications: {messages:?}"
+    );
+    let values: Vec<f64> = progress
+        .iter()
+        .filter_map(|p| p["progress"].as_f64())
+        .collect();
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "progress must grow: {values:?}"
+    );
+    // What orchd says about it agrees.
+    assert_eq!(d.status(&id)["state"], "succeeded");
+    assert_eq!(line(lines, "status")["state"], "succeeded");
+    assert_eq!(line(lines, "status")["steps"], 1);
+    assert_eq!(line(lines, "logs")["text"], "hello-from-mcp\n");
+
+    let templates = &line(lines, "templates")["uris"];
+    assert_eq!(
+        templates,
+        &serde_json::json!([
+            "orch://objectives/{id}",
+            "orch://objectives/{id}/logs/{step}"
+        ])
+    );
+    let uri = format!("orch://objectives/{id}");
+    assert!(
+        line(lines, "resources")["uris"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|u| u == &uri)),
+        "{}",
+        line(lines, "resources")
+    );
+    let read = &line(lines, "read")["json"];
+    assert_eq!(read["id"], id.as_str());
+    assert_eq!(read["state"], "succeeded");
+    assert_eq!(line(lines, "read_logs")["text"], "hello-from-mcp\n");
+
+    // Cancelled through MCP, and the subscription said so.
+    assert_eq!(line(lines, "cancelled")["state"], "cancelled");
+    let updated = line(lines, "updated")["uri"].as_str().unwrap_or_default();
+    let long_id = updated.trim_start_matches("orch://objectives/");
+    assert_eq!(d.status(long_id)["state"], "cancelled", "{updated}");
+
+    // Tool errors carry orchctl's own message.
+    let err = line(lines, "tool_error");
+    assert_eq!(err["is_error"], true, "{err}");
+    let ctl = d.ctl(&["status", "no-such-objective"]);
+    let ctl_message = stderr(&ctl)
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string();
+    assert!(!ctl_message.is_empty());
+    assert_eq!(err["text"], ctl_message.as_str());
+    let err = line(lines, "submit_error");
+    assert_eq!(err["is_error"], true, "{err}");
+    assert_eq!(
+        err["text"],
+        "give exactly one of plan, plan_text, command or agent (with prompt)"
+    );
+}
+
+#[test]
+fn python_sdk_drives_orchctl_mcp_over_stdio() {
+    if !require_python_mcp() {
+        return;
+    }
+    let d = TestDaemon::start();
+    // Both handshakes the SDK speaks: the 2026-07-28 discovery and the initialize of 2025.
+    for (mode, protocol) in [("auto", "2026-07-28"), ("legacy", "2025-11-25")] {
+        let mut cmd = Command::new("python3");
+        scrub_env(&mut cmd);
+        cmd.arg(client_script())
+            .args(["stdio", env!("CARGO_BIN_EXE_orchctl")])
+            .arg(d.socket())
+            .arg(mode)
+            .current_dir(d.work_dir());
+        let out = run_deadline(&mut cmd, SCENARIO_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
+        check_scenario(&d, &lines_by_type(&out), protocol);
+    }
+}
+
+/// `orchctl mcp --http 127.0.0.1:0` started, with its URL and token file as it printed them.
+fn start_http(d: &TestDaemon, extra: &[&str]) -> (Follower, String, PathBuf) {
+    let mut args = vec!["mcp", "--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut cmd = d.ctl_command(&args);
+    cmd.env("XDG_RUNTIME_DIR", d.dir());
+    let mut f = Follower::start(cmd);
+    let mut url = String::new();
+    let mut token_file = PathBuf::new();
+    while url.is_empty() {
+        let line = f
+            .next_line(CMD_DEADLINE)
+            .unwrap_or_else(|| panic!("orchctl mcp --http ended early"));
+        if let Some(p) = line.strip_prefix("token file: ") {
+            token_file = PathBuf::from(p);
+        } else if let Some(u) = line.strip_prefix("listening on ") {
+            url = u.to_string();
+        }
+    }
+    (f, url, token_file)
+}
+
+/// One raw HTTP/1.1 POST of `body` to `url`; the whole response as text.
+fn raw_post(url: &str, token: Option<&str>, body: &str) -> String {
+    let rest = url.trim_start_matches("http://");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = TcpStream::connect(authority).unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    s.set_read_timeout(Some(CMD_DEADLINE)).ok();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\n{auth}Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const INITIALIZE_2025_06_18: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+
+#[test]
+fn http_needs_the_bearer_token_and_serves_the_python_sdk() {
+    if !require_python_mcp() {
+        return;
+    }
+    let d = TestDaemon::start();
+    let (f, url, token_file) = start_http(&d, &[]);
+    let mode = std::fs::metadata(&token_file).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "{}", token_file.display());
+    let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+    assert!(token.len() >= 32, "{token}");
+
+    // Without the token, or with a wrong one: 401, and nothing reaches MCP.
+    for bad in [None, Some("not-the-token-at-all")] {
+        let answer = raw_post(&url, bad, INITIALIZE_2025_06_18);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(!answer.contains("protocolVersion"), "{answer}");
+    }
+    // With it, the 2025-06-18 handshake is answered in that version.
+    let answer = raw_post(&url, Some(&token), INITIALIZE_2025_06_18);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(r#""protocolVersion":"2025-06-18""#),
+        "{answer}"
+    );
+    assert!(answer.contains(r#""name":"orch""#), "{answer}");
+
+    for (mode, protocol) in [("auto", "2026-07-28"), ("legacy", "2025-11-25")] {
+        let mut cmd = Command::new("python3");
+        scrub_env(&mut cmd);
+        cmd.arg(client_script())
+            .args(["http", &url, &token, mode])
+            .current_dir(d.work_dir());
+        let out = run_deadline(&mut cmd, SCENARIO_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
+        check_scenario(&d, &lines_by_type(&out), protocol);
+    }
+    // The SDK without the token is refused too.
+    let mut cmd = Command::new("python3");
+    scrub_env(&mut cmd);
+    cmd.arg(client_script())
+        .args(["http", &url, "wrong-token-wrong-token", "auto"])
+        .current_dir(d.work_dir());
+    let out = run_deadline(&mut cmd, SCENARIO_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        !stdout(&out).contains("protocol"),
+        "no session without the token\n{}",
+        describe(&out)
+    );
+    f.kill();
+}
+
+#[test]
+fn http_token_file_is_read_and_checked() {
+    let d = TestDaemon::start();
+    let path = d.write_file("token", "a-token-the-user-chose-1234\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = path.display().to_string();
+    let out = d.ctl_exits(
+        &["mcp", "--http", "127.0.0.1:0", "--token-file", &p],
+        2,
+        "a token file others can read",
+    );
+    let text = stderr(&out);
+    assert!(
+        text.contains("readable by others (mode 0644); chmod 600 it"),
+        "{text}"
+    );
+    let out = d.ctl_exits(
+        &["mcp", "--http", "0.0.0.0:0", "--token-file", &p],
+        2,
+        "a non-loopback address",
+    );
+    assert!(
+        stderr(&out).contains("only a loopback address"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (f, url, printed) = start_http(&d, &["--token-file", &p]);
+    assert_eq!(printed, PathBuf::new(), "no new token file is made");
+    let answer = raw_post(
+        &url,
+        Some("a-token-the-user-chose-1234"),
+        INITIALIZE_2025_06_18,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = raw_post(&url, None, INITIALIZE_2025_06_18);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    f.kill();
+}
+
+#[test]
+fn mcp_without_a_daemon_says_it_cannot_reach_orchd() {
+    let dir = temp_dir();
+    let socket = dir.path().join("none.sock");
+    let mut cmd = orchctl_command(&socket, dir.path(), &["mcp"]);
+    let out = run_deadline(&mut cmd, CMD_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("cannot reach orchd at"),
+        "{}",
+        describe(&out)
+    );
+}
