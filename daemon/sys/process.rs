@@ -2,6 +2,7 @@
 //! groups), exit notification (pidfd) and reaping (wait4), and what /proc says about
 //! resource use, sessions and environments.
 
+use std::path::Path;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -153,6 +154,49 @@ pub fn session_members(sid: u32) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| proc_stat(*pid).is_some_and(|(s, _, _)| s == sid))
         .collect()
+}
+
+/// The parent pid of `pid` (`/proc/PID/stat` field 4).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The cgroup v2 path of `pid` relative to the hierarchy's root (`/proc/PID/cgroup`,
+/// the `0::` line).
+fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// Whether process `pid` is in the tree of an attempt: a member of its cgroup leaf
+/// `cgroup` (an absolute path under the cgroup v2 mount), or `root` itself or one of its
+/// descendants, where `root` is still the process that started at `root_ticks` (so a
+/// reused pid does not count).
+pub fn in_attempt_tree(pid: u32, root: u32, root_ticks: Option<u64>, cgroup: Option<&Path>) -> bool {
+    if let (Some(leaf), Some(rel)) = (cgroup, cgroup_of(pid)) {
+        let rel = rel.trim_start_matches('/');
+        if !rel.is_empty() && leaf.ends_with(rel) {
+            return true;
+        }
+    }
+    if root <= 1 || root_ticks.is_some_and(|t| process_start_ticks(root) != Some(t)) {
+        return false;
+    }
+    let mut at = pid;
+    // Bounded: a pid chain ends at 1 (or 0) well before this.
+    for _ in 0..4096 {
+        if at == root {
+            return true;
+        }
+        match parent_pid(at) {
+            Some(p) if p > 1 && p != at => at = p,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Every process whose environment (as it was at exec) holds all of `vars`.

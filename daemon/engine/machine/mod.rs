@@ -10,6 +10,7 @@
 
 mod attempts;
 mod control;
+mod family;
 #[cfg(test)]
 mod props;
 mod tables;
@@ -18,6 +19,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use family::{admit_child, cascade};
 pub use tables::{End, Next, RateLimit, counts_against_retries, next_after_end};
 
 use crate::model::{
@@ -200,6 +202,14 @@ pub enum Input {
     Recover {
         gone: Vec<Attempt>,
         kept: Vec<Attempt>,
+    },
+    /// A sub-objective of this one was submitted.
+    Adopt {
+        child: String,
+    },
+    /// A sub-objective of this one (at any depth) used this.
+    ChildUsage {
+        delta: Usage,
     },
 }
 
@@ -543,6 +553,8 @@ impl<'a> Tx<'a> {
             }
             Input::Exhaust { why } => self.exhaust(why),
             Input::Recover { gone, kept } => self.recover(gone, kept),
+            Input::Adopt { child } => self.adopt(child),
+            Input::ChildUsage { delta } => self.child_usage(&delta),
         }
         self.refresh();
         Ok(())
