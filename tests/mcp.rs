@@ -333,3 +333,115 @@ fn mcp_without_a_daemon_says_it_cannot_reach_orchd() {
         describe(&out)
     );
 }
+
+/// A daemon whose `planner` profile is the stand-in agent, given orch's own MCP server.
+fn planner_daemon(extra_config: &str) -> TestDaemon {
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/planner_agent.py");
+    let config = format!(
+        "{extra_config}\n[agents.planner]\ncommand = [\"python3\", \"{}\", \"{{mcp_config}}\"]\nmcp_self = true\n",
+        agent.display()
+    );
+    let mut d = TestDaemon::prepare_with_config(&config, &[]);
+    d.launch();
+    d
+}
+
+/// Follows a step's log until a line starts with `prefix`; returns the rest of it.
+fn log_line(d: &TestDaemon, id: &str, prefix: &str) -> String {
+    let mut f = Follower::start(d.ctl_command(&["logs", "-f", id, "main"]));
+    let mut found = String::new();
+    f.until(prefix, SCENARIO_DEADLINE, |l| {
+        l.starts_with(prefix)
+    });
+    let lines = f.kill();
+    if let Some(l) = lines.iter().find(|l| l.starts_with(prefix)) {
+        found = l[prefix.len()..].trim().to_string();
+    }
+    found
+}
+
+#[test]
+fn an_agent_with_mcp_self_submits_a_sub_objective_that_is_cancelled_with_its_parent() {
+    if !require_python_mcp() {
+        return;
+    }
+    let d = planner_daemon("");
+    let parent = d.submit(&["--agent", "planner", "--prompt", "fan out"], 0);
+    let child = log_line(&d, &parent, "CHILD ");
+    assert!(!child.is_empty());
+
+    // The child runs, recorded under the attempt that submitted it.
+    d.wait_state(&child, &["running"], STATE_DEADLINE);
+    let c = d.status(&child);
+    assert_eq!(c["parent"]["objective_id"], parent.as_str(), "{c}");
+    assert_eq!(c["parent"]["step_id"], "main");
+    assert_eq!(c["parent"]["attempt"], 1);
+    assert_eq!(c["parent"]["depth"], 1);
+    let p = d.status(&parent);
+    assert_eq!(p["children"], serde_json::json!([child]), "{p}");
+    assert_eq!(p["parent"], Value::Null);
+    let table = stdout(&d.ctl(&["status", &parent]));
+    assert!(table.contains("Sub-objectives"), "{table}");
+    assert!(table.contains(&child), "{table}");
+    let listed = d.list(&[]);
+    let row = listed.iter().find(|o| o["id"] == child.as_str());
+    assert_eq!(
+        row.map(|o| o["parent_id"].clone()),
+        Some(Value::from(parent.clone()))
+    );
+
+    // The MCP configuration orch handed the agent: only its user may read it.
+    let config = d
+        .state_dir()
+        .join("prompts")
+        .join(&parent)
+        .join("main-1.mcp.json");
+    let mode = std::fs::metadata(&config).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "{}", config.display());
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap_or_default())
+        .unwrap_or_default();
+    let orch = &json["mcpServers"]["orch"];
+    assert_eq!(orch["env"]["ORCH_OBJECTIVE_ID"], parent.as_str(), "{json}");
+    assert_eq!(orch["args"][2], "mcp", "{json}");
+
+    // The same ORCH_* environment from outside the attempt's process tree is refused.
+    let mut forged = d.ctl_command(&["submit", "--", "true"]);
+    forged
+        .env("ORCH_OBJECTIVE_ID", &parent)
+        .env("ORCH_STEP_ID", "main")
+        .env("ORCH_ATTEMPT", "1");
+    let out = run_deadline(&mut forged, CMD_DEADLINE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("sub-objective refused: the caller (pid")
+            && text.contains(&format!("is not a process of attempt 1 of step `main` of objective {parent}")),
+        "{text}"
+    );
+    assert_eq!(d.status(&parent)["children"], serde_json::json!([child]));
+
+    // Cancelled with its parent.
+    d.ctl_exits(&["cancel", &parent], 0, "cancel the parent");
+    let c = d.wait_ended(&child, STATE_DEADLINE);
+    assert_eq!(c["state"], "cancelled", "{c}");
+    assert_eq!(d.status(&parent)["state"], "cancelled");
+    assert!(!config.exists(), "the MCP configuration outlived its attempt");
+}
+
+#[test]
+fn sub_objectives_nest_only_as_deep_as_the_limit() {
+    if !require_python_mcp() {
+        return;
+    }
+    let d = planner_daemon("max_sub_objective_depth = 0");
+    let parent = d.submit(&["--agent", "planner", "--prompt", "fan out"], 0);
+    let refused = log_line(&d, &parent, "REFUSED ");
+    assert_eq!(
+        refused,
+        format!(
+            "sub-objective refused: nesting limit reached (objective {parent} is at depth 0, and max_sub_objective_depth is 0)"
+        )
+    );
+    let v = d.wait_ended(&parent, STATE_DEADLINE);
+    assert_eq!(v["children"], serde_json::json!([]), "{v}");
+}

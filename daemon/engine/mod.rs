@@ -13,6 +13,7 @@ mod attempt;
 mod budget;
 mod control;
 mod housekeeping;
+mod mcp;
 pub mod machine;
 mod recovery;
 mod schedule;
