@@ -720,11 +720,19 @@ impl Config {
                 (Some(program), None) if !program.is_empty() => {}
                 (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
                     if !m.env.is_empty() {
-                        return Err(invalid(origin, &format!("{key}.env"), "is for a `command` server, not a `url` one"));
+                        return Err(invalid(
+                            origin,
+                            &format!("{key}.env"),
+                            "is for a `command` server, not a `url` one",
+                        ));
                     }
                 }
                 (None, Some(_)) => {
-                    return Err(invalid(origin, &format!("{key}.url"), "must be an http:// or https:// URL"));
+                    return Err(invalid(
+                        origin,
+                        &format!("{key}.url"),
+                        "must be an http:// or https:// URL",
+                    ));
                 }
                 _ => {
                     return Err(invalid(

@@ -350,9 +350,7 @@ fn planner_daemon(extra_config: &str) -> TestDaemon {
 fn log_line(d: &TestDaemon, id: &str, prefix: &str) -> String {
     let mut f = Follower::start(d.ctl_command(&["logs", "-f", id, "main"]));
     let mut found = String::new();
-    f.until(prefix, SCENARIO_DEADLINE, |l| {
-        l.starts_with(prefix)
-    });
+    f.until(prefix, SCENARIO_DEADLINE, |l| l.starts_with(prefix));
     let lines = f.kill();
     if let Some(l) = lines.iter().find(|l| l.starts_with(prefix)) {
         found = l[prefix.len()..].trim().to_string();
@@ -415,7 +413,9 @@ fn an_agent_with_mcp_self_submits_a_sub_objective_that_is_cancelled_with_its_par
     let text = stderr(&out);
     assert!(
         text.contains("sub-objective refused: the caller (pid")
-            && text.contains(&format!("is not a process of attempt 1 of step `main` of objective {parent}")),
+            && text.contains(&format!(
+                "is not a process of attempt 1 of step `main` of objective {parent}"
+            )),
         "{text}"
     );
     assert_eq!(d.status(&parent)["children"], serde_json::json!([child]));
@@ -425,7 +425,10 @@ fn an_agent_with_mcp_self_submits_a_sub_objective_that_is_cancelled_with_its_par
     let c = d.wait_ended(&child, STATE_DEADLINE);
     assert_eq!(c["state"], "cancelled", "{c}");
     assert_eq!(d.status(&parent)["state"], "cancelled");
-    assert!(!config.exists(), "the MCP configuration outlived its attempt");
+    assert!(
+        !config.exists(),
+        "the MCP configuration outlived its attempt"
+    );
 }
 
 #[test]
@@ -444,4 +447,120 @@ fn sub_objectives_nest_only_as_deep_as_the_limit() {
     );
     let v = d.wait_ended(&parent, STATE_DEADLINE);
     assert_eq!(v["children"], serde_json::json!([]), "{v}");
+}
+
+#[test]
+fn orchctl_tools_lists_a_python_sdk_servers_tools_and_reports_broken_servers() {
+    if !require_python_mcp() {
+        return;
+    }
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/tool_server.py");
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = format!(
+        r#"
+[mcp.pytools]
+command = ["python3", "{server}"]
+env = {{ FIXTURE = "1" }}
+[mcp.broken]
+command = ["sh", "-c", "echo cannot open the database >&2; exit 1"]
+[mcp.gone]
+url = "http://127.0.0.1:{closed}/mcp"
+[agents.coder]
+command = ["true"]
+mcp = ["pytools", "broken"]
+mcp_self = true
+[agents.plain]
+command = ["true"]
+mcp = ["pytools"]
+"#,
+        server = server.display()
+    );
+    let mut d = TestDaemon::prepare_with_config(&config, &[]);
+    d.launch();
+
+    // One agent's servers, all answering.
+    let v = d.ctl_json(&["tools", "plain"]);
+    assert_eq!(v[0]["server"], "pytools", "{v}");
+    assert_eq!(v[0]["ok"], true, "{v}");
+    assert_eq!(v[0]["agents"], serde_json::json!(["plain"]));
+    let tools = &v[0]["tools"];
+    assert_eq!(tools[0]["name"], "add", "{v}");
+    assert_eq!(tools[0]["description"], "Add two integers.");
+    assert_eq!(tools[1]["name"], "shout");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+
+    // Every server: the broken ones are named with why, and the exit code says so.
+    let out = d.ctl_exits(&["tools"], 1, "two tool servers fail");
+    let table = stdout(&out);
+    let row = |server: &str| {
+        table
+            .lines()
+            .filter(|l| l.starts_with(server))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(row("broken").contains("FAILED"), "{table}");
+    assert!(
+        row("broken").contains("its stderr: cannot open the database"),
+        "{table}"
+    );
+    assert!(row("gone").contains("FAILED"), "{table}");
+    assert!(
+        row("gone").contains(&format!("cannot reach http://127.0.0.1:{closed}/mcp")),
+        "{table}"
+    );
+    assert!(row("pytools").contains("add"), "{table}");
+    // orch's own server, for the agent with mcp_self.
+    assert!(row("orch").contains("submit"), "{table}");
+    assert!(
+        stderr(&out).contains("2 of 4 tool servers failed"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = d.ctl_exits(&["tools", "nope"], 2, "an unknown agent");
+    assert!(
+        stderr(&out).contains("no agent profile `nope` (known: coder, plain, shell)"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn bad_mcp_config_is_refused_naming_the_key() {
+    let d = TestDaemon::prepare(&[], &[]);
+    for (config, problem) in [
+        (
+            "[agents.a]\ncommand = [\"true\"]\nmcp = [\"nope\"]\n",
+            "agents.a.mcp: no [mcp.nope] is configured",
+        ),
+        (
+            "[mcp.half]\nurl = \"ftp://x\"\n",
+            "mcp.half.url: must be an http:// or https:// URL",
+        ),
+        (
+            "[mcp.both]\nurl = \"http://127.0.0.1:1/mcp\"\ncommand = [\"x\"]\n",
+            "mcp.both: give either `command`",
+        ),
+        (
+            "max_sub_objective_depth = 1000\n",
+            "max_sub_objective_depth: must be at most 100",
+        ),
+    ] {
+        let path = d.write_file("bad.toml", config);
+        let out = d
+            .orchd()
+            .arg("--config")
+            .arg(&path)
+            .arg("--print-config")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{config}: accepted");
+        assert!(text.contains(problem), "{config}: {text}");
+    }
 }

@@ -434,4 +434,34 @@ impl Orchestrator for Api {
         self.audit(who, "reload", "", &result).await;
         result.map(Response::new)
     }
+
+    async fn list_tool_servers(
+        &self,
+        _req: Request<pb::ListToolServersRequest>,
+    ) -> Result<Response<pb::ListToolServersResponse>, Status> {
+        let cfg = self.config.borrow().clone();
+        let servers = cfg
+            .mcp
+            .iter()
+            .map(|(name, s)| pb::ToolServer {
+                name: name.clone(),
+                command: s.command.clone(),
+                env: s.env.clone().into_iter().collect(),
+                url: s.url.clone().unwrap_or_default(),
+            })
+            .collect();
+        let agents = cfg
+            .agents
+            .iter()
+            .map(|(name, p)| pb::AgentTools {
+                agent: name.clone(),
+                servers: p.mcp.clone(),
+                mcp_self: p.mcp_self,
+            })
+            .collect();
+        Ok(Response::new(pb::ListToolServersResponse {
+            servers,
+            agents,
+        }))
+    }
 }

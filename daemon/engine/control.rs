@@ -271,7 +271,10 @@ impl Engine {
             {
                 self.check_budgets(&ancestor);
             }
-            at = self.live.get(&ancestor).and_then(|l| l.run.obj.parent.clone());
+            at = self
+                .live
+                .get(&ancestor)
+                .and_then(|l| l.run.obj.parent.clone());
         }
     }
 }

@@ -149,7 +149,12 @@ mod tests {
         let orch = &s["orch"];
         assert_eq!(
             orch.command,
-            ["/usr/bin/orchctl", "--socket", "/run/orch/orchd.sock", "mcp"]
+            [
+                "/usr/bin/orchctl",
+                "--socket",
+                "/run/orch/orchd.sock",
+                "mcp"
+            ]
         );
         assert_eq!(orch.env["ORCH_OBJECTIVE_ID"], "O");
         assert_eq!(orch.env["ORCH_SOCKET"], "/run/orch/orchd.sock");
@@ -163,8 +168,16 @@ mod tests {
 
         let codex = codex_args(&s);
         assert!(codex.chunks(2).all(|c| c[0] == "-c"), "{codex:?}");
-        let values: Vec<&str> = codex.iter().skip(1).step_by(2).map(String::as_str).collect();
-        assert!(values.contains(&r#"mcp_servers.fs.command="npx""#), "{values:?}");
+        let values: Vec<&str> = codex
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(String::as_str)
+            .collect();
+        assert!(
+            values.contains(&r#"mcp_servers.fs.command="npx""#),
+            "{values:?}"
+        );
         assert!(
             values.contains(&r#"mcp_servers.fs.args=["server-filesystem", "/srv/a b"]"#),
             "{values:?}"

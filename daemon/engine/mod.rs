@@ -13,8 +13,8 @@ mod attempt;
 mod budget;
 mod control;
 mod housekeeping;
-mod mcp;
 pub mod machine;
+mod mcp;
 mod recovery;
 mod schedule;
 

@@ -2,8 +2,8 @@
 //! groups), exit notification (pidfd) and reaping (wait4), and what /proc says about
 //! resource use, sessions and environments.
 
-use std::path::Path;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -159,7 +159,11 @@ pub fn session_members(sid: u32) -> Vec<u32> {
 /// The parent pid of `pid` (`/proc/PID/stat` field 4).
 fn parent_pid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The cgroup v2 path of `pid` relative to the hierarchy's root (`/proc/PID/cgroup`,
@@ -175,7 +179,12 @@ fn cgroup_of(pid: u32) -> Option<String> {
 /// `cgroup` (an absolute path under the cgroup v2 mount), or `root` itself or one of its
 /// descendants, where `root` is still the process that started at `root_ticks` (so a
 /// reused pid does not count).
-pub fn in_attempt_tree(pid: u32, root: u32, root_ticks: Option<u64>, cgroup: Option<&Path>) -> bool {
+pub fn in_attempt_tree(
+    pid: u32,
+    root: u32,
+    root_ticks: Option<u64>,
+    cgroup: Option<&Path>,
+) -> bool {
     if let (Some(leaf), Some(rel)) = (cgroup, cgroup_of(pid)) {
         let rel = rel.trim_start_matches('/');
         if !rel.is_empty() && leaf.ends_with(rel) {
