@@ -55,7 +55,7 @@ pub async fn serve(server: OrchMcp, addr: SocketAddr, token_file: Option<&Path>)
         local.to_string(),
     ]);
     let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
+        move || Ok(server.for_session()),
         Arc::new(LocalSessionManager::default()),
         config,
     );

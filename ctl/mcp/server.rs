@@ -10,7 +10,7 @@ use orch_proto::plan::{Format as PlanFileFormat, parse_plan};
 use orch_proto::units::parse_duration_ms;
 use orch_proto::v1::{
     ApproveRequest, DaemonStatusRequest, Event, GetObjectiveRequest, GetUsageRequest,
-    ListAgentsRequest, ListObjectivesRequest, LogStream, Objective, ObjectiveRef, RetryRequest,
+    ListAgentsRequest, ListObjectivesRequest, Objective, ObjectiveRef, RetryRequest,
     StreamLogsRequest, SubmitRequest, WatchRequest, event::Payload,
 };
 use orch_proto::validate::{check_env, validate_spec};
@@ -85,6 +85,12 @@ impl OrchMcp {
             subscriptions: Arc::new(Mutex::new(HashMap::new())),
             tool_router: Self::tool_router(),
         }
+    }
+
+    /// A server for one more HTTP session: the same daemon connection, its own
+    /// subscriptions.
+    pub fn for_session(&self) -> Self {
+        OrchMcp::new(self.client.clone(), self.workdir.clone())
     }
 
     #[tool(
@@ -512,7 +518,6 @@ pub async fn read_logs(
                     truncated = true;
                     continue;
                 }
-                let _ = LogStream::try_from(chunk.stream);
                 out.extend_from_slice(&printer.render(&chunk));
                 if out.len() > MAX_LOG_BYTES {
                     out.truncate(MAX_LOG_BYTES);

@@ -297,6 +297,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_process_is_in_the_tree_of_its_ancestors_only() {
+        let me = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        let ticks = process_start_ticks(parent);
+        assert!(in_attempt_tree(me, parent, ticks, None));
+        assert!(in_attempt_tree(me, me, process_start_ticks(me), None));
+        // Not the other way round, and not when the root's start time says the pid was reused.
+        assert!(!in_attempt_tree(parent, me, process_start_ticks(me), None));
+        assert!(!in_attempt_tree(me, parent, ticks.map(|t| t + 1), None));
+        // pid 1 and 0 are nobody's attempt.
+        assert!(!in_attempt_tree(me, 1, None, None));
+        assert!(!in_attempt_tree(me, 0, None, None));
+        // By cgroup: the leaf this process is in (as an absolute path), not another.
+        if let Some(rel) = cgroup_of(me).filter(|r| r != "/") {
+            let leaf = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+            assert!(in_attempt_tree(me, 0, None, Some(&leaf)));
+            assert!(!in_attempt_tree(me, 0, None, Some(&leaf.join("elsewhere"))));
+        }
+    }
+
+    #[test]
     fn own_start_ticks_are_stable() {
         let me = std::process::id();
         let a = process_start_ticks(me).expect("own /proc/PID/stat");
