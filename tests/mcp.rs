@@ -564,3 +564,62 @@ fn bad_mcp_config_is_refused_naming_the_key() {
         assert!(text.contains(problem), "{config}: {text}");
     }
 }
+
+#[test]
+fn what_a_sub_objective_spends_counts_against_its_parents_budget() {
+    if !require_python_mcp() {
+        return;
+    }
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/planner_agent.py");
+    // The child reports $0.40 at once, then $0.40 more once the test has seen its parent
+    // count the first report (`sub_usage`) and opens the gate (`go` in the work dir): the
+    // second crosses the parent's $0.50.
+    let config = format!(
+        r#"
+[agents.spender]
+command = ["python3", "{agent}", "{{mcp_config}}", "sh", "-c", "echo '::orch-usage::{{\"cost_usd\":0.4}}'; while [ ! -e go ]; do sleep 0.05; done; echo '::orch-usage::{{\"cost_usd\":0.4}}'; sleep 300"]
+mcp_self = true
+"#,
+        agent = agent.display()
+    );
+    let mut d = TestDaemon::prepare_with_config(&config, &[]);
+    d.launch();
+    let parent = d.submit(
+        &[
+            "--agent",
+            "spender",
+            "--prompt",
+            "spend",
+            "--budget-usd",
+            "0.5",
+        ],
+        0,
+    );
+    let child = log_line(&d, &parent, "CHILD ");
+    // The parent counts the child's report in the turn that records it.
+    d.wait_for_state(
+        &child,
+        |v| v["usage"]["cost_usd"].as_f64() == Some(0.4),
+        STATE_DEADLINE,
+    );
+    let p = d.status(&parent);
+    assert_eq!(p["sub_usage"]["cost_usd"], 0.4, "{p}");
+    assert_eq!(p["usage"]["cost_usd"], 0.0, "its own usage is apart");
+    assert_eq!(p["state"], "running", "{p}");
+    std::fs::write(d.work_dir().join("go"), "").unwrap_or_else(|e| panic!("{e}"));
+    let p = d.wait_ended(&parent, STATE_DEADLINE);
+    assert_eq!(p["state"], "failed", "{p}");
+    assert!(
+        p["message"].as_str().unwrap_or_default().contains("budget"),
+        "{p}"
+    );
+    let c = d.wait_ended(&child, STATE_DEADLINE);
+    assert_ne!(c["state"], "succeeded", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("parent objective:"),
+        "{c}"
+    );
+}
