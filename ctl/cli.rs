@@ -205,6 +205,13 @@ p pause/resume, a approve, x deny, r refresh, q quit.\n\nExamples:\n  orchctl to
         #[arg(long, value_name = "STATE", add = ArgValueCandidates::new(complete::ended_states))]
         state: Option<String>,
     },
+    /// Serve the Model Context Protocol (stdio, or Streamable HTTP with --http) as the calling user
+    #[command(after_help = "Examples:\n  \
+  claude mcp add orch -- orchctl mcp\n  \
+  orchctl mcp --http 127.0.0.1:8765 --token-file ~/.config/orch/mcp-token")]
+    Mcp(McpArgs),
+    /// List the tools of the MCP servers the daemon's agent profiles are given (all, or one agent's)
+    Tools(ToolsArgs),
 }
 
 /// `orchctl usage --by`.
@@ -233,6 +240,30 @@ pub struct TopArgs {
     /// Also show objectives that ended (default: only those that have not, plus the last few ended)
     #[arg(long)]
     pub all: bool,
+}
+
+/// `orchctl mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Serve Streamable HTTP on this loopback address (e.g. 127.0.0.1:8765; port 0 picks one) instead of stdio
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+
+    /// The bearer token clients must send over HTTP, read from this file [default: a new
+    /// random token written to a new 0600 file, whose path is printed]
+    #[arg(long, value_name = "PATH", requires = "http")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `orchctl tools`.
+#[derive(Debug, Args)]
+pub struct ToolsArgs {
+    /// Only the MCP servers of this agent profile
+    pub agent: Option<String>,
+
+    /// How long each server may take to start and list its tools
+    #[arg(long, value_name = "DUR", default_value = "20s", value_parser = positive_duration)]
+    pub timeout: u64,
 }
 
 /// `orchctl daemon ...`.

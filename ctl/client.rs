@@ -16,7 +16,9 @@ use crate::error::{CtlError, Result};
 /// How long connecting to the socket may take before the daemon counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connected client plus what is needed to explain failures.
+/// A connected client plus what is needed to explain failures. Cloning shares the
+/// connection (the MCP server serves concurrent calls from clones).
+#[derive(Clone)]
 pub struct Client {
     pub api: OrchestratorClient<Channel>,
     socket: PathBuf,

@@ -129,6 +129,18 @@ pub fn objective(o: &Objective) -> Value {
         "owner_uid": o.owner_uid,
         "request_id": text_or_null(&o.request_id),
         "steps": o.steps.iter().map(step).collect::<Vec<_>>(),
+        "parent": if o.parent_id.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "objective_id": o.parent_id,
+                "step_id": o.parent_step_id,
+                "attempt": o.parent_attempt,
+                "depth": o.depth,
+            })
+        },
+        "children": o.children,
+        "sub_usage": usage(o.sub_usage.as_ref()),
     })
 }
 
@@ -143,6 +155,7 @@ pub fn summary(s: &ObjectiveSummary) -> Value {
         "steps_total": s.steps_total,
         "steps_succeeded": s.steps_succeeded,
         "usage": usage(s.usage.as_ref()),
+        "parent_id": text_or_null(&s.parent_id),
     })
 }
 

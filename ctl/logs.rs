@@ -60,7 +60,7 @@ impl JsonLines {
 }
 
 /// Tracks what was printed last, to place headers and stream markers.
-struct LogPrinter {
+pub struct LogPrinter {
     headers: bool,
     markers: bool,
     current: Option<(String, u32)>,
@@ -69,7 +69,7 @@ struct LogPrinter {
 }
 
 impl LogPrinter {
-    fn new(headers: bool, markers: bool) -> Self {
+    pub fn new(headers: bool, markers: bool) -> Self {
         LogPrinter {
             headers,
             markers,
@@ -80,7 +80,7 @@ impl LogPrinter {
     }
 
     /// The bytes to print for one chunk: any header or marker, then the data.
-    fn render(&mut self, chunk: &LogChunk) -> Vec<u8> {
+    pub fn render(&mut self, chunk: &LogChunk) -> Vec<u8> {
         let mut out = Vec::with_capacity(chunk.data.len() + 64);
         let key = (chunk.step_id.clone(), chunk.attempt);
         if self.current.as_ref() != Some(&key) {

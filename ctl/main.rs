@@ -10,6 +10,7 @@ mod housekeeping;
 mod json;
 mod live;
 mod logs;
+mod mcp;
 mod output;
 mod progress;
 mod reports;
@@ -104,6 +105,8 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Completions { shell } => commands::completions(shell),
         Command::Submit(args) => submit::run(*args, &socket, format).await,
+        Command::Mcp(args) => mcp::run(args, &socket).await,
+        Command::Tools(args) => mcp::tools::run(args, &socket, format).await,
         Command::List { state, limit } => {
             // Check input before reaching for the daemon.
             let state = state.as_deref().map(commands::parse_state).transpose()?;
@@ -169,12 +172,14 @@ async fn dispatch(
             housekeeping::prune(client, older_than, state, format).await
         }
         // Handled before connecting.
-        Command::Completions { .. } | Command::Submit(_) | Command::List { .. } => {
-            Err(CtlError::Failed(format!(
-                "internal: command dispatched twice ({})",
-                socket.display()
-            )))
-        }
+        Command::Completions { .. }
+        | Command::Submit(_)
+        | Command::List { .. }
+        | Command::Mcp(_)
+        | Command::Tools(_) => Err(CtlError::Failed(format!(
+            "internal: command dispatched twice ({})",
+            socket.display()
+        ))),
     }
 }
 

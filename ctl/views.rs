@@ -69,6 +69,22 @@ pub fn objective(o: &Objective) -> String {
         }
     }
     pairs.push(("Usage", use_line));
+    if !o.parent_id.is_empty() {
+        pairs.push((
+            "Parent",
+            format!(
+                "{} (step {}, attempt {}; depth {})",
+                o.parent_id, o.parent_step_id, o.parent_attempt, o.depth
+            ),
+        ));
+    }
+    if !o.children.is_empty() {
+        let used = o.sub_usage.as_ref().map_or(0.0, |u| u.cost_usd);
+        pairs.push((
+            "Sub-objectives",
+            format!("{} (used {})", o.children.len(), cost(used)),
+        ));
+    }
     let mut text = key_values(&pairs);
     text.push('\n');
     let rows = o.steps.iter().map(step_row).collect();
@@ -93,6 +109,12 @@ pub fn objective(o: &Objective) -> String {
         for n in notes {
             text.push_str(&n);
             text.push('\n');
+        }
+    }
+    if !o.children.is_empty() {
+        text.push_str("\nSub-objectives:\n");
+        for c in &o.children {
+            text.push_str(&format!("  {c}\n"));
         }
     }
     text

@@ -345,6 +345,12 @@ pub struct AgentProfile {
     /// `["codex", "exec", "resume", "{session_id}", "--json", "-"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resume_command: Vec<String>,
+    /// The `[mcp.NAME]` tool servers this agent is given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp: Vec<String>,
+    /// Offer orch's own MCP server (`orchctl mcp`) to the agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mcp_self: bool,
 }
 
 impl AgentProfile {
@@ -374,6 +380,8 @@ pub fn shell_profile() -> AgentProfile {
         idle_timeout: None,
         limits: LimitsConfig::default(),
         model: None,
+        mcp: Vec::new(),
+        mcp_self: false,
     }
 }
 
@@ -403,6 +411,27 @@ pub struct Config {
     /// Per-user limits by user name or uid.
     pub users: BTreeMap<String, UserConfig>,
     pub host: HostConfig,
+    /// How deep sub-objectives may nest (an objective submitted from inside a running
+    /// attempt is at its parent's depth + 1; top-level objectives are at depth 0).
+    pub max_sub_objective_depth: u32,
+    /// MCP tool servers agent profiles may be given (`mcp = ["NAME"]`), by name.
+    pub mcp: BTreeMap<String, McpServerConfig>,
+}
+
+/// The default of `max_sub_objective_depth`.
+pub const DEFAULT_SUB_OBJECTIVE_DEPTH: u32 = 3;
+
+/// `[mcp.NAME]`: an MCP tool server, started over stdio (`command`, `env`) or reached
+/// over Streamable HTTP (`url`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl Default for Config {
@@ -424,6 +453,8 @@ impl Default for Config {
             agents: BTreeMap::new(),
             users: BTreeMap::new(),
             host: HostConfig::default(),
+            max_sub_objective_depth: DEFAULT_SUB_OBJECTIVE_DEPTH,
+            mcp: BTreeMap::new(),
         }
     }
 }
@@ -708,6 +739,53 @@ impl Config {
                 "logs.max_user_bytes",
                 "must be at least 64K (in bytes)",
             ));
+        }
+        if self.max_sub_objective_depth > 100 {
+            return Err(invalid(
+                origin,
+                "max_sub_objective_depth",
+                "must be at most 100",
+            ));
+        }
+        for (name, m) in &self.mcp {
+            let key = format!("mcp.{name}");
+            match (m.command.first(), &m.url) {
+                (Some(program), None) if !program.is_empty() => {}
+                (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                    if !m.env.is_empty() {
+                        return Err(invalid(
+                            origin,
+                            &format!("{key}.env"),
+                            "is for a `command` server, not a `url` one",
+                        ));
+                    }
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        origin,
+                        &format!("{key}.url"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        origin,
+                        &key,
+                        "give either `command` (a program and its arguments, started over stdio) or `url` (Streamable HTTP)",
+                    ));
+                }
+            }
+        }
+        for (name, a) in &self.agents {
+            for server in &a.mcp {
+                if !self.mcp.contains_key(server) {
+                    return Err(invalid(
+                        origin,
+                        &format!("agents.{name}.mcp"),
+                        format!("no [mcp.{server}] is configured"),
+                    ));
+                }
+            }
         }
         for (name, a) in &self.agents {
             let key = format!("agents.{name}");

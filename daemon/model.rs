@@ -350,6 +350,25 @@ pub struct Objective {
     /// Budget alerts already sent (`objective_usd:80`), so each is sent once.
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// Set on a sub-objective: the attempt that submitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+    /// Its sub-objectives' ids, in the order they were submitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
+    /// What its sub-objectives (at any depth) used; counts against its own budgets.
+    #[serde(default)]
+    pub sub_usage: Usage,
+}
+
+/// Where a sub-objective comes from: the attempt that submitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub objective_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    /// 1 for a sub-objective of a top-level objective, and so on.
+    pub depth: u32,
 }
 
 /// One step's record.
@@ -551,6 +570,9 @@ impl Objective {
             step_count: steps as u32,
             ended_seq: None,
             alerts: vec![],
+            parent: None,
+            children: vec![],
+            sub_usage: Usage::default(),
         }
     }
 }

@@ -759,6 +759,9 @@ mod tests {
             step_count: 1,
             ended_seq: None,
             alerts: Vec::new(),
+            parent: None,
+            children: Vec::new(),
+            sub_usage: Usage::default(),
         }
     }
 

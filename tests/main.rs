@@ -11,6 +11,7 @@ mod grpc;
 mod handy;
 mod holes;
 mod lifecycle;
+mod mcp;
 mod multiuser;
 mod on_failure;
 mod plans;

@@ -274,6 +274,18 @@ fn objective_pb(o: &Objective, steps: &[Step], attempts: &[Attempt]) -> pb::Obje
         message: o.message.clone(),
         owner_uid: o.owner_uid,
         request_id: o.request_id.clone(),
+        parent_id: o
+            .parent
+            .as_ref()
+            .map_or(String::new(), |p| p.objective_id.clone()),
+        parent_step_id: o
+            .parent
+            .as_ref()
+            .map_or(String::new(), |p| p.step_id.clone()),
+        parent_attempt: o.parent.as_ref().map_or(0, |p| p.attempt),
+        depth: o.parent.as_ref().map_or(0, |p| p.depth),
+        children: o.children.clone(),
+        sub_usage: Some(usage_pb(&o.sub_usage)),
     }
 }
 
@@ -290,6 +302,10 @@ pub fn summary_pb(o: &Objective, steps: &[Step]) -> pb::ObjectiveSummary {
             .filter(|s| s.state == StepState::Succeeded)
             .count() as u32,
         usage: Some(usage_pb(&o.usage)),
+        parent_id: o
+            .parent
+            .as_ref()
+            .map_or(String::new(), |p| p.objective_id.clone()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `orch.v1.Orchestrator` service: thin routing from each RPC to the engine (commands),
 //! the store (queries), `plans` (submit) and the stream jobs (`watch`, `logs`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use tonic::{Request, Response, Status};
 
@@ -15,7 +15,7 @@ use super::{
     Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, spec_status,
     store_status, watch,
 };
-use crate::engine::{Caller, Command, NewObjective};
+use crate::engine::{Caller, Command, NewObjective, ParentClaim};
 use crate::plans;
 
 impl Api {
@@ -58,6 +58,7 @@ impl Api {
                 plan: Some(plan),
             });
         }
+        let parent_claim = parent_claim(&req.env)?;
         let new = NewObjective {
             name: resolved.name,
             goal: resolved.goal,
@@ -71,6 +72,7 @@ impl Api {
             },
             request_id: req.request_id,
             caller: who,
+            parent_claim,
         };
         let done = self
             .ask(|reply| Command::Submit {
@@ -113,6 +115,29 @@ fn plan_spec(req: &pb::SubmitRequest) -> Result<pb::ObjectiveSpec, Status> {
         ));
     }
     parse_named(&req.plan_text, format, file).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The attempt a submit's environment says it comes from (`ORCH_OBJECTIVE_ID`,
+/// `ORCH_STEP_ID`, `ORCH_ATTEMPT`, as every attempt gets them); the engine verifies it.
+fn parent_claim(env: &HashMap<String, String>) -> Result<Option<ParentClaim>, Status> {
+    let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let (Some(objective_id), Some(step_id), Some(attempt)) = (
+        get("ORCH_OBJECTIVE_ID"),
+        get("ORCH_STEP_ID"),
+        get("ORCH_ATTEMPT"),
+    ) else {
+        return Ok(None);
+    };
+    let attempt = attempt.parse::<u32>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "env: ORCH_ATTEMPT `{attempt}` is not an attempt number"
+        ))
+    })?;
+    Ok(Some(ParentClaim {
+        objective_id: objective_id.to_string(),
+        step_id: step_id.to_string(),
+        attempt,
+    }))
 }
 
 #[tonic::async_trait]
@@ -545,5 +570,35 @@ impl Orchestrator for Api {
         req: Request<pb::PruneRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         self.prune_call(req).await
+    }
+
+    async fn list_tool_servers(
+        &self,
+        _req: Request<pb::ListToolServersRequest>,
+    ) -> Result<Response<pb::ListToolServersResponse>, Status> {
+        let cfg = self.config.borrow().clone();
+        let servers = cfg
+            .mcp
+            .iter()
+            .map(|(name, s)| pb::ToolServer {
+                name: name.clone(),
+                command: s.command.clone(),
+                env: s.env.clone().into_iter().collect(),
+                url: s.url.clone().unwrap_or_default(),
+            })
+            .collect();
+        let agents = cfg
+            .agents
+            .iter()
+            .map(|(name, p)| pb::AgentTools {
+                agent: name.clone(),
+                servers: p.mcp.clone(),
+                mcp_self: p.mcp_self,
+            })
+            .collect();
+        Ok(Response::new(pb::ListToolServersResponse {
+            servers,
+            agents,
+        }))
     }
 }

@@ -13,6 +13,8 @@ use crate::model::{Objective, PromptMode, Step};
 use crate::runner::{AttemptKey, RunSpec, UsageFormat};
 use crate::sys;
 
+use super::mcp;
+
 /// How the agent of a step's next attempt takes its prompt: its own profile's mode as
 /// recorded at submit (`None` for steps stored before: stdin and `{prompt}` alike), a
 /// fallback agent's from its profile now.
@@ -44,6 +46,32 @@ pub fn prompt_file(cfg: &Config, objective_id: &str, step: &Step, number: u32) -
         .join("prompts")
         .join(objective_id)
         .join(format!("{}-{number}.txt", step.plan.id))
+}
+
+/// Where attempt `number` of a step finds its MCP configuration (`{mcp_config}`).
+pub fn mcp_config_file(cfg: &Config, objective_id: &str, step: &Step, number: u32) -> PathBuf {
+    let prompt = prompt_file(cfg, objective_id, step, number);
+    let dir = prompt.parent().map(Path::to_path_buf).unwrap_or_default();
+    mcp::config_file(&dir, &step.plan.id, number)
+}
+
+/// The MCP servers the agent of attempt `number` of a step is given by its profile.
+fn mcp_servers(
+    cfg: &Config,
+    profile: &crate::config::AgentProfile,
+    objective_id: &str,
+    step: &Step,
+    number: u32,
+) -> BTreeMap<String, crate::config::McpServerConfig> {
+    if profile.mcp.is_empty() && !profile.mcp_self {
+        return BTreeMap::new();
+    }
+    let ids = [
+        ("ORCH_OBJECTIVE_ID", objective_id.to_string()),
+        ("ORCH_STEP_ID", step.plan.id.clone()),
+        ("ORCH_ATTEMPT", number.to_string()),
+    ];
+    mcp::servers(cfg, profile, &ids, &mcp::orchctl_program())
 }
 
 /// The agent, argv and usage format of attempt `number` of a step.
@@ -82,21 +110,34 @@ pub fn command(
     let file = prompt_file(cfg, objective_id, step, number)
         .display()
         .to_string();
+    let mcp_file = mcp_config_file(cfg, objective_id, step, number)
+        .display()
+        .to_string();
     let vars = [
         ("prompt", step.plan.prompt.as_str()),
         ("prompt_file", file.as_str()),
+        ("mcp_config", mcp_file.as_str()),
         ("session_id", session),
         ("workdir", step.plan.workdir.as_str()),
         ("objective_id", objective_id),
         ("step_id", step.plan.id.as_str()),
     ];
-    let argv = template
+    let mut argv: Vec<String> = template
         .iter()
         .map(|a| crate::model::expand_template(a, &vars))
         .collect();
     let format = profile
         .map(|p| UsageFormat::from_name(&p.usage))
         .unwrap_or_default();
+    // Codex takes its MCP servers as `-c mcp_servers...` overrides, right after the program.
+    if let Some(p) = profile
+        && p.usage == "codex-json"
+        && !argv.is_empty()
+    {
+        let servers = mcp_servers(cfg, p, objective_id, step, number);
+        let extra = mcp::codex_args(&servers);
+        argv.splice(1..1, extra);
+    }
     Ok((agent.to_string(), argv, format))
 }
 
@@ -182,6 +223,17 @@ pub fn run_spec(
                 step.plan.prompt.clone(),
             )
         }),
+        mcp_config: cfg
+            .agents
+            .get(step.current_agent())
+            .map(|p| mcp_servers(cfg, p, &obj.id, step, number))
+            .filter(|servers| !servers.is_empty())
+            .map(|servers| {
+                (
+                    mcp_config_file(cfg, &obj.id, step, number),
+                    mcp::claude_config(&servers),
+                )
+            }),
         log: attempt_log(logs_dir, &obj.id, &step.plan.id, number),
         log_max_bytes: cfg.logs.max_attempt_bytes.0,
         checkpoint: step.checkpoint.as_ref().map(|json| {

@@ -141,14 +141,15 @@ pub fn objective_lines(obj: &Objective) -> Vec<Line> {
     if let Some(l) = obj.budget.max_cost_usd {
         out.push(line(
             "objective_usd",
-            obj.usage.cost_usd,
+            obj.usage.cost_usd + obj.sub_usage.cost_usd,
             l,
             Scope::Objective,
             "objective_usd".into(),
         ));
     }
     if let Some(t) = obj.budget.max_tokens {
-        let used = obj.usage.tokens() as f64;
+        // Sub-objectives count against their parent's budgets.
+        let used = (obj.usage.tokens() + obj.sub_usage.tokens()) as f64;
         out.push(line(
             "objective_tokens",
             used,

@@ -3,10 +3,12 @@
 //! the caller, and hands the rest to the core, whose refusal is the API's answer.
 //! Replies go out once the turn that made them true is durable.
 
-use crate::model::{ObjState, Objective, Usage, now_ms};
+use crate::model::{ObjState, Objective, ParentRef, Usage, now_ms};
 
 use super::machine::{self, Input, Run};
-use super::{Caller, Command, Engine, EngineError, EngineStatus, Live, NewObjective, Submitted};
+use super::{
+    Caller, Command, Engine, EngineError, EngineStatus, Live, NewObjective, ParentClaim, Submitted,
+};
 
 impl Engine {
     pub(super) fn on_command(&mut self, c: Command) {
@@ -174,6 +176,10 @@ impl Engine {
             tracing::warn!(uid = new.caller.uid, reason = %why, "submit refused");
             return Err(EngineError::ResourceExhausted(why));
         }
+        let parent = match &new.parent_claim {
+            Some(claim) => Some(self.admit_child(claim, new.caller)?),
+            None => None,
+        };
         let now = now_ms();
         let id = ulid::Ulid::generate().to_string();
         let obj = Objective {
@@ -194,6 +200,9 @@ impl Engine {
             step_count: new.steps.len() as u32,
             ended_seq: None,
             alerts: Vec::new(),
+            parent: parent.clone(),
+            children: Vec::new(),
+            sub_usage: Usage::default(),
         };
         if !new.request_id.is_empty() {
             self.turn
@@ -203,10 +212,91 @@ impl Engine {
         let (run, d) = machine::submit(obj, new.steps, self.ctx());
         self.live.insert(id.clone(), Live::new(run, None));
         self.apply(&id, d);
-        tracing::info!(objective = %id, "objective submitted");
+        if let Some(p) = &parent {
+            tracing::info!(objective = %id, parent = %p.objective_id, step = %p.step_id, depth = p.depth, "sub-objective submitted");
+            if let Err(e) = self.input(&p.objective_id, Input::Adopt { child: id.clone() }) {
+                tracing::error!(objective = %id, parent = %p.objective_id, error = %e, "a sub-objective was not recorded on its parent");
+            }
+        } else {
+            tracing::info!(objective = %id, "objective submitted");
+        }
         Ok(Submitted {
             id,
             existing: false,
         })
+    }
+
+    /// Checks a submit's claim to come from a running attempt: the attempt runs, the
+    /// nesting limit allows another level (the pure rules, `machine::admit_child`), the
+    /// caller may act on the parent, and the calling process really is in the attempt's
+    /// tree (its cgroup leaf, or a descendant of its process), not just carrying its
+    /// environment.
+    fn admit_child(&self, claim: &ParentClaim, caller: Caller) -> Result<ParentRef, EngineError> {
+        let pid = &claim.objective_id;
+        let Some(live) = self.live.get(pid) else {
+            return Err(EngineError::FailedPrecondition(format!(
+                "sub-objective refused: objective {pid} (named by ORCH_OBJECTIVE_ID) is not running"
+            )));
+        };
+        let parent = machine::admit_child(
+            &live.run,
+            &claim.step_id,
+            claim.attempt,
+            self.cfg.max_sub_objective_depth,
+        )?;
+        machine::authorize(
+            caller.uid,
+            self.own_uid,
+            live.run.obj.owner_uid,
+            "submit a sub-objective of",
+            pid,
+        )?;
+        let attempt = live
+            .run
+            .steps
+            .iter()
+            .find(|s| s.plan.id == claim.step_id)
+            .and_then(|s| live.run.running.get(&s.index))
+            .map(|r| &r.attempt);
+        let in_tree = attempt.is_some_and(|a| {
+            crate::sys::in_attempt_tree(
+                caller.pid.max(0) as u32,
+                a.pid.unwrap_or(0),
+                a.pid_start_ticks,
+                a.cgroup.as_deref().map(std::path::Path::new),
+            )
+        });
+        if !in_tree {
+            tracing::warn!(objective = %pid, step = %claim.step_id, attempt = claim.attempt, caller_pid = caller.pid, "a submit claimed an attempt it is not part of");
+            return Err(EngineError::PermissionDenied(format!(
+                "sub-objective refused: the caller (pid {}) is not a process of attempt {} of step `{}` \
+                 of objective {pid}, which its ORCH_OBJECTIVE_ID, ORCH_STEP_ID and ORCH_ATTEMPT name \
+                 (unset them to submit a top-level objective)",
+                caller.pid, claim.attempt, claim.step_id
+            )));
+        }
+        Ok(parent)
+    }
+
+    /// A sub-objective used `delta`: every live ancestor counts it against its own
+    /// budgets, which may run out (and then stop it and its sub-objectives).
+    pub(super) fn count_for_ancestors(&mut self, id: &str, delta: &crate::model::Usage) {
+        let mut at = self.live.get(id).and_then(|l| l.run.obj.parent.clone());
+        while let Some(p) = at {
+            let ancestor = p.objective_id;
+            if !self.live.contains_key(&ancestor) {
+                break;
+            }
+            if self
+                .input(&ancestor, Input::ChildUsage { delta: *delta })
+                .is_ok()
+            {
+                self.check_budgets(&ancestor);
+            }
+            at = self
+                .live
+                .get(&ancestor)
+                .and_then(|l| l.run.obj.parent.clone());
+        }
     }
 }

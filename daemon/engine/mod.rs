@@ -14,6 +14,7 @@ mod budget;
 mod control;
 mod housekeeping;
 pub mod machine;
+mod mcp;
 mod recovery;
 mod remove;
 pub use remove::PruneFilter;
@@ -59,6 +60,17 @@ pub struct NewObjective {
     pub client_env: Option<BTreeMap<String, String>>,
     pub request_id: String,
     pub caller: Caller,
+    /// The attempt the caller's `ORCH_*` environment names: the would-be parent, to be
+    /// verified against the caller's place in that attempt's process tree.
+    pub parent_claim: Option<ParentClaim>,
+}
+
+/// What a submit's `ORCH_OBJECTIVE_ID`, `ORCH_STEP_ID` and `ORCH_ATTEMPT` say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentClaim {
+    pub objective_id: String,
+    pub step_id: String,
+    pub attempt: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -325,11 +337,26 @@ impl Engine {
             return Ok(());
         };
         let before = live.run.running.len();
+        let to_children = machine::cascade(&input);
         let d = machine::step(&mut live.run, input, ctx)?;
         // Slots: `Start` opens an attempt, `Ended` closes one.
         let (after, uid) = (live.run.running.len(), live.run.obj.owner_uid);
+        let children = match &to_children {
+            Some(_) => live.run.obj.children.clone(),
+            None => Vec::new(),
+        };
         self.count_running(uid, before, after);
         self.apply(id, d);
+        // What reaches the children (cancel, exhaustion), and through them theirs.
+        if let Some(child_input) = to_children {
+            for child in children {
+                if self.live.contains_key(&child)
+                    && let Err(e) = self.input(&child, child_input.clone())
+                {
+                    tracing::debug!(objective = %child, parent = %id, error = %e, "not passed on to a sub-objective");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -669,6 +696,7 @@ impl Engine {
                         );
                         self.count_usage(&key.objective_id, &delta);
                         self.check_budgets(&key.objective_id);
+                        self.count_for_ancestors(&key.objective_id, &delta);
                         return;
                     }
                     AgentLine::RateLimited { until_ms } => {

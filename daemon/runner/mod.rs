@@ -55,6 +55,10 @@ pub struct RunSpec {
     /// Written before the start for an agent that reads its prompt from a file
     /// (`prompt = "file"`): `(path, prompt)`; removed when the attempt ends.
     pub prompt_file: Option<(PathBuf, String)>,
+    /// Written before the start for an agent given MCP servers (`mcp`, `mcp_self`): its
+    /// MCP configuration `(path, JSON)`, readable only by the agent's user; removed when
+    /// the attempt ends.
+    pub mcp_config: Option<(PathBuf, String)>,
     pub grace: Duration,
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
@@ -139,6 +143,7 @@ pub fn start(spec: RunSpec, facts: mpsc::UnboundedSender<Fact>) -> mpsc::Unbound
                 .filter(|_| spec.run_as.is_some())
                 .map(|(path, _)| path.clone()),
             spec.prompt_file.as_ref().map(|(path, _)| path.clone()),
+            spec.mcp_config.as_ref().map(|(path, _)| path.clone()),
         ]
         .into_iter()
         .flatten()
@@ -343,6 +348,15 @@ async fn run(
             ));
         }
         env.push(("ORCH_CHECKPOINT_FILE".into(), path.display().to_string()));
+    }
+    if let Some((path, json)) = &spec.mcp_config {
+        let owner = spec.run_as.as_ref().map(|(u, g, _)| (*u, *g));
+        if let Err(e) = write_private(path, json, owner) {
+            return AttemptEnd::spawn_error(format!(
+                "cannot write the MCP configuration {}: {e}",
+                path.display()
+            ));
+        }
     }
     if let Some((path, prompt)) = &spec.prompt_file {
         let owner = spec.run_as.as_ref().map(|(u, g, _)| (*u, *g));

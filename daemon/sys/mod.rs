@@ -26,8 +26,8 @@ pub use limits::raise_open_files;
 pub use nix::sys::signal::Signal;
 pub use process::{
     Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
-    pidfd_open, process_start_ticks, processes_with_env, reap, run_as, session_members,
-    signal_group, signal_process, usage_of, user_name,
+    in_attempt_tree, pidfd_open, process_start_ticks, processes_with_env, reap, run_as,
+    session_members, signal_group, signal_process, usage_of, user_name,
 };
 pub use watch::{Watch, WatchFlags, readable_fd};
 

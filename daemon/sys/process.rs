@@ -3,6 +3,7 @@
 //! resource use, sessions and environments.
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -155,6 +156,58 @@ pub fn session_members(sid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The parent pid of `pid` (`/proc/PID/stat` field 4).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The cgroup v2 path of `pid` relative to the hierarchy's root (`/proc/PID/cgroup`,
+/// the `0::` line).
+fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// Whether process `pid` is in the tree of an attempt: a member of its cgroup leaf
+/// `cgroup` (an absolute path under the cgroup v2 mount), or `root` itself or one of its
+/// descendants, where `root` is still the process that started at `root_ticks` (so a
+/// reused pid does not count).
+pub fn in_attempt_tree(
+    pid: u32,
+    root: u32,
+    root_ticks: Option<u64>,
+    cgroup: Option<&Path>,
+) -> bool {
+    if let (Some(leaf), Some(rel)) = (cgroup, cgroup_of(pid)) {
+        let rel = rel.trim_start_matches('/');
+        if !rel.is_empty() && leaf.ends_with(rel) {
+            return true;
+        }
+    }
+    if root <= 1 || root_ticks.is_some_and(|t| process_start_ticks(root) != Some(t)) {
+        return false;
+    }
+    let mut at = pid;
+    // Bounded: a pid chain ends at 1 (or 0) well before this.
+    for _ in 0..4096 {
+        if at == root {
+            return true;
+        }
+        match parent_pid(at) {
+            Some(p) if p > 1 && p != at => at = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Every process whose environment (as it was at exec) holds all of `vars`.
 pub fn processes_with_env(vars: &[(&str, &str)]) -> Vec<u32> {
     let wanted: Vec<Vec<u8>> = vars
@@ -242,6 +295,27 @@ pub fn run_as(uid: u32, gid: u32) -> Option<(u32, u32, Vec<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_in_the_tree_of_its_ancestors_only() {
+        let me = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        let ticks = process_start_ticks(parent);
+        assert!(in_attempt_tree(me, parent, ticks, None));
+        assert!(in_attempt_tree(me, me, process_start_ticks(me), None));
+        // Not the other way round, and not when the root's start time says the pid was reused.
+        assert!(!in_attempt_tree(parent, me, process_start_ticks(me), None));
+        assert!(!in_attempt_tree(me, parent, ticks.map(|t| t + 1), None));
+        // pid 1 and 0 are nobody's attempt.
+        assert!(!in_attempt_tree(me, 1, None, None));
+        assert!(!in_attempt_tree(me, 0, None, None));
+        // By cgroup: the leaf this process is in (as an absolute path), not another.
+        if let Some(rel) = cgroup_of(me).filter(|r| r != "/") {
+            let leaf = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+            assert!(in_attempt_tree(me, 0, None, Some(&leaf)));
+            assert!(!in_attempt_tree(me, 0, None, Some(&leaf.join("elsewhere"))));
+        }
+    }
 
     #[test]
     fn own_start_ticks_are_stable() {

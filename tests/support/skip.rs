@@ -126,3 +126,18 @@ pub fn require_tmux() -> bool {
         Some("ORCH_TEST_TMUX"),
     )
 }
+
+/// Whether `python3` with the official MCP SDK (`mcp`, pinned in
+/// `tests/fixtures/mcp/requirements.txt`) is available; without it, says the test was
+/// skipped and returns false (panics instead under `ORCH_TEST_PYTHON=1`).
+pub fn require_python_mcp() -> bool {
+    let have = Command::new("python3")
+        .args(["-c", "import mcp, httpx2; from mcp import Client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(
+        have,
+        "python3 with the MCP SDK (pip install -r tests/fixtures/mcp/requirements.txt)",
+        Some("ORCH_TEST_PYTHON"),
+    )
+}

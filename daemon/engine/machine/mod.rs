@@ -10,6 +10,7 @@
 
 mod attempts;
 mod control;
+mod family;
 pub mod host;
 #[cfg(test)]
 mod props;
@@ -19,6 +20,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use family::{admit_child, cascade};
 pub use tables::{End, Needs, Next, RateLimit, counts_against_retries, needs, next_after_end};
 
 use crate::model::{
@@ -206,6 +208,14 @@ pub enum Input {
     Recover {
         gone: Vec<Attempt>,
         kept: Vec<Attempt>,
+    },
+    /// A sub-objective of this one was submitted.
+    Adopt {
+        child: String,
+    },
+    /// A sub-objective of this one (at any depth) used this.
+    ChildUsage {
+        delta: Usage,
     },
 }
 
@@ -572,6 +582,8 @@ impl<'a> Tx<'a> {
             }
             Input::Exhaust { why } => self.exhaust(why),
             Input::Recover { gone, kept } => self.recover(gone, kept),
+            Input::Adopt { child } => self.adopt(child),
+            Input::ChildUsage { delta } => self.child_usage(&delta),
         }
         self.refresh();
         Ok(())

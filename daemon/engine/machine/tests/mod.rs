@@ -6,6 +6,7 @@ use super::*;
 
 mod attempts;
 mod control;
+mod family;
 mod table;
 use crate::model::{FailureAction, FailureClass, Outcome, StopReason};
 
