@@ -434,6 +434,7 @@ pub fn submit_request(
         request_id: input.request_id.unwrap_or_default(),
         workdir,
         env,
+        ..SubmitRequest::default()
     })
 }
 
