@@ -84,6 +84,7 @@ pub fn attempt(a: &Attempt) -> Value {
         "message": text_or_null(&a.message),
         "command": if a.command.is_empty() { Value::Null } else { json!(a.command) },
         "session_id": text_or_null(&a.session_id),
+        "job_id": text_or_null(&a.job_id),
     })
 }
 
@@ -387,6 +388,11 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
         "running_attempts": d.running_attempts,
         "config_path": d.config_path,
         "last_event_seq": d.last_event_seq,
+        "executors": d.executors.iter().map(|e| json!({
+            "name": e.name,
+            "healthy": e.healthy,
+            "detail": e.detail,
+        })).collect::<Vec<_>>(),
     })
 }
 

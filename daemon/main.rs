@@ -419,6 +419,13 @@ async fn serve(
     );
 
     let cfg = Arc::new(cfg);
+    let executors = Arc::new(executor::Executors {
+        local: executor::LocalExecutor::new(limiter.clone()),
+        slurm: cfg.executors.slurm.clone().map(|s| {
+            tracing::info!(output_dir = %s.output_dir.display(), "Slurm executor configured");
+            executor::SlurmExecutor::new(s, state_dir.join("logs"), cfg.logs.max_attempt_bytes.0)
+        }),
+    });
     // Live events buffered for watchers; one that falls further behind is re-fed from the store.
     let (events_tx, _) = broadcast::channel(16384);
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -426,7 +433,7 @@ async fn serve(
         store.clone(),
         cfg.clone(),
         events_tx.clone(),
-        Arc::new(executor::LocalExecutor::new(limiter.clone())),
+        executors.clone(),
         published.clone(),
     )?;
     let t = Instant::now();
@@ -486,6 +493,7 @@ async fn serve(
         limits_backend,
         limits_detail,
         started,
+        executors: executors.clone(),
     });
     let service = api::Api::new(
         cmd_tx.clone(),

@@ -577,6 +577,7 @@ impl Engine {
                 pid,
                 start_ticks,
                 cgroup,
+                job_id,
             } => self.attempt_input(
                 &key.objective_id,
                 Input::Started {
@@ -585,6 +586,7 @@ impl Engine {
                     pid,
                     start_ticks,
                     cgroup,
+                    job_id,
                 },
             ),
             Fact::Line { key, line } => {
