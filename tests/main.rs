@@ -19,6 +19,7 @@ mod real_agents;
 mod runs;
 mod security;
 mod sessions;
+mod slurm;
 mod squatting;
 mod supervisor;
 mod support;
