@@ -423,7 +423,7 @@ async fn serve(
         local: executor::LocalExecutor::new(limiter.clone()),
         slurm: cfg.executors.slurm.clone().map(|s| {
             tracing::info!(output_dir = %s.output_dir.display(), "Slurm executor configured");
-            executor::SlurmExecutor::new(s, state_dir.join("logs"), cfg.logs.max_attempt_bytes.0)
+            executor::SlurmExecutor::new(s, &cfg)
         }),
     });
     // Live events buffered for watchers; one that falls further behind is re-fed from the store.

@@ -32,13 +32,18 @@ struct Slurm {
 
 /// A daemon with `[executors.slurm]` on the test cluster, or `None` (skipped).
 fn slurm_daemon() -> Option<Slurm> {
+    slurm_daemon_with("")
+}
+
+/// The same, with more `[executors.slurm]` keys.
+fn slurm_daemon_with(extra: &str) -> Option<Slurm> {
     let conf = require_slurm()?;
     let cluster_dir = conf.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut d = TestDaemon::prepare_with_config("", &[]);
     let shared = d.dir().join("shared");
     std::fs::create_dir(&shared).expect("create the shared output dir");
     let config = format!(
-        "[executors.slurm]\noutput_dir = \"{}\"\njobcomp_log = \"{}\"\npoll_max = \"2s\"\n",
+        "[executors.slurm]\noutput_dir = \"{}\"\njobcomp_log = \"{}\"\npoll_max = \"2s\"\n{extra}\n",
         shared.display(),
         cluster_dir.join("log/jobcomp.log").display()
     );
@@ -348,6 +353,67 @@ command = ["sh", "-c", {report}]
     assert!(c["pid"].is_null() && c["job_id"].is_string(), "{c}");
     let logs = String::from_utf8_lossy(&s.d.logs(&[&id, "report"])).into_owned();
     assert!(logs.contains("21"), "{logs}");
+}
+
+#[test]
+fn a_job_sbatch_refuses_is_a_spawn_error_with_its_message() {
+    let _shared = CLUSTER.read();
+    let Some(s) = slurm_daemon_with("partition = \"no-such-partition\"") else {
+        return;
+    };
+    let id = s.submit(&one_step("echo never", ""));
+    let v = s.d.wait_ended(&id, JOB_DEADLINE);
+    let a = attempt(&v, "job");
+    assert_eq!(a["outcome"], "spawn_error", "{a}");
+    let message = a["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("sbatch refused the job") && message.contains("invalid partition"),
+        "{a}"
+    );
+    assert!(a["job_id"].is_null(), "{a}");
+}
+
+#[test]
+fn a_sub_minute_timeout_is_enforced_by_orch_with_scancel() {
+    let _shared = CLUSTER.read();
+    let Some(s) = slurm_daemon() else { return };
+    let id = s.submit(&one_step("echo started; sleep 600", "timeout = \"2s\""));
+    let job = s.wait_job(&id, "job");
+    let v = s.d.wait_ended(&id, JOB_DEADLINE);
+    let a = attempt(&v, "job");
+    assert_eq!(a["outcome"], "timeout", "{a}");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timed out after 2s"),
+        "{a}"
+    );
+    assert_eq!(s.job_state(&job), "CANCELLED");
+}
+
+#[test]
+fn a_job_cancelled_outside_orch_is_signaled() {
+    let _shared = CLUSTER.read();
+    let Some(s) = slurm_daemon() else { return };
+    // `signaled` is retried by default: one attempt only.
+    let id = s.submit(&one_step(
+        "echo started; sleep 600",
+        "retry = { max_attempts = 1 }",
+    ));
+    let job = s.wait_job(&id, "job");
+    let out = s.slurm("scancel", &[&job]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v = s.d.wait_ended(&id, JOB_DEADLINE);
+    let a = attempt(&v, "job");
+    assert_eq!(a["outcome"], "signaled", "{a}");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled outside orch"),
+        "{a}"
+    );
 }
 
 #[test]

@@ -34,6 +34,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// for at most `NEAR_FOR`.
 const NEAR_EVERY: Duration = Duration::from_millis(200);
 const NEAR_FOR: Duration = Duration::from_secs(15);
+/// The most read from an output file at once (then the rest, in turn).
+const READ_AT_ONCE: u64 = 4 << 20;
 /// How much of a job's stderr is kept for classifying its end.
 const TAIL: u64 = 8192;
 
@@ -43,6 +45,9 @@ pub struct SlurmExecutor {
     /// have no `RunSpec`).
     logs_dir: PathBuf,
     log_max_bytes: u64,
+    /// The agent profiles at start: how a re-attached attempt's stdout is read.
+    agents: std::collections::BTreeMap<String, crate::config::AgentProfile>,
+    prices: std::sync::Arc<std::collections::BTreeMap<String, crate::config::Price>>,
 }
 
 /// The health line of `daemon status`.
@@ -52,11 +57,14 @@ pub struct Health {
 }
 
 impl SlurmExecutor {
-    pub fn new(cfg: SlurmConfig, logs_dir: PathBuf, log_max_bytes: u64) -> SlurmExecutor {
+    /// The executor of `daemon.executors.slurm`, for a daemon whose config is `daemon`.
+    pub fn new(cfg: SlurmConfig, daemon: &crate::config::Config) -> SlurmExecutor {
         SlurmExecutor {
             cfg,
-            logs_dir,
-            log_max_bytes,
+            logs_dir: daemon.state_dir().join("logs"),
+            log_max_bytes: daemon.logs.max_attempt_bytes.0,
+            agents: daemon.agents.clone(),
+            prices: std::sync::Arc::new(daemon.prices.clone()),
         }
     }
 
@@ -155,10 +163,22 @@ impl Executor for SlurmExecutor {
             job: job.clone(),
             dir,
             log: crate::logfile::attempt_log(&self.logs_dir, &a.objective_id, &a.step_id, a.number),
-            // What the step had (timeouts, parser) is not in the attempt record: the
-            // engine's log path and a plain parser are; timeouts are Slurm's `--time`.
-            usage_format: Default::default(),
-            prices: Default::default(),
+            // Its agent's usage format and model, as the profile has them now; the step's
+            // timeouts are not in the attempt record: Slurm's `--time` still holds.
+            usage_format: self
+                .agents
+                .get(&a.agent)
+                .map_or(crate::runner::UsageFormat::OrchLines, |p| {
+                    crate::runner::UsageFormat::from_name(&p.usage)
+                }),
+            prices: crate::runner::Prices {
+                table: self.prices.clone(),
+                model: self
+                    .agents
+                    .get(&a.agent)
+                    .and_then(|p| p.model.clone())
+                    .unwrap_or_default(),
+            },
             timeout: None,
             idle_timeout: None,
             log_max_bytes: self.log_max_bytes,
@@ -409,7 +429,7 @@ impl Tailer {
             return Vec::new();
         }
         let mut buf = Vec::new();
-        let _ = f.take(16 << 20).read_to_end(&mut buf);
+        let _ = f.take(READ_AT_ONCE).read_to_end(&mut buf);
         self.offset += buf.len() as u64;
         buf
     }
@@ -486,20 +506,29 @@ async fn follow(
     let mut near_until: Option<Instant> = None;
     let mut exit_seen = false;
     let pump = |t: &mut Tailer, parser: &mut LineParser, log: &LogTx| -> bool {
-        let data = t.read_new();
-        if data.is_empty() {
-            return false;
-        }
-        if t.stream == Stream::Stdout {
-            for line in parser.feed(&data) {
-                let _ = facts.send(Fact::Line {
-                    key: f.key.clone(),
-                    line,
-                });
+        let mut any = false;
+        loop {
+            let data = t.read_new();
+            if data.is_empty() {
+                return any;
+            }
+            any = true;
+            let whole = data.len() < READ_AT_ONCE as usize;
+            if t.stream == Stream::Stdout {
+                for line in parser.feed(&data) {
+                    let _ = facts.send(Fact::Line {
+                        key: f.key.clone(),
+                        line,
+                    });
+                }
+            }
+            if !log.send(t.stream, data) {
+                tracing::warn!(job = %f.job, "log writer fell behind; output was dropped from the log");
+            }
+            if whole {
+                return any;
             }
         }
-        let _ = log.send(t.stream, data);
-        true
     };
     let view = loop {
         let running = asked.is_none() && paused_at.is_none();
