@@ -391,6 +391,7 @@ pub struct Config {
     /// Per-user limits by user name or uid.
     pub users: BTreeMap<String, UserConfig>,
     /// Where steps can run besides this machine (`[executors.slurm]`). Read at start.
+    #[serde(skip_serializing_if = "ExecutorsConfig::is_empty")]
     pub executors: ExecutorsConfig,
 }
 
@@ -400,6 +401,12 @@ pub struct Config {
 pub struct ExecutorsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmConfig>,
+}
+
+impl ExecutorsConfig {
+    fn is_empty(&self) -> bool {
+        self.slurm.is_none()
+    }
 }
 
 /// `[executors.slurm]`: steps with `executor = "slurm"` run as batch jobs of this cluster

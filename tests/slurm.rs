@@ -179,7 +179,10 @@ fn a_job_that_succeeds_is_logged_parsed_and_shows_its_job_id() {
 fn exit_code_3_is_an_exit_failure() {
     let _shared = CLUSTER.read();
     let Some(s) = slurm_daemon() else { return };
-    let id = s.submit(&one_step("echo failing; exit 3", ""));
+    let id = s.submit(&one_step(
+        "echo failing; exit 3",
+        "retry = { max_attempts = 1 }",
+    ));
     let v = s.d.wait_ended(&id, JOB_DEADLINE);
     assert_eq!(v["state"], "failed", "{v}");
     let a = attempt(&v, "job");
@@ -192,7 +195,10 @@ fn a_500m_hog_under_100m_is_a_memory_limit() {
     let _shared = CLUSTER.read();
     let Some(s) = slurm_daemon() else { return };
     let hog = "python3 -c 'import time; b = bytearray(500 << 20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(30)'";
-    let id = s.submit(&one_step(hog, "limits = { memory = \"100M\" }"));
+    let id = s.submit(&one_step(
+        hog,
+        "limits = { memory = \"100M\" }\nretry = { max_attempts = 1 }",
+    ));
     let v = s.d.wait_ended(&id, JOB_DEADLINE);
     let a = attempt(&v, "job");
     assert_eq!(a["outcome"], "memory_limit", "{a}\n{}", s.d.log_text());
@@ -377,7 +383,10 @@ fn a_job_sbatch_refuses_is_a_spawn_error_with_its_message() {
 fn a_sub_minute_timeout_is_enforced_by_orch_with_scancel() {
     let _shared = CLUSTER.read();
     let Some(s) = slurm_daemon() else { return };
-    let id = s.submit(&one_step("echo started; sleep 600", "timeout = \"2s\""));
+    let id = s.submit(&one_step(
+        "echo started; sleep 600",
+        "timeout = \"2s\"\nretry = { max_attempts = 1 }",
+    ));
     let job = s.wait_job(&id, "job");
     let v = s.d.wait_ended(&id, JOB_DEADLINE);
     let a = attempt(&v, "job");
