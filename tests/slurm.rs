@@ -453,3 +453,44 @@ fn a_slurm_step_without_executors_slurm_is_refused_naming_the_key() {
     );
     assert!(d.list(&[]).is_empty(), "nothing stored");
 }
+
+#[test]
+fn without_its_commands_slurm_is_unhealthy_and_attempts_are_spawn_errors() {
+    // No cluster needed: the commands are missing.
+    let mut d = TestDaemon::prepare_with_config("", &[]);
+    let shared = d.dir().join("shared");
+    std::fs::create_dir(&shared).expect("create the shared output dir");
+    d.write_file(
+        "orchd.toml",
+        &format!(
+            "[executors.slurm]\noutput_dir = \"{}\"\nsbatch = \"/nonexistent/sbatch\"\nsinfo = \"/nonexistent/sinfo\"\n",
+            shared.display()
+        ),
+    );
+    d.launch();
+    let st = d.ctl(&["daemon", "status"]);
+    let text = stdout(&st);
+    assert!(
+        text.contains("local ok; slurm UNHEALTHY (cannot run `/nonexistent/sinfo`"),
+        "{}",
+        describe(&st)
+    );
+    let v = d.ctl_json(&["daemon", "status"]);
+    assert_eq!(v["executors"][1]["name"], "slurm", "{v}");
+    assert_eq!(v["executors"][1]["healthy"], false, "{v}");
+    let plan = d.write_file(
+        "plan.toml",
+        "[[steps]]\nid = \"a\"\nexecutor = \"slurm\"\ncommand = [\"true\"]\nretry = { max_attempts = 1 }\n",
+    );
+    let id = d.submit(&[&plan.display().to_string()], 0);
+    let v = d.wait_ended(&id, JOB_DEADLINE);
+    let a = attempt(&v, "a");
+    assert_eq!(a["outcome"], "spawn_error", "{a}");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot run `/nonexistent/sbatch`"),
+        "{a}"
+    );
+}

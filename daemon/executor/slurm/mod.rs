@@ -677,3 +677,50 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reattached_log_goes_on_after_what_it_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("a.log");
+        let (tx, done) = LogWriter::create(&log, 1 << 20).expect("log").spawn();
+        assert!(tx.send(Stream::Stdout, b"before\n".to_vec()));
+        assert!(tx.send(Stream::Stderr, b"err\n".to_vec()));
+        drop(tx);
+        done.await.expect("written");
+        assert_eq!(logged_bytes(&log), (7, 4));
+        let (tx, done) = LogWriter::append(&log, 1 << 20).expect("append").spawn();
+        assert!(tx.send(Stream::Stdout, b"after\n".to_vec()));
+        drop(tx);
+        done.await.expect("written");
+        assert_eq!(logged_bytes(&log), (13, 4));
+        let text: Vec<u8> = LogReader::new(&log)
+            .read_new()
+            .expect("read")
+            .into_iter()
+            .filter(|c| c.stream == Stream::Stdout)
+            .flat_map(|c| c.data)
+            .collect();
+        assert_eq!(text, b"before\nafter\n");
+        assert_eq!(logged_bytes(&dir.path().join("missing.log")), (0, 0));
+    }
+
+    #[test]
+    fn a_tailer_reads_from_its_offset_in_bounded_pieces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stdout");
+        let mut t = Tailer {
+            path: path.clone(),
+            offset: 3,
+            stream: Stream::Stdout,
+        };
+        assert!(t.read_new().is_empty(), "no file yet");
+        std::fs::write(&path, b"abcdef").expect("write");
+        assert_eq!(t.read_new(), b"def");
+        assert!(t.read_new().is_empty());
+        assert_eq!(t.offset, 6);
+    }
+}
