@@ -5,6 +5,7 @@
 //! names carry the objective id), so they run in parallel; the one that restarts slurmctld
 //! holds the cluster alone while it does.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::RwLock;
@@ -33,6 +34,35 @@ struct Slurm {
 /// A daemon with `[executors.slurm]` on the test cluster, or `None` (skipped).
 fn slurm_daemon() -> Option<Slurm> {
     slurm_daemon_with("")
+}
+
+/// The same, shared by the members of group `orch` (a root daemon, its temp dir
+/// traversable), or `None` (skipped without root or a cluster).
+fn shared_slurm_daemon() -> Option<Slurm> {
+    if !crate::support::require_root("to run a shared root daemon and a throwaway user") {
+        return None;
+    }
+    crate::support::orch_group();
+    let conf = require_slurm()?;
+    let cluster_dir = conf.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut d = TestDaemon::prepare_with_config("", &[]);
+    std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o711))
+        .expect("make the temp dir traversable");
+    let shared = d.dir().join("shared");
+    std::fs::create_dir(&shared).expect("create the shared output dir");
+    d.write_file(
+        "orchd.toml",
+        &format!(
+            "[executors.slurm]\noutput_dir = \"{}\"\njobcomp_log = \"{}\"\npoll_max = \"2s\"\n",
+            shared.display(),
+            cluster_dir.join("log/jobcomp.log").display()
+        ),
+    );
+    d.set_env("SLURM_CONF", &conf.display().to_string());
+    d.launch();
+    let gates = d.dir().join("gates");
+    std::fs::create_dir(&gates).expect("create the gates dir");
+    Some(Slurm { d, conf, gates })
 }
 
 /// The same, with more `[executors.slurm]` keys.
@@ -452,6 +482,41 @@ fn a_slurm_step_without_executors_slurm_is_refused_naming_the_key() {
         "{err}"
     );
     assert!(d.list(&[]).is_empty(), "nothing stored");
+}
+
+#[test]
+fn the_job_runs_as_the_user_who_submitted_it_never_as_root() {
+    let _shared = CLUSTER.read();
+    let Some(s) = shared_slurm_daemon() else {
+        return;
+    };
+    let u = crate::support::TestUser::create(true);
+    let plan = s.d.write_file(
+        "user-plan.toml",
+        &one_step(
+            "echo uid=$(id -u) user=$USER",
+            "retry = { max_attempts = 1 }",
+        ),
+    );
+    std::fs::set_permissions(&plan, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = u.orchctl(&s.d, &["submit", "--wait", &plan.display().to_string()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = crate::support::first_line(&out);
+    let v = s.d.status(&id);
+    assert_eq!(v["state"], "succeeded", "{v}\n{}", s.d.log_text());
+    let job = job_of(&v, "job");
+    let logs = String::from_utf8_lossy(&s.d.logs(&[&id])).into_owned();
+    assert!(
+        logs.contains(&format!("uid={} user={}", u.uid, u.name)),
+        "{logs}"
+    );
+    // Slurm agrees: the job is the user's.
+    let show = s.slurm("scontrol", &["show", "job", "-o", &job]);
+    assert!(
+        stdout(&show).contains(&format!("UserId={}({})", u.name, u.uid)),
+        "{}",
+        describe(&show)
+    );
 }
 
 #[test]

@@ -56,7 +56,8 @@ start() {
     local t0=$SECONDS host cpus mem
     rm -rf "$DIR"
     mkdir -p "$DIR"/{log,state,spool,munge,shared}
-    chmod 0700 "$DIR/munge"
+    # Every user submits through munged's socket; only root reads the key (0400).
+    chmod 0755 "$DIR" "$DIR/munge"
     chmod 1777 "$DIR/shared"
     host=$(hostname -s)
     cpus=$(nproc)
