@@ -28,6 +28,8 @@ use crate::sys;
 use super::{AttemptHandle, Executor, Facts, Reattached};
 use states::{Asked, JobView};
 
+/// How long `sinfo` may take for `daemon status`.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one Slurm command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an order or the exit marker the job's end is near: it is asked this often,
@@ -74,7 +76,15 @@ impl SlurmExecutor {
         if let Some(p) = &self.cfg.partition {
             args.push(format!("--partition={p}"));
         }
-        match run(&self.cfg.sinfo, &args, None).await {
+        // `daemon status` waits for it: a cluster that does not answer soon is unhealthy.
+        let asked = tokio::time::timeout(HEALTH_TIMEOUT, run(&self.cfg.sinfo, &args, None)).await;
+        let answer = asked.unwrap_or_else(|_| {
+            Err(format!(
+                "`{}` did not answer within {HEALTH_TIMEOUT:?}",
+                self.cfg.sinfo.display()
+            ))
+        });
+        match answer {
             Ok(out) => {
                 let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
                 let usable = lines.iter().any(|l| {
