@@ -3,3 +3,5 @@
 #[allow(dead_code)]
 #[path = "../../../daemon/runner/agent.rs"]
 pub mod agent;
+
+pub use agent::ThreadTotals;
