@@ -84,6 +84,7 @@ pub fn attempt(a: &Attempt) -> Value {
         "message": text_or_null(&a.message),
         "command": if a.command.is_empty() { Value::Null } else { json!(a.command) },
         "session_id": text_or_null(&a.session_id),
+        "job_id": text_or_null(&a.job_id),
     })
 }
 
@@ -407,6 +408,11 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
         "config_found": d.config_found,
         "last_event_seq": d.last_event_seq,
         "host": d.host.as_ref().map(crate::reports::host_json),
+        "executors": d.executors.iter().map(|e| json!({
+            "name": e.name,
+            "healthy": e.healthy,
+            "detail": e.detail,
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -590,6 +590,7 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> String {
         ),
         ("Objectives", counts),
         ("Last event", d.last_event_seq.to_string()),
+        ("Executors", executors(d)),
     ]) + &daemon_host(d)
 }
 
@@ -607,6 +608,25 @@ fn daemon_host(d: &DaemonStatusResponse) -> String {
         .iter()
         .map(|(k, v)| format!("{k:<10}  {v}\n"))
         .collect()
+}
+
+/// `local ok, slurm ok (sinfo: ...)`: each executor and its health.
+fn executors(d: &DaemonStatusResponse) -> String {
+    if d.executors.is_empty() {
+        return "-".to_string();
+    }
+    d.executors
+        .iter()
+        .map(|e| {
+            let health = if e.healthy { "ok" } else { "UNHEALTHY" };
+            if e.detail.is_empty() {
+                format!("{} {health}", e.name)
+            } else {
+                format!("{} {health} ({})", e.name, e.detail)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

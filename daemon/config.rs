@@ -416,6 +416,9 @@ pub struct Config {
     pub max_sub_objective_depth: u32,
     /// MCP tool servers agent profiles may be given (`mcp = ["NAME"]`), by name.
     pub mcp: BTreeMap<String, McpServerConfig>,
+    /// Where steps can run besides this machine (`[executors.slurm]`). Read at start.
+    #[serde(skip_serializing_if = "ExecutorsConfig::is_empty")]
+    pub executors: ExecutorsConfig,
 }
 
 /// The default of `max_sub_objective_depth`.
@@ -432,6 +435,74 @@ pub struct McpServerConfig {
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+}
+
+/// `[executors]`: the executors besides `local` (always there).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmConfig>,
+}
+
+impl ExecutorsConfig {
+    fn is_empty(&self) -> bool {
+        self.slurm.is_none()
+    }
+}
+
+/// `[executors.slurm]`: steps with `executor = "slurm"` run as batch jobs of this cluster
+/// (docs/scaling.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// More `sbatch` arguments, given before orch's own.
+    pub sbatch_args: Vec<String>,
+    /// A directory on storage shared with the compute nodes: each job writes its
+    /// stdout and stderr there, and orchd follows them. Required.
+    pub output_dir: PathBuf,
+    /// The Slurm commands (names looked up on PATH, or paths).
+    pub sbatch: PathBuf,
+    pub scontrol: PathBuf,
+    pub scancel: PathBuf,
+    pub squeue: PathBuf,
+    pub sinfo: PathBuf,
+    pub sacct: PathBuf,
+    /// The job completion log (`JobCompLoc` with `jobcomp/filetxt`), read for the final
+    /// state of a job that `scontrol` forgot (after `MinJobAge`) when `sacct` has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobcomp_log: Option<PathBuf>,
+    /// How often a live job's state is asked at first, and at most (the interval doubles
+    /// while nothing happens; output or an order brings it back to `poll_min`).
+    pub poll_min: Dur,
+    pub poll_max: Dur,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: None,
+            account: None,
+            qos: None,
+            sbatch_args: Vec::new(),
+            output_dir: PathBuf::new(),
+            sbatch: "sbatch".into(),
+            scontrol: "scontrol".into(),
+            scancel: "scancel".into(),
+            squeue: "squeue".into(),
+            sinfo: "sinfo".into(),
+            sacct: "sacct".into(),
+            jobcomp_log: None,
+            poll_min: Dur(1_000),
+            poll_max: Dur(30_000),
+        }
+    }
 }
 
 impl Default for Config {
@@ -455,6 +526,7 @@ impl Default for Config {
             host: HostConfig::default(),
             max_sub_objective_depth: DEFAULT_SUB_OBJECTIVE_DEPTH,
             mcp: BTreeMap::new(),
+            executors: ExecutorsConfig::default(),
         }
     }
 }
@@ -658,6 +730,22 @@ impl Config {
                     origin,
                     &format!("defaults.retry.on_failure.{class}"),
                     problem,
+                ));
+            }
+        }
+        if let Some(sl) = &self.executors.slurm {
+            if !sl.output_dir.is_absolute() {
+                return Err(invalid(
+                    origin,
+                    "executors.slurm.output_dir",
+                    "must be set to an absolute path on storage the compute nodes share",
+                ));
+            }
+            if sl.poll_min.0 == 0 || sl.poll_max.0 < sl.poll_min.0 {
+                return Err(invalid(
+                    origin,
+                    "executors.slurm.poll_max",
+                    "poll_min must be above 0 and poll_max at least poll_min",
                 ));
             }
         }

@@ -284,3 +284,39 @@ fn host_admission_keys_parse_and_bad_ones_are_named() {
         assert!(e.contains(key), "{text}: {e}");
     }
 }
+
+#[test]
+fn executors_slurm_is_read_and_checked() {
+    let c = parse(
+        r#"
+[executors.slurm]
+partition = "gpu"
+account = "lab"
+qos = "normal"
+sbatch_args = ["--gres=gpu:1"]
+output_dir = "/shared/orch"
+sbatch = "/opt/slurm/bin/sbatch"
+poll_max = "10s"
+"#,
+        "t.toml",
+    )
+    .unwrap();
+    let s = c.executors.slurm.expect("slurm");
+    assert_eq!(s.partition.as_deref(), Some("gpu"));
+    assert_eq!(s.sbatch_args, ["--gres=gpu:1"]);
+    assert_eq!(s.sbatch, PathBuf::from("/opt/slurm/bin/sbatch"));
+    assert_eq!(s.scancel, PathBuf::from("scancel"));
+    assert_eq!(s.poll_max.0, 10_000);
+    let e = parse("[executors.slurm]\npartition = \"x\"\n", "t.toml").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("executors.slurm.output_dir: must be set"),
+        "{e}"
+    );
+    let e = parse(
+        "[executors.slurm]\noutput_dir = \"/s\"\nparition = \"x\"\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("parition"), "{e}");
+}

@@ -190,6 +190,8 @@ pub struct LogWriter {
     segment_max: u64,
     /// The budget its bytes are drawn from, and the user they are counted for.
     budget: Option<(Arc<LogBudget>, Option<u32>)>,
+    /// What the file and its rotated segment held when it was opened (`append`).
+    sizes: (u64, u64),
 }
 
 impl LogWriter {
@@ -210,6 +212,29 @@ impl LogWriter {
             file,
             segment_max: (max_bytes / 2).max(64 * 1024),
             budget: None,
+            sizes: (0, 0),
+        })
+    }
+
+    /// Opens an attempt's log to add to what it holds (an attempt followed again after a
+    /// restart); a missing log is created.
+    pub fn append(path: &Path, max_bytes: u64) -> io::Result<LogWriter> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !path.exists() {
+            return LogWriter::create(path, max_bytes);
+        }
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        let rotated_size = std::fs::metadata(rotated(path)).map_or(0, |m| m.len());
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file,
+            segment_max: (max_bytes / 2).max(64 * 1024),
+            budget: None,
+            sizes: (size, rotated_size),
         })
     }
 
@@ -250,12 +275,13 @@ impl LogWriter {
             file,
             segment_max,
             budget,
+            sizes,
         } = self;
         let mut sink = Sink {
             out: std::io::BufWriter::with_capacity(256 * 1024, file),
             path,
-            size: 0,
-            rotated_size: 0,
+            size: sizes.0,
+            rotated_size: sizes.1,
             segment_max,
             broken: false,
             budget,

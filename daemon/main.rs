@@ -420,6 +420,13 @@ async fn serve(
     );
 
     let cfg = Arc::new(cfg);
+    let executors = Arc::new(executor::Executors {
+        local: executor::LocalExecutor::new(limiter.clone()),
+        slurm: cfg.executors.slurm.clone().map(|s| {
+            tracing::info!(output_dir = %s.output_dir.display(), "Slurm executor configured");
+            executor::SlurmExecutor::new(s, &cfg)
+        }),
+    });
     // Live events buffered for watchers; one that falls further behind is re-fed from the store.
     let (events_tx, _) = broadcast::channel(16384);
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -427,7 +434,7 @@ async fn serve(
         store.clone(),
         cfg.clone(),
         events_tx.clone(),
-        Arc::new(executor::LocalExecutor::new(limiter.clone())),
+        executors.clone(),
         published.clone(),
     )?;
     let t = Instant::now();
@@ -487,6 +494,7 @@ async fn serve(
         limits_backend,
         limits_detail,
         started,
+        executors: executors.clone(),
     });
     let service = api::Api::new(
         cmd_tx.clone(),

@@ -311,6 +311,9 @@ pub struct StepPlan {
     /// prompt went to stdin and to any `{prompt}` alike).
     #[serde(default)]
     pub prompt_mode: Option<PromptMode>,
+    /// Where its attempts run: empty for this machine, `slurm` for a Slurm cluster.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub executor: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -484,6 +487,12 @@ pub struct Attempt {
     /// The agent's session (Claude `session_id`, Codex `thread_id`), when it said.
     #[serde(default)]
     pub session: Option<String>,
+    /// Where it runs: empty for this machine, `slurm` for a Slurm cluster.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub executor: String,
+    /// Its cluster job (the Slurm job id), once submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
     pub started_ms: Millis,
     pub ended_ms: Option<Millis>,
     pub outcome: Option<Outcome>,
@@ -509,6 +518,8 @@ impl Attempt {
             pid_start_ticks: None,
             cgroup: None,
             session: None,
+            executor: String::new(),
+            job_id: None,
             started_ms: 0,
             ended_ms: None,
             outcome: None,
@@ -543,6 +554,7 @@ impl StepPlan {
             requires_approval: false,
             fallback: vec![],
             fallback_on_rate_limit: false,
+            executor: String::new(),
             prompt_mode: None,
         }
     }

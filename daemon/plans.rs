@@ -42,6 +42,11 @@ pub enum PlanError {
         bytes: usize,
         max: usize,
     },
+    /// A step (or the plan's defaults) names an executor the daemon has no config for.
+    #[error(
+        "{at}.executor: `{executor}` is not configured in this daemon (add [executors.{executor}] to orchd.toml; see docs/scaling.md)"
+    )]
+    ExecutorNotConfigured { at: String, executor: String },
 }
 
 /// A submitted objective, as the domain sees it.
@@ -63,6 +68,8 @@ pub struct StepDefaults {
     pub idle_timeout_ms: Option<u64>,
     pub retry: Option<RetryOverlay>,
     pub limits: Option<Limits>,
+    /// Empty: local.
+    pub executor: String,
 }
 
 /// One submitted step: an agent profile plus a prompt, or a literal command.
@@ -85,6 +92,8 @@ pub struct StepInput {
     pub requires_approval: bool,
     pub fallback: Vec<String>,
     pub fallback_on_rate_limit: bool,
+    /// Empty: the plan's default, then local.
+    pub executor: String,
 }
 
 /// The retry settings a plan or step gives; `None` inherits.
@@ -121,6 +130,7 @@ pub fn resolve(
     client_workdir: &str,
 ) -> Result<ResolvedObjective, PlanError> {
     check_agents(input, cfg)?;
+    check_executors(input, cfg)?;
     let base_dir = if client_workdir.is_empty() {
         std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
     } else {
@@ -187,6 +197,42 @@ fn check_agents(input: &ObjectiveInput, cfg: &Config) -> Result<(), PlanError> {
                 index,
                 agent: agent.clone(),
             });
+        }
+    }
+    Ok(())
+}
+
+/// The executor a step runs on: its own, else the plan's default, else local (stored
+/// empty).
+fn executor_of(s: &StepInput, defaults: &StepDefaults) -> String {
+    let e = if s.executor.is_empty() {
+        &defaults.executor
+    } else {
+        &s.executor
+    };
+    if e == "local" {
+        String::new()
+    } else {
+        e.clone()
+    }
+}
+
+/// Every executor a step runs on must be configured (`local` always is).
+fn check_executors(input: &ObjectiveInput, cfg: &Config) -> Result<(), PlanError> {
+    for s in &input.steps {
+        let e = executor_of(s, &input.defaults);
+        let configured = match e.as_str() {
+            "" => true,
+            "slurm" => cfg.executors.slurm.is_some(),
+            _ => false,
+        };
+        if !configured {
+            let at = if s.executor.is_empty() {
+                "defaults".to_string()
+            } else {
+                format!("steps[{}]", s.id)
+            };
+            return Err(PlanError::ExecutorNotConfigured { at, executor: e });
         }
     }
     Ok(())
@@ -259,6 +305,7 @@ fn resolve_step(s: &StepInput, defaults: &StepDefaults, cfg: &Config, base: &Pat
         fallback: s.fallback.clone(),
         fallback_on_rate_limit: s.fallback_on_rate_limit,
         prompt_mode: profile.map(|p| p.prompt_mode()),
+        executor: executor_of(s, defaults),
     }
 }
 

@@ -107,6 +107,7 @@ struct DefaultsFile {
     idle_timeout: Option<Dur>,
     retry: Option<RetryFile>,
     limits: Option<LimitsFile>,
+    executor: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +127,7 @@ struct StepFile {
     requires_approval: Option<bool>,
     fallback: Option<Vec<String>>,
     fallback_on_rate_limit: Option<bool>,
+    executor: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -414,6 +416,7 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
                 .map(|r| retry_spec(r, "defaults.retry"))
                 .transpose()?,
             limits: d.limits.map(limits_spec),
+            executor: d.executor.unwrap_or_default(),
         }),
         None => None,
     };
@@ -439,6 +442,7 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
             requires_approval: s.requires_approval.unwrap_or(false),
             fallback: s.fallback.unwrap_or_default(),
             fallback_on_rate_limit: s.fallback_on_rate_limit.unwrap_or(false),
+            executor: s.executor.unwrap_or_default(),
         });
     }
     Ok(ObjectiveSpec {

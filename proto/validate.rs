@@ -140,6 +140,7 @@ fn check_step(
     if step.id.is_empty() {
         return Err(err(format!("{at}.id"), "must not be empty"));
     }
+    check_executor(&step.executor, at)?;
     if step.id.len() > MAX_NAME_BYTES
         || !step
             .id
@@ -271,7 +272,25 @@ pub fn check_timeouts(timeout: Option<u64>, idle: Option<u64>, at: &str) -> Resu
     check_duration(idle, &format!("{at}.idle_timeout"))
 }
 
+/// The executors a step may name (`executor = "..."`; empty = the plan's default, then local).
+pub const EXECUTORS: [&str; 2] = ["local", "slurm"];
+
+/// Checks a step's (or the defaults') `executor`.
+pub fn check_executor(name: &str, at: &str) -> Result<(), SpecError> {
+    if name.is_empty() || EXECUTORS.contains(&name) {
+        return Ok(());
+    }
+    Err(err(
+        format!("{at}.executor"),
+        format!(
+            "unknown executor `{name}` (known: {})",
+            EXECUTORS.join(", ")
+        ),
+    ))
+}
+
 fn check_defaults(d: &StepDefaults, at: &str) -> Result<(), SpecError> {
+    check_executor(&d.executor, at)?;
     check_timeouts(d.timeout_ms, d.idle_timeout_ms, at)?;
     if let Some(r) = &d.retry {
         check_retry(r, &format!("{at}.retry"))?;
@@ -528,6 +547,24 @@ mod tests {
                 vec!["d".into()]
             ]
         );
+    }
+
+    #[test]
+    fn an_unknown_executor_is_named() {
+        let mut s = spec(vec![step("a", &[])]);
+        s.steps[0].executor = "slurm".into();
+        assert_eq!(validate_spec(&s, None), Ok(()));
+        s.steps[0].executor = "k8s".into();
+        let e = validate_spec(&s, None).unwrap_err();
+        assert_eq!(e.field, "steps[a].executor");
+        assert!(e.problem.contains("unknown executor `k8s`"), "{e}");
+        s.steps[0].executor = String::new();
+        s.defaults = Some(StepDefaults {
+            executor: "lsf".into(),
+            ..Default::default()
+        });
+        let e = validate_spec(&s, None).unwrap_err();
+        assert_eq!(e.field, "defaults.executor");
     }
 
     #[test]

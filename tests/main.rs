@@ -22,6 +22,7 @@ mod reports;
 mod runs;
 mod security;
 mod sessions;
+mod slurm;
 mod squatting;
 mod supervisor;
 mod support;

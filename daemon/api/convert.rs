@@ -39,6 +39,7 @@ pub fn objective_input(
             idle_timeout_ms: defaults.idle_timeout_ms,
             retry: defaults.retry.as_ref().map(retry_overlay_from_pb),
             limits: defaults.limits.as_ref().map(limits_from_pb),
+            executor: defaults.executor.clone(),
         },
         steps: spec.steps.iter().map(step_input_from_pb).collect(),
     })
@@ -60,6 +61,7 @@ fn step_input_from_pb(s: &pb::StepSpec) -> StepInput {
         requires_approval: s.requires_approval,
         fallback: s.fallback.clone(),
         fallback_on_rate_limit: s.fallback_on_rate_limit,
+        executor: s.executor.clone(),
     }
 }
 
@@ -222,6 +224,7 @@ fn attempt_pb(a: &Attempt) -> pb::Attempt {
         message: a.message.clone(),
         command: a.command.clone(),
         session_id: a.session.clone().unwrap_or_default(),
+        job_id: a.job_id.clone().unwrap_or_default(),
     }
 }
 

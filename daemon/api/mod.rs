@@ -54,6 +54,8 @@ pub struct DaemonInfo {
     pub limits_backend: String,
     pub limits_detail: String,
     pub started: Instant,
+    /// Where attempts run (their health is asked at each `DaemonStatus`).
+    pub executors: std::sync::Arc<crate::executor::Executors>,
 }
 
 fn required_id(id: String) -> Result<String, Status> {

@@ -473,7 +473,19 @@ impl Orchestrator for Api {
             .map(|(s, n)| (s.word().to_string(), n))
             .collect();
         let info = &self.info;
+        let executors = info
+            .executors
+            .health()
+            .await
+            .into_iter()
+            .map(|h| pb::ExecutorStatus {
+                name: h.name.to_string(),
+                healthy: h.healthy,
+                detail: h.detail,
+            })
+            .collect();
         Ok(Response::new(pb::DaemonStatusResponse {
+            executors,
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             uptime_s: info.started.elapsed().as_secs(),

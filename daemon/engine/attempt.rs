@@ -260,6 +260,8 @@ pub fn run_spec(
         run_as,
         limits: step.plan.limits,
         prepared: Default::default(),
+        executor: step.plan.executor.clone(),
+        step_id: step.plan.id.clone(),
     }
 }
 

@@ -652,6 +652,7 @@ impl Engine {
                 pid,
                 start_ticks,
                 cgroup,
+                job_id,
             } => self.attempt_input(
                 &key.objective_id,
                 Input::Started {
@@ -660,6 +661,7 @@ impl Engine {
                     pid,
                     start_ticks,
                     cgroup,
+                    job_id,
                 },
             ),
             Fact::Line { key, line } => {

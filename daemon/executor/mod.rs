@@ -6,6 +6,7 @@
 //! through an `AttemptHandle`.
 
 pub mod local;
+pub mod slurm;
 
 use tokio::sync::mpsc;
 
@@ -13,6 +14,7 @@ use crate::model::{Attempt, Control};
 use crate::runner::{Fact, RunSpec};
 
 pub use local::LocalExecutor;
+pub use slurm::SlurmExecutor;
 
 /// Where the engine's facts go.
 pub type Facts = mpsc::UnboundedSender<Fact>;
@@ -43,8 +45,7 @@ pub enum Reattached {
     /// It is gone (`killed`: a leftover of it was found and killed); it ends `interrupted`.
     Gone { killed: bool },
     /// It still runs and reports to the engine again through this handle. The local
-    /// executor never re-attaches (its attempts die with orchd); the live-restore one will.
-    #[allow(dead_code)]
+    /// executor never re-attaches (its attempts die with orchd); a Slurm job does.
     Attached(AttemptHandle),
 }
 
@@ -60,6 +61,84 @@ pub trait Executor: Send + Sync {
     /// After a restart: finds what is left of `attempt` and either re-attaches to it or
     /// makes sure nothing of it runs any more.
     fn reattach(&self, attempt: &Attempt, facts: Facts) -> Reattached;
+}
+
+/// Every executor of the daemon: `local`, and `slurm` when `[executors.slurm]` is set.
+/// Attempts go to the one their step names (`RunSpec::executor`, `Attempt::executor`).
+pub struct Executors {
+    pub local: LocalExecutor,
+    pub slurm: Option<SlurmExecutor>,
+}
+
+/// One executor's health, for `daemon status`.
+pub struct ExecutorHealth {
+    pub name: &'static str,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+impl std::fmt::Debug for Executors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Executors {
+    pub async fn health(&self) -> Vec<ExecutorHealth> {
+        let mut v = vec![ExecutorHealth {
+            name: "local",
+            healthy: true,
+            detail: String::new(),
+        }];
+        if let Some(s) = &self.slurm {
+            let h = s.health().await;
+            v.push(ExecutorHealth {
+                name: "slurm",
+                healthy: h.healthy,
+                detail: h.detail,
+            });
+        }
+        v
+    }
+}
+
+impl Executor for Executors {
+    fn name(&self) -> &'static str {
+        if self.slurm.is_some() {
+            "local, slurm"
+        } else {
+            "local"
+        }
+    }
+
+    fn start(&self, spec: RunSpec, facts: Facts) -> AttemptHandle {
+        match (spec.executor.as_str(), &self.slurm) {
+            ("", _) | ("local", _) => self.local.start(spec, facts),
+            ("slurm", Some(s)) => s.start(spec, facts),
+            (other, _) => {
+                // Refused at submit; a stored step whose executor was since removed.
+                let message = format!(
+                    "executor `{other}` is not configured in this daemon (executors.{other} in orchd.toml)"
+                );
+                let _ = facts.send(Fact::Ended {
+                    key: spec.key,
+                    end: crate::runner::AttemptEnd::spawn_error(message),
+                });
+                AttemptHandle::detached()
+            }
+        }
+    }
+
+    fn reattach(&self, attempt: &Attempt, facts: Facts) -> Reattached {
+        match (attempt.executor.as_str(), &self.slurm) {
+            ("", _) | ("local", _) => self.local.reattach(attempt, facts),
+            ("slurm", Some(s)) => s.reattach(attempt, facts),
+            (other, _) => {
+                tracing::warn!(objective = %attempt.objective_id, step = %attempt.step_id, executor = other, job = ?attempt.job_id, "an attempt of an executor no longer configured: recorded interrupted, its job is left alone");
+                Reattached::Gone { killed: false }
+            }
+        }
+    }
 }
 
 /// The name of an attempt's cgroup leaf (fixed, so recovery finds it without a record).

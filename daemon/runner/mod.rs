@@ -78,6 +78,10 @@ pub struct RunSpec {
     /// Run as this user (uid, gid, supplementary groups): a root daemon runs each agent
     /// as the user who submitted it.
     pub run_as: Option<(u32, u32, Vec<u32>)>,
+    /// Where it runs: empty for this machine, `slurm` for a Slurm cluster.
+    pub executor: String,
+    /// The step's id (cluster job names carry it).
+    pub step_id: String,
 }
 
 /// How an attempt ended, and when its main process was reaped.
@@ -103,9 +107,12 @@ impl AttemptEnd {
 pub enum Fact {
     Started {
         key: AttemptKey,
-        pid: u32,
+        /// The local process; `None` for a cluster job.
+        pid: Option<u32>,
         start_ticks: Option<u64>,
         cgroup: Option<String>,
+        /// The cluster job (Slurm job id).
+        job_id: Option<String>,
     },
     Line {
         key: AttemptKey,
@@ -409,7 +416,8 @@ async fn run(
     };
     let _ = facts.send(Fact::Started {
         key: spec.key.clone(),
-        pid,
+        pid: Some(pid),
+        job_id: None,
         start_ticks: sys::process_start_ticks(pid),
         cgroup: spec
             .prepared

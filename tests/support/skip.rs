@@ -141,3 +141,28 @@ pub fn require_python_mcp() -> bool {
         Some("ORCH_TEST_PYTHON"),
     )
 }
+
+/// The single-node Slurm cluster of `tests/slurm/cluster.sh start`, found by the
+/// `SLURM_CONF` it exports; without it, says the test was skipped and returns `None` (panics
+/// instead under `ORCH_TEST_SLURM=1`, which `.ci/run` sets after starting the cluster).
+pub fn require_slurm() -> Option<PathBuf> {
+    let conf = std::env::var_os("SLURM_CONF")
+        .map(PathBuf::from)
+        .filter(|c| c.is_file());
+    let up = conf.as_ref().is_some_and(|c| {
+        Command::new("sinfo")
+            .env("SLURM_CONF", c)
+            .args(["-h", "-o", "%T"])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    });
+    if require(
+        up,
+        "a Slurm cluster (eval \"$(tests/slurm/cluster.sh start)\" as root exports SLURM_CONF)",
+        Some("ORCH_TEST_SLURM"),
+    ) {
+        conf
+    } else {
+        None
+    }
+}

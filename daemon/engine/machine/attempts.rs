@@ -27,6 +27,7 @@ impl Tx<'_> {
         let attempt = Attempt {
             agent,
             command,
+            executor: step.plan.executor.clone(),
             started_ms: now,
             ..Attempt::new(&id, index, &step.plan.id, step.attempts)
         };

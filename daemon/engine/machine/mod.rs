@@ -127,12 +127,14 @@ pub enum Input {
         agent: String,
         command: Vec<String>,
     },
+    /// The attempt runs: a local process (`pid`), or a cluster job (`job_id`).
     Started {
         step: u32,
         attempt: u32,
-        pid: u32,
+        pid: Option<u32>,
         start_ticks: Option<u64>,
         cgroup: Option<String>,
+        job_id: Option<String>,
     },
     /// Resource figures of a running attempt (kept in memory, stored with its end).
     Sample {
@@ -451,15 +453,19 @@ impl<'a> Tx<'a> {
                 pid,
                 start_ticks,
                 cgroup,
+                job_id,
             } => {
                 let Some(r) = self.running_mut(step, attempt) else {
                     return Ok(());
                 };
-                r.attempt.pid = Some(pid);
+                r.attempt.pid = pid;
                 r.attempt.pid_start_ticks = start_ticks;
                 r.attempt.cgroup = cgroup;
+                r.attempt.job_id = job_id;
                 let (a, agent) = (r.attempt.clone(), r.attempt.agent.clone());
                 self.d.attempts.push(a.clone());
+                // A cluster job has no pid here: the event says 0.
+                let pid = pid.unwrap_or(0);
                 self.emit(
                     &a.step_id,
                     attempt,

@@ -517,13 +517,37 @@ fn facts_about_another_attempt_are_ignored() {
         Input::Started {
             step: 0,
             attempt: 9,
-            pid: 1,
+            pid: Some(1),
             start_ticks: None,
             cgroup: None,
+            job_id: None,
         },
     );
     assert!(started.is_empty());
     assert_eq!(states(&run), [S::Running]);
+}
+
+#[test]
+fn started_records_a_cluster_job_without_a_pid() {
+    let mut p = plan("a", &[]);
+    p.executor = "slurm".into();
+    let mut run = run_of(vec![p]);
+    let d = start(&mut run, 0);
+    assert_eq!(d.attempts[0].executor, "slurm");
+    let d = ok(
+        &mut run,
+        Input::Started {
+            step: 0,
+            attempt: 1,
+            pid: None,
+            start_ticks: None,
+            cgroup: None,
+            job_id: Some("42".into()),
+        },
+    );
+    assert_eq!(said(&d), ["attempt_started a"]);
+    assert_eq!(d.attempts[0].pid, None);
+    assert_eq!(d.attempts[0].job_id.as_deref(), Some("42"));
 }
 
 #[test]
@@ -535,9 +559,10 @@ fn started_records_the_pid_and_says_so() {
         Input::Started {
             step: 0,
             attempt: 1,
-            pid: 4242,
+            pid: Some(4242),
             start_ticks: Some(77),
             cgroup: None,
+            job_id: None,
         },
     );
     assert_eq!(said(&d), ["attempt_started a"]);
