@@ -148,6 +148,7 @@ mod tests {
             prices: Default::default(),
             session_usage: None,
             threads: None,
+            mcp_config: None,
             run_as: None,
             executor: "slurm".into(),
             step_id: "build".into(),
