@@ -386,6 +386,10 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
         "running_attempts": d.running_attempts,
         "config_path": d.config_path,
         "last_event_seq": d.last_event_seq,
+        "state_disk_free_bytes": d.state_disk_free_bytes,
+        "state_disk_total_bytes": d.state_disk_total_bytes,
+        "min_free_bytes": d.min_free_bytes,
+        "store_problem": text_or_null(&d.store_problem),
     })
 }
 

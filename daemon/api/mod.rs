@@ -51,6 +51,8 @@ pub struct DaemonInfo {
     pub limits_backend: String,
     pub limits_detail: String,
     pub started: Instant,
+    /// The state directory's disk (free space, the reserve, the store's health).
+    pub disk: Arc<crate::disk::Disk>,
 }
 
 fn required_id(id: String) -> Result<String, Status> {

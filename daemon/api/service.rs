@@ -358,14 +358,16 @@ impl Orchestrator for Api {
         _req: Request<pb::DaemonStatusRequest>,
     ) -> Result<Response<pb::DaemonStatusResponse>, Status> {
         let live = self.ask(|reply| Command::Status { reply }).await?;
+        // While the store is being reopened (after a full disk) the counts are unknown.
         let counts = self
             .store
             .counts()
-            .map_err(store_status)?
+            .unwrap_or_default()
             .into_iter()
             .map(|(s, n)| (s.word().to_string(), n))
             .collect();
         let info = &self.info;
+        let space = info.disk.space().ok();
         Ok(Response::new(pb::DaemonStatusResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -380,6 +382,10 @@ impl Orchestrator for Api {
             config_path: info.config_path.display().to_string(),
             limits_detail: info.limits_detail.clone(),
             last_event_seq: live.last_seq,
+            state_disk_free_bytes: space.map_or(0, |s| s.free),
+            state_disk_total_bytes: space.map_or(0, |s| s.total),
+            min_free_bytes: info.disk.min_free(),
+            store_problem: info.disk.store_problem().unwrap_or_default(),
         }))
     }
 

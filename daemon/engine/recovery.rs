@@ -61,7 +61,7 @@ impl Engine {
                 }
             }
         }
-        self.commit().await?;
+        self.commit().await;
         Ok(report)
     }
 }
