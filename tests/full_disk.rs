@@ -131,6 +131,7 @@ fn a_full_disk_refuses_new_work_keeps_agents_running_and_recovers_without_a_rest
     let _tmpfs = Tmpfs::mount(&state, "16m");
     d.launch();
     let gate = d.work_dir().join("gate");
+    let flooded = d.work_dir().join("flooded");
     let user_file = state.join("user-file");
 
     // Acknowledged before the disk fills: must be there, unchanged, at the end.
@@ -149,17 +150,21 @@ fn a_full_disk_refuses_new_work_keeps_agents_running_and_recovers_without_a_rest
     // waits, then says one more line, and a stretch of progress lines (store writes) while
     // the disk is full.
     let flood = format!(
-        "head -c 25165824 /dev/zero | tr '\\0' x; echo; \
+        "head -c 25165824 /dev/zero | tr '\\0' x; echo; touch {flooded}; \
          while [ ! -e {gate} ]; do sleep 0.05; done; \
          for i in $(seq 1 300); do echo \"::orch-progress::{{\\\"message\\\":\\\"line $i $(head -c 600 /dev/zero | tr '\\0' y)\\\"}}\"; done; \
          while [ ! -e {gate}2 ]; do sleep 0.05; done; echo after-the-flood",
-        gate = gate.display()
+        gate = gate.display(),
+        flooded = flooded.display()
     );
     // A user's file takes half the disk (freed later), the agent's output the rest.
     std::fs::write(&user_file, vec![0u8; 8 << 20]).expect("write the user's file");
     let agent = submit(&d, "flood", &flood).expect("submit the flood");
     d.wait_for_state(&agent, |o| o["state"] == "running", Duration::from_secs(30));
     // The disk is full: the agent's output is dropped, and orchd says so in an event.
+    poll_until("the agent has written its output", Duration::from_secs(60), || {
+        flooded.exists().then_some(())
+    });
     poll_until(
         "the log's output is dropped",
         Duration::from_secs(60),
