@@ -142,6 +142,14 @@ pub struct WriteSet {
     last_seq: Option<u64>,
 }
 
+/// `fdatasync` of a file (`data`) or `fsync` of a directory, through a descriptor of our
+/// own: Linux writes back an inode's dirty pages whichever descriptor wrote them, so this
+/// covers what sled wrote through its own.
+fn sync(path: &Path, data: bool) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    if data { f.sync_data() } else { f.sync_all() }
+}
+
 fn json<V: serde::Serialize>(v: &V) -> Vec<u8> {
     // Serializing these plain data types to JSON cannot fail (no maps with non-string keys).
     serde_json::to_vec(v).unwrap_or_default()
@@ -334,7 +342,7 @@ impl Store {
         // The store's files must stay reachable after a power cut: their directory
         // entries are made durable too.
         for d in [Some(dir), dir.parent()].into_iter().flatten() {
-            if let Err(e) = crate::sys::sync_dir(d) {
+            if let Err(e) = sync(d, false) {
                 tracing::warn!(error = %e, "cannot make the store's directory durable");
             }
         }
@@ -489,17 +497,17 @@ impl Store {
     pub async fn flush(&self) -> Result<()> {
         let db = self.db()?;
         db.db.flush_async().await?;
+        // Inline: sled has just written the data (`sync_file_range` waits for it), so
+        // what is left is the metadata and the drive's cache flush.
         let log = self.path.join("db");
-        tokio::task::spawn_blocking(move || crate::sys::sync_data(&log))
-            .await
-            .map_err(|e| StoreError::Sync(e.to_string()))?
-            .map_err(|e| StoreError::Sync(e.to_string()))
+        sync(&log, true).map_err(|e| StoreError::Sync(format!("{}: {e}", log.display())))
     }
 
     /// Synchronous flush, for shutdown paths.
     pub fn flush_blocking(&self) -> Result<()> {
         self.db()?.db.flush()?;
-        crate::sys::sync_data(&self.path.join("db")).map_err(|e| StoreError::Sync(e.to_string()))
+        let log = self.path.join("db");
+        sync(&log, true).map_err(|e| StoreError::Sync(format!("{}: {e}", log.display())))
     }
 
     fn decode<V: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<V> {

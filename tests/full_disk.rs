@@ -162,9 +162,11 @@ fn a_full_disk_refuses_new_work_keeps_agents_running_and_recovers_without_a_rest
     let agent = submit(&d, "flood", &flood).expect("submit the flood");
     d.wait_for_state(&agent, |o| o["state"] == "running", Duration::from_secs(30));
     // The disk is full: the agent's output is dropped, and orchd says so in an event.
-    poll_until("the agent has written its output", Duration::from_secs(60), || {
-        flooded.exists().then_some(())
-    });
+    poll_until(
+        "the agent has written its output",
+        Duration::from_secs(60),
+        || flooded.exists().then_some(()),
+    );
     poll_until(
         "the log's output is dropped",
         Duration::from_secs(60),

@@ -325,19 +325,3 @@ pub fn fs_space(path: &Path) -> Result<Space, SysError> {
 pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
-
-/// Makes the data of the file at `path` (and the metadata needed to read it back, such as
-/// its size) durable: `fdatasync(2)` on a descriptor of our own. Linux writes back an
-/// inode's dirty pages whichever descriptor wrote them, so this covers what another
-/// component (sled) wrote through its own.
-pub fn sync_data(path: &Path) -> Result<(), SysError> {
-    let f = File::open(path).map_err(|e| SysError::path("open", path, e))?;
-    f.sync_data()
-        .map_err(|e| SysError::path("fdatasync", path, e))
-}
-
-/// Makes a directory's entries durable (`fsync(2)` on the directory).
-pub fn sync_dir(path: &Path) -> Result<(), SysError> {
-    let f = File::open(path).map_err(|e| SysError::path("open", path, e))?;
-    f.sync_all().map_err(|e| SysError::path("fsync", path, e))
-}

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub use child::{ChildSetup, child_pre_exec, workdir_error};
 pub use fs::{
     Space, can_write, create_private, fs_space, is_disk_full, private_dir, read_xattr,
-    restrict_umask, set_owner, sync_data, sync_dir, try_lock_record, with_umask,
+    restrict_umask, set_owner, try_lock_record, with_umask,
 };
 pub use limits::raise_open_files;
 pub use nix::sys::signal::Signal;
