@@ -846,6 +846,29 @@ mod tests {
     }
 
     #[test]
+    fn reopen_keeps_what_was_flushed_and_waits_for_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let other = s.clone();
+        let mut w = WriteSet::default();
+        w.objective(&objective("01A", ObjState::Pending), None);
+        s.write(&w).unwrap();
+        s.flush_blocking().unwrap();
+        // A reader still holds the database: nothing changes, try later.
+        let held = s.db().unwrap();
+        assert!(matches!(s.reopen(), Err(StoreError::Busy { .. })));
+        assert!(other.objective("01A").unwrap().is_some());
+        drop(held);
+        s.reopen().unwrap();
+        // Every clone sees the reopened database, with what was flushed.
+        assert!(other.objective("01A").unwrap().is_some());
+        let mut w = WriteSet::default();
+        w.objective(&objective("01B", ObjState::Pending), None);
+        other.write(&w).unwrap();
+        assert!(s.objective("01B").unwrap().is_some());
+    }
+
+    #[test]
     fn request_ids_are_per_uid() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("store")).unwrap();

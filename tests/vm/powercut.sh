@@ -17,6 +17,7 @@
 #
 # Usage: tests/vm/powercut.sh            (as root; ORCH_VM_NO_BUILD=1 uses target/release)
 # Environment: ORCH_VM_TOOL, ORCH_VM_CACHE, ORCH_VM_RESULTS (as run-vm-tests.sh),
+#   ORCH_VM_BIN (directory of orchd/orchctl, default target/release),
 #   PC_CUTS (default 20), PC_BOOT_TIMEOUT (s per boot, default 120), VM_MEM, VM_CPUS.
 # Exit code: 0 every check passed; 1 a check failed or a boot gave no verdict; 3 the VM
 # could not run.
@@ -27,7 +28,7 @@ TOOL=${ORCH_VM_TOOL:-$REPO/../shared/tools/run-vm-test.sh}
 CACHE=${ORCH_VM_CACHE:-/var/cache/orch-vm}
 RES=${ORCH_VM_RESULTS:-$REPO/target/vm-results}/powercut
 CUTS=${PC_CUTS:-20}
-BOOT_TIMEOUT=${PC_BOOT_TIMEOUT:-120}
+BOOT_TIMEOUT=${PC_BOOT_TIMEOUT:-300}
 export VM_EXTRA_PACKAGES="python3-minimal jq"   # the same image as run-vm-tests.sh
 
 say() { printf '[powercut %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -57,7 +58,7 @@ if [ "${ORCH_VM_NO_BUILD:-0}" != 1 ]; then
     say "building release binaries"
     (cd "$REPO" && cargo build --release --locked --bin orchd --bin orchctl)
 fi
-BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+BIN=${ORCH_VM_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release}
 case "$BIN" in /*) ;; *) BIN=$REPO/$BIN;; esac
 
 # ------------------------------------------------------------ disks
@@ -85,7 +86,7 @@ for boot in $(seq 1 "$boots"); do
     timeout -k 5 "$BOOT_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -machine q35 \
         -m "${VM_MEM:-1024}" -smp "${VM_CPUS:-2}" -display none -monitor none -nic none -no-reboot \
         -serial "file:$console" -kernel "$KERNEL" \
-        -append "root=/dev/nvme0n1 rw rootfstype=ext4 console=ttyS0 panic=-1 quiet init=/bin/bash -- -c \"mount -o ro /dev/vda /mnt && exec /mnt/powercut-init.sh\"" \
+        -append "root=/dev/nvme0n1 rw rootfstype=ext4 console=ttyS0 panic=-1 quiet init=/bin/bash -- -c \"mount -t proc proc /proc; mount -t devtmpfs dev /dev; modprobe -a virtio_pci virtio_blk; for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vdb ] && break; sleep 0.3; done; mount -t ext4 -o ro /dev/vda /mnt && exec /mnt/powercut-init.sh; sleep 3\"" \
         -drive "file=$IMG,format=raw,if=none,id=root,snapshot=on" -device nvme,drive=root,serial=vmroot \
         -drive "file=$WORK/cmd.img,format=raw,if=virtio" \
         -drive "file=$STATE,format=raw,if=virtio" >/dev/null 2>"$RES/qemu-$boot.err"
@@ -93,7 +94,7 @@ for boot in $(seq 1 "$boots"); do
     set -e
     # What this boot acknowledged and saw published, for the next one to check.
     grep -a '^ACK 01' "$console" | tr -d '\r' | cut -d' ' -f2 >> "$WORK/cmd/acked.txt" || true
-    max=$( (cat "$WORK/cmd/maxseq"; grep -a '^SEQ [0-9]' "$console" | tr -d '\r' | cut -d' ' -f2) | sort -n | tail -n1)
+    max=$( (cat "$WORK/cmd/maxseq"; grep -a '^SEQ [0-9]' "$console" | tr -d '\r' | cut -d' ' -f2 || true) | sort -n | tail -n1)
     echo "$max" > "$WORK/cmd/maxseq"
     check=$(grep -a '^PC CHECK' "$console" | tr -d '\r' | tail -n1 || true)
     acks=$(grep -ac '^ACK 01' "$console" || true)

@@ -13,9 +13,9 @@
 # a watcher received, `CHECK ...` lines with what this boot found.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LANG=C.UTF-8
-mount -t proc proc /proc
+mountpoint -q /proc || mount -t proc proc /proc
 mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
+mountpoint -q /dev || mount -t devtmpfs dev /dev
 mount -t tmpfs run /run
 mount -t tmpfs tmp /tmp
 mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
@@ -30,7 +30,8 @@ mount -t ext4 /dev/vdb /state || { say "CHECK fail cannot mount the state disk";
 MODE=$(cat /cmd/mode 2>/dev/null || echo final)
 BOOT=$(cat /cmd/boot 2>/dev/null || echo 0)
 SOCK=/run/orchd.sock
-ctl() { timeout -k 2 20 /cmd/orchctl --socket "$SOCK" "$@"; }
+# Generous: under TCG on a loaded host one call can take many seconds.
+ctl() { timeout -k 2 120 /cmd/orchctl --socket "$SOCK" "$@"; }
 
 # ---------------------------------------------------------------- start orchd on the state disk
 /cmd/orchd --socket "$SOCK" --state-dir /state/orch --limits-backend rlimit --max-parallel 4 \
@@ -89,15 +90,23 @@ submitter() {
     local n=0 id
     while :; do
         n=$((n + 1))
-        id=$(ctl submit --name "pc-$BOOT-$1-$n" -- bash /tmp/plan.sh 2>/dev/null | head -n1)
-        case "$id" in 01*) echo "ACK $id" ;; esac
+        id=$(ctl submit --name "pc-$BOOT-$1-$n" -- bash /tmp/plan.sh 2>/tmp/submit-$1.err | head -n1)
+        case "$id" in
+            01*) echo "ACK $id"; echo "$id" >> /tmp/acks ;;
+            *) say "submit failed: $(head -c 300 /tmp/submit-$1.err)"; sleep 0.5 ;;
+        esac
     done
 }
 submitter a &
 submitter b &
-# Cut somewhere between 2 and 5 s into the load: submits, checkpoints and attempt ends
-# are in flight.
-sleep "$((2 + RANDOM % 3)).$((RANDOM % 10))"
+# Cut once a few submits were acknowledged (2 to 5), a moment later: more submits,
+# checkpoints and attempt ends are in flight then.
+want=$((2 + RANDOM % 4))
+for _ in $(seq 1 600); do
+    [ "$(wc -l < /tmp/acks 2>/dev/null || echo 0)" -ge "$want" ] && break
+    sleep 0.1
+done
+sleep "0.$((RANDOM % 10))"
 say "CUT boot=$BOOT"
 echo b > /proc/sysrq-trigger
 sleep 10
