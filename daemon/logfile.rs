@@ -527,7 +527,8 @@ impl Sink {
     fn finish(mut self) {
         if self.full.is_some() {
             // One more look: the marker is written if the disk has room now.
-            self.full = Some(std::time::Instant::now() - FULL_RECHECK);
+            let now = std::time::Instant::now();
+            self.full = Some(now.checked_sub(FULL_RECHECK).unwrap_or(now));
             self.room_again();
         }
         if self.dropped > 0 && !self.broken && self.full.is_none() {

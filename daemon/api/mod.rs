@@ -235,6 +235,10 @@ fn engine_status(e: EngineError) -> Status {
 }
 
 fn store_status(e: StoreError) -> Status {
+    // Reopening after a full disk: a moment later the same call works.
+    if matches!(e, StoreError::Closed { .. } | StoreError::Busy { .. }) {
+        return Status::unavailable(e.to_string());
+    }
     tracing::error!(error = %e, "store error");
     Status::internal(format!("store error: {e}"))
 }
