@@ -99,9 +99,9 @@ submitter() {
 }
 submitter a &
 submitter b &
-# Cut once a few submits were acknowledged (2 to 5), a moment later: more submits,
+# Cut once a few submits were acknowledged (1 to 3), a moment later: more submits,
 # checkpoints and attempt ends are in flight then.
-want=$((2 + RANDOM % 4))
+want=$((1 + RANDOM % 3))
 for _ in $(seq 1 600); do
     [ "$(wc -l < /tmp/acks 2>/dev/null || echo 0)" -ge "$want" ] && break
     sleep 0.1
