@@ -78,7 +78,7 @@ fails=0 cuts=0 boots=$((CUTS + 1)) checked=0
 for boot in $(seq 1 "$boots"); do
     if [ "$boot" -le "$CUTS" ]; then echo cut > "$WORK/cmd/mode"; else echo final > "$WORK/cmd/mode"; fi
     echo "$boot" > "$WORK/cmd/boot"
-    mkfs.ext4 -q -F -L PCCMD -d "$WORK/cmd" "$WORK/cmd.img" 128M
+    mkfs.ext4 -q -F -L PCCMD -d "$WORK/cmd" "$WORK/cmd.img" 256M
     console=$RES/console-$(printf '%02d' "$boot").log
     : > "$console"
     tb=$(date +%s)
