@@ -108,5 +108,7 @@ for _ in $(seq 1 600); do
 done
 sleep "0.$((RANDOM % 10))"
 say "CUT boot=$BOOT"
+# Not `sync`: only the serial line is let out before the reset.
+sleep 0.2
 echo b > /proc/sysrq-trigger
 sleep 10
