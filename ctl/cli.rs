@@ -211,7 +211,9 @@ p pause/resume, a approve, x deny, r refresh, q quit.\n\nExamples:\n  orchctl to
   orchctl mcp --http 127.0.0.1:8765 --token-file ~/.config/orch/mcp-token")]
     Mcp(McpArgs),
     /// List the tools of the MCP servers the daemon's agent profiles are given (all, or one agent's)
-    #[command(after_help = "Examples:\n  orchctl tools\n  orchctl tools claude --timeout 5s -o json")]
+    #[command(
+        after_help = "Examples:\n  orchctl tools\n  orchctl tools claude --timeout 5s -o json"
+    )]
     Tools(ToolsArgs),
 }
 

@@ -413,6 +413,10 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
             "healthy": e.healthy,
             "detail": e.detail,
         })).collect::<Vec<_>>(),
+        "state_disk_free_bytes": d.state_disk_free_bytes,
+        "state_disk_total_bytes": d.state_disk_total_bytes,
+        "min_free_bytes": d.min_free_bytes,
+        "store_problem": text_or_null(&d.store_problem),
     })
 }
 

@@ -590,6 +590,28 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> String {
         ),
         ("Objectives", counts),
         ("Last event", d.last_event_seq.to_string()),
+        (
+            "State disk",
+            format!(
+                "{} free of {}, keeps {} free for the store ([store] min_free){}",
+                HumanBytes(d.state_disk_free_bytes),
+                HumanBytes(d.state_disk_total_bytes),
+                HumanBytes(d.min_free_bytes),
+                if d.state_disk_free_bytes < d.min_free_bytes {
+                    ": new work is refused"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "Store",
+            if d.store_problem.is_empty() {
+                "ok".to_string()
+            } else {
+                d.store_problem.clone()
+            },
+        ),
         ("Executors", executors(d)),
     ]) + &daemon_host(d)
 }

@@ -201,6 +201,24 @@ pub struct HostConfig {
     pub max_load: Option<f64>,
 }
 
+/// `[store]`: the state directory's disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Free space kept on the filesystem of the state directory: below it new submits are
+    /// refused (`RESOURCE_EXHAUSTED`) and no new attempt starts, so the store and the logs
+    /// of running attempts keep room to finish what is acknowledged.
+    pub min_free: Size,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            min_free: Size(256 << 20),
+        }
+    }
+}
+
 /// `[server]`: what one client, and all of them, may hold of the daemon (connections,
 /// calls, bytes of requests and of unread events). Read at start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,6 +423,7 @@ pub struct Config {
     pub defaults: DefaultsConfig,
     pub budget: BudgetConfig,
     pub logs: LogsConfig,
+    pub store: StoreConfig,
     pub server: ServerConfig,
     pub prices: BTreeMap<String, Price>,
     pub agents: BTreeMap<String, AgentProfile>,
@@ -519,6 +538,7 @@ impl Default for Config {
             defaults: DefaultsConfig::default(),
             budget: BudgetConfig::default(),
             logs: LogsConfig::default(),
+            store: StoreConfig::default(),
             server: ServerConfig::default(),
             prices: BTreeMap::new(),
             agents: BTreeMap::new(),

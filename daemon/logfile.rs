@@ -182,6 +182,14 @@ pub fn budget() -> Arc<LogBudget> {
 
 /// Room a log that is dropping output must see before it writes again.
 const RESUME_ROOM: u64 = 256 << 10;
+/// Bytes gathered before they are written to the file.
+const BUFFER_BYTES: usize = 256 << 10;
+/// While the disk is full, how often (at most, as output arrives) its free space is
+/// looked at again.
+const FULL_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Told about output dropped because the disk is full (a sentence for the event log).
+pub type DropNotice = Box<dyn Fn(String) + Send>;
 
 /// Writes one attempt's log.
 pub struct LogWriter {
@@ -192,6 +200,7 @@ pub struct LogWriter {
     budget: Option<(Arc<LogBudget>, Option<u32>)>,
     /// What the file and its rotated segment held when it was opened (`append`).
     sizes: (u64, u64),
+    notice: Option<DropNotice>,
 }
 
 impl LogWriter {
@@ -213,6 +222,7 @@ impl LogWriter {
             segment_max: (max_bytes / 2).max(64 * 1024),
             budget: None,
             sizes: (0, 0),
+            notice: None,
         })
     }
 
@@ -235,12 +245,20 @@ impl LogWriter {
             segment_max: (max_bytes / 2).max(64 * 1024),
             budget: None,
             sizes: (size, rotated_size),
+            notice: None,
         })
     }
 
     /// Draws the log's bytes from `budget`, for `uid` (`None`: the daemon's own user).
     pub fn drawing_from(mut self, budget: Arc<LogBudget>, uid: Option<u32>) -> LogWriter {
         self.budget = Some((budget, uid));
+        self
+    }
+
+    /// Calls `notice` when output is dropped because the disk is full, and when the log
+    /// resumes.
+    pub fn noticing(mut self, notice: DropNotice) -> LogWriter {
+        self.notice = Some(notice);
         self
     }
 
@@ -276,11 +294,14 @@ impl LogWriter {
             segment_max,
             budget,
             sizes,
+            notice,
         } = self;
         let mut sink = Sink {
-            out: std::io::BufWriter::with_capacity(256 * 1024, file),
+            file,
+            buf: Vec::with_capacity(BUFFER_BYTES),
             path,
             size: sizes.0,
+            written: sizes.0,
             rotated_size: sizes.1,
             segment_max,
             broken: false,
@@ -288,6 +309,8 @@ impl LogWriter {
             held: 0,
             dropped: 0,
             over: None,
+            full: None,
+            notice,
         };
         loop {
             // Flush whenever the queue runs dry, so followers see output promptly.
@@ -307,35 +330,128 @@ impl LogWriter {
     }
 }
 
+/// Why output is being dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dropping {
+    /// A log budget (`[logs]`) is used up.
+    Budget(Over),
+    /// The filesystem is full.
+    DiskFull,
+}
+
 /// Where a log writer's frames go: the file (rotated by size), and the budget they are
 /// drawn from.
 struct Sink {
-    out: std::io::BufWriter<std::fs::File>,
+    file: std::fs::File,
+    /// Frames not written to the file yet.
+    buf: Vec<u8>,
     path: PathBuf,
-    /// Bytes of the current segment, and of the rotated one (`NAME.1`).
+    /// Bytes of the current segment (buffered included), of it in the file, and of the
+    /// rotated one (`NAME.1`).
     size: u64,
+    written: u64,
     rotated_size: u64,
     segment_max: u64,
-    /// Writing failed once: nothing more is written.
+    /// Writing failed for a reason other than a full disk: nothing more is written.
     broken: bool,
     budget: Option<(Arc<LogBudget>, Option<u32>)>,
     /// Bytes drawn from the budget (what both segments hold).
     held: u64,
-    /// Output bytes dropped since the last marker, and the limit that dropped them.
+    /// Output bytes dropped since the last marker, and why.
     dropped: u64,
-    over: Option<Over>,
+    over: Option<Dropping>,
+    /// Set while the disk is full: when its free space was last looked at.
+    full: Option<std::time::Instant>,
+    notice: Option<DropNotice>,
 }
 
 impl Sink {
+    /// Writes what is buffered to the file. A full disk keeps the file whole (a partly
+    /// written frame is cut off) and drops what did not fit; any other error stops the
+    /// log.
     fn flush(&mut self) {
-        use std::io::Write;
-        let _ = self.out.flush();
+        use std::io::{Seek, Write};
+        if self.buf.is_empty() || self.broken {
+            return;
+        }
+        match self.file.write_all(&self.buf) {
+            Ok(()) => {
+                self.written += self.buf.len() as u64;
+                self.buf.clear();
+            }
+            Err(e) => {
+                let lost = self.buf.len() as u64;
+                self.buf.clear();
+                // What reached the file of the failed write is not a whole frame.
+                let cut = self
+                    .file
+                    .set_len(self.written)
+                    .and_then(|_| self.file.seek(io::SeekFrom::Start(self.written)));
+                self.size = self.written;
+                self.give_back(lost);
+                if crate::sys::is_disk_full(&e) && cut.is_ok() {
+                    self.disk_full(lost);
+                } else {
+                    // A broken file must not stop the agent: keep draining.
+                    tracing::warn!(log = %self.path.display(), error = %e, "cannot write the attempt log; output is no longer logged");
+                    self.broken = true;
+                }
+            }
+        }
     }
 
-    /// Writes one chunk of output as a frame, unless the budget refuses it: then it is
-    /// dropped, and the log gets a marker where output stops and where it starts again.
+    /// The disk is full: output is dropped from here until it has room again.
+    fn disk_full(&mut self, lost: u64) {
+        if self.full.is_none() {
+            let text = format!(
+                "orchd: the disk holding {} is full: output is dropped from the log until there is room",
+                self.path.display()
+            );
+            tracing::warn!(log = %self.path.display(), "{text}");
+            if let Some(n) = &self.notice {
+                n(text);
+            }
+        }
+        self.full = Some(std::time::Instant::now());
+        self.dropped += lost;
+        self.over = Some(Dropping::DiskFull);
+    }
+
+    /// Whether the disk has room again (looked at no more often than `FULL_RECHECK`).
+    fn room_again(&mut self) -> bool {
+        let Some(checked) = self.full else {
+            return true;
+        };
+        if checked.elapsed() < FULL_RECHECK {
+            return false;
+        }
+        self.full = Some(std::time::Instant::now());
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let room = crate::sys::fs_space(dir).is_ok_and(|s| s.free >= RESUME_ROOM);
+        if room {
+            self.full = None;
+            let text = format!(
+                "orchd: the disk holding {} has room again: {} bytes of output were dropped from the log",
+                self.path.display(),
+                self.dropped
+            );
+            tracing::info!(log = %self.path.display(), "{text}");
+            if let Some(n) = &self.notice {
+                n(text);
+            }
+        }
+        room
+    }
+
+    /// Writes one chunk of output as a frame, unless the budget refuses it or the disk is
+    /// full: then it is dropped, and the log gets a marker where output stops (when it
+    /// fits) and where it starts again.
     fn write(&mut self, stream: Stream, data: &[u8]) {
         if self.broken {
+            return;
+        }
+        if self.full.is_some() && !self.room_again() {
+            self.dropped += data.len() as u64;
             return;
         }
         // Once dropping, output resumes only when there is room for a good stretch of it
@@ -347,7 +463,7 @@ impl Sink {
                 self.marker(format!("orchd: output dropped from here: {over}\n"));
             }
             self.dropped += data.len() as u64;
-            self.over = Some(over);
+            self.over = Some(Dropping::Budget(over));
             return;
         }
         if self.dropped > 0 {
@@ -374,11 +490,11 @@ impl Sink {
     }
 
     fn dropped_marker(&mut self, at: &str) {
-        let why = self
-            .over
-            .take()
-            .map(|o| format!(" ({o})"))
-            .unwrap_or_default();
+        let why = match self.over.take() {
+            Some(Dropping::Budget(o)) => format!(" ({o})"),
+            Some(Dropping::DiskFull) => " (the disk was full)".to_string(),
+            None => String::new(),
+        };
         let text = format!(
             "orchd: {} bytes of output were dropped {at}{why}\n",
             std::mem::take(&mut self.dropped)
@@ -388,19 +504,24 @@ impl Sink {
 
     /// Appends one frame (its bytes already drawn), rotating first when it would not fit.
     fn frame(&mut self, stream: Stream, data: &[u8]) {
-        use std::io::Write;
         let frame_len = (HEADER + data.len()) as u64;
         if self.size > 0 && self.size + frame_len > self.segment_max {
-            let _ = self.out.flush();
+            self.flush();
+            if self.broken || self.full.is_some() {
+                self.dropped += data.len() as u64;
+                self.give_back(frame_len);
+                return;
+            }
             match std::fs::rename(&self.path, rotated(&self.path))
                 .and_then(|_| create_private(&self.path))
             {
                 Ok(f) => {
-                    self.out = std::io::BufWriter::with_capacity(256 * 1024, f);
+                    self.file = f;
                     // The old `NAME.1` is gone: its bytes go back to the budget.
                     let freed = std::mem::replace(&mut self.rotated_size, self.size);
                     self.give_back(freed);
                     self.size = 0;
+                    self.written = 0;
                 }
                 Err(e) => {
                     tracing::warn!(log = %self.path.display(), error = %e, "cannot rotate the attempt log; output is no longer logged");
@@ -412,17 +533,12 @@ impl Sink {
         let mut header = [0u8; HEADER];
         header[0] = stream as u8;
         header[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
-        if let Err(e) = self
-            .out
-            .write_all(&header)
-            .and_then(|_| self.out.write_all(data))
-        {
-            // A full disk or a broken file must not stop the agent: keep draining.
-            tracing::warn!(log = %self.path.display(), error = %e, "cannot write the attempt log; output is no longer logged");
-            self.broken = true;
-            return;
-        }
+        self.buf.extend_from_slice(&header);
+        self.buf.extend_from_slice(data);
         self.size += frame_len;
+        if self.buf.len() >= BUFFER_BYTES {
+            self.flush();
+        }
     }
 
     fn give_back(&mut self, n: u64) {
@@ -436,7 +552,13 @@ impl Sink {
     /// The attempt's output has ended: says what was dropped at the end, flushes, and
     /// takes the log out of the budget of running attempts.
     fn finish(mut self) {
-        if self.dropped > 0 && !self.broken {
+        if self.full.is_some() {
+            // One more look: the marker is written if the disk has room now.
+            let now = std::time::Instant::now();
+            self.full = Some(now.checked_sub(FULL_RECHECK).unwrap_or(now));
+            self.room_again();
+        }
+        if self.dropped > 0 && !self.broken && self.full.is_none() {
             self.dropped_marker("at the end");
         }
         self.flush();

@@ -4,6 +4,7 @@
 
 mod api;
 mod config;
+mod disk;
 mod engine;
 mod executor;
 mod limits;
@@ -430,12 +431,14 @@ async fn serve(
     // Live events buffered for watchers; one that falls further behind is re-fed from the store.
     let (events_tx, _) = broadcast::channel(16384);
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let disk = Arc::new(disk::Disk::new(&state_dir, cfg.store.min_free.0));
     let mut engine = engine::Engine::new(
         store.clone(),
         cfg.clone(),
         events_tx.clone(),
         executors.clone(),
         published.clone(),
+        disk.clone(),
     )?;
     let t = Instant::now();
     let recovery = engine.recover().await?;
@@ -495,6 +498,7 @@ async fn serve(
         limits_detail,
         started,
         executors: executors.clone(),
+        disk,
     });
     let service = api::Api::new(
         cmd_tx.clone(),

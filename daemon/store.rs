@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -35,8 +36,16 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    #[error(
+        "the store at {path} is being reopened after a write error (a full disk?); try again in a moment"
+    )]
+    Closed { path: PathBuf },
+    #[error("the store at {path} is still in use and cannot be reopened yet")]
+    Busy { path: PathBuf },
     #[error("store i/o: {0}")]
     Sled(#[from] sled::Error),
+    #[error("cannot make the store durable: {0}")]
+    Sync(String),
     #[error("corrupt record under key {key}: {source}")]
     Corrupt {
         key: String,
@@ -74,14 +83,56 @@ const TREE_NAMES: [&str; 10] = [
     "usage_totals",
 ];
 
-/// The durable store. Cheap to clone (sled handles are shared).
+/// The durable store. Cheap to clone (every clone shares one open database, which
+/// `reopen` replaces for all of them).
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    /// The open database; `None` while `reopen` is between closing and opening it.
+    slot: Arc<RwLock<Option<Arc<Db>>>>,
     /// The last audit entry's key.
     audit_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    trees: [sled::Tree; 10],
     path: PathBuf,
+}
+
+/// One open sled database and its trees.
+struct Db {
+    db: sled::Db,
+    trees: [sled::Tree; 10],
+}
+
+impl Db {
+    fn open(dir: &Path) -> Result<Db> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            // sled's default page cache is 1 GiB: memory would grow with history (and
+            // every fork would copy larger page tables). Live state is in the engine.
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(e) if e.to_string().contains("lock") => StoreError::Locked {
+                    path: dir.to_path_buf(),
+                },
+                _ => StoreError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            })?;
+        let open = |name: &str| db.open_tree(name);
+        let trees = [
+            open(TREE_NAMES[0])?,
+            open(TREE_NAMES[1])?,
+            open(TREE_NAMES[2])?,
+            open(TREE_NAMES[3])?,
+            open(TREE_NAMES[4])?,
+            open(TREE_NAMES[5])?,
+            open(TREE_NAMES[6])?,
+            open(TREE_NAMES[7])?,
+            open(TREE_NAMES[8])?,
+            open(TREE_NAMES[9])?,
+        ];
+        Ok(Db { db, trees })
+    }
 }
 
 /// A set of writes applied atomically by `Store::write`.
@@ -89,6 +140,14 @@ pub struct Store {
 pub struct WriteSet {
     ops: Vec<(T, Vec<u8>, Option<Vec<u8>>)>,
     last_seq: Option<u64>,
+}
+
+/// `fdatasync` of a file (`data`) or `fsync` of a directory, through a descriptor of our
+/// own: Linux writes back an inode's dirty pages whichever descriptor wrote them, so this
+/// covers what sled wrote through its own.
+fn sync(path: &Path, data: bool) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    if data { f.sync_data() } else { f.sync_all() }
 }
 
 fn json<V: serde::Serialize>(v: &V) -> Vec<u8> {
@@ -241,11 +300,11 @@ impl Store {
         let mut w = WriteSet::default();
         let p = prefix(&o.id);
         for t in [T::Steps, T::Attempts] {
-            for k in self.tree(t).scan_prefix(&p).keys() {
+            for k in self.tree(t)?.scan_prefix(&p).keys() {
                 w.del(t, k?.to_vec());
             }
         }
-        for k in self.tree(T::ObjEvents).scan_prefix(&p).keys() {
+        for k in self.tree(T::ObjEvents)?.scan_prefix(&p).keys() {
             let k = k?;
             w.del(T::Events, k[k.len() - 8..].to_vec());
             w.del(T::ObjEvents, k.to_vec());
@@ -281,56 +340,77 @@ impl Store {
 impl Store {
     /// Opens (creating if needed) the store in `dir`, checks and migrates its schema.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            // sled's default page cache is 1 GiB: memory would grow with history (and
-            // every fork would copy larger page tables). Live state is in the engine.
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(e) if e.to_string().contains("lock") => StoreError::Locked {
-                    path: dir.to_path_buf(),
-                },
-                _ => StoreError::Open {
-                    path: dir.to_path_buf(),
-                    source,
-                },
-            })?;
-        let open = |name: &str| db.open_tree(name);
-        let trees = [
-            open(TREE_NAMES[0])?,
-            open(TREE_NAMES[1])?,
-            open(TREE_NAMES[2])?,
-            open(TREE_NAMES[3])?,
-            open(TREE_NAMES[4])?,
-            open(TREE_NAMES[5])?,
-            open(TREE_NAMES[6])?,
-            open(TREE_NAMES[7])?,
-            open(TREE_NAMES[8])?,
-            open(TREE_NAMES[9])?,
-        ];
-        let last_audit = trees[T::Audit as usize]
+        let db = Db::open(dir)?;
+        let last_audit = db.trees[T::Audit as usize]
             .last()?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
         let store = Store {
             audit_seq: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(last_audit)),
-            db,
-            trees,
+            slot: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path: dir.to_path_buf(),
         };
         store.check_schema()?;
+        // The store's files must stay reachable after a power cut: their directory
+        // entries are made durable too.
+        for d in [Some(dir), dir.parent()].into_iter().flatten() {
+            if let Err(e) = sync(d, false) {
+                tracing::warn!(error = %e, "cannot make the store's directory durable");
+            }
+        }
         Ok(store)
     }
 
-    fn tree(&self, t: T) -> &sled::Tree {
-        &self.trees[t as usize]
+    /// Closes the database and opens it again: after an I/O error (a full disk) sled
+    /// refuses every write until it is reopened. What was not flushed before the error
+    /// is gone from the reopened store; the caller writes it again. Fails with `Busy`
+    /// while a reader still holds the old database (then nothing changed: try later), or
+    /// with the open's error (then the store stays closed until a later call opens it).
+    pub fn reopen(&self) -> Result<()> {
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.take() {
+            match Arc::try_unwrap(db) {
+                // Dropped here: sled's flusher thread is joined and its lock released.
+                Ok(db) => drop(db),
+                Err(shared) => {
+                    *slot = Some(shared);
+                    return Err(StoreError::Busy {
+                        path: self.path.clone(),
+                    });
+                }
+            }
+        }
+        // A tree handle a reader took just before may keep sled's lock a moment longer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let db = loop {
+            match Db::open(&self.path) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                r => break r?,
+            }
+        };
+        *slot = Some(Arc::new(db));
+        Ok(())
+    }
+
+    fn db(&self) -> Result<Arc<Db>> {
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Closed {
+                path: self.path.clone(),
+            })
+    }
+
+    fn tree(&self, t: T) -> Result<sled::Tree> {
+        Ok(self.db()?.trees[t as usize].clone())
     }
 
     fn check_schema(&self) -> Result<()> {
-        let meta = self.tree(T::Meta);
+        let meta = self.tree(T::Meta)?;
         let found = match meta.get(META_SCHEMA)? {
             Some(v) => {
                 let mut b = [0u8; 4];
@@ -354,7 +434,7 @@ impl Store {
                 tracing::info!(from = found, to = SCHEMA_VERSION, "migrating store schema");
             }
             meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-            self.db.flush()?;
+            self.db()?.db.flush()?;
         }
         Ok(())
     }
@@ -362,8 +442,8 @@ impl Store {
     /// Overwrites the schema version (tests of the refusal path use this).
     #[cfg(test)]
     pub fn set_schema_version_for_test(&self, v: u32) -> Result<()> {
-        self.tree(T::Meta).insert(META_SCHEMA, &v.to_be_bytes())?;
-        self.db.flush()?;
+        self.tree(T::Meta)?.insert(META_SCHEMA, &v.to_be_bytes())?;
+        self.db()?.db.flush()?;
         Ok(())
     }
 
@@ -377,13 +457,13 @@ impl Store {
     /// The highest event sequence number ever stored (0 when none).
     pub fn last_seq(&self) -> Result<u64> {
         let from_meta = self
-            .tree(T::Meta)
+            .tree(T::Meta)?
             .get(META_LAST_SEQ)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
         let from_events = self
-            .tree(T::Events)
+            .tree(T::Events)?
             .last()?
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map(u64::from_be_bytes)
@@ -397,7 +477,8 @@ impl Store {
         if w.ops.is_empty() {
             return Ok(());
         }
-        let t = &self.trees;
+        let db = self.db()?;
+        let t = &db.trees;
         let res: std::result::Result<(), TransactionError<()>> = (
             &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8], &t[9],
         )
@@ -422,16 +503,24 @@ impl Store {
         }
     }
 
-    /// Makes every write so far durable (one fsync covers them all: group commit).
+    /// Makes every write so far durable (one flush covers them all: group commit). sled's
+    /// flush writes its log with `sync_file_range`, which neither flushes the drive's
+    /// write cache nor the file's metadata (a grown file's size): an `fdatasync` of the
+    /// log follows, so what is acknowledged after this survives a power cut.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        let db = self.db()?;
+        db.db.flush_async().await?;
+        // Inline: sled has just written the data (`sync_file_range` waits for it), so
+        // what is left is the metadata and the drive's cache flush.
+        let log = self.path.join("db");
+        sync(&log, true).map_err(|e| StoreError::Sync(format!("{}: {e}", log.display())))
     }
 
     /// Synchronous flush, for shutdown paths.
     pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.db()?.db.flush()?;
+        let log = self.path.join("db");
+        sync(&log, true).map_err(|e| StoreError::Sync(format!("{}: {e}", log.display())))
     }
 
     fn decode<V: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<V> {
@@ -442,7 +531,7 @@ impl Store {
     }
 
     pub fn objective(&self, id: &str) -> Result<Option<Objective>> {
-        match self.tree(T::Objectives).get(id.as_bytes())? {
+        match self.tree(T::Objectives)?.get(id.as_bytes())? {
             Some(v) => Ok(Some(Self::decode(id.as_bytes(), &v)?)),
             None => Ok(None),
         }
@@ -450,7 +539,7 @@ impl Store {
 
     /// The steps of an objective, in plan order.
     pub fn steps(&self, objective_id: &str) -> Result<Vec<Step>> {
-        self.tree(T::Steps)
+        self.tree(T::Steps)?
             .scan_prefix(prefix(objective_id))
             .map(|r| {
                 let (k, v) = r?;
@@ -461,7 +550,7 @@ impl Store {
 
     /// Every attempt of an objective, by step (plan order) then number.
     pub fn attempts(&self, objective_id: &str) -> Result<Vec<Attempt>> {
-        self.tree(T::Attempts)
+        self.tree(T::Attempts)?
             .scan_prefix(prefix(objective_id))
             .map(|r| {
                 let (k, v) = r?;
@@ -473,7 +562,7 @@ impl Store {
     /// One attempt.
     pub fn attempt(&self, objective_id: &str, index: u32, number: u32) -> Result<Option<Attempt>> {
         let k = attempt_key(objective_id, index, number);
-        match self.tree(T::Attempts).get(&k)? {
+        match self.tree(T::Attempts)?.get(&k)? {
             Some(v) => Ok(Some(Self::decode(&k, &v)?)),
             None => Ok(None),
         }
@@ -486,7 +575,7 @@ impl Store {
         match state {
             Some(s) => {
                 let p = format!("{}/", s.word()).into_bytes();
-                for r in self.tree(T::ByState).scan_prefix(&p).rev() {
+                for r in self.tree(T::ByState)?.scan_prefix(&p).rev() {
                     if out.len() >= limit {
                         break;
                     }
@@ -498,7 +587,7 @@ impl Store {
                 }
             }
             None => {
-                for r in self.tree(T::Objectives).iter().rev() {
+                for r in self.tree(T::Objectives)?.iter().rev() {
                     if out.len() >= limit {
                         break;
                     }
@@ -548,7 +637,7 @@ impl Store {
     /// Ids of objectives in `state`, oldest first.
     pub fn ids_in_state(&self, state: ObjState) -> Result<Vec<String>> {
         let p = format!("{}/", state.word()).into_bytes();
-        self.tree(T::ByState)
+        self.tree(T::ByState)?
             .scan_prefix(&p)
             .map(|r| {
                 let (k, _) = r?;
@@ -562,7 +651,7 @@ impl Store {
         let mut out = BTreeMap::new();
         for s in ObjState::ALL {
             let p = format!("{}/", s.word()).into_bytes();
-            let n = self.tree(T::ByState).scan_prefix(&p).keys().count() as u64;
+            let n = self.tree(T::ByState)?.scan_prefix(&p).keys().count() as u64;
             out.insert(s, n);
         }
         Ok(out)
@@ -571,14 +660,14 @@ impl Store {
     /// The objective a request id was used for, if any.
     pub fn objective_for_request(&self, uid: u32, request_id: &str) -> Result<Option<String>> {
         Ok(self
-            .tree(T::Requests)
+            .tree(T::Requests)?
             .get(request_key(uid, request_id))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Events with `seq >= from`, in order, at most `limit`.
     pub fn events_from(&self, from: u64, limit: usize) -> Result<Vec<Event>> {
-        self.tree(T::Events)
+        self.tree(T::Events)?
             .range(from.to_be_bytes()..)
             .take(limit)
             .map(|r| {
@@ -598,10 +687,10 @@ impl Store {
         let start = obj_event_key(objective_id, from);
         let end = obj_event_key(objective_id, u64::MAX);
         let mut out = Vec::new();
-        for r in self.tree(T::ObjEvents).range(start..=end).take(limit) {
+        for r in self.tree(T::ObjEvents)?.range(start..=end).take(limit) {
             let (k, _) = r?;
             let seq_bytes = &k[k.len() - 8..];
-            if let Some(v) = self.tree(T::Events).get(seq_bytes)? {
+            if let Some(v) = self.tree(T::Events)?.get(seq_bytes)? {
                 out.push(Self::decode(seq_bytes, &v)?);
             }
         }
@@ -612,7 +701,7 @@ impl Store {
     pub fn audit(&self, objective_id: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out = Vec::new();
-        for r in self.tree(T::Audit).iter().rev() {
+        for r in self.tree(T::Audit)?.iter().rev() {
             if out.len() >= limit {
                 break;
             }
@@ -628,7 +717,7 @@ impl Store {
     /// Whether `WriteSet::marker(key)` was stored.
     pub fn has_marker(&self, key: &str) -> Result<bool> {
         Ok(self
-            .tree(T::Usage)
+            .tree(T::Usage)?
             .contains_key(format!("marker:{key}").as_bytes())?)
     }
 
@@ -675,7 +764,7 @@ impl Store {
 
     /// A usage total (zero when none was recorded).
     pub fn usage_total(&self, key: &str) -> Result<Usage> {
-        match self.tree(T::Usage).get(key.as_bytes())? {
+        match self.tree(T::Usage)?.get(key.as_bytes())? {
             Some(v) => Self::decode(key.as_bytes(), &v),
             None => Ok(Usage::default()),
         }
@@ -687,7 +776,10 @@ impl Store {
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db()
+            .ok()
+            .and_then(|d| d.db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -935,6 +1027,29 @@ mod tests {
             .map(|o| o.id)
             .collect();
         assert_eq!(old, vec!["01B"]);
+    }
+
+    #[test]
+    fn reopen_keeps_what_was_flushed_and_waits_for_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("store")).unwrap();
+        let other = s.clone();
+        let mut w = WriteSet::default();
+        w.objective(&objective("01A", ObjState::Pending), None);
+        s.write(&w).unwrap();
+        s.flush_blocking().unwrap();
+        // A reader still holds the database: nothing changes, try later.
+        let held = s.db().unwrap();
+        assert!(matches!(s.reopen(), Err(StoreError::Busy { .. })));
+        assert!(other.objective("01A").unwrap().is_some());
+        drop(held);
+        s.reopen().unwrap();
+        // Every clone sees the reopened database, with what was flushed.
+        assert!(other.objective("01A").unwrap().is_some());
+        let mut w = WriteSet::default();
+        w.objective(&objective("01B", ObjState::Pending), None);
+        other.write(&w).unwrap();
+        assert!(s.objective("01B").unwrap().is_some());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod config;
 mod durability;
 mod events;
 mod exhaustion;
+mod full_disk;
 mod grpc;
 mod handy;
 mod holes;

@@ -56,6 +56,8 @@ pub struct DaemonInfo {
     pub started: Instant,
     /// Where attempts run (their health is asked at each `DaemonStatus`).
     pub executors: std::sync::Arc<crate::executor::Executors>,
+    /// The state directory's disk (free space, the reserve, the store's health).
+    pub disk: Arc<crate::disk::Disk>,
 }
 
 fn required_id(id: String) -> Result<String, Status> {
@@ -240,6 +242,10 @@ fn engine_status(e: EngineError) -> Status {
 }
 
 fn store_status(e: StoreError) -> Status {
+    // Reopening after a full disk: a moment later the same call works.
+    if matches!(e, StoreError::Closed { .. } | StoreError::Busy { .. }) {
+        return Status::unavailable(e.to_string());
+    }
     tracing::error!(error = %e, "store error");
     Status::internal(format!("store error: {e}"))
 }

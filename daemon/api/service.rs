@@ -465,10 +465,11 @@ impl Orchestrator for Api {
         _req: Request<pb::DaemonStatusRequest>,
     ) -> Result<Response<pb::DaemonStatusResponse>, Status> {
         let live = self.ask(|reply| Command::Status { reply }).await?;
+        // While the store is being reopened (after a full disk) the counts are unknown.
         let counts = self
             .store
             .counts()
-            .map_err(store_status)?
+            .unwrap_or_default()
             .into_iter()
             .map(|(s, n)| (s.word().to_string(), n))
             .collect();
@@ -484,6 +485,7 @@ impl Orchestrator for Api {
                 detail: h.detail,
             })
             .collect();
+        let space = info.disk.space().ok();
         Ok(Response::new(pb::DaemonStatusResponse {
             executors,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -504,6 +506,10 @@ impl Orchestrator for Api {
                 live.host_held,
             )),
             config_found: info.config_path.exists(),
+            state_disk_free_bytes: space.map_or(0, |s| s.free),
+            state_disk_total_bytes: space.map_or(0, |s| s.total),
+            min_free_bytes: info.disk.min_free(),
+            store_problem: info.disk.store_problem().unwrap_or_default(),
         }))
     }
 

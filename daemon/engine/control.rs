@@ -87,6 +87,10 @@ impl Engine {
                 caller,
                 reply,
             } => {
+                if let Some(why) = self.disk_refusal() {
+                    let _ = reply.send(Err(EngineError::ResourceExhausted(why)));
+                    return;
+                }
                 let input = Input::Retry {
                     step,
                     fresh,
@@ -117,6 +121,7 @@ impl Engine {
             }
             Command::Reload { cfg, reply } => {
                 tracing::info!("config reloaded");
+                self.disk.set_min_free(cfg.store.min_free.0);
                 self.cfg = cfg;
                 // Users may have been renamed since; names are looked up again.
                 self.user_names.clear();
@@ -171,6 +176,10 @@ impl Engine {
                 .objective_for_request(new.caller.uid, &new.request_id)?
         {
             return Ok(Submitted { id, existing: true });
+        }
+        if let Some(why) = self.disk_refusal() {
+            tracing::warn!(uid = new.caller.uid, reason = %why, "submit refused");
+            return Err(EngineError::ResourceExhausted(why));
         }
         if let Some(why) = self.submit_block(new.caller.uid) {
             tracing::warn!(uid = new.caller.uid, reason = %why, "submit refused");

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::Config;
+use crate::disk::Disk;
 use crate::executor::{AttemptHandle, Executor};
 use crate::model::{
     AuditEntry, Budget, Control, Event, EventKind, Millis, ObjState, Outcome, StepPlan, StopReason,
@@ -280,7 +281,34 @@ pub struct Engine {
     stats: stats::Stats,
     /// Host pressure: the last reading and whether it holds new attempts back.
     host: schedule::HostGate,
+    /// The state directory's disk: free space against `[store] min_free`.
+    disk: Arc<Disk>,
+    /// Set while the store cannot write (a full disk): what is not durable yet.
+    degraded: Option<Degraded>,
+    /// When to look at the disk again while work waits for space or the store is degraded
+    /// (`None` otherwise: no timer runs while all is well).
+    recheck_at: Option<tokio::time::Instant>,
 }
+
+/// Turns whose writes failed (the disk is full): kept, in order, until the store can
+/// write again; their events are published and their actions (replies, spawns, orders)
+/// carried out only then.
+struct Degraded {
+    writes: WriteSet,
+    events: Vec<Event>,
+    after: Vec<After>,
+    error: String,
+    since: std::time::Instant,
+    attempts: u32,
+    /// No reopening before this (each one reads the whole store again).
+    next_try: std::time::Instant,
+}
+
+/// How often the disk is looked at again while the store is degraded or new attempts
+/// wait for free space.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+/// Free space the store needs before it is reopened after a write error.
+const REOPEN_ROOM: u64 = 2 << 20;
 
 impl Engine {
     pub fn new(
@@ -289,6 +317,7 @@ impl Engine {
         events: broadcast::Sender<Arc<Event>>,
         executor: Arc<dyn Executor>,
         published: Arc<AtomicU64>,
+        disk: Arc<Disk>,
     ) -> Result<Engine, StoreError> {
         let (facts_tx, facts_rx) = mpsc::unbounded_channel();
         let next_seq = store.last_seq()? + 1;
@@ -317,6 +346,9 @@ impl Engine {
             shutting_down: false,
             stats: stats::Stats::new(),
             host: schedule::HostGate::default(),
+            disk,
+            degraded: None,
+            recheck_at: None,
         })
     }
 
@@ -461,30 +493,150 @@ impl Engine {
         }
     }
 
+    /// Replies once the turn is durable; a refusal (which changed nothing) at once, even
+    /// while the store cannot write.
     fn after_reply<T: Send + 'static>(&mut self, reply: Reply<T>, r: Result<T, EngineError>) {
+        if r.is_err() {
+            let _ = reply.send(r);
+            return;
+        }
         self.turn.after.push(After::Reply(Box::new(move || {
             let _ = reply.send(r);
         })));
     }
 
-    /// Writes the turn atomically, flushes, publishes its events, then acts.
-    async fn commit(&mut self) -> Result<(), StoreError> {
+    /// Writes the turn atomically, flushes, publishes its events, then acts. A write that
+    /// fails (a full disk) does not stop the engine: the turn is held, with every later
+    /// one, until the store can write again (`recover_store`).
+    async fn commit(&mut self) {
         let turn = std::mem::take(&mut self.turn);
-        if !turn.writes.is_empty() {
-            self.store.write(&turn.writes)?;
-            self.store.flush().await?;
+        if let Some(d) = &mut self.degraded {
+            d.writes.extend(turn.writes);
+            d.events.extend(turn.events);
+            d.after.extend(turn.after);
+            return;
         }
-        if let Some(last) = turn.events.last() {
+        if !turn.writes.is_empty() {
+            let written = match self.store.write(&turn.writes) {
+                Ok(()) => self.store.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                self.degrade(turn, e);
+                return;
+            }
+        }
+        self.publish(turn.events, turn.after);
+    }
+
+    /// The turn is durable: its events go out, then its actions.
+    fn publish(&mut self, events: Vec<Event>, after: Vec<After>) {
+        if let Some(last) = events.last() {
             self.published.store(last.seq, Ordering::SeqCst);
         }
-        for e in turn.events {
+        for e in events {
             // No receivers is fine.
             let _ = self.events.send(Arc::new(e));
         }
-        for a in turn.after {
+        for a in after {
             self.act(a);
         }
-        Ok(())
+    }
+
+    /// The store could not write `turn`: hold it, refuse new work, look again soon.
+    fn degrade(&mut self, turn: Turn, e: StoreError) {
+        let error = e.to_string();
+        let space = match self.disk.space() {
+            Ok(s) => format!(
+                "{} free of {}",
+                orch_proto::units::HumanBytes(s.free),
+                orch_proto::units::HumanBytes(s.total)
+            ),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(error = %error, disk = %self.disk.name(), space = %space, "the store cannot write; new work is refused and what is not written is held until it can (no restart needed)");
+        self.disk.set_store_problem(Some(format!(
+            "cannot write ({error}); {space}; held until there is room"
+        )));
+        self.degraded = Some(Degraded {
+            writes: turn.writes,
+            events: turn.events,
+            after: turn.after,
+            error,
+            since: std::time::Instant::now(),
+            attempts: 0,
+            next_try: std::time::Instant::now(),
+        });
+        self.recheck_at = Some(tokio::time::Instant::now() + RECHECK_EVERY);
+    }
+
+    /// While degraded: when the disk has room again, reopens the store (sled refuses every
+    /// write after an I/O error until then) and writes every held turn in one transaction;
+    /// once that is flushed, their events are published and their actions carried out.
+    async fn recover_store(&mut self) {
+        let Some(d) = &mut self.degraded else {
+            return;
+        };
+        if std::time::Instant::now() < d.next_try {
+            return;
+        }
+        match self.disk.space() {
+            Ok(s) if s.free >= REOPEN_ROOM => {}
+            _ => return,
+        }
+        d.attempts += 1;
+        d.next_try = std::time::Instant::now() + RECHECK_EVERY;
+        let store = self.store.clone();
+        let reopened = match tokio::task::spawn_blocking(move || store.reopen()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the store's reopening task failed");
+                return;
+            }
+        };
+        let written = match reopened {
+            Ok(()) => match self.store.write(&d.writes) {
+                Ok(()) => self.store.flush().await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, attempts = d.attempts, "the store cannot write yet");
+            d.error = e.to_string();
+            return;
+        }
+        let Some(d) = self.degraded.take() else {
+            return;
+        };
+        tracing::info!(
+            events = d.events.len(),
+            degraded_ms = d.since.elapsed().as_millis() as u64,
+            "the store writes again; what was held is durable now"
+        );
+        self.disk.set_store_problem(None);
+        self.publish(d.events, d.after);
+    }
+
+    /// Why new work is refused now: the store cannot write, or the disk is below the
+    /// reserve.
+    fn disk_refusal(&self) -> Option<String> {
+        if let Some(d) = &self.degraded {
+            let need = match self.disk.space() {
+                Ok(s) => format!(
+                    "{} free, orchd needs at least {} ([store] min_free) to accept new work",
+                    orch_proto::units::HumanBytes(s.free),
+                    orch_proto::units::HumanBytes(self.disk.min_free().max(REOPEN_ROOM))
+                ),
+                Err(e) => e.to_string(),
+            };
+            return Some(format!(
+                "the store cannot write to {} ({}); {need}; free some space and submit again",
+                self.disk.name(),
+                d.error
+            ));
+        }
+        self.disk.short()
     }
 
     /// Carries out one effect of a durable turn.
@@ -554,6 +706,7 @@ impl Engine {
                 // Only while host pressure holds work back.
                 _ = sleep_until_opt(self.host.recheck) => {}
                 _ = tokio::time::sleep_until(self.housekeeping_at) => self.housekeeping(),
+                _ = sleep_until_opt(self.recheck_at) => self.recheck_at = None,
             }
             // Group commit: take whatever else is already queued into the same turn, up to
             // a bound that keeps one turn (and so the delay to the first event) short.
@@ -570,8 +723,14 @@ impl Engine {
                 }
             }
             self.fire_timers();
+            if self.degraded.is_some() {
+                self.recover_store().await;
+            }
             self.schedule();
-            self.commit().await?;
+            self.commit().await;
+            if self.degraded.is_some() && self.recheck_at.is_none() {
+                self.recheck_at = Some(tokio::time::Instant::now() + RECHECK_EVERY);
+            }
         }
         self.drain().await
     }
@@ -619,7 +778,14 @@ impl Engine {
             );
             self.attempt_input(&id, Input::Ended { step, attempt, end });
         }
-        self.commit().await?;
+        self.commit().await;
+        if self.degraded.is_some() {
+            self.recover_store().await;
+        }
+        if let Some(d) = &self.degraded {
+            tracing::error!(events = d.events.len(), error = %d.error, "stopping with transitions the store could not write; the next start recovers from what is durable");
+            return Ok(());
+        }
         self.store.flush().await
     }
 

@@ -62,7 +62,7 @@ impl Engine {
                 }
             }
         }
-        self.commit().await?;
+        self.commit().await;
         Ok(report)
     }
 }

@@ -174,6 +174,15 @@ impl Engine {
         }
         let max = self.cfg.max_parallel() as usize;
         if self.running < max && self.queue.users().next().is_some() {
+            // No new attempt while the disk is below the reserve or the store cannot
+            // write: the steps wait in the queue, and the disk is looked at again soon.
+            if let Some(why) = self.disk_refusal() {
+                if self.recheck_at.is_none() {
+                    tracing::warn!(reason = %why, "new attempts wait for free space");
+                    self.recheck_at = Some(tokio::time::Instant::now() + super::RECHECK_EVERY);
+                }
+                return;
+            }
             let floors = host::Floors {
                 min_available_memory: self.cfg.host.min_available_memory.map(|s| s.0),
                 max_load: self.cfg.host.max_load,

@@ -337,7 +337,21 @@ async fn run(
     };
     let log = match LogWriter::create(&spec.log, spec.log_max_bytes) {
         // Counted against the daemon's log budget, per user when run as another user.
-        Ok(w) => w.drawing_from(crate::logfile::budget(), spec.run_as.as_ref().map(|r| r.0)),
+        Ok(w) => {
+            // Output dropped on a full disk is told in the event log as orchd's own
+            // progress note of the attempt.
+            let (facts, key) = (facts.clone(), spec.key.clone());
+            w.drawing_from(crate::logfile::budget(), spec.run_as.as_ref().map(|r| r.0))
+                .noticing(Box::new(move |message| {
+                    let _ = facts.send(Fact::Line {
+                        key: key.clone(),
+                        line: AgentLine::Progress {
+                            percent: None,
+                            message,
+                        },
+                    });
+                }))
+        }
         Err(e) => {
             return AttemptEnd::spawn_error(format!(
                 "cannot create the log file {}: {e}",

@@ -300,3 +300,28 @@ mod tests {
         assert!(e.to_string().starts_with("fcntl F_SETLK: "), "{e}");
     }
 }
+
+/// The space of the filesystem holding `path` (`statvfs(2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes an unprivileged user may still write (`f_bavail`).
+    pub free: u64,
+    /// The filesystem's size.
+    pub total: u64,
+}
+
+/// The free and total bytes of the filesystem holding `path`.
+pub fn fs_space(path: &Path) -> Result<Space, SysError> {
+    let s =
+        nix::sys::statvfs::statvfs(path).map_err(|e| SysError::path("statvfs", path, e.into()))?;
+    let unit = s.fragment_size() as u64;
+    Ok(Space {
+        free: (s.blocks_available() as u64).saturating_mul(unit),
+        total: (s.blocks() as u64).saturating_mul(unit),
+    })
+}
+
+/// Whether an I/O error means the filesystem (or the user's quota on it) is full.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}

@@ -20,6 +20,7 @@
 #                     not root for the first image build, VM does not boot),
 #                     print SKIPPED and exit 0 instead of failing
 #   ORCH_VM_NO_BUILD  1: use the binaries already in target/release
+#   ORCH_VM_POWERCUT  0: skip the power-cut test (tests/vm/powercut.sh; PC_CUTS=N)
 #   VM_TIMEOUT, VM_MEM, VM_CPUS, VM_ACCEL, VM_MIRROR   passed to the tool
 #
 # Exit code: 0 all checks passed; the guest's code (number of failed checks,
@@ -113,5 +114,22 @@ if [ "$grc" = 0 ]; then
     echo "VM TEST: PASS (${WALL}s)"
 else
     echo "VM TEST: FAIL (guest exit $grc, ${WALL}s)"
+fi
+
+# ------------------------------------------------------------ power cuts
+# orchd's state on its own disk, PC_CUTS (default 20) hard resets under load, each
+# followed by a boot that checks what was acknowledged (tests/vm/powercut.sh).
+if [ "${ORCH_VM_POWERCUT:-1}" = 1 ]; then
+    say "power-cut test"
+    set +e
+    ORCH_VM_NO_BUILD=1 ORCH_VM_RESULTS=$RES ORCH_VM_TOOL=$TOOL ORCH_VM_CACHE=$CACHE \
+        "$REPO/tests/vm/powercut.sh"
+    prc=$?
+    set -e
+    if [ "$prc" = 3 ] && [ "${ORCH_VM_OPTIONAL:-0}" = 1 ]; then
+        echo "POWERCUT: SKIPPED (the VM could not run)"
+    elif [ "$prc" != 0 ] && [ "$grc" = 0 ]; then
+        grc=1
+    fi
 fi
 exit "$grc"
