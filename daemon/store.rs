@@ -609,7 +609,7 @@ impl Store {
         max: usize,
     ) -> Result<Vec<Objective>> {
         let mut out = Vec::new();
-        for r in self.tree(T::Objectives).scan_prefix(prefix.as_bytes()) {
+        for r in self.tree(T::Objectives)?.scan_prefix(prefix.as_bytes()) {
             if out.len() >= max {
                 break;
             }
@@ -624,7 +624,7 @@ impl Store {
 
     /// The newest objective `keep` accepts (ids sort by creation time).
     pub fn newest(&self, mut keep: impl FnMut(&Objective) -> bool) -> Result<Option<Objective>> {
-        for r in self.tree(T::Objectives).iter().rev() {
+        for r in self.tree(T::Objectives)?.iter().rev() {
             let (k, v) = r?;
             let o: Objective = Self::decode(&k, &v)?;
             if keep(&o) {
@@ -724,7 +724,7 @@ impl Store {
     /// Every agent profile's aggregate written by `WriteSet::agent_stats`.
     pub fn agent_stats<V: serde::de::DeserializeOwned>(&self) -> Result<Vec<(String, V)>> {
         let mut out = Vec::new();
-        for r in self.tree(T::Usage).scan_prefix(b"stats:") {
+        for r in self.tree(T::Usage)?.scan_prefix(b"stats:") {
             let (k, v) = r?;
             let name = String::from_utf8_lossy(&k[b"stats:".len()..]).into_owned();
             out.push((name, Self::decode(&k, &v)?));
@@ -735,7 +735,7 @@ impl Store {
     /// Calls `f` with every stored attempt (once, to build aggregates a store written by
     /// an older orchd lacks).
     pub fn each_attempt(&self, mut f: impl FnMut(Attempt)) -> Result<()> {
-        for r in self.tree(T::Attempts).iter() {
+        for r in self.tree(T::Attempts)?.iter() {
             let (k, v) = r?;
             f(Self::decode(&k, &v)?);
         }
@@ -749,7 +749,7 @@ impl Store {
         mut keep_going: impl FnMut(Millis) -> bool,
     ) -> Result<Vec<Event>> {
         let mut out = Vec::new();
-        for r in self.tree(T::Events).iter().rev() {
+        for r in self.tree(T::Events)?.iter().rev() {
             let (k, v) = r?;
             let e: Event = Self::decode(&k, &v)?;
             if !keep_going(e.time_ms) {
@@ -789,7 +789,7 @@ impl Store {
 impl crate::runner::ThreadTotals for Store {
     fn get(&self, thread: &str) -> Option<Usage> {
         let key = Self::thread_key(thread);
-        match self.tree(T::Usage).get(&key) {
+        match self.tree(T::Usage).and_then(|t| Ok(t.get(&key)?)) {
             Ok(Some(v)) => Self::decode(&key, &v).ok(),
             Ok(None) => None,
             Err(e) => {
@@ -806,7 +806,10 @@ impl crate::runner::ThreadTotals for Store {
         keep.cache_read_tokens = keep.cache_read_tokens.max(total.cache_read_tokens);
         keep.cache_write_tokens = keep.cache_write_tokens.max(total.cache_write_tokens);
         keep.output_tokens = keep.output_tokens.max(total.output_tokens);
-        if let Err(e) = self.tree(T::Usage).insert(key, json(&keep)) {
+        if let Err(e) = self
+            .tree(T::Usage)
+            .and_then(|t| Ok(t.insert(key, json(&keep))?))
+        {
             tracing::warn!(thread, error = %e, "cannot keep a thread's total");
         }
     }
