@@ -139,16 +139,7 @@ impl Engine {
             tracing::info!(objective = %id, uid = caller.uid, action, "control");
             return Ok(self.input(id, input)?);
         }
-        if self.removed_this_turn(id) {
-            // Its removal is not written yet; it is gone all the same.
-            return Err(EngineError::NotFound(format!(
-                "no objective with id `{id}`"
-            )));
-        }
-        let obj = self
-            .store
-            .objective(id)?
-            .ok_or_else(|| EngineError::NotFound(format!("no objective with id `{id}`")))?;
+        let obj = self.stored_objective(id)?;
         machine::authorize(caller.uid, self.own_uid, obj.owner_uid, action, id)?;
         let stored = obj.state;
         let retry = matches!(input, Input::Retry { .. });

@@ -310,6 +310,20 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// Free space the store needs before it is reopened after a write error.
 const REOPEN_ROOM: u64 = 2 << 20;
 
+/// An event the core emitted for objective `id`, given the next sequence number.
+fn number_event(next_seq: &mut u64, id: &str, e: machine::Emit, now: i64) -> Event {
+    let seq = *next_seq;
+    *next_seq += 1;
+    Event {
+        seq,
+        time_ms: now,
+        objective_id: id.to_string(),
+        step_id: e.step_id,
+        attempt: e.attempt,
+        kind: e.kind,
+    }
+}
+
 impl Engine {
     pub fn new(
         store: Store,
@@ -418,21 +432,12 @@ impl Engine {
             .map(|e| (e.step_id.clone(), e.attempt))
             .collect();
         for e in d.events {
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let e = number_event(&mut self.next_seq, id, e, now);
             if let EventKind::ObjectiveState { state, .. } = &e.kind
                 && state.is_terminal()
             {
-                live.run.obj.ended_seq = Some(seq);
+                live.run.obj.ended_seq = Some(e.seq);
             }
-            let e = Event {
-                seq,
-                time_ms: now,
-                objective_id: id.to_string(),
-                step_id: e.step_id,
-                attempt: e.attempt,
-                kind: e.kind,
-            };
             self.turn.writes.event(&e);
             self.turn.events.push(e);
         }

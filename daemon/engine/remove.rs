@@ -3,7 +3,7 @@
 //! an ended objective, an `objective_removed` event); here the objective's records leave
 //! the store in the turn's one write, and its logs and checkpoints once that is durable.
 
-use crate::model::{Event, ObjState, now_ms};
+use crate::model::{ObjState, now_ms};
 
 use super::machine::{self, Effect, Input, Run};
 use super::{After, Caller, Engine, EngineError};
@@ -37,15 +37,7 @@ impl Engine {
                 "objective {id} is live and cannot be removed"
             )));
         }
-        if self.removed_this_turn(id) {
-            return Err(EngineError::NotFound(format!(
-                "no objective with id `{id}`"
-            )));
-        }
-        let obj = self
-            .store
-            .objective(id)?
-            .ok_or_else(|| EngineError::NotFound(format!("no objective with id `{id}`")))?;
+        let obj = self.stored_objective(id)?;
         machine::authorize(caller.uid, self.own_uid, obj.owner_uid, "remove", id)?;
         let mut run = Run::new(obj, Vec::new());
         let d = machine::step(&mut run, input, self.ctx())?;
@@ -53,16 +45,7 @@ impl Engine {
         self.turn.writes.extend(removal);
         let now = now_ms();
         for e in d.events {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let e = Event {
-                seq,
-                time_ms: now,
-                objective_id: id.to_string(),
-                step_id: e.step_id,
-                attempt: e.attempt,
-                kind: e.kind,
-            };
+            let e = super::number_event(&mut self.next_seq, id, e, now);
             // Its objective's own events go with it; the global history keeps this one.
             self.turn.writes.event_unindexed(&e);
             self.turn.events.push(e);
@@ -78,6 +61,19 @@ impl Engine {
     }
 
     /// Whether `id` was removed by an earlier command of this turn (not yet written).
+    /// An objective that is not live, from the store; one removed earlier in this turn
+    /// (its removal not written yet) is gone all the same.
+    pub(super) fn stored_objective(
+        &self,
+        id: &str,
+    ) -> Result<crate::model::Objective, EngineError> {
+        let gone = || EngineError::NotFound(format!("no objective with id `{id}`"));
+        if self.removed_this_turn(id) {
+            return Err(gone());
+        }
+        self.store.objective(id)?.ok_or_else(gone)
+    }
+
     pub(super) fn removed_this_turn(&self, id: &str) -> bool {
         self.turn.events.iter().any(|e| {
             e.objective_id == id
