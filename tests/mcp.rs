@@ -552,13 +552,7 @@ fn bad_mcp_config_is_refused_naming_the_key() {
         ),
     ] {
         let path = d.write_file("bad.toml", config);
-        let out = d
-            .orchd()
-            .arg("--config")
-            .arg(&path)
-            .arg("--print-config")
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let out = d.print_config(&path);
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{config}: accepted");
         assert!(text.contains(problem), "{config}: {text}");

@@ -159,13 +159,7 @@ fn bad_on_failure_entries_are_refused_naming_the_key() {
 fn a_bad_on_failure_entry_in_the_config_stops_orchd_naming_it() {
     let d = TestDaemon::prepare(&[], &[]);
     let path = d.write_file("bad.toml", "[defaults.retry.on_failure]\nauth = \"wait\"\n");
-    let out = d
-        .orchd()
-        .arg("--config")
-        .arg(&path)
-        .arg("--print-config")
-        .output()
-        .expect("run orchd");
+    let out = d.print_config(&path);
     assert!(!out.status.success(), "{}", describe(&out));
     let err = stderr(&out);
     assert!(

@@ -132,6 +132,21 @@ pub fn obj_state_from_pb(s: pb::ObjectiveState) -> Option<ObjState> {
     ObjState::ALL.into_iter().find(|d| obj_state_pb(*d) == s)
 }
 
+/// An optional `state` filter of a request, refused naming the value when it is no
+/// objective state.
+pub fn state_filter(state: Option<i32>) -> Result<Option<ObjState>, Status> {
+    state
+        .map(|v| {
+            pb::ObjectiveState::try_from(v)
+                .ok()
+                .and_then(obj_state_from_pb)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("state: {v} is not an objective state"))
+                })
+        })
+        .transpose()
+}
+
 pub fn step_state_pb(s: StepState) -> pb::StepState {
     match s {
         StepState::Waiting => pb::StepState::Waiting,

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use orch_proto::v1 as pb;
 
-use super::convert::obj_state_from_pb;
+use super::convert::state_filter;
 use super::{Api, caller, engine_status};
 use crate::engine::{Command, PruneFilter};
 
@@ -41,27 +41,14 @@ impl Api {
         let who = caller(&req)?;
         let r = req.into_inner();
         let result = async {
-            let state = match r.state {
-                None => None,
-                Some(v) => {
-                    let s = pb::ObjectiveState::try_from(v)
-                        .ok()
-                        .and_then(obj_state_from_pb)
-                        .ok_or_else(|| {
-                            Status::invalid_argument(format!(
-                                "state: {v} is not an objective state"
-                            ))
-                        })?;
-                    if !s.is_terminal() {
-                        return Err(Status::invalid_argument(format!(
-                            "state: `{}` has not ended; prune removes ended objectives \
-                             (succeeded, failed or cancelled)",
-                            s.word()
-                        )));
-                    }
-                    Some(s)
-                }
-            };
+            let state = state_filter(r.state)?;
+            if let Some(s) = state.filter(|s| !s.is_terminal()) {
+                return Err(Status::invalid_argument(format!(
+                    "state: `{}` has not ended; prune removes ended objectives \
+                     (succeeded, failed or cancelled)",
+                    s.word()
+                )));
+            }
             let filter = PruneFilter {
                 older_than_ms: r.older_than_ms,
                 state,

@@ -10,7 +10,7 @@ use orch_proto::v1::orchestrator_server::Orchestrator;
 use orch_proto::validate::{check_env, parallel_groups};
 
 use super::calls::WatchQuota;
-use super::convert::{obj_state_from_pb, resolved_plan_pb, summary_pb, ts, usage_pb};
+use super::convert::{resolved_plan_pb, state_filter, summary_pb, ts, usage_pb};
 use super::{
     Api, BoxStream, caller, engine_status, logs, plan_status, read_objective, spec_status,
     store_status, watch,
@@ -189,18 +189,7 @@ impl Orchestrator for Api {
         req: Request<pb::ListObjectivesRequest>,
     ) -> Result<Response<pb::ListObjectivesResponse>, Status> {
         let req = req.into_inner();
-        let state = match req.state {
-            None => None,
-            Some(v) => {
-                let s = pb::ObjectiveState::try_from(v)
-                    .ok()
-                    .and_then(obj_state_from_pb)
-                    .ok_or_else(|| {
-                        Status::invalid_argument(format!("state: {v} is not an objective state"))
-                    })?;
-                Some(s)
-            }
-        };
+        let state = state_filter(req.state)?;
         let objectives = self
             .store
             .list(state, req.limit as usize)

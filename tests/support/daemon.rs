@@ -239,6 +239,15 @@ impl TestDaemon {
         self.hermetic(ORCHD)
     }
 
+    /// `orchd --config PATH --print-config` (hermetic, within 10 s): how orchd takes the
+    /// config at `path`, without serving.
+    pub fn print_config(&self, path: &Path) -> std::process::Output {
+        let mut cmd = self.orchd();
+        cmd.arg("--config").arg(path).arg("--print-config");
+        super::ctl::run_deadline(&mut cmd, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// [`TestDaemon::orchd`] with `--socket SOCKET --state-dir STATE`, for a second daemon
     /// (which may share this one's paths, to be refused).
     pub fn orchd_at(&self, socket: &Path, state: &Path) -> Command {
