@@ -617,3 +617,63 @@ mcp_self = true
         "{c}"
     );
 }
+
+/// In a daemon shared by group `orch`, a tool server's secrets reach root and the daemon's
+/// own user only: another member's `orchctl tools` and `daemon config` never show the value,
+/// and the server is reported as not tried, naming the withheld variables.
+#[test]
+fn a_tool_servers_secrets_are_not_shown_to_other_users_of_a_shared_daemon() {
+    if !require_root("to run a shared root daemon and a throwaway user") {
+        return;
+    }
+    crate::support::orch_group();
+    let config = r#"
+[mcp.db]
+command = ["sh", "-c", "exit 1"]
+env = { DB_PASSWORD = "hunter2-secret", DB_HOST = "db.internal" }
+[agents.coder]
+command = ["true"]
+mcp = ["db"]
+"#;
+    let mut d = TestDaemon::prepare_with_config(config, &[]);
+    std::fs::set_permissions(d.dir(), std::fs::Permissions::from_mode(0o711))
+        .expect("make the temp dir traversable");
+    d.launch();
+    let member = TestUser::create(true);
+
+    let out = member.orchctl(&d, &["tools", "-o", "json"]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(!text.contains("hunter2"), "the secret leaked: {text}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let db = v
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["server"] == "db"))
+        .unwrap_or_else(|| panic!("no db row: {v}"));
+    assert_eq!(db["ok"], false, "{v}");
+    let error = db["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("holds secrets (DB_PASSWORD)") && error.contains("root"),
+        "{v}"
+    );
+
+    let out = member.orchctl(&d, &["daemon", "config"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!stdout(&out).contains("hunter2"), "{}", stdout(&out));
+
+    // Root (the daemon's own user here) gets the value and tries the server, which fails
+    // on its own account.
+    let out = d.ctl_exits(&["tools", "-o", "json"], 1, "the db server exits at once");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let db = v
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["server"] == "db"))
+        .unwrap_or_else(|| panic!("no db row: {v}"));
+    assert!(
+        !db["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not tried"),
+        "{v}"
+    );
+}

@@ -23,6 +23,8 @@ use crate::output::{self, Format};
 const SELF_NAME: &str = "orch";
 /// The most of a failing server's stderr quoted in its error.
 const STDERR_TAIL: usize = 400;
+/// What the daemon puts in place of a secret it does not show the caller.
+const REDACTED: &str = "<redacted>";
 
 /// One server's answer.
 struct Report {
@@ -78,7 +80,10 @@ pub async fn run(args: ToolsArgs, socket: &Path, format: Format) -> Result<()> {
     for (name, agents) in wanted {
         let server = answer.servers.iter().find(|s| s.name == name);
         let result = match (server, name.as_str()) {
-            (Some(s), _) => probe(s, socket, timeout).await,
+            (Some(s), _) => match withheld(s) {
+                Some(why) => Err(why),
+                None => probe(s, socket, timeout).await,
+            },
             (None, SELF_NAME) => {
                 let me = self_server(socket);
                 probe(&me, socket, timeout).await
@@ -100,6 +105,27 @@ pub async fn run(args: ToolsArgs, socket: &Path, format: Format) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Why a server is not tried: the daemon withheld its secrets from this caller (they are
+/// for root and the daemon's own user), and starting it without them would only fail
+/// somewhere less clear.
+fn withheld(s: &ToolServer) -> Option<String> {
+    let mut keys: Vec<&str> = s
+        .env
+        .iter()
+        .filter(|(_, v)| v.as_str() == REDACTED)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if keys.is_empty() {
+        return None;
+    }
+    keys.sort_unstable();
+    Some(format!(
+        "not tried: its environment holds secrets ({}) that orchd shows only to root and \
+         its own user; run `orchctl tools` as one of them",
+        keys.join(", ")
+    ))
 }
 
 /// orch's own server, as agents with `mcp_self` get it.

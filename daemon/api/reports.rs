@@ -202,7 +202,32 @@ pub fn redacted(cfg: &Config) -> Config {
             }
         }
     }
+    for server in cfg.mcp.values_mut() {
+        for (k, v) in server.env.iter_mut() {
+            if is_secret(k) {
+                *v = REDACTED.to_string();
+            }
+        }
+    }
     cfg
+}
+
+/// A tool server's environment as a caller may see it: whole for a `trusted` caller, else
+/// with secret-looking values replaced by [`REDACTED`].
+pub fn tool_server_env(
+    env: &std::collections::BTreeMap<String, String>,
+    trusted: bool,
+) -> std::collections::HashMap<String, String> {
+    env.iter()
+        .map(|(k, v)| {
+            let shown = if trusted || !is_secret(k) {
+                v.clone()
+            } else {
+                REDACTED.to_string()
+            };
+            (k.clone(), shown)
+        })
+        .collect()
 }
 
 /// Dotted keys of every leaf of `v` (arrays are leaves), with their values.
@@ -300,6 +325,35 @@ pub fn config_report(cfg: &Config, path: &Path, flags: &Overrides) -> pb::GetCon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_server_secrets_are_shown_only_to_a_trusted_caller() {
+        let env: std::collections::BTreeMap<String, String> = [
+            ("GITHUB_TOKEN".to_string(), "ghp_1".to_string()),
+            ("ROOT_DIR".to_string(), "/srv".to_string()),
+        ]
+        .into();
+        let other = tool_server_env(&env, false);
+        assert_eq!(other["GITHUB_TOKEN"], REDACTED);
+        assert_eq!(other["ROOT_DIR"], "/srv");
+        let trusted = tool_server_env(&env, true);
+        assert_eq!(trusted["GITHUB_TOKEN"], "ghp_1");
+        assert_eq!(trusted.len(), 2);
+    }
+
+    #[test]
+    fn tool_server_secrets_are_redacted_in_the_config_report() {
+        let mut cfg = Config::default();
+        let server = crate::config::McpServerConfig {
+            command: vec!["srv".into()],
+            env: [("DB_PASSWORD".to_string(), "hunter2".to_string())].into(),
+            url: None,
+        };
+        cfg.mcp.insert("db".into(), server);
+        let r = redacted(&cfg);
+        assert_eq!(r.mcp["db"].env["DB_PASSWORD"], REDACTED);
+        assert!(!r.to_toml().contains("hunter2"));
+    }
 
     #[test]
     fn secret_looking_names_are_redacted_and_others_kept() {

@@ -581,8 +581,12 @@ impl Orchestrator for Api {
 
     async fn list_tool_servers(
         &self,
-        _req: Request<pb::ListToolServersRequest>,
+        req: Request<pb::ListToolServersRequest>,
     ) -> Result<Response<pb::ListToolServersResponse>, Status> {
+        let who = super::caller(&req)?;
+        // A shared daemon's tool-server secrets are for root and the daemon's own user; the
+        // other members of group `orch` see which variables are set, not their values.
+        let trusted = who.uid == 0 || who.uid == nix::unistd::geteuid().as_raw();
         let cfg = self.config.borrow().clone();
         let servers = cfg
             .mcp
@@ -590,7 +594,7 @@ impl Orchestrator for Api {
             .map(|(name, s)| pb::ToolServer {
                 name: name.clone(),
                 command: s.command.clone(),
-                env: s.env.clone().into_iter().collect(),
+                env: super::reports::tool_server_env(&s.env, trusted),
                 url: s.url.clone().unwrap_or_default(),
             })
             .collect();
