@@ -62,7 +62,7 @@ fn step_input_from_pb(s: &pb::StepSpec) -> StepInput {
         fallback: s.fallback.clone(),
         fallback_on_rate_limit: s.fallback_on_rate_limit,
         executor: s.executor.clone(),
-        route: super::routing::route_from_pb(s),
+        route: super::route_convert::route_from_pb(s),
     }
 }
 
@@ -269,7 +269,7 @@ fn step_pb(s: &Step, attempts: &[Attempt]) -> pb::Step {
         workdir: s.plan.workdir.clone(),
         requires_approval: s.plan.requires_approval,
         fallback: s.plan.fallback.clone(),
-        route: s.plan.route.as_ref().map(super::routing::route_pb),
+        route: s.plan.route.as_ref().map(super::route_convert::route_pb),
     }
 }
 
@@ -351,7 +351,7 @@ pub fn resolved_plan_pb(
                 limits: Some(limits_pb(&s.limits)),
                 requires_approval: s.requires_approval,
                 fallback: s.fallback.clone(),
-                route: s.route.as_ref().map(super::routing::route_pb),
+                route: s.route.as_ref().map(super::route_convert::route_pb),
                 routed: None,
             })
             .collect(),
@@ -463,7 +463,7 @@ pub fn event_pb(e: &Event) -> pb::Event {
         }
         EventKind::AgentRouted { .. }
         | EventKind::AgentDisabled { .. }
-        | EventKind::AgentEnabled { .. } => super::routing::event_payload(&e.kind),
+        | EventKind::AgentEnabled { .. } => super::route_convert::event_payload(&e.kind),
     };
     pb::Event {
         seq: e.seq,

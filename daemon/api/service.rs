@@ -66,7 +66,7 @@ impl Api {
                 let mut routed = routed.into_iter();
                 for (st, plan_step) in plan.steps.iter_mut().zip(&resolved.steps) {
                     if let Some(r) = &plan_step.route {
-                        st.route = Some(super::routing::route_pb(r));
+                        st.route = Some(super::route_convert::route_pb(r));
                         st.routed = routed.next().map(|r| super::routing::routed_pb(&r));
                     }
                 }
