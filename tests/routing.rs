@@ -322,13 +322,23 @@ fn a_rate_limited_profile_is_skipped_without_waiting_and_the_step_resumes_its_ch
 fn past_80_percent_of_the_budget_routing_takes_the_cheapest_whatever_the_priority() {
     let d = daemon(None, "");
     // The first step spends $0.85 of the objective's $1.00; the routed one asks for quality.
-    let plan = format!(
-        "name = \"squeezed\"\nbudget_usd = 1.0\n\n\
-         [[steps]]\nid = \"spend\"\nagent = \"opus\"\nprompt = \"spend\"\nenv = {{ COST = \"0.85\" }}\n\n\
-         [[steps]]\nid = \"good\"\nagent = \"auto\"\nprompt = \"good work\"\nneeds = [\"spend\"]\n\
-         route = {{ priority = \"quality\", tags = [\"code\"] }}\n"
-    );
-    let p = d.write_plan("squeezed.toml", &plan);
+    let plan = r#"name = "squeezed"
+budget_usd = 1.0
+
+[[steps]]
+id = "spend"
+agent = "opus"
+prompt = "spend"
+env = { COST = "0.85" }
+
+[[steps]]
+id = "good"
+agent = "auto"
+prompt = "good work"
+needs = ["spend"]
+route = { priority = "quality", tags = ["code"] }
+"#;
+    let p = d.write_plan("squeezed.toml", plan);
     let id = d.submit(&["--wait", &p], 0);
     let v = d.status(&id);
     assert_eq!(attempt_agents(&v, "good"), ["haiku"], "{v}");
