@@ -340,12 +340,18 @@ fn routing_keeps_the_files_profile_order_and_checks_its_settings() {
             "[agents.x]\ncommand = [\"x\"]\nquality = 0\n",
             "agents.x.quality: must be from 1 to 10, got 0",
         ),
-        ("[routing]\nwindow = 0\n", "routing.window: must be from 1 to 100, got 0"),
+        (
+            "[routing]\nwindow = 0\n",
+            "routing.window: must be from 1 to 100, got 0",
+        ),
         (
             "[routing]\nbudget_alert_percent = -1.0\n",
             "routing.budget_alert_percent: must be a positive number",
         ),
-        ("[agents.auto]\ncommand = [\"x\"]\n", "agents.auto: `auto` is reserved"),
+        (
+            "[agents.auto]\ncommand = [\"x\"]\n",
+            "agents.auto: `auto` is reserved",
+        ),
         ("[routing]\nwindw = 3\n", "windw"),
     ] {
         let e = parse(text, "t.toml").unwrap_err().to_string();

@@ -457,3 +457,29 @@ fn routed_plans_and_profiles_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn the_example_config_routes_to_the_local_server_only_as_a_last_resort() {
+    let example = format!("{}/docs/examples/agents.toml", env!("CARGO_MANIFEST_DIR"));
+    let d = TestDaemon::start_with(&["--config", &example], &[]);
+    let p = d.write_plan("code.toml", &routed_step("code", "quality", "\"code\""));
+    let dry = d.ctl_json(&["submit", "--dry-run", &p]);
+    assert_eq!(dry["steps"][0]["routed"]["agent"], "claude", "{dry}");
+    for a in ["claude", "codex", "aider"] {
+        d.ctl_exits(
+            &["agents", "disable", a, "--reason", "over quota"],
+            0,
+            "disable",
+        );
+    }
+    let dry = d.ctl_json(&["submit", "--dry-run", &p]);
+    let routed = &dry["steps"][0]["routed"];
+    assert_eq!(routed["agent"], "local", "{dry}");
+    assert!(
+        routed["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("last resort: "),
+        "{dry}"
+    );
+}
