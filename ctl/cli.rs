@@ -372,6 +372,9 @@ pub struct SubmitArgs {
 #[derive(Debug, Subcommand)]
 pub enum AgentsAction {
     /// Never route to this profile (until enabled, or for a while); audited
+    #[command(after_help = "Examples:\n  \
+  orchctl agents disable claude --reason 'provider outage'\n  \
+  orchctl agents disable codex --for 2h")]
     Disable {
         /// The agent profile
         name: String,
@@ -383,6 +386,7 @@ pub enum AgentsAction {
         reason: Option<String>,
     },
     /// Let routing choose this profile again; audited
+    #[command(after_help = "Example:\n  orchctl agents enable claude")]
     Enable {
         /// The agent profile
         name: String,
