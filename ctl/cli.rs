@@ -128,9 +128,17 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
-    /// List the agent profiles the daemon knows
-    #[command(after_help = "Examples:\n  orchctl agents\n  orchctl agents -o json")]
-    Agents,
+    /// List the agent profiles the daemon knows (and whether routing may choose them), or
+    /// disable / enable one
+    #[command(after_help = "Examples:\n  \
+  orchctl agents\n  \
+  orchctl agents -o json\n  \
+  orchctl agents disable claude --for 2h --reason 'provider outage'\n  \
+  orchctl agents enable claude")]
+    Agents {
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
+    },
     /// Tokens and cost of one objective, or in total, with budget use; or broken down with --by
     #[command(after_help = "Examples:\n  \
   orchctl usage\n  \
@@ -358,6 +366,31 @@ pub struct SubmitArgs {
     /// Validate and print the resolved plan; nothing is stored
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `orchctl agents disable|enable`.
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Never route to this profile (until enabled, or for a while); audited
+    #[command(after_help = "Examples:\n  \
+  orchctl agents disable claude --reason 'provider outage'\n  \
+  orchctl agents disable codex --for 2h")]
+    Disable {
+        /// The agent profile
+        name: String,
+        /// Only for this long (e.g. 30m, 2h); then it is enabled again by itself
+        #[arg(long = "for", value_name = "DUR", value_parser = positive_duration)]
+        for_ms: Option<u64>,
+        /// Why (shown by `orchctl agents`, recorded in the event)
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Let routing choose this profile again; audited
+    #[command(after_help = "Example:\n  orchctl agents enable claude")]
+    Enable {
+        /// The agent profile
+        name: String,
+    },
 }
 
 /// `orchctl watch`.

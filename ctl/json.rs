@@ -85,6 +85,7 @@ pub fn attempt(a: &Attempt) -> Value {
         "command": if a.command.is_empty() { Value::Null } else { json!(a.command) },
         "session_id": text_or_null(&a.session_id),
         "job_id": text_or_null(&a.job_id),
+        "route_reason": text_or_null(&a.route_reason),
     })
 }
 
@@ -110,6 +111,7 @@ pub fn step(s: &Step) -> Value {
         "workdir": text_or_null(&s.workdir),
         "requires_approval": s.requires_approval,
         "fallback": s.fallback,
+        "route": s.route.as_ref().map(|r| json!({"priority": r.priority, "tags": r.tags})),
     })
 }
 
@@ -179,6 +181,9 @@ pub fn event_kind(e: &Event) -> String {
         Some(Payload::ApprovalRequested(_)) => "approval_requested",
         Some(Payload::ApprovalAnswered(_)) => "approval_answered",
         Some(Payload::ObjectiveRemoved(_)) => "objective_removed",
+        Some(Payload::AgentRouted(_)) => "agent_routed",
+        Some(Payload::AgentSwitched(x)) if x.enabled => "agent_enabled",
+        Some(Payload::AgentSwitched(_)) => "agent_disabled",
         None => "unknown",
     }
     .to_string()
@@ -233,6 +238,8 @@ fn payload_fields(p: &Payload) -> Value {
             "by_uid": x.by_uid,
             "state": objective_state_word(x.state),
         }),
+        Payload::AgentRouted(x) => crate::routing::routed_json(x),
+        Payload::AgentSwitched(x) => crate::routing::switched_json(x),
     }
 }
 
@@ -302,6 +309,8 @@ fn resolved_step(s: &ResolvedStep) -> Value {
         "limits": limits(s.limits.as_ref()),
         "requires_approval": s.requires_approval,
         "fallback": s.fallback,
+        "route": s.route.as_ref().map(|r| json!({"priority": r.priority, "tags": r.tags})),
+        "routed": s.routed.as_ref().map(crate::routing::routed_json),
     })
 }
 
@@ -322,6 +331,18 @@ pub fn agent(a: &AgentProfile) -> Value {
         "usage": a.usage,
         "found": a.found,
         "env": a.env.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "quality": (a.quality > 0).then_some(a.quality),
+        "tags": a.tags,
+        "model": text_or_null(&a.model),
+        "enabled": a.enabled,
+        "disabled_reason": text_or_null(&a.disabled_reason),
+        "disabled_until": ts(a.disabled_until.as_ref()),
+        "recent": {
+            "runs": a.recent_runs,
+            "success_rate": (a.recent_runs > 0).then_some(a.success_rate),
+            "p50_ms": a.p50_ms,
+            "cost_per_success_usd": a.cost_per_success_usd,
+        },
     })
 }
 

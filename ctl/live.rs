@@ -243,7 +243,9 @@ impl Board {
             | Payload::BudgetAlert(_)
             | Payload::ApprovalRequested(_)
             | Payload::ApprovalAnswered(_)
-            | Payload::ObjectiveRemoved(_) => {}
+            | Payload::ObjectiveRemoved(_)
+            | Payload::AgentRouted(_)
+            | Payload::AgentSwitched(_) => {}
         }
     }
 

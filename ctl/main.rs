@@ -14,6 +14,7 @@ mod mcp;
 mod output;
 mod progress;
 mod reports;
+mod routing;
 mod submit;
 mod top;
 mod views;
@@ -152,7 +153,10 @@ async fn dispatch(
             };
             commands::control(client, id, what, format).await
         }
-        Command::Agents => commands::agents(client, format).await,
+        Command::Agents { action: None } => commands::agents(client, format).await,
+        Command::Agents {
+            action: Some(action),
+        } => routing::switch(client, action, format).await,
         Command::Usage {
             by: Some(by),
             since,

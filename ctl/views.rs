@@ -171,6 +171,7 @@ fn step_note(s: &Step) -> Option<String> {
     if s.state == StepState::AwaitingApproval as i32 {
         parts.push("waiting for `orchctl approve` / `orchctl deny`".into());
     }
+    parts.extend(crate::routing::attempt_notes(s));
     if !s.message.is_empty() {
         parts.push(s.message.clone());
     }
@@ -278,6 +279,9 @@ pub fn plan(p: &ResolvedPlan) -> String {
         let mut what = runs(&s.agent, &s.command);
         if !s.fallback.is_empty() {
             what.push_str(&format!(" (fallback {})", s.fallback.join(", ")));
+        }
+        if let Some(r) = &s.routed {
+            what = crate::routing::dry_run_text(s.route.as_ref(), r);
         }
         let timeout = match (s.timeout_ms, s.idle_timeout_ms) {
             (None, None) => "-".to_string(),
@@ -424,6 +428,8 @@ pub fn event_details(e: &Event) -> String {
         Payload::ObjectiveRemoved(x) => {
             format!("removed by uid {} ({})", x.by_uid, objective_state(x.state))
         }
+        Payload::AgentRouted(x) => crate::routing::routed_line(x),
+        Payload::AgentSwitched(x) => crate::routing::switched_line(x),
     }
 }
 
@@ -459,10 +465,18 @@ pub fn agents(list: &[AgentProfile]) -> String {
                 truncate(&argv(&a.command), 60),
                 dash(&a.usage),
                 if a.found { "yes".into() } else { "no".into() },
+                crate::routing::quality_cell(a),
+                dash(&a.tags.join(",")),
+                crate::routing::state_cell(a),
             ]
         })
         .collect();
-    table(&["NAME", "COMMAND", "USAGE", "FOUND"], rows)
+    table(
+        &[
+            "NAME", "COMMAND", "USAGE", "FOUND", "QUALITY", "TAGS", "ROUTING",
+        ],
+        rows,
+    )
 }
 
 /// The `usage` view.

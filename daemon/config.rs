@@ -369,6 +369,64 @@ pub struct AgentProfile {
     /// Offer orch's own MCP server (`orchctl mcp`) to the agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mcp_self: bool,
+    /// Routing (`agent = "auto"`): the user's own ranking, 1–10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
+    /// Routing: what the profile is good for (`["code", "review"]`); a step's
+    /// `route.tags` must all be here. `last-resort`: chosen only when nothing else may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl Config {
+    /// The agent profiles in config order (those the file does not order, after them
+    /// by name).
+    pub fn agents_in_order(&self) -> Vec<(&str, &AgentProfile)> {
+        let mut out: Vec<(&str, &AgentProfile)> = self
+            .agent_order
+            .iter()
+            .filter_map(|n| self.agents.get_key_value(n))
+            .map(|(n, p)| (n.as_str(), p))
+            .collect();
+        for (n, p) in &self.agents {
+            if !self.agent_order.contains(n) {
+                out.push((n.as_str(), p));
+            }
+        }
+        out
+    }
+
+    /// What is wrong with the routing settings (`[routing]`, profiles' `quality`), if
+    /// anything: the key and the problem.
+    pub fn routing_problem(&self) -> Option<(String, String)> {
+        let r = &self.routing;
+        // 100: the runs each profile's stats keep (`engine::stats::MAX_RECENT`).
+        if !(1..=100).contains(&r.window) {
+            return Some((
+                "routing.window".into(),
+                format!("must be from 1 to 100, got {}", r.window),
+            ));
+        }
+        if !(r.budget_alert_percent.is_finite() && r.budget_alert_percent > 0.0) {
+            return Some((
+                "routing.budget_alert_percent".into(),
+                format!("must be a positive number, got {}", r.budget_alert_percent),
+            ));
+        }
+        if self.agents.contains_key(crate::model::AUTO_AGENT) {
+            return Some((
+                "agents.auto".into(),
+                "`auto` is reserved for routed steps (agent = \"auto\"); rename the profile".into(),
+            ));
+        }
+        self.agents.iter().find_map(|(name, p)| match p.quality {
+            Some(q) if !(1..=10).contains(&q) => Some((
+                format!("agents.{name}.quality"),
+                format!("must be from 1 to 10, got {q}"),
+            )),
+            _ => None,
+        })
+    }
 }
 
 impl AgentProfile {
@@ -400,6 +458,8 @@ pub fn shell_profile() -> AgentProfile {
         model: None,
         mcp: Vec::new(),
         mcp_self: false,
+        quality: None,
+        tags: Vec::new(),
     }
 }
 
@@ -438,6 +498,38 @@ pub struct Config {
     /// Where steps can run besides this machine (`[executors.slurm]`). Read at start.
     #[serde(skip_serializing_if = "ExecutorsConfig::is_empty")]
     pub executors: ExecutorsConfig,
+    /// How routed steps (`agent = "auto"`) choose and avoid agent profiles.
+    pub routing: RoutingConfig,
+    /// The `[agents.NAME]` in the order the file gives them (routing's ties go to it).
+    #[serde(skip)]
+    pub agent_order: Vec<String>,
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// How many of a profile's latest runs its success rate, p50 and cost per success
+    /// are measured over.
+    pub window: u32,
+    /// A profile that fails this many times in a row is cooled down (0: never).
+    pub cooldown_after: u32,
+    /// For how long.
+    pub cooldown: Dur,
+    /// Past this percent of a budget covering the objective (its own, or its owner's
+    /// daily or monthly), routed steps take the cheapest eligible profile.
+    pub budget_alert_percent: f64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            window: 20,
+            cooldown_after: 3,
+            cooldown: Dur(10 * 60_000),
+            budget_alert_percent: 80.0,
+        }
+    }
 }
 
 /// The default of `max_sub_objective_depth`.
@@ -547,6 +639,8 @@ impl Default for Config {
             max_sub_objective_depth: DEFAULT_SUB_OBJECTIVE_DEPTH,
             mcp: BTreeMap::new(),
             executors: ExecutorsConfig::default(),
+            routing: RoutingConfig::default(),
+            agent_order: Vec::new(),
         }
     }
 }
@@ -624,7 +718,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
                     .collect::<String>(),
         )
     })?;
-    let cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+    let agent_order: Vec<String> = value
+        .get("agents")
+        .and_then(toml::Value::as_table)
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         invalid(
             origin,
@@ -632,6 +731,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             e.into_inner().to_string(),
         )
     })?;
+    cfg.agent_order = agent_order;
     cfg.validate(origin)?;
     Ok(cfg)
 }
@@ -705,6 +805,9 @@ impl Config {
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         if self.max_parallel == Some(0) {
             return Err(invalid(origin, "max_parallel", "must be at least 1"));
+        }
+        if let Some((key, problem)) = self.routing_problem() {
+            return Err(invalid(origin, &key, problem));
         }
         if !matches!(
             self.limits_backend.as_str(),

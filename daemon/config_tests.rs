@@ -320,3 +320,41 @@ poll_max = "10s"
     .unwrap_err();
     assert!(e.to_string().contains("parition"), "{e}");
 }
+
+#[test]
+fn routing_keeps_the_files_profile_order_and_checks_its_settings() {
+    let c = parse(
+        "[agents.zeta]\ncommand = [\"z\"]\ntags = [\"code\"]\nquality = 10\n\
+         [agents.alpha]\ncommand = [\"a\"]\nquality = 1\n\
+         [routing]\nwindow = 5\ncooldown_after = 2\ncooldown = \"1m\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let names: Vec<&str> = c.agents_in_order().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["zeta", "alpha"]);
+    assert_eq!(c.routing.window, 5);
+    assert_eq!(c.routing.cooldown.0, 60_000);
+    assert_eq!(c.routing.budget_alert_percent, 80.0);
+    for (text, says) in [
+        (
+            "[agents.x]\ncommand = [\"x\"]\nquality = 0\n",
+            "agents.x.quality: must be from 1 to 10, got 0",
+        ),
+        (
+            "[routing]\nwindow = 0\n",
+            "routing.window: must be from 1 to 100, got 0",
+        ),
+        (
+            "[routing]\nbudget_alert_percent = -1.0\n",
+            "routing.budget_alert_percent: must be a positive number",
+        ),
+        (
+            "[agents.auto]\ncommand = [\"x\"]\n",
+            "agents.auto: `auto` is reserved",
+        ),
+        ("[routing]\nwindw = 3\n", "windw"),
+    ] {
+        let e = parse(text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains(says), "{text}: {e}");
+    }
+}

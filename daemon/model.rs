@@ -314,6 +314,54 @@ pub struct StepPlan {
     /// Where its attempts run: empty for this machine, `slurm` for a Slurm cluster.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub executor: String,
+    /// A routed step (`agent = "auto"`): how each attempt's agent profile is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteSpec>,
+}
+
+/// The agent name that makes a step routed.
+pub const AUTO_AGENT: &str = "auto";
+
+/// What a routed step optimizes (`route.priority`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutePriority {
+    /// Cheapest expected cost per success.
+    #[default]
+    Cost,
+    /// Highest `quality`, then success rate.
+    Quality,
+    /// Lowest p50 duration.
+    Speed,
+}
+
+impl RoutePriority {
+    pub const ALL: [RoutePriority; 3] = [
+        RoutePriority::Cost,
+        RoutePriority::Quality,
+        RoutePriority::Speed,
+    ];
+
+    pub fn word(self) -> &'static str {
+        match self {
+            RoutePriority::Cost => "cost",
+            RoutePriority::Quality => "quality",
+            RoutePriority::Speed => "speed",
+        }
+    }
+
+    pub fn from_word(w: &str) -> Option<RoutePriority> {
+        RoutePriority::ALL.into_iter().find(|p| p.word() == w)
+    }
+}
+
+/// A routed step's `route = { priority, tags }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub priority: RoutePriority,
+    /// Every one of these must be among a profile's tags for it to be chosen.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -408,6 +456,11 @@ pub struct Step {
     /// An approval gate was answered yes.
     #[serde(default)]
     pub approved: bool,
+    /// A routed step: the profile its latest routing chose, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub route_reason: String,
 }
 
 impl Step {
@@ -430,11 +483,22 @@ impl Step {
             session: None,
             session_usage: Usage::default(),
             approved: false,
+            routed_agent: None,
+            route_reason: String::new(),
         }
+    }
+
+    /// Whether the next attempt's agent comes from the daemon's config now (a fallback or
+    /// routed agent) rather than from what was resolved at submit.
+    pub fn agent_from_config(&self) -> bool {
+        self.agent_index > 0 || self.plan.route.is_some()
     }
 
     /// The agent profile the next attempt uses (empty for a literal command).
     pub fn current_agent(&self) -> &str {
+        if self.plan.route.is_some() {
+            return self.routed_agent.as_deref().unwrap_or("");
+        }
         match self.agent_index {
             0 => &self.plan.agent,
             n => self
@@ -502,6 +566,9 @@ pub struct Attempt {
     pub cpu_ms: u64,
     pub usage: Usage,
     pub message: String,
+    /// A routed step's attempt: why its agent was chosen.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub route_reason: String,
 }
 
 impl Attempt {
@@ -529,6 +596,7 @@ impl Attempt {
             cpu_ms: 0,
             usage: Usage::default(),
             message: String::new(),
+            route_reason: String::new(),
         }
     }
 }
@@ -556,6 +624,7 @@ impl StepPlan {
             fallback_on_rate_limit: false,
             executor: String::new(),
             prompt_mode: None,
+            route: None,
         }
     }
 }
@@ -649,6 +718,41 @@ pub enum EventKind {
         by_uid: u32,
         state: ObjState,
     },
+    /// A routed step's attempt got `agent` (none: it waits until `wait_until_ms`, or
+    /// fails), with the reason and every candidate's score.
+    AgentRouted {
+        agent: String,
+        reason: String,
+        priority: RoutePriority,
+        candidates: Vec<RouteScore>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_until_ms: Option<Millis>,
+    },
+    /// An agent profile was disabled (by a user, a usage limit or a cool-down) until
+    /// `until_ms` (`None`: until enabled). A daemon-wide event.
+    AgentDisabled {
+        agent: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<Millis>,
+        by_uid: u32,
+    },
+    /// An agent profile was enabled again (by a user, or its `--for` ran out).
+    AgentEnabled {
+        agent: String,
+        reason: String,
+        by_uid: u32,
+    },
+}
+
+/// One candidate of a routing decision (`agent_routed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteScore {
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub excluded: String,
 }
 
 impl EventKind {
@@ -667,6 +771,9 @@ impl EventKind {
             EventKind::ApprovalRequested => "approval_requested",
             EventKind::ApprovalAnswered { .. } => "approval_answered",
             EventKind::ObjectiveRemoved { .. } => "objective_removed",
+            EventKind::AgentRouted { .. } => "agent_routed",
+            EventKind::AgentDisabled { .. } => "agent_disabled",
+            EventKind::AgentEnabled { .. } => "agent_enabled",
         }
     }
 }

@@ -7,8 +7,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::config::{Config, limits_of};
 use crate::model::{
-    Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome, PromptMode,
-    RetryPolicy, StepPlan, expand_template,
+    AUTO_AGENT, Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome,
+    PromptMode, RetryPolicy, StepPlan, expand_template,
 };
 
 /// Why a submitted objective cannot be resolved. The messages name the field the way
@@ -47,6 +47,11 @@ pub enum PlanError {
         "{at}.executor: `{executor}` is not configured in this daemon (add [executors.{executor}] to orchd.toml; see docs/scaling.md)"
     )]
     ExecutorNotConfigured { at: String, executor: String },
+    /// A routed step asks for tags no agent profile has.
+    #[error(
+        "{at}.route.tags: no agent profile has every tag of [{tags}] (give a profile tags = [...] in orchd.toml; see docs/agents.md)"
+    )]
+    NoRouteCandidate { at: String, tags: String },
 }
 
 /// A submitted objective, as the domain sees it.
@@ -94,6 +99,8 @@ pub struct StepInput {
     pub fallback_on_rate_limit: bool,
     /// Empty: the plan's default, then local.
     pub executor: String,
+    /// With `agent = "auto"`: how the agent is chosen at each attempt.
+    pub route: Option<crate::model::RouteSpec>,
 }
 
 /// The retry settings a plan or step gives; `None` inherits.
@@ -163,6 +170,24 @@ fn check_agents(input: &ObjectiveInput, cfg: &Config) -> Result<(), PlanError> {
         } else {
             format!("steps[{}]", s.id)
         };
+        if s.agent == AUTO_AGENT {
+            let tags = s
+                .route
+                .as_ref()
+                .map(|r| r.tags.as_slice())
+                .unwrap_or_default();
+            if !cfg
+                .agents
+                .values()
+                .any(|p| tags.iter().all(|t| p.tags.contains(t)))
+            {
+                return Err(PlanError::NoRouteCandidate {
+                    at,
+                    tags: tags.join(", "),
+                });
+            }
+            continue;
+        }
         if !s.agent.is_empty() && !cfg.agents.contains_key(&s.agent) {
             let known: Vec<&str> = cfg.agents.keys().map(String::as_str).collect();
             return Err(PlanError::UnknownAgent {
@@ -305,6 +330,7 @@ fn resolve_step(s: &StepInput, defaults: &StepDefaults, cfg: &Config, base: &Pat
         fallback: s.fallback.clone(),
         fallback_on_rate_limit: s.fallback_on_rate_limit,
         prompt_mode: profile.map(|p| p.prompt_mode()),
+        route: (s.agent == AUTO_AGENT).then(|| s.route.clone().unwrap_or_default()),
         executor: executor_of(s, defaults),
     }
 }

@@ -277,6 +277,16 @@ impl WriteSet {
         self.put(T::Usage, format!("stats:{agent}").into_bytes(), json(v));
     }
 
+    /// Sets (or, with `None`, clears) an agent profile's switch (`engine::routing`: off
+    /// by a user, a usage limit or a cool-down), kept beside the stats as `switch:NAME`.
+    pub fn agent_switch<V: serde::Serialize>(&mut self, agent: &str, v: Option<&V>) {
+        let key = format!("switch:{agent}").into_bytes();
+        match v {
+            Some(v) => self.put(T::Usage, key, json(v)),
+            None => self.del(T::Usage, key),
+        }
+    }
+
     /// Records that something happened once (e.g. a daemon-wide budget alert was sent).
     pub fn marker(&mut self, key: &str) {
         self.put(
@@ -719,6 +729,17 @@ impl Store {
         Ok(self
             .tree(T::Usage)?
             .contains_key(format!("marker:{key}").as_bytes())?)
+    }
+
+    /// Every agent profile's switch written by `WriteSet::agent_switch`.
+    pub fn agent_switches<V: serde::de::DeserializeOwned>(&self) -> Result<Vec<(String, V)>> {
+        let mut out = Vec::new();
+        for r in self.tree(T::Usage)?.scan_prefix(b"switch:") {
+            let (k, v) = r?;
+            let name = String::from_utf8_lossy(&k[b"switch:".len()..]).into_owned();
+            out.push((name, Self::decode(&k, &v)?));
+        }
+        Ok(out)
     }
 
     /// Every agent profile's aggregate written by `WriteSet::agent_stats`.

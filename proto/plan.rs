@@ -128,6 +128,15 @@ struct StepFile {
     fallback: Option<Vec<String>>,
     fallback_on_rate_limit: Option<bool>,
     executor: Option<String>,
+    route: Option<RouteFile>,
+}
+
+/// A routed step's `route = { priority = "cost", tags = ["code"] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    priority: Option<String>,
+    tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -443,6 +452,10 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
             fallback: s.fallback.unwrap_or_default(),
             fallback_on_rate_limit: s.fallback_on_rate_limit.unwrap_or(false),
             executor: s.executor.unwrap_or_default(),
+            route: s.route.map(|r| crate::v1::Route {
+                priority: r.priority.unwrap_or_default(),
+                tags: r.tags.unwrap_or_default(),
+            }),
         });
     }
     Ok(ObjectiveSpec {

@@ -175,6 +175,7 @@ fn check_step(
         }
         (false, true) => {
             if let Some(known) = agents
+                && step.agent != ROUTED_AGENT
                 && !known.contains(&step.agent)
             {
                 let mut names: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -217,6 +218,7 @@ fn check_step(
     if let Some(l) = &step.limits {
         check_limits(l, &format!("{at}.limits"))?;
     }
+    check_route(step, at)?;
     for (i, f) in step.fallback.iter().enumerate() {
         if let Some(known) = agents
             && !known.contains(f)
@@ -226,6 +228,54 @@ fn check_step(
                 format!("unknown agent `{f}`"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The agent name of a routed step: orchd picks a profile at each attempt by `route`.
+pub const ROUTED_AGENT: &str = "auto";
+
+/// The priorities a routed step may ask for.
+pub const ROUTE_PRIORITIES: [&str; 3] = ["cost", "quality", "speed"];
+
+/// A routed step (`agent = "auto"`) has a valid `route`, and only a routed step has one.
+pub fn check_route(step: &StepSpec, at: &str) -> Result<(), SpecError> {
+    let routed = step.agent == ROUTED_AGENT;
+    let Some(r) = &step.route else {
+        return Ok(());
+    };
+    if !routed {
+        return Err(err(
+            format!("{at}.route"),
+            "a route needs `agent = \"auto\"`",
+        ));
+    }
+    if !r.priority.is_empty() && !ROUTE_PRIORITIES.contains(&r.priority.as_str()) {
+        return Err(err(
+            format!("{at}.route.priority"),
+            format!(
+                "`{}` is not one of {}",
+                r.priority,
+                ROUTE_PRIORITIES.join(", ")
+            ),
+        ));
+    }
+    if !step.fallback.is_empty() {
+        return Err(err(
+            format!("{at}.fallback"),
+            "a routed step (agent = \"auto\") chooses among every profile; give no fallback list",
+        ));
+    }
+    if let Some((i, _)) = r
+        .tags
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.trim().is_empty() || t.len() > MAX_NAME_BYTES)
+    {
+        return Err(err(
+            format!("{at}.route.tags[{i}]"),
+            format!("must be a non-empty word of at most {MAX_NAME_BYTES} bytes"),
+        ));
     }
     Ok(())
 }

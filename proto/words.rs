@@ -86,7 +86,7 @@ pub fn log_stream(s: LogStream) -> String {
 }
 
 /// Every event kind, as words (the `kind` of `Event` and `--kinds` of `orchctl watch`).
-pub const EVENT_KINDS: [&str; 13] = [
+pub const EVENT_KINDS: [&str; 16] = [
     "objective_submitted",
     "objective_state",
     "step_state",
@@ -100,6 +100,9 @@ pub const EVENT_KINDS: [&str; 13] = [
     "approval_requested",
     "approval_answered",
     "objective_removed",
+    "agent_routed",
+    "agent_disabled",
+    "agent_enabled",
 ];
 
 /// The objective states, as words, in contract order.

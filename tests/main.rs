@@ -20,6 +20,7 @@ mod prompts;
 mod rate_limits;
 mod real_agents;
 mod reports;
+mod routing;
 mod runs;
 mod security;
 mod sessions;

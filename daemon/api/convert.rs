@@ -62,6 +62,7 @@ fn step_input_from_pb(s: &pb::StepSpec) -> StepInput {
         fallback: s.fallback.clone(),
         fallback_on_rate_limit: s.fallback_on_rate_limit,
         executor: s.executor.clone(),
+        route: super::route_convert::route_from_pb(s),
     }
 }
 
@@ -240,6 +241,7 @@ fn attempt_pb(a: &Attempt) -> pb::Attempt {
         command: a.command.clone(),
         session_id: a.session.clone().unwrap_or_default(),
         job_id: a.job_id.clone().unwrap_or_default(),
+        route_reason: a.route_reason.clone(),
     }
 }
 
@@ -267,6 +269,7 @@ fn step_pb(s: &Step, attempts: &[Attempt]) -> pb::Step {
         workdir: s.plan.workdir.clone(),
         requires_approval: s.plan.requires_approval,
         fallback: s.plan.fallback.clone(),
+        route: s.plan.route.as_ref().map(super::route_convert::route_pb),
     }
 }
 
@@ -348,6 +351,8 @@ pub fn resolved_plan_pb(
                 limits: Some(limits_pb(&s.limits)),
                 requires_approval: s.requires_approval,
                 fallback: s.fallback.clone(),
+                route: s.route.as_ref().map(super::route_convert::route_pb),
+                routed: None,
             })
             .collect(),
         groups: groups
@@ -456,6 +461,9 @@ pub fn event_pb(e: &Event) -> pb::Event {
                 state: obj_state_pb(*state) as i32,
             })
         }
+        EventKind::AgentRouted { .. }
+        | EventKind::AgentDisabled { .. }
+        | EventKind::AgentEnabled { .. } => super::route_convert::event_payload(&e.kind),
     };
     pb::Event {
         seq: e.seq,

@@ -12,6 +12,8 @@ mod ids;
 mod logs;
 mod remove;
 mod reports;
+mod route_convert;
+mod routing;
 mod service;
 mod watch;
 

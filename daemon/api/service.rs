@@ -50,8 +50,27 @@ impl Api {
         let input = super::convert::objective_input(&spec, &agents).map_err(spec_status)?;
         let resolved = plans::resolve(&input, &cfg, &req.workdir).map_err(plan_status)?;
         let groups = parallel_groups(&spec).map_err(spec_status)?;
-        let plan = resolved_plan_pb(&resolved.name, &resolved.steps, groups);
+        let mut plan = resolved_plan_pb(&resolved.name, &resolved.steps, groups);
         if req.dry_run {
+            // What each routed step would get now.
+            let routes: Vec<crate::model::RouteSpec> = resolved
+                .steps
+                .iter()
+                .filter_map(|s| s.route.clone())
+                .collect();
+            if !routes.is_empty() {
+                let uid = who.uid;
+                let routed = self
+                    .ask(|reply| Command::RouteDryRun { routes, uid, reply })
+                    .await?;
+                let mut routed = routed.into_iter();
+                for (st, plan_step) in plan.steps.iter_mut().zip(&resolved.steps) {
+                    if let Some(r) = &plan_step.route {
+                        st.route = Some(super::route_convert::route_pb(r));
+                        st.routed = routed.next().map(|r| super::routing::routed_pb(&r));
+                    }
+                }
+            }
             return Ok(pb::SubmitResponse {
                 id: String::new(),
                 existing: false,
@@ -338,15 +357,13 @@ impl Orchestrator for Api {
         _req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let cfg = self.config.borrow().clone();
+        let views = self.ask(|reply| Command::AgentViews { reply }).await?;
         let agents = cfg
             .agents
-            .iter()
-            .map(|(name, p)| pb::AgentProfile {
-                name: name.clone(),
-                command: p.command.clone(),
-                usage: p.usage.clone(),
-                found: p.command.first().is_some_and(|prog| plans::on_path(prog)),
-                env: p.env.clone().into_iter().collect(),
+            .keys()
+            .map(|name| {
+                let view = views.iter().find(|v| &v.name == name);
+                super::routing::agent_pb(&cfg, name, view)
             })
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
@@ -577,6 +594,28 @@ impl Orchestrator for Api {
         req: Request<pb::PruneRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
         self.prune_call(req).await
+    }
+
+    async fn disable_agent(
+        &self,
+        req: Request<pb::DisableAgentRequest>,
+    ) -> Result<Response<pb::AgentProfile>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        self.switch_agent_call(who, r.name, false, r.for_ms, r.reason)
+            .await
+            .map(Response::new)
+    }
+
+    async fn enable_agent(
+        &self,
+        req: Request<pb::EnableAgentRequest>,
+    ) -> Result<Response<pb::AgentProfile>, Status> {
+        let who = caller(&req)?;
+        let name = req.into_inner().name;
+        self.switch_agent_call(who, name, true, 0, String::new())
+            .await
+            .map(Response::new)
     }
 
     async fn list_tool_servers(

@@ -22,7 +22,7 @@ pub fn prompt_mode(cfg: &Config, step: &Step) -> Option<PromptMode> {
     if step.current_agent().is_empty() {
         return None;
     }
-    if step.agent_index == 0 {
+    if !step.agent_from_config() {
         return step.plan.prompt_mode;
     }
     cfg.agents
@@ -90,7 +90,7 @@ pub fn command(
         ));
     }
     let profile = cfg.agents.get(agent);
-    let base: &[String] = if step.agent_index > 0 {
+    let base: &[String] = if step.agent_from_config() {
         &profile
             .ok_or_else(|| format!("agent profile `{agent}` is not in the daemon config"))?
             .command
@@ -169,7 +169,8 @@ pub fn environment(
     env.insert("ORCH_STEP_ID".into(), step.plan.id.clone());
     env.insert("ORCH_ATTEMPT".into(), number.to_string());
     env.remove("ORCH_CHECKPOINT_FILE");
-    let fallback = (step.agent_index > 0)
+    let fallback = step
+        .agent_from_config()
         .then(|| cfg.agents.get(step.current_agent()))
         .flatten();
     match fallback {

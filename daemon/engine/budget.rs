@@ -332,7 +332,7 @@ impl Engine {
     }
 
     /// User `uid`'s budgets and the machine-wide caps, up to date.
-    fn user_and_machine_lines(&mut self, uid: u32) -> (Vec<Line>, Vec<Line>) {
+    pub(super) fn user_and_machine_lines(&mut self, uid: u32) -> (Vec<Line>, Vec<Line>) {
         let limits = self.limits_of(uid);
         let user = user_lines(uid, &limits, self.budgets.user(&self.store, uid));
         let machine = machine_lines(&self.cfg.budget, &self.budgets.machine);

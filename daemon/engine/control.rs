@@ -37,6 +37,28 @@ impl Engine {
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats.clone());
             }
+            Command::AgentViews { reply } => {
+                let _ = reply.send(self.agent_views());
+            }
+            Command::SwitchAgent {
+                name,
+                on,
+                for_ms,
+                reason,
+                caller,
+                reply,
+            } => {
+                let r = if on {
+                    self.enable_agent(&name, caller)
+                } else {
+                    self.disable_agent(&name, for_ms, reason, caller)
+                };
+                self.after_reply(reply, r);
+            }
+            Command::RouteDryRun { routes, uid, reply } => {
+                let out = routes.iter().map(|r| self.route_dry_run(r, uid)).collect();
+                let _ = reply.send(out);
+            }
             Command::Ping { reply } => {
                 let _ = reply.send(());
             }

@@ -17,6 +17,7 @@ pub mod machine;
 mod mcp;
 mod recovery;
 mod remove;
+pub mod routing;
 pub use remove::PruneFilter;
 mod schedule;
 pub mod stats;
@@ -192,6 +193,25 @@ pub enum Command {
         caller: Caller,
         reply: Reply<Vec<String>>,
     },
+    /// Every agent profile as routing sees it (`orchctl agents`).
+    AgentViews {
+        reply: oneshot::Sender<Vec<routing::AgentView>>,
+    },
+    /// Switch an agent profile off (for `for_ms`, 0 = until enabled) or on.
+    SwitchAgent {
+        name: String,
+        on: bool,
+        for_ms: u64,
+        reason: String,
+        caller: Caller,
+        reply: Reply<routing::AgentView>,
+    },
+    /// What routed steps with these routes would get now (`submit --dry-run`).
+    RouteDryRun {
+        routes: Vec<crate::model::RouteSpec>,
+        uid: u32,
+        reply: oneshot::Sender<Vec<machine::routing::Routed>>,
+    },
 }
 
 /// What recovery found on start.
@@ -279,6 +299,8 @@ pub struct Engine {
     shutting_down: bool,
     /// Per agent profile aggregates, updated as attempts end.
     stats: stats::Stats,
+    /// Agent profiles switched off for routing (`routing`).
+    switches: routing::Switches,
     /// Host pressure: the last reading and whether it holds new attempts back.
     host: schedule::HostGate,
     /// The state directory's disk: free space against `[store] min_free`.
@@ -363,6 +385,7 @@ impl Engine {
             disk,
             degraded: None,
             recheck_at: None,
+            switches: routing::Switches::default(),
         })
     }
 
@@ -450,6 +473,7 @@ impl Engine {
                 self.turn.writes.step(s);
             }
         }
+        let mut ended_now = Vec::new();
         for a in &d.attempts {
             self.turn.writes.attempt(a);
             let key = (a.step_id.clone(), a.number);
@@ -461,7 +485,11 @@ impl Engine {
                 let s = self.stats.entry(name.to_string()).or_default();
                 s.record(a);
                 self.turn.writes.agent_stats(name, s);
+                ended_now.push(a);
             }
+        }
+        for a in ended_now {
+            self.note_end(a);
         }
         for effect in d.effects {
             let Some(live) = self.live.get_mut(id) else {
@@ -698,7 +726,10 @@ impl Engine {
         mut shutdown: oneshot::Receiver<()>,
     ) -> Result<(), StoreError> {
         loop {
-            let timer = self.queue.next_timer();
+            let timer = match (self.queue.next_timer(), self.switches.next_expiry()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -874,6 +905,13 @@ impl Engine {
                     }
                     AgentLine::RateLimited { until_ms } => {
                         tracing::warn!(objective = %key.objective_id, step, attempt, until = ?until_ms, "the agent's provider rate-limited it");
+                        let agent = self
+                            .live
+                            .get(&key.objective_id)
+                            .and_then(|l| l.run.running.get(&step))
+                            .map(|r| r.attempt.agent.clone())
+                            .unwrap_or_default();
+                        self.note_limit(&agent, until_ms);
                         // No reset given: the configured wait, from the attempt's end.
                         Input::RateLimited {
                             step,

@@ -15,6 +15,7 @@ impl Engine {
     pub async fn recover(&mut self) -> Result<Recovery, StoreError> {
         let mut report = Recovery::default();
         self.load_stats()?;
+        self.load_switches()?;
         for state in [
             ObjState::Pending,
             ObjState::Running,

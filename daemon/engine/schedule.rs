@@ -160,6 +160,7 @@ impl Queue {
 
 impl Engine {
     pub(super) fn fire_timers(&mut self) {
+        self.expire_switches();
         for (id, step) in self.queue.due(now_ms()) {
             if let Err(e) = self.input(&id, Input::TimerFired { step }) {
                 tracing::error!(objective = %id, step, error = %e, "timer refused");
@@ -216,6 +217,10 @@ impl Engine {
     }
 
     fn start_attempt(&mut self, id: &str, index: u32) {
+        // A routed step first gets its agent (or waits, or fails).
+        if !self.route_step(id, index) {
+            return;
+        }
         let Some(step) = self
             .live
             .get(id)

@@ -4,7 +4,7 @@
 //! turn that ended the attempt, and read back on start; routing by cost, quality or speed
 //! reads them from the engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,32 @@ pub struct AgentStats {
     pub min_ms: u64,
     pub max_ms: u64,
     pub last_ended_ms: Millis,
+    /// The latest runs, newest last, at most `MAX_RECENT`: what routing measures.
+    pub recent: VecDeque<Recent>,
+}
+
+/// How many of a profile's latest runs are kept for the recent figures (the largest
+/// `[routing] window`).
+pub const MAX_RECENT: usize = 100;
+
+/// One recent run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Recent {
+    pub ok: bool,
+    pub ms: u64,
+    pub cost_usd: f64,
+}
+
+/// A profile's figures over its latest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RecentFigures {
+    pub runs: u64,
+    /// `None` without runs.
+    pub success_rate: Option<f64>,
+    pub p50_ms: Option<u64>,
+    /// What those runs cost per success (all of it when none succeeded); `None` without
+    /// runs.
+    pub cost_per_success: Option<f64>,
 }
 
 /// The profile an attempt counts under.
@@ -85,6 +111,35 @@ impl AgentStats {
         };
         self.max_ms = self.max_ms.max(ms);
         *self.durations.entry(bucket(ms)).or_default() += 1;
+        self.recent.push_back(Recent {
+            ok: outcome == Outcome::Success,
+            ms,
+            cost_usd: a.usage.cost_usd,
+        });
+        while self.recent.len() > MAX_RECENT {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Success rate, median duration and cost per success of the latest `window` runs.
+    pub fn recent_figures(&self, window: usize) -> RecentFigures {
+        let skip = self.recent.len().saturating_sub(window.max(1));
+        let runs: Vec<&Recent> = self.recent.iter().skip(skip).collect();
+        if runs.is_empty() {
+            return RecentFigures::default();
+        }
+        let ok = runs.iter().filter(|r| r.ok).count();
+        let cost: f64 = runs.iter().map(|r| r.cost_usd).sum();
+        let mut ms: Vec<u64> = runs.iter().map(|r| r.ms).collect();
+        ms.sort_unstable();
+        // The lower median (nearest rank).
+        let p50 = ms[(ms.len() - 1) / 2];
+        RecentFigures {
+            runs: runs.len() as u64,
+            success_rate: Some(ok as f64 / runs.len() as f64),
+            p50_ms: Some(p50),
+            cost_per_success: Some(cost / ok.max(1) as f64),
+        }
     }
 
     /// successes / runs; 0 without runs.
@@ -206,6 +261,43 @@ mod tests {
         let text = serde_json::to_string(&s).unwrap_or_default();
         let back: AgentStats = serde_json::from_str(&text).unwrap_or_default();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn recent_figures_cover_only_the_latest_runs() {
+        let mut s = AgentStats::default();
+        assert_eq!(s.recent_figures(5), RecentFigures::default());
+        // Ten old slow failures, then five fast successes at $0.10.
+        for _ in 0..10 {
+            s.record(&ended("a", 1, Outcome::ExitFailure, 9_000, 1.0));
+        }
+        for ms in [100, 300, 200, 500, 400] {
+            s.record(&ended("a", 1, Outcome::Success, ms, 0.1));
+        }
+        let f = s.recent_figures(5);
+        assert_eq!(f.runs, 5);
+        assert_eq!(f.success_rate, Some(1.0));
+        assert_eq!(f.p50_ms, Some(300));
+        assert!((f.cost_per_success.unwrap_or(0.0) - 0.1).abs() < 1e-9);
+        // Over the last 10: half failed, and their cost counts against the successes.
+        let f = s.recent_figures(10);
+        assert_eq!(f.success_rate, Some(0.5));
+        assert!((f.cost_per_success.unwrap_or(0.0) - 1.1).abs() < 1e-9);
+        // Memory stays bounded.
+        for _ in 0..(2 * MAX_RECENT) {
+            s.record(&ended("a", 1, Outcome::Success, 1, 0.0));
+        }
+        assert_eq!(s.recent.len(), MAX_RECENT);
+    }
+
+    #[test]
+    fn recent_cost_without_a_success_is_the_whole_cost() {
+        let mut s = AgentStats::default();
+        s.record(&ended("a", 1, Outcome::ExitFailure, 10, 0.3));
+        s.record(&ended("a", 1, Outcome::Timeout, 10, 0.2));
+        let f = s.recent_figures(20);
+        assert_eq!(f.success_rate, Some(0.0));
+        assert!((f.cost_per_success.unwrap_or(0.0) - 0.5).abs() < 1e-9);
     }
 
     #[test]

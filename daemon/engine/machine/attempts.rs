@@ -24,8 +24,13 @@ impl Tx<'_> {
             )));
         }
         step.attempts += 1;
+        let route_reason = match step.plan.route {
+            Some(_) => step.route_reason.clone(),
+            None => String::new(),
+        };
         let attempt = Attempt {
             agent,
+            route_reason,
             command,
             executor: step.plan.executor.clone(),
             started_ms: now,

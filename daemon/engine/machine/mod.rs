@@ -14,6 +14,7 @@ mod family;
 pub mod host;
 #[cfg(test)]
 mod props;
+pub mod routing;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -120,6 +121,11 @@ pub enum Input {
     /// decision is durable).
     Remove {
         by: u32,
+    },
+    /// A routed step about to start: the agent routing chose (see `routing`), or none.
+    Route {
+        step: u32,
+        routed: routing::Routed,
     },
     /// The scheduler gave a slot to a ready step: open its next attempt.
     Start {
@@ -442,6 +448,7 @@ impl<'a> Tx<'a> {
                 by,
             } => self.approve(&step, approve, reason, by)?,
             Input::Retry { step, fresh, by } => self.retry(step.as_deref(), fresh, by)?,
+            Input::Route { step, routed } => self.routed(step, routed)?,
             Input::Start {
                 step,
                 agent,

@@ -62,9 +62,18 @@ pub struct RateLimit {
     pub until_ms: Millis,
 }
 
-/// Rows 6, 7 and 7b: the provider refused until a reset still ahead.
+/// Row 6r: what a routed step says when it is routed again around a rate limit.
+pub const ROUTE_AROUND_LIMIT: &str =
+    "rate limited by the provider; routing to an agent that is not";
+
+/// Rows 6r, 6, 7 and 7b: the provider refused until a reset still ahead.
 fn after_rate_limit(step: &Step, has_fallback: bool, limit: RateLimit) -> Next {
     let policy = &step.plan.retry;
+    if step.plan.route.is_some() {
+        // Routing skips the limited profile until its reset (or waits for it when no
+        // other one may run the step).
+        return Next::Requeue(ROUTE_AROUND_LIMIT.into());
+    }
     if step.plan.fallback_on_rate_limit && has_fallback {
         Next::FallBack("rate limited by the provider".into())
     } else if step.rate_limit_waits < policy.max_rate_limit_waits {
@@ -121,6 +130,7 @@ fn failure_class(
 /// | 3 | cancelled, or the objective is cancelling   | cancelled                     |
 /// | 4 | a budget covering the objective ran out     | failed, saying which budget   |
 /// | 5 | budget_exceeded                             | failed                        |
+/// | 6r| rate limited (`wait`), a routed step         | requeue: routed again now     |
 /// | 6 | rate limited (`wait`), fallback on rate limit | next fallback agent         |
 /// | 7 | rate limited (`wait`), rate-limit waits left | backoff until the reset      |
 /// | 7b| rate limited (`wait`), all waits made       | failed, saying how many waits |

@@ -7,6 +7,7 @@ use super::*;
 mod attempts;
 mod control;
 mod family;
+mod routed;
 mod table;
 use crate::model::{FailureAction, FailureClass, Outcome, StopReason};
 
