@@ -71,6 +71,21 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // `orchd __shim DIR`: the supervisor of one attempt (live restore), started by orchd.
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(executor::shim::SHIM_ARG)) {
+        sys::restrict_umask(UMASK);
+        return match args.next() {
+            Some(dir) => executor::shim::process::main(Path::new(&dir)),
+            None => {
+                eprintln!(
+                    "orchd {}: the attempt's directory is missing",
+                    executor::shim::SHIM_ARG
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -423,6 +438,13 @@ async fn serve(
     let cfg = Arc::new(cfg);
     let executors = Arc::new(executor::Executors {
         local: executor::LocalExecutor::new(limiter.clone()),
+        shim: executor::ShimExecutor::new(
+            limiter.clone(),
+            &state_dir,
+            Some(runner::Threads(Arc::new(store.clone()))),
+            &cfg,
+        ),
+        live_restore: cfg.live_restore,
         slurm: cfg.executors.slurm.clone().map(|s| {
             tracing::info!(output_dir = %s.output_dir.display(), "Slurm executor configured");
             executor::SlurmExecutor::new(s, &cfg)

@@ -502,6 +502,14 @@ pub struct Attempt {
     pub cpu_ms: u64,
     pub usage: Usage,
     pub message: String,
+    /// How far the attempt's protocol journal (shim executor) has been read: its lines
+    /// before this byte were processed, in the same store write as their effects.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub protocol_offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Attempt {
@@ -529,6 +537,7 @@ impl Attempt {
             cpu_ms: 0,
             usage: Usage::default(),
             message: String::new(),
+            protocol_offset: 0,
         }
     }
 }

@@ -900,7 +900,40 @@ impl Engine {
                 self.attempt_input(&key.objective_id, input);
             }
             Fact::Ended { key, end } => self.on_ended(key, end),
+            Fact::Protocol { key, lines, upto } => self.on_protocol(key, lines, upto),
         }
+    }
+
+    /// Lines a shim's journal held up to `upto`: the offset is set on the running
+    /// attempt first, so every write of it in this turn (the lines' own included) carries
+    /// it, and written once more after them.
+    fn on_protocol(&mut self, key: crate::runner::AttemptKey, lines: Vec<AgentLine>, upto: u64) {
+        match self.running_attempt(&key) {
+            Some(a) if a.protocol_offset < upto => a.protocol_offset = upto,
+            // Already read (a duplicate after a re-attach), or no longer running.
+            _ => return,
+        }
+        for line in lines {
+            self.on_fact(Fact::Line {
+                key: key.clone(),
+                line,
+            });
+        }
+        if let Some(a) = self.running_attempt(&key) {
+            let a = a.clone();
+            self.turn.writes.attempt(&a);
+        }
+    }
+
+    fn running_attempt(
+        &mut self,
+        key: &crate::runner::AttemptKey,
+    ) -> Option<&mut crate::model::Attempt> {
+        self.live
+            .get_mut(&key.objective_id)
+            .and_then(|l| l.run.running.get_mut(&key.step_index))
+            .filter(|r| r.attempt.number == key.number)
+            .map(|r| &mut r.attempt)
     }
 
     fn on_ended(&mut self, key: crate::runner::AttemptKey, end: AttemptEnd) {
@@ -918,6 +951,10 @@ impl Engine {
             return;
         };
         let AttemptEnd { end, exited_at } = end;
+        let leftovers = self.executor.leftovers(&key);
+        if !leftovers.is_empty() {
+            self.turn.after.push(After::RemoveDirs(leftovers));
+        }
         tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
         self.turn
             .after
