@@ -277,6 +277,9 @@ pub struct Engine {
     housekeeping_at: tokio::time::Instant,
     budgets: budget::Budgets,
     shutting_down: bool,
+    /// Set by `serve` before an upgrade's stop: the drain leaves running the attempts
+    /// the next orchd re-attaches to.
+    handover: Arc<std::sync::atomic::AtomicBool>,
     /// Per agent profile aggregates, updated as attempts end.
     stats: stats::Stats,
     /// Host pressure: the last reading and whether it holds new attempts back.
@@ -358,6 +361,7 @@ impl Engine {
             housekeeping_at: tokio::time::Instant::now(),
             budgets: budget::Budgets::default(),
             shutting_down: false,
+            handover: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             stats: stats::Stats::new(),
             host: schedule::HostGate::default(),
             disk,
@@ -740,15 +744,40 @@ impl Engine {
         self.drain().await
     }
 
+    /// The flag `serve` sets before stopping the engine for an upgrade.
+    pub fn handover(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.handover.clone()
+    }
+
     async fn drain(&mut self) -> Result<(), StoreError> {
         self.shutting_down = true;
         let grace = Duration::from_millis(self.cfg.grace_period.0);
         let mut n = 0;
-        for live in self.live.values() {
-            for h in live.handles.values() {
+        let handover = self.handover.load(Ordering::SeqCst);
+        let mut kept_set = std::collections::HashSet::new();
+        for (id, live) in &self.live {
+            for (step, h) in &live.handles {
+                // An upgrade leaves running what the next orchd re-attaches to.
+                let survives = handover
+                    && live.run.running.get(step).is_some_and(|r| {
+                        r.attempt.executor == "slurm"
+                            || (self.cfg.live_restore && r.attempt.executor.is_empty())
+                            || (self.cfg.live_restore && r.attempt.executor == "local")
+                    });
+                if survives {
+                    kept_set.insert((id.clone(), *step));
+                    continue;
+                }
                 h.send(Control::Stop(StopReason::Shutdown));
                 n += 1;
             }
+        }
+        if handover {
+            tracing::info!(
+                stopped = n,
+                kept = kept_set.len(),
+                "handing over to the upgraded orchd"
+            );
         }
         tracing::info!(
             attempts = n,
@@ -758,7 +787,8 @@ impl Engine {
         // Executors end every attempt within the grace period plus the kill; the extra
         // margin covers a process stuck in the kernel.
         let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(5);
-        while self.running > 0 {
+        let kept = kept_set.len();
+        while self.running > kept {
             match tokio::time::timeout_at(deadline, self.facts_rx.recv()).await {
                 Ok(Some(f)) => self.on_fact(f),
                 _ => break,
@@ -774,6 +804,7 @@ impl Engine {
                     .values()
                     .map(move |r| (id.clone(), r.attempt.step_index, r.attempt.number))
             })
+            .filter(|(id, step, _)| !kept_set.contains(&(id.clone(), *step)))
             .collect();
         for (id, step, attempt) in left {
             tracing::warn!(objective = %id, step, "attempt did not stop in time");
