@@ -276,3 +276,80 @@ fn an_agent_that_ends_while_orchd_is_down_has_its_exit_code_recorded() {
         "the shim's directory is removed once the end is recorded"
     );
 }
+
+#[test]
+fn live_restore_is_on_by_default_and_a_bad_environment_value_is_refused() {
+    let d = TestDaemon::prepare(&[], &[]);
+    let empty = d.write_file("empty.toml", "");
+    let out = d.print_config(&empty);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("live_restore = true"),
+        "{}",
+        stdout(&out)
+    );
+    let off = d.write_file("off.toml", "live_restore = false\n");
+    assert!(stdout(&d.print_config(&off)).contains("live_restore = false"));
+    let mut cmd = d.orchd();
+    cmd.arg("--config")
+        .arg(&empty)
+        .arg("--print-config")
+        .env("ORCH_LIVE_RESTORE", "maybe");
+    let out = run_deadline(&mut cmd, Duration::from_secs(10)).expect("orchd");
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ORCH_LIVE_RESTORE") && err.contains("maybe"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_cgroups_the_shim_still_keeps_its_agent_through_crashes() {
+    let mut d = TestDaemon::prepare(&["--limits-backend", "rlimit"], &[]);
+    d.set_env("ORCH_LIVE_RESTORE", "true");
+    d.launch();
+    let lines = 60;
+    let script = counting_agent(&d, lines, 0);
+    let id = d.submit(&["--", "bash", utf8(&script)], 0);
+    let v = d.wait_started(&id, STATE_DEADLINE);
+    let a = attempts(&v);
+    let pid = a[0]["pid"].as_u64().expect("pid");
+    assert_eq!(
+        d.ctl_json(&["daemon", "status"])["limits_backend"],
+        "rlimit"
+    );
+    let mut seen = 0;
+    for _ in 0..2 {
+        seen = wait_more_output(&d, &id, seen);
+        d.kill9();
+        assert!(process_alive(pid as u32), "the agent died with orchd");
+        d.launch();
+    }
+    let v = d.wait_ended(&id, Duration::from_secs(60));
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let a = attempts(&v);
+    assert_eq!(a.len(), 1, "{v}");
+    assert_eq!(a[0]["pid"].as_u64(), Some(pid));
+    assert_eq!(numbered(&d, &id), (1..=lines).collect::<Vec<u32>>());
+    assert_eq!(
+        a[0]["usage"]["input_tokens"].as_u64(),
+        Some(u64::from(lines))
+    );
+}
+
+#[test]
+fn an_agent_that_cannot_start_under_a_shim_is_a_spawn_error() {
+    let d = live_daemon();
+    let id = d.submit(&["--retries", "0", "--", "/nonexistent/agent"], 0);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
+    let a = attempts(&v);
+    assert_eq!(a[0]["outcome"], "spawn_error", "{v}");
+    assert!(
+        a[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/nonexistent/agent"),
+        "{v}"
+    );
+}

@@ -285,3 +285,57 @@ fn tail_text(path: &Path, max: usize) -> String {
         Err(e) => format!("(no log: {e})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::AgentLine;
+
+    fn journal(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join(wire::JOURNAL);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn only_whole_lines_are_read_and_the_offset_stays_at_a_line_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = journal(dir.path(), "::orch-progress:: {\"percent\":1}\n::orch-prog");
+        let mut j = Journal {
+            path: p.clone(),
+            pos: 0,
+            finished: false,
+        };
+        let first = j.read_lines();
+        assert_eq!(first, b"::orch-progress:: {\"percent\":1}\n");
+        assert_eq!(j.pos, first.len() as u64);
+        assert!(j.read_lines().is_empty(), "a partial line waits");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .expect("open");
+        std::io::Write::write_all(&mut f, b"ress:: {\"percent\":2}\n").expect("append");
+        assert_eq!(j.read_lines(), b"::orch-progress:: {\"percent\":2}\n");
+    }
+
+    #[test]
+    fn a_replay_rebuilds_the_parser_and_reports_nothing_before_the_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = "::orch-usage:: {\"input_tokens\":3}\n";
+        let p = journal(dir.path(), &format!("{one}{one}"));
+        let mut parser = LineParser::new(UsageFormat::OrchLines);
+        let (pos, finished) = replay(&mut parser, &p, one.len() as u64);
+        assert_eq!((pos, finished), (one.len() as u64, false));
+        let mut j = Journal {
+            path: p.clone(),
+            pos,
+            finished,
+        };
+        let lines = parser.feed(&j.read_lines());
+        assert_eq!(lines.len(), 1, "only the line after the offset: {lines:?}");
+        assert!(matches!(lines[0], AgentLine::Usage { .. }));
+        // One past the end: `finish` was processed before the restart.
+        let (pos, finished) = replay(&mut parser, &p, finished_mark(2 * one.len() as u64));
+        assert_eq!((pos, finished), (2 * one.len() as u64, true));
+    }
+}
