@@ -353,3 +353,33 @@ fn an_agent_that_cannot_start_under_a_shim_is_a_spawn_error() {
         "{v}"
     );
 }
+
+#[test]
+fn a_paused_attempt_stays_paused_across_a_crash_and_resumes_under_the_new_orchd() {
+    let mut d = live_daemon();
+    let lines = 40;
+    let script = counting_agent(&d, lines, 0);
+    let id = d.submit(&["--", "bash", utf8(&script)], 0);
+    let v = d.wait_started(&id, STATE_DEADLINE);
+    let pid = attempts(&v)[0]["pid"].as_u64().expect("pid");
+    wait_more_output(&d, &id, 0);
+    let out = d.ctl(&["pause", &id]);
+    assert!(out.status.success(), "{}", describe(&out));
+    d.wait_state(&id, &["paused"], STATE_DEADLINE);
+    d.kill9();
+    d.launch();
+    let v = d.status(&id);
+    assert_eq!(v["state"], "paused", "{v}");
+    assert_eq!(attempts(&v).len(), 1, "{v}");
+    assert!(
+        process_alive(pid as u32),
+        "the paused agent died with orchd"
+    );
+    let out = d.ctl(&["resume", &id]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v = d.wait_ended(&id, Duration::from_secs(60));
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let a = attempts(&v);
+    assert_eq!((a.len(), a[0]["pid"].as_u64()), (1, Some(pid)), "{v}");
+    assert_eq!(numbered(&d, &id), (1..=lines).collect::<Vec<u32>>());
+}
