@@ -383,3 +383,60 @@ fn a_paused_attempt_stays_paused_across_a_crash_and_resumes_under_the_new_orchd(
     assert_eq!((a.len(), a[0]["pid"].as_u64()), (1, Some(pid)), "{v}");
     assert_eq!(numbered(&d, &id), (1..=lines).collect::<Vec<u32>>());
 }
+
+#[test]
+fn timeouts_and_budgets_count_the_time_orchd_was_away() {
+    let mut d = live_daemon();
+    // A timeout that expires while no orchd runs: the shim enforces it.
+    let slow = d.submit(
+        &["--retries", "0", "--timeout", "2s", "--", "sleep", "300"],
+        0,
+    );
+    let v = d.wait_started(&slow, STATE_DEADLINE);
+    let slow_pid = attempts(&v)[0]["pid"].as_u64().expect("pid") as u32;
+    // Usage reported while no orchd runs counts against the budget when one is back.
+    let fifo = d.dir().join("spend");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let script = d.write_script(
+        "spend.sh",
+        &format!(
+            "#!/bin/bash\nread x < {}\necho '::orch-usage:: {{\"input_tokens\":10,\"cost_usd\":0.5}}'\nexec sleep 300\n",
+            fifo.display()
+        ),
+    );
+    let spender = d.submit(
+        &[
+            "--retries",
+            "0",
+            "--budget-usd",
+            "0.1",
+            "--",
+            "bash",
+            utf8(&script),
+        ],
+        0,
+    );
+    d.wait_started(&spender, STATE_DEADLINE);
+    d.kill9();
+    fs::write(&fifo, "go\n").expect("write the fifo");
+    assert!(
+        wait_process_gone(slow_pid, STATE_DEADLINE),
+        "the timeout was not enforced while orchd was away"
+    );
+    poll_until("the usage line in a journal", STATE_DEADLINE, || {
+        fs::read_dir(d.state_dir().join("shims"))
+            .ok()?
+            .flatten()
+            .any(|e| {
+                fs::read_to_string(e.path().join("journal")).is_ok_and(|t| t.contains("cost_usd"))
+            })
+            .then_some(())
+    });
+    d.launch();
+    let v = d.wait_ended(&slow, STATE_DEADLINE);
+    assert_eq!(attempts(&v)[0]["outcome"], "timeout", "{v}");
+    let v = d.wait_ended(&spender, STATE_DEADLINE);
+    let a = attempts(&v);
+    assert_eq!(a[0]["outcome"], "budget_exceeded", "{v}");
+    assert_eq!(a[0]["usage"]["input_tokens"], 10, "{v}");
+}
