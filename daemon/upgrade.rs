@@ -96,6 +96,8 @@ impl Upgrade {
 
     /// Replaces this process with the binary. Returns only on failure.
     pub fn exec(&self) -> std::io::Error {
+        // The new image records the umask it starts with as the one agents get.
+        crate::sys::restore_inherited_umask();
         crate::sys::reexec(&self.exe, &self.args)
     }
 }

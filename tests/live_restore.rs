@@ -440,3 +440,21 @@ fn timeouts_and_budgets_count_the_time_orchd_was_away() {
     assert_eq!(a[0]["outcome"], "budget_exceeded", "{v}");
     assert_eq!(a[0]["usage"]["input_tokens"], 10, "{v}");
 }
+
+#[test]
+fn agents_under_shims_keep_the_umask_orchd_was_started_with_even_after_an_upgrade() {
+    let d = live_daemon();
+    let ours = std::process::Command::new("sh")
+        .args(["-c", "umask"])
+        .output()
+        .expect("sh");
+    let want = format!("umask={}", stdout(&ours).trim());
+    let id = d.submit(&["--wait", "--", "sh", "-c", "echo umask=$(umask)"], 0);
+    let log = String::from_utf8_lossy(&d.logs(&[&id])).to_string();
+    assert!(log.contains(&want), "want {want}: {log}");
+    let out = d.ctl(&["daemon", "upgrade"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = d.submit(&["--wait", "--", "sh", "-c", "echo umask=$(umask)"], 0);
+    let log = String::from_utf8_lossy(&d.logs(&[&id])).to_string();
+    assert!(log.contains(&want), "after the upgrade, want {want}: {log}");
+}

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use child::{ChildSetup, child_pre_exec, workdir_error};
 pub use fs::{
     Space, can_write, create_private, fs_space, is_disk_full, private_dir, read_xattr,
-    restrict_umask, set_owner, try_lock_record, with_umask,
+    restore_inherited_umask, restrict_umask, set_owner, try_lock_record, with_umask,
 };
 pub use host::host_figures;
 pub use limits::raise_open_files;

@@ -135,9 +135,14 @@ impl ShimExecutor {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: shim_pre_exec makes only async-signal-safe calls (setsid, dup2, fcntl).
+        // SAFETY: shim_pre_exec makes only async-signal-safe calls (setsid, dup2, fcntl),
+        // as does restore_inherited_umask (umask): the shim starts with the umask orchd was
+        // started with, keeps it for its agent and restricts its own.
         unsafe {
-            cmd.pre_exec(move || sys::shim_pre_exec(fd));
+            cmd.pre_exec(move || {
+                sys::restore_inherited_umask();
+                sys::shim_pre_exec(fd)
+            });
         }
         let mut first = cmd.spawn()?;
         drop(listener);
