@@ -286,6 +286,10 @@ pub enum DaemonCommand {
     /// Re-read the daemon's config (a bad config is refused and the old one kept)
     #[command(after_help = "Example:\n  orchctl daemon reload")]
     Reload,
+    /// Re-execute the orchd binary at its path in place (after installing a new one):
+    /// agents keep running (live_restore) and the new daemon re-attaches to them
+    #[command(after_help = "Example:\n  orchctl daemon upgrade")]
+    Upgrade,
     /// The effective config, key by key, with where each value comes from (secrets redacted)
     #[command(after_help = "Examples:\n  orchctl daemon config\n  orchctl daemon config -o json")]
     Config,

@@ -221,6 +221,55 @@ pub async fn daemon_reload(client: &mut Client, format: Format) -> Result<()> {
     }
 }
 
+/// How long `daemon upgrade` waits for the new daemon to answer.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `orchctl daemon upgrade`: asks orchd to re-execute itself, then waits until the new
+/// process image answers (its start time differs; the pid stays).
+pub async fn daemon_upgrade(client: &mut Client, format: Format) -> Result<()> {
+    let r = client
+        .api
+        .upgrade_daemon(orch_proto::v1::UpgradeDaemonRequest {})
+        .await;
+    let resp = client.check(r)?;
+    let until = std::time::Instant::now() + UPGRADE_WAIT;
+    let mut backoff = std::time::Duration::from_millis(5);
+    let status = loop {
+        if client.reconnect().await.is_ok()
+            && let Ok(s) = client.api.daemon_status(DaemonStatusRequest {}).await
+        {
+            let s = s.into_inner();
+            if s.daemon_started_ms != resp.daemon_started_ms {
+                break s;
+            }
+        }
+        if std::time::Instant::now() >= until {
+            return Err(CtlError::Failed(format!(
+                "orchd was asked to re-execute {} but did not answer again within {}s (see its log)",
+                resp.binary,
+                UPGRADE_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
+    };
+    match format {
+        Format::Json => output::json_pretty(&serde_json::json!({
+            "upgraded": true,
+            "binary": resp.binary,
+            "old_version": resp.old_version,
+            "new_version": status.version,
+            "pid": status.pid,
+            "attempts_kept": resp.attempts_kept,
+            "running_attempts": status.running_attempts,
+        })),
+        Format::Table => output::line(&format!(
+            "upgraded: {} re-executed in place (pid {}), {} -> orchd {}; {} running attempts kept",
+            resp.binary, status.pid, resp.old_version, status.version, resp.attempts_kept
+        )),
+    }
+}
+
 /// `orchctl completions SHELL`.
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {
     let buf = crate::complete::script(shell).map_err(CtlError::Failed)?;

@@ -438,6 +438,7 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
         "state_disk_total_bytes": d.state_disk_total_bytes,
         "min_free_bytes": d.min_free_bytes,
         "store_problem": text_or_null(&d.store_problem),
+        "daemon_started_ms": d.daemon_started_ms,
     })
 }
 

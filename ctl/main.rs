@@ -171,6 +171,7 @@ async fn dispatch(
         }
         Command::Daemon(DaemonCommand::Status) => commands::daemon_status(client, format).await,
         Command::Daemon(DaemonCommand::Reload) => commands::daemon_reload(client, format).await,
+        Command::Daemon(DaemonCommand::Upgrade) => commands::daemon_upgrade(client, format).await,
         Command::Rm { ids } => housekeeping::rm(client, ids, format).await,
         Command::Prune { older_than, state } => {
             housekeeping::prune(client, older_than, state, format).await

@@ -480,6 +480,11 @@ pub struct Config {
     pub rate_limit_wait: Dur,
     /// `auto`, `cgroup-v2` or `rlimit`.
     pub limits_backend: String,
+    /// Whether agents outlive orchd: each attempt runs under a shim process of its own
+    /// (`executor::shim`), so a crash or `kill -9` of orchd leaves them running and the
+    /// next orchd re-attaches. `false`: attempts are orchd's children and a crash
+    /// interrupts them. Read at start.
+    pub live_restore: bool,
     pub defaults: DefaultsConfig,
     pub budget: BudgetConfig,
     pub logs: LogsConfig,
@@ -627,6 +632,7 @@ impl Default for Config {
             grace_period: Dur(10_000),
             rate_limit_wait: Dur(60_000),
             limits_backend: "auto".into(),
+            live_restore: true,
             defaults: DefaultsConfig::default(),
             budget: BudgetConfig::default(),
             logs: LogsConfig::default(),
@@ -764,6 +770,19 @@ impl Config {
         if let Some(v) = env_var("ORCH_GRACE_PERIOD") {
             self.grace_period = Dur(parse_duration_ms(&v)
                 .map_err(|e| invalid("environment", "ORCH_GRACE_PERIOD", e))?);
+        }
+        if let Some(v) = env_var("ORCH_LIVE_RESTORE") {
+            self.live_restore = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(invalid(
+                        "environment",
+                        "ORCH_LIVE_RESTORE",
+                        format!("`{v}` is not one of true, false"),
+                    ));
+                }
+            };
         }
         if let Some(v) = env_var("ORCH_RETENTION") {
             self.retention =

@@ -14,6 +14,7 @@ mod plans;
 mod runner;
 mod store;
 mod sys;
+mod upgrade;
 
 use std::fs;
 use std::io::Write;
@@ -71,6 +72,21 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // `orchd __shim DIR`: the supervisor of one attempt (live restore), started by orchd.
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(executor::shim::SHIM_ARG)) {
+        sys::restrict_umask(UMASK);
+        return match args.next() {
+            Some(dir) => executor::shim::process::main(Path::new(&dir)),
+            None => {
+                eprintln!(
+                    "orchd {}: the attempt's directory is missing",
+                    executor::shim::SHIM_ARG
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -423,6 +439,13 @@ async fn serve(
     let cfg = Arc::new(cfg);
     let executors = Arc::new(executor::Executors {
         local: executor::LocalExecutor::new(limiter.clone()),
+        shim: executor::ShimExecutor::new(
+            limiter.clone(),
+            &state_dir,
+            Some(runner::Threads(Arc::new(store.clone()))),
+            &cfg,
+        ),
+        live_restore: cfg.live_restore,
         slurm: cfg.executors.slurm.clone().map(|s| {
             tracing::info!(output_dir = %s.output_dir.display(), "Slurm executor configured");
             executor::SlurmExecutor::new(s, &cfg)
@@ -456,6 +479,9 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let listener = bind_socket(&socket)?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
+    let upgrade = Arc::new(upgrade::Upgrade::new());
+    let handover = engine.handover();
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let (stop_engine, engine_stop_rx) = oneshot::channel();
     let engine_task = tokio::spawn(engine.run(cmd_rx, engine_stop_rx));
@@ -499,6 +525,8 @@ async fn serve(
         started,
         executors: executors.clone(),
         disk,
+        upgrade: upgrade.clone(),
+        started_ms: model::now_ms() - started.elapsed().as_millis() as i64,
     });
     let service = api::Api::new(
         cmd_tx.clone(),
@@ -579,10 +607,33 @@ async fn serve(
             }
         });
     }
+    {
+        // SIGUSR2 (`systemctl reload`): the same as `orchctl daemon upgrade`.
+        let upgrade = upgrade.clone();
+        tokio::spawn(async move {
+            while usr2.recv().await.is_some() {
+                match upgrade.check().await {
+                    Ok(version) => {
+                        tracing::info!(binary = %upgrade.exe.display(), new_version = %version, "SIGUSR2: upgrading");
+                        upgrade.request();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGUSR2: the upgrade is refused; the running daemon is kept")
+                    }
+                }
+            }
+        });
+    }
     let mut engine_task = engine_task;
+    let mut upgrading = false;
     let engine_result = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }
         _ = int.recv() => { tracing::info!("SIGINT: stopping"); None }
+        _ = upgrade.requested() => {
+            upgrading = true;
+            handover.store(true, std::sync::atomic::Ordering::SeqCst);
+            None
+        }
         r = &mut engine_task => Some(r),
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -606,6 +657,13 @@ async fn serve(
         tracing::warn!("clients still connected at exit");
     }
     let _ = fs::remove_file(&socket);
+    if upgrading && matches!(engine_result, Ok(Ok(()))) {
+        store.flush_blocking()?;
+        drop(store);
+        tracing::info!(binary = %upgrade.exe.display(), "re-executing");
+        let e = upgrade.exec();
+        bail!("cannot re-execute {}: {e}", upgrade.exe.display());
+    }
     limiter.cleanup();
     store.flush_blocking()?;
     match engine_result {

@@ -569,6 +569,14 @@ pub struct Attempt {
     /// A routed step's attempt: why its agent was chosen.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub route_reason: String,
+    /// How far the attempt's protocol journal (shim executor) has been read: its lines
+    /// before this byte were processed, in the same store write as their effects.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub protocol_offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Attempt {
@@ -597,6 +605,7 @@ impl Attempt {
             usage: Usage::default(),
             message: String::new(),
             route_reason: String::new(),
+            protocol_offset: 0,
         }
     }
 }

@@ -12,6 +12,7 @@ mod grpc;
 mod handy;
 mod holes;
 mod lifecycle;
+mod live_restore;
 mod mcp;
 mod multiuser;
 mod on_failure;

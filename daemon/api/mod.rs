@@ -60,6 +60,10 @@ pub struct DaemonInfo {
     pub executors: std::sync::Arc<crate::executor::Executors>,
     /// The state directory's disk (free space, the reserve, the store's health).
     pub disk: Arc<crate::disk::Disk>,
+    /// How `UpgradeDaemon` hands over: the checked binary and arguments go to `serve`.
+    pub upgrade: Arc<crate::upgrade::Upgrade>,
+    /// When this process image started (ms since the epoch).
+    pub started_ms: i64,
 }
 
 fn required_id(id: String) -> Result<String, Status> {

@@ -497,6 +497,7 @@ impl Orchestrator for Api {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             uptime_s: info.started.elapsed().as_secs(),
+            daemon_started_ms: info.started_ms,
             socket: info.socket.display().to_string(),
             state_dir: info.state_dir.display().to_string(),
             store_bytes: self.store.size_on_disk(),
@@ -543,6 +544,49 @@ impl Orchestrator for Api {
                 })
         };
         self.audit(who, "reload", "", &result).await;
+        result.map(Response::new)
+    }
+
+    async fn upgrade_daemon(
+        &self,
+        req: Request<pb::UpgradeDaemonRequest>,
+    ) -> Result<Response<pb::UpgradeDaemonResponse>, Status> {
+        let who = caller(&req)?;
+        let own = crate::sys::effective_uid();
+        let result = if who.uid != 0 && who.uid != own {
+            tracing::warn!(uid = who.uid, pid = who.pid, "refused a daemon upgrade");
+            Err(Status::permission_denied(format!(
+                "uid {} may not upgrade the daemon (only root or orchd's own user, uid {own})",
+                who.uid
+            )))
+        } else {
+            let up = &self.info.upgrade;
+            match up.check().await {
+                Ok(new_version) => {
+                    let live = self.ask(|reply| Command::Status { reply }).await?;
+                    tracing::info!(binary = %up.exe.display(), new_version = %new_version, "upgrade: re-executing orchd");
+                    Ok(pb::UpgradeDaemonResponse {
+                        binary: up.exe.display().to_string(),
+                        new_version,
+                        old_version: format!("orchd {}", env!("CARGO_PKG_VERSION")),
+                        pid: std::process::id(),
+                        daemon_started_ms: self.info.started_ms,
+                        attempts_kept: if self.info.executors.live_restore {
+                            live.running_attempts
+                        } else {
+                            0
+                        },
+                    })
+                }
+                Err(e) => Err(Status::failed_precondition(format!(
+                    "{e}; the running daemon is kept"
+                ))),
+            }
+        };
+        self.audit(who, "upgrade", "", &result).await;
+        if result.is_ok() {
+            self.info.upgrade.request();
+        }
         result.map(Response::new)
     }
 

@@ -263,6 +263,7 @@ pub fn run_spec(
         prepared: Default::default(),
         executor: step.plan.executor.clone(),
         step_id: step.plan.id.clone(),
+        protocol_journal: None,
     }
 }
 

@@ -297,6 +297,9 @@ pub struct Engine {
     housekeeping_at: tokio::time::Instant,
     budgets: budget::Budgets,
     shutting_down: bool,
+    /// Set by `serve` before an upgrade's stop: the drain leaves running the attempts
+    /// the next orchd re-attaches to.
+    handover: Arc<std::sync::atomic::AtomicBool>,
     /// Per agent profile aggregates, updated as attempts end.
     stats: stats::Stats,
     /// Agent profiles switched off for routing (`routing`).
@@ -380,6 +383,7 @@ impl Engine {
             housekeeping_at: tokio::time::Instant::now(),
             budgets: budget::Budgets::default(),
             shutting_down: false,
+            handover: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             stats: stats::Stats::new(),
             host: schedule::HostGate::default(),
             disk,
@@ -771,15 +775,40 @@ impl Engine {
         self.drain().await
     }
 
+    /// The flag `serve` sets before stopping the engine for an upgrade.
+    pub fn handover(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.handover.clone()
+    }
+
     async fn drain(&mut self) -> Result<(), StoreError> {
         self.shutting_down = true;
         let grace = Duration::from_millis(self.cfg.grace_period.0);
         let mut n = 0;
-        for live in self.live.values() {
-            for h in live.handles.values() {
+        let handover = self.handover.load(Ordering::SeqCst);
+        let mut kept_set = std::collections::HashSet::new();
+        for (id, live) in &self.live {
+            for (step, h) in &live.handles {
+                // An upgrade leaves running what the next orchd re-attaches to.
+                let survives = handover
+                    && live.run.running.get(step).is_some_and(|r| {
+                        r.attempt.executor == "slurm"
+                            || (self.cfg.live_restore && r.attempt.executor.is_empty())
+                            || (self.cfg.live_restore && r.attempt.executor == "local")
+                    });
+                if survives {
+                    kept_set.insert((id.clone(), *step));
+                    continue;
+                }
                 h.send(Control::Stop(StopReason::Shutdown));
                 n += 1;
             }
+        }
+        if handover {
+            tracing::info!(
+                stopped = n,
+                kept = kept_set.len(),
+                "handing over to the upgraded orchd"
+            );
         }
         tracing::info!(
             attempts = n,
@@ -789,7 +818,8 @@ impl Engine {
         // Executors end every attempt within the grace period plus the kill; the extra
         // margin covers a process stuck in the kernel.
         let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(5);
-        while self.running > 0 {
+        let kept = kept_set.len();
+        while self.running > kept {
             match tokio::time::timeout_at(deadline, self.facts_rx.recv()).await {
                 Ok(Some(f)) => self.on_fact(f),
                 _ => break,
@@ -805,6 +835,7 @@ impl Engine {
                     .values()
                     .map(move |r| (id.clone(), r.attempt.step_index, r.attempt.number))
             })
+            .filter(|(id, step, _)| !kept_set.contains(&(id.clone(), *step)))
             .collect();
         for (id, step, attempt) in left {
             tracing::warn!(objective = %id, step, "attempt did not stop in time");
@@ -938,7 +969,40 @@ impl Engine {
                 self.attempt_input(&key.objective_id, input);
             }
             Fact::Ended { key, end } => self.on_ended(key, end),
+            Fact::Protocol { key, lines, upto } => self.on_protocol(key, lines, upto),
         }
+    }
+
+    /// Lines a shim's journal held up to `upto`: the offset is set on the running
+    /// attempt first, so every write of it in this turn (the lines' own included) carries
+    /// it, and written once more after them.
+    fn on_protocol(&mut self, key: crate::runner::AttemptKey, lines: Vec<AgentLine>, upto: u64) {
+        match self.running_attempt(&key) {
+            Some(a) if a.protocol_offset < upto => a.protocol_offset = upto,
+            // Already read (a duplicate after a re-attach), or no longer running.
+            _ => return,
+        }
+        for line in lines {
+            self.on_fact(Fact::Line {
+                key: key.clone(),
+                line,
+            });
+        }
+        if let Some(a) = self.running_attempt(&key) {
+            let a = a.clone();
+            self.turn.writes.attempt(&a);
+        }
+    }
+
+    fn running_attempt(
+        &mut self,
+        key: &crate::runner::AttemptKey,
+    ) -> Option<&mut crate::model::Attempt> {
+        self.live
+            .get_mut(&key.objective_id)
+            .and_then(|l| l.run.running.get_mut(&key.step_index))
+            .filter(|r| r.attempt.number == key.number)
+            .map(|r| &mut r.attempt)
     }
 
     fn on_ended(&mut self, key: crate::runner::AttemptKey, end: AttemptEnd) {
@@ -956,6 +1020,10 @@ impl Engine {
             return;
         };
         let AttemptEnd { end, exited_at } = end;
+        let leftovers = self.executor.leftovers(&key);
+        if !leftovers.is_empty() {
+            self.turn.after.push(After::RemoveDirs(leftovers));
+        }
         tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
         self.turn
             .after

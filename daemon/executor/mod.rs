@@ -6,6 +6,7 @@
 //! through an `AttemptHandle`.
 
 pub mod local;
+pub mod shim;
 pub mod slurm;
 
 use tokio::sync::mpsc;
@@ -14,6 +15,7 @@ use crate::model::{Attempt, Control};
 use crate::runner::{Fact, RunSpec};
 
 pub use local::LocalExecutor;
+pub use shim::ShimExecutor;
 pub use slurm::SlurmExecutor;
 
 /// Where the engine's facts go.
@@ -61,12 +63,21 @@ pub trait Executor: Send + Sync {
     /// After a restart: finds what is left of `attempt` and either re-attaches to it or
     /// makes sure nothing of it runs any more.
     fn reattach(&self, attempt: &Attempt, facts: Facts) -> Reattached;
+
+    /// What is left to remove once the attempt's end is durable (a shim's directory).
+    fn leftovers(&self, _key: &crate::runner::AttemptKey) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 /// Every executor of the daemon: `local`, and `slurm` when `[executors.slurm]` is set.
 /// Attempts go to the one their step names (`RunSpec::executor`, `Attempt::executor`).
 pub struct Executors {
     pub local: LocalExecutor,
+    /// Re-attaches to shims whatever `live_restore` says now (an earlier orchd may have
+    /// started them); starts this machine's attempts when `live_restore` is on.
+    pub shim: ShimExecutor,
+    pub live_restore: bool,
     pub slurm: Option<SlurmExecutor>,
 }
 
@@ -113,6 +124,7 @@ impl Executor for Executors {
 
     fn start(&self, spec: RunSpec, facts: Facts) -> AttemptHandle {
         match (spec.executor.as_str(), &self.slurm) {
+            ("", _) | ("local", _) if self.live_restore => self.shim.start(spec, facts),
             ("", _) | ("local", _) => self.local.start(spec, facts),
             ("slurm", Some(s)) => s.start(spec, facts),
             (other, _) => {
@@ -131,13 +143,20 @@ impl Executor for Executors {
 
     fn reattach(&self, attempt: &Attempt, facts: Facts) -> Reattached {
         match (attempt.executor.as_str(), &self.slurm) {
-            ("", _) | ("local", _) => self.local.reattach(attempt, facts),
+            ("", _) | ("local", _) => match self.shim.reattach(attempt, facts.clone()) {
+                Some(r) => r,
+                None => self.local.reattach(attempt, facts),
+            },
             ("slurm", Some(s)) => s.reattach(attempt, facts),
             (other, _) => {
                 tracing::warn!(objective = %attempt.objective_id, step = %attempt.step_id, executor = other, job = ?attempt.job_id, "an attempt of an executor no longer configured: recorded interrupted, its job is left alone");
                 Reattached::Gone { killed: false }
             }
         }
+    }
+
+    fn leftovers(&self, key: &crate::runner::AttemptKey) -> Vec<std::path::PathBuf> {
+        self.shim.leftovers(key)
     }
 }
 

@@ -107,6 +107,9 @@ pub struct LineParser {
     /// aider's last provider error not followed by its own retry or a reply: if the
     /// output ends on it, aider gave up (and exits 0 all the same).
     aider_error: Option<(FailureClass, String)>,
+    /// Journal mode (the shim executor): the lines the format may read are appended to
+    /// this file, whole and unparsed, for orchd to parse; nothing is parsed here.
+    journal: Option<std::fs::File>,
 }
 
 /// What aider prints when the provider refuses it; each is followed by `Retrying in …`
@@ -147,7 +150,21 @@ impl LineParser {
             threads: None,
             thread: None,
             aider_error: None,
+            journal: None,
         }
+    }
+
+    /// Takes the thread totals out (to replay lines already counted without them).
+    pub fn take_threads(&mut self) -> Option<Threads> {
+        self.threads.take()
+    }
+
+    /// Journal mode: complete lines the format may read go to `journal` (appended whole,
+    /// one write each) instead of being parsed; `feed` and `finish` then return only
+    /// notes about over-long lines.
+    pub fn with_journal(mut self, journal: Option<std::fs::File>) -> LineParser {
+        self.journal = journal;
+        self
     }
 
     /// Reads and keeps thread totals in `threads` (Codex).
@@ -223,6 +240,17 @@ impl LineParser {
     }
 
     fn finish_line(&mut self, out: &mut Vec<AgentLine>) {
+        if let Some(journal) = &mut self.journal {
+            if !self.skipping && !self.line.is_empty() {
+                self.line.push(b'\n');
+                if let Err(e) = std::io::Write::write_all(journal, &self.line) {
+                    tracing::error!(error = %e, "cannot append to the protocol journal; a protocol line is lost");
+                }
+            }
+            self.line.clear();
+            self.skipping = false;
+            return;
+        }
         if !self.skipping && !self.line.is_empty() {
             let text = String::from_utf8_lossy(&self.line)
                 .trim_end_matches('\r')

@@ -611,3 +611,24 @@ fn estimates_under_a_dated_model_name_are_completed_by_the_result() {
     );
     assert!((t.cost_usd - 0.01).abs() < 1e-12);
 }
+
+#[test]
+fn journal_mode_appends_the_lines_the_format_reads_whole_and_parses_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut p = LineParser::new(UsageFormat::OrchLines).with_journal(Some(file));
+    let mut out = p.feed(b"hello\n::orch-usage:: {\"input_");
+    out.extend(p.feed(b"tokens\":4}\nplain text\n::orch-progress:: {\"percent\":9}"));
+    out.extend(p.finish());
+    assert!(out.is_empty(), "nothing parsed in journal mode: {out:?}");
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(
+        text,
+        "::orch-usage:: {\"input_tokens\":4}\n::orch-progress:: {\"percent\":9}\n"
+    );
+    // What orchd reads back says what the agent said.
+    let lines = LineParser::new(UsageFormat::OrchLines).feed(text.as_bytes());
+    assert_eq!(total_of(&lines).input_tokens, 4);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+}

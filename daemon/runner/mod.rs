@@ -82,6 +82,9 @@ pub struct RunSpec {
     pub executor: String,
     /// The step's id (cluster job names carry it).
     pub step_id: String,
+    /// Journal mode (the shim executor): stdout lines the usage format may read are
+    /// appended to this file unparsed, and orchd parses them (`LineParser::with_journal`).
+    pub protocol_journal: Option<PathBuf>,
 }
 
 /// How an attempt ended, and when its main process was reaped.
@@ -126,6 +129,14 @@ pub enum Fact {
     Ended {
         key: AttemptKey,
         end: AttemptEnd,
+    },
+    /// Agent lines parsed by orchd from a shim's protocol journal, and how far the
+    /// journal has been read: the engine keeps `upto` in the attempt's record in the same
+    /// store write as the lines' effects, so each line is processed exactly once.
+    Protocol {
+        key: AttemptKey,
+        lines: Vec<AgentLine>,
+        upto: u64,
     },
 }
 
@@ -359,6 +370,22 @@ async fn run(
             ));
         }
     };
+    let journal = match &spec.protocol_journal {
+        Some(path) => match std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                return AttemptEnd::spawn_error(format!(
+                    "cannot open the protocol journal {}: {e}",
+                    path.display()
+                ));
+            }
+        },
+        None => None,
+    };
     let mut env = spec.env.clone();
     if let Some((path, json)) = &spec.checkpoint {
         let owner = spec.run_as.as_ref().map(|(u, g, _)| (*u, *g));
@@ -476,7 +503,8 @@ async fn run(
                 LineParser::new(spec.usage_format)
                     .with_prices(spec.prices.clone())
                     .with_session_usage(spec.session_usage)
-                    .with_threads(spec.threads.clone()),
+                    .with_threads(spec.threads.clone())
+                    .with_journal(journal),
             )),
             None,
         ))

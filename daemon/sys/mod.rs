@@ -11,6 +11,7 @@ mod fs;
 mod host;
 mod limits;
 mod process;
+mod shim;
 mod watch;
 
 use std::io;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use child::{ChildSetup, child_pre_exec, workdir_error};
 pub use fs::{
     Space, can_write, create_private, fs_space, is_disk_full, private_dir, read_xattr,
-    restrict_umask, set_owner, try_lock_record, with_umask,
+    restore_inherited_umask, restrict_umask, set_owner, try_lock_record, with_umask,
 };
 pub use host::host_figures;
 pub use limits::raise_open_files;
@@ -29,6 +30,7 @@ pub use process::{
     in_attempt_tree, pidfd_open, process_start_ticks, processes_with_env, reap, run_as,
     session_members, signal_group, signal_process, usage_of, user_name,
 };
+pub use shim::{detach_fork, reexec, shim_pre_exec, take_shim_listener};
 pub use watch::{Watch, WatchFlags, readable_fd};
 
 /// A system call that failed, with what it was called on.

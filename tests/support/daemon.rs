@@ -313,6 +313,11 @@ impl TestDaemon {
             File::create(&empty).expect("create an empty config file");
             cmd.env("ORCH_CONFIG", empty);
         }
+        // Attempts are orchd's children unless a test asks for live restore (shims
+        // outlive orchd on purpose: tests of crashes expect what dies with it to die).
+        // ORCH_TEST_LIVE_RESTORE=true runs the whole suite under shims.
+        let live = std::env::var("ORCH_TEST_LIVE_RESTORE").unwrap_or_else(|_| "false".into());
+        cmd.env("ORCH_LIVE_RESTORE", live);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -439,12 +444,45 @@ impl Drop for TestDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        kill_leftover_shims(&self.state);
         if thread::panicking() {
             eprintln!(
                 "---- orchd log ({}) ----\n{}\n---- end of orchd log ----",
                 self.log.display(),
                 self.log_text()
             );
+        }
+    }
+}
+
+/// Kills what shims (live restore) left running after the test: every shim recorded in
+/// `STATE/shims/*/shim.json` and its agent's process group (`started.json`), each only
+/// if its start time still matches (never a recycled pid).
+pub fn kill_leftover_shims(state: &Path) {
+    let Ok(dirs) = fs::read_dir(state.join("shims")) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        for (file, group) in [("started.json", true), ("shim.json", false)] {
+            let Ok(text) = fs::read_to_string(dir.path().join(file)) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let (Some(pid), ticks) = (v["pid"].as_u64(), v["start_ticks"].as_u64()) else {
+                continue;
+            };
+            let pid = pid as u32;
+            if ticks.is_none() || super::proc_start_ticks(pid) != ticks {
+                continue;
+            }
+            let target = if group {
+                nix::unistd::Pid::from_raw(-(pid as i32))
+            } else {
+                nix::unistd::Pid::from_raw(pid as i32)
+            };
+            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

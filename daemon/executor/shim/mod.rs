@@ -1,0 +1,250 @@
+//! The shim executor (live restore): each attempt runs under a small supervisor
+//! process of its own — orchd re-executed as `orchd __shim DIR` — in its own session,
+//! outside orchd's process tree, so that agents outlive a crash, `kill -9`, restart
+//! or upgrade of orchd. The shim (`process`) runs the attempt with the same runner as
+//! the local executor; orchd (`attend`) talks to it over the per-attempt socket (`wire`)
+//! and parses the agent's protocol lines from the shim's journal, keeping how far it
+//! read in the attempt's record (`Fact::Protocol`), so that a restarted orchd resumes
+//! from there: every line is processed once. See docs/ARCHITECTURE.md, "Live restore".
+
+mod attend;
+pub mod process;
+pub mod wire;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::limits::Limiter;
+use crate::model::Attempt;
+use crate::runner::{AttemptEnd, AttemptKey, Fact, Prices, RunSpec, Threads};
+use crate::sys;
+
+use super::{AttemptHandle, Facts, Reattached, leaf_name};
+use wire::{ProcId, ShimSpec};
+
+/// The argument that makes orchd a shim.
+pub const SHIM_ARG: &str = "__shim";
+
+pub struct ShimExecutor {
+    limiter: Arc<Limiter>,
+    /// `STATE/shims`: one directory per attempt.
+    root: PathBuf,
+    /// The agent thread totals (the store), for orchd's parser after a restart.
+    threads: Option<Threads>,
+    prices: Arc<std::collections::BTreeMap<String, crate::config::Price>>,
+    log_caps: (u64, u64),
+}
+
+impl ShimExecutor {
+    pub fn new(
+        limiter: Arc<Limiter>,
+        state_dir: &Path,
+        threads: Option<Threads>,
+        cfg: &crate::config::Config,
+    ) -> ShimExecutor {
+        ShimExecutor {
+            limiter,
+            root: state_dir.join("shims"),
+            threads,
+            prices: Arc::new(cfg.prices.clone()),
+            log_caps: (cfg.logs.max_total_bytes.0, cfg.logs.user_bytes()),
+        }
+    }
+
+    /// The directory of an attempt's shim.
+    pub fn dir_of(&self, objective_id: &str, step_index: u32, number: u32) -> PathBuf {
+        self.root.join(leaf_name(objective_id, step_index, number))
+    }
+
+    fn leaf(&self, a: &Attempt) -> Option<PathBuf> {
+        a.cgroup.clone().map(PathBuf::from).or_else(|| {
+            self.limiter
+                .leaf_path(&leaf_name(&a.objective_id, a.step_index, a.number))
+        })
+    }
+
+    pub fn start(&self, mut spec: RunSpec, facts: Facts) -> AttemptHandle {
+        let key = spec.key.clone();
+        let fail = |message: String| {
+            let _ = facts.send(Fact::Ended {
+                key: key.clone(),
+                end: AttemptEnd::spawn_error(message),
+            });
+            AttemptHandle::detached()
+        };
+        let leaf = leaf_name(&key.objective_id, key.step_index, key.number);
+        let uid = spec.run_as.as_ref().map_or_else(sys::current_uid, |r| r.0);
+        match self.limiter.prepare(&leaf, &spec.limits, uid) {
+            Ok(p) => spec.prepared = p,
+            Err(e) => return fail(format!("cannot set up the attempt's limits: {e}")),
+        }
+        let dir = self.root.join(&leaf);
+        let shim = ShimSpec::of(&spec, self.log_caps);
+        let conn = match self.launch(&dir, &shim) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(cg) = &spec.prepared.cgroup {
+                    let _ = std::fs::remove_dir(cg);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return fail(format!("cannot start the attempt's shim: {e}"));
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let parser = attend::parser(&shim, &self.prices, spec.threads.clone());
+        tokio::spawn(attend::attend(attend::Attend {
+            key,
+            dir,
+            conn: Some(conn),
+            control: rx,
+            facts,
+            parser,
+            offset: 0,
+            report_started: true,
+            known: None,
+            leaf: spec.prepared.cgroup.clone(),
+        }));
+        AttemptHandle::new(tx)
+    }
+
+    /// Writes the attempt's directory, binds its socket, starts the shim (which forks
+    /// away) and connects; the connection waits in the socket's backlog until the shim
+    /// accepts it.
+    fn launch(&self, dir: &Path, spec: &ShimSpec) -> std::io::Result<tokio::net::UnixStream> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)?;
+        std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+        wire::write(&dir.join(wire::SPEC), spec)?;
+        std::fs::File::create(dir.join(wire::JOURNAL))?;
+        let listener = std::os::unix::net::UnixListener::bind(dir.join(wire::SOCK))?;
+        let conn = std::os::unix::net::UnixStream::connect(dir.join(wire::SOCK))?;
+        let log = std::fs::File::create(dir.join(wire::SHIM_LOG))?;
+        let fd = listener.as_raw_fd();
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg0("orchd-shim")
+            .arg(SHIM_ARG)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: shim_pre_exec makes only async-signal-safe calls (setsid, dup2, fcntl),
+        // as does restore_inherited_umask (umask): the shim starts with the umask orchd was
+        // started with, keeps it for its agent and restricts its own.
+        unsafe {
+            cmd.pre_exec(move || {
+                sys::restore_inherited_umask();
+                sys::shim_pre_exec(fd)
+            });
+        }
+        let mut first = cmd.spawn()?;
+        drop(listener);
+        // The first process forks the shim and exits at once; it is reaped off the
+        // engine's thread.
+        tokio::task::spawn_blocking(move || {
+            if let Ok(status) = first.wait()
+                && !status.success()
+            {
+                tracing::warn!(%status, "the shim's first process failed");
+            }
+        });
+        conn.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(conn)
+    }
+
+    /// After a restart: re-attaches to a live shim, takes the end a finished one left,
+    /// or (no shim) leaves the attempt to the local executor's leftover killing. `None`
+    /// when the attempt has no shim directory (it was not the shim's).
+    pub fn reattach(&self, a: &Attempt, facts: Facts) -> Option<Reattached> {
+        let dir = self.dir_of(&a.objective_id, a.step_index, a.number);
+        if !dir.is_dir() {
+            return None;
+        }
+        let spec: Option<ShimSpec> = wire::read(&dir.join(wire::SPEC)).ok().flatten();
+        let shim: Option<ProcId> = wire::read(&dir.join(wire::SHIM)).ok().flatten();
+        let alive = shim.is_some_and(|s| {
+            s.start_ticks.is_some() && sys::process_start_ticks(s.pid) == s.start_ticks
+        });
+        let conn = alive
+            .then(|| std::os::unix::net::UnixStream::connect(dir.join(wire::SOCK)).ok())
+            .flatten()
+            .and_then(|c| {
+                c.set_nonblocking(true).ok()?;
+                tokio::net::UnixStream::from_std(c).ok()
+            });
+        let ended = dir.join(wire::END).exists();
+        let key = AttemptKey {
+            objective_id: a.objective_id.clone(),
+            step_index: a.step_index,
+            number: a.number,
+        };
+        match (spec, conn.is_some() || ended) {
+            (Some(spec), true) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let parser = attend::parser(&spec, &self.prices, self.threads.clone());
+                let known = a.pid.map(|pid| wire::Started {
+                    pid,
+                    start_ticks: a.pid_start_ticks,
+                    cgroup: a.cgroup.clone(),
+                });
+                tracing::info!(objective = %a.objective_id, step = %a.step_id, attempt = a.number, shim = ?shim.map(|s| s.pid), live = conn.is_some(), "re-attached to the attempt's shim");
+                tokio::spawn(attend::attend(attend::Attend {
+                    key,
+                    dir,
+                    conn,
+                    control: rx,
+                    facts,
+                    parser,
+                    offset: a.protocol_offset,
+                    report_started: a.pid.is_none(),
+                    known,
+                    leaf: self.leaf(a),
+                }));
+                Some(Reattached::Attached(AttemptHandle::new(tx)))
+            }
+            _ => {
+                // The shim is gone without an end (killed, or the machine rebooted): what
+                // it left is killed, identified as the local executor does.
+                if let Some(s) = shim.filter(|_| alive) {
+                    let _ = sys::signal_process(s.pid, sys::Signal::SIGKILL);
+                }
+                let started: Option<wire::Started> =
+                    wire::read(&dir.join(wire::STARTED)).ok().flatten();
+                let mut a = a.clone();
+                if a.pid.is_none()
+                    && let Some(s) = started
+                {
+                    a.pid = Some(s.pid);
+                    a.pid_start_ticks = s.start_ticks;
+                    a.cgroup = s.cgroup;
+                }
+                let killed = super::local::kill_leftover(&a, self.leaf(&a).as_deref(), &sys::Host);
+                let _ = std::fs::remove_dir_all(&dir);
+                Some(Reattached::Gone { killed })
+            }
+        }
+    }
+
+    pub fn leftovers(&self, key: &AttemptKey) -> Vec<PathBuf> {
+        let dir = self.dir_of(&key.objective_id, key.step_index, key.number);
+        if dir.is_dir() { vec![dir] } else { Vec::new() }
+    }
+}
+
+/// The prices for orchd's parser of one attempt's journal.
+fn prices(
+    table: &Arc<std::collections::BTreeMap<String, crate::config::Price>>,
+    model: &str,
+) -> Prices {
+    Prices {
+        table: table.clone(),
+        model: model.to_string(),
+    }
+}

@@ -1,0 +1,88 @@
+//! The calls of the shim executor and of `orchd daemon upgrade`: the shim's own session
+//! and the listener it inherits on a fixed descriptor, its daemonizing fork, and orchd's
+//! re-execution of itself.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::Path;
+
+/// The descriptor a shim finds its per-attempt listening socket on.
+pub const SHIM_LISTENER_FD: RawFd = 3;
+
+/// In the shim's first process, between fork and exec: a session of its own (outside
+/// orchd's process group and terminal) and the listener moved to [`SHIM_LISTENER_FD`],
+/// inheritable. Only async-signal-safe calls.
+pub fn shim_pre_exec(listener: RawFd) -> io::Result<()> {
+    // SAFETY: setsid, fcntl and dup2 are async-signal-safe and take plain integers.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = if listener == SHIM_LISTENER_FD {
+            libc::fcntl(SHIM_LISTENER_FD, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(listener, SHIM_LISTENER_FD)
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Forks so that the shim is nobody's child but init's (or a subreaper's) once its first
+/// process exits: returns `true` in that first process, which must exit at once. Call
+/// only while the process has a single thread.
+pub fn detach_fork() -> io::Result<bool> {
+    // SAFETY: called before any thread is started (the shim's `main`, before its runtime).
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+/// Takes the listener orchd handed over on [`SHIM_LISTENER_FD`], close-on-exec from now
+/// on (the agent must not inherit it). Refuses a descriptor that is not a listening
+/// Unix socket.
+pub fn take_shim_listener() -> io::Result<std::os::unix::net::UnixListener> {
+    // SAFETY: fcntl on a plain descriptor number.
+    if unsafe { libc::fcntl(SHIM_LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no listener on descriptor {SHIM_LISTENER_FD} ({}); a shim is started by orchd only",
+                io::Error::last_os_error()
+            ),
+        ));
+    }
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`.
+    let r = unsafe {
+        libc::getsockopt(
+            SHIM_LISTENER_FD,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 || ty == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {SHIM_LISTENER_FD} is not a listening socket"),
+        ));
+    }
+    // SAFETY: the descriptor was handed to this process for this use alone and is
+    // owned by the listener from here on.
+    Ok(unsafe { std::os::unix::net::UnixListener::from_raw_fd(SHIM_LISTENER_FD) })
+}
+
+/// Replaces this process with `exe` run with `args` (same pid, same environment).
+/// Returns only on failure.
+pub fn reexec(exe: &Path, args: &[OsString]) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(exe).args(args).exec()
+}
