@@ -44,7 +44,12 @@ type Client = OrchestratorClient<Channel>;
 /// Set when a check that makes a figure meaningful fails; the bench then exits 1.
 static CHECK_FAILED: AtomicBool = AtomicBool::new(false);
 
-const SECTIONS: [&str; 4] = ["overhead", "submit", "recovery", "events"];
+#[path = "versus/mod.rs"]
+mod versus;
+
+const SECTIONS: [&str; 7] = [
+    "machine", "versus", "targets", "overhead", "submit", "recovery", "events",
+];
 
 fn main() -> std::process::ExitCode {
     // `cargo bench` passes `--bench`; other dashed arguments are ignored the same way.
@@ -76,6 +81,15 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         preflight()?;
         println!("load average before: {}", loadavg());
+        if run("machine") || run("versus") || run("targets") {
+            versus::machine()?;
+        }
+        if run("versus") {
+            versus::versus().await.context("section V (versus pueue)")?;
+        }
+        if run("targets") {
+            versus::targets().await.context("section T (targets)")?;
+        }
         if run("overhead") {
             overhead("rlimit")
                 .await

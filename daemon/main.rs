@@ -72,6 +72,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // glibc gives each thread that allocates its own 64 MiB arena (up to 8 per core): with
+    // tokio's workers, its blocking pool and sled's threads, freed memory stays spread
+    // over many arenas and resident. Two arenas keep the daemon's memory compact.
+    sys::limit_malloc_arenas(2);
     // `orchd __shim DIR`: the supervisor of one attempt (live restore), started by orchd.
     let mut args = std::env::args_os();
     if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(executor::shim::SHIM_ARG)) {

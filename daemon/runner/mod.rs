@@ -12,7 +12,6 @@ mod outcome;
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -416,41 +415,26 @@ async fn run(
         }
     }
     let setup = ChildSetup {
-        cgroup_procs: spec.prepared.cgroup.as_ref().and_then(|c| {
-            std::ffi::CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes())
-                .ok()
-        }),
+        cgroup_procs: None,
         rlimits: spec.prepared.rlimits.clone(),
         run_as: spec.run_as.clone(),
         workdir: Some(workdir),
     };
-    let mut cmd = std::process::Command::new(&program);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: child_pre_exec only makes async-signal-safe calls on data prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || sys::child_pre_exec(&setup));
-        }
-    }
     let spawned_at = Instant::now();
-    let mut child = match cmd.spawn() {
+    let child = match sys::spawn(sys::SpawnSpec {
+        argv: &spec.argv,
+        env: &env,
+        stdin_pipe: spec.stdin.is_some(),
+        setup,
+        cgroup: spec.prepared.cgroup.as_deref(),
+    }) {
         Ok(c) => c,
         Err(e) => {
             return AttemptEnd::spawn_error(describe_spawn_error(&program, &spec.workdir, &e));
         }
     };
     let spawn_us = spawned_at.elapsed().as_micros() as u64;
-    let pid = child.id();
+    let pid = child.pid;
     let tree = Tree {
         leaf: spec.prepared.cgroup.clone().map(Leaf),
         pgid: pid,
@@ -466,20 +450,20 @@ async fn run(
             .as_ref()
             .map(|c| c.display().to_string()),
     });
-    tracing::debug!(objective = %spec.key.objective_id, step = spec.key.step_index, attempt = spec.key.number, pid, spawn_us, "attempt started");
+    tracing::debug!(objective = %spec.key.objective_id, step = spec.key.step_index, attempt = spec.key.number, pid, spawn_us, vfork = child.vfork, "attempt started");
 
     // Exit notification: a pidfd becomes readable when the process exits.
     let exit = match sys::pidfd_open(pid).and_then(sys::readable_fd) {
         Ok(fd) => fd,
         Err(e) => {
             tree.kill();
-            let _ = child.wait();
+            sys::wait_blocking(pid);
             return AttemptEnd::spawn_error(format!("cannot watch pid {pid}: {e}"));
         }
     };
 
-    if let (Some(stdin), Some(data)) = (child.stdin.take(), spec.stdin.clone())
-        && let Ok(mut w) = tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
+    if let (Some(stdin), Some(data)) = (child.stdin, spec.stdin.clone())
+        && let Ok(mut w) = tokio::net::unix::pipe::Sender::from_owned_fd(stdin)
     {
         tokio::spawn(async move {
             // An agent that does not read its stdin is fine.
@@ -491,7 +475,7 @@ async fn run(
     let pipe = |fd: Option<OwnedFd>| {
         fd.and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok())
     };
-    let stdout = pipe(child.stdout.take().map(OwnedFd::from)).map(|r| {
+    let stdout = pipe(Some(child.stdout)).map(|r| {
         tokio::spawn(copy_stream(
             r,
             Stream::Stdout,
@@ -510,7 +494,7 @@ async fn run(
         ))
     });
     let stderr_tail = Arc::new(std::sync::Mutex::new(VecDeque::new()));
-    let stderr = pipe(child.stderr.take().map(OwnedFd::from)).map(|r| {
+    let stderr = pipe(Some(child.stderr)).map(|r| {
         tokio::spawn(copy_stream(
             r,
             Stream::Stderr,

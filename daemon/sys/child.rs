@@ -42,7 +42,8 @@ pub fn workdir_error(e: &io::Error) -> Option<io::Error> {
 /// was started with.
 ///
 /// # Safety
-/// Must only be called between `fork` and `exec` (from `Command::pre_exec`).
+/// Must only be called between `fork` (or `clone3(CLONE_VM | CLONE_VFORK)`, see `spawn`)
+/// and `exec`.
 pub unsafe fn child_pre_exec(setup: &ChildSetup) -> io::Result<()> {
     // SAFETY: setsid is async-signal-safe; the child is not a group leader after fork.
     if unsafe { libc::setsid() } < 0 {
@@ -89,12 +90,13 @@ pub unsafe fn child_pre_exec(setup: &ChildSetup) -> io::Result<()> {
         }
     }
     if let Some((uid, gid, groups)) = &setup.run_as {
-        // SAFETY: setgroups/setgid/setuid are plain syscalls here (a forked child has one
-        // thread); the group list was allocated before fork.
+        // SAFETY: raw setgroups/setgid/setuid system calls: glibc's wrappers would tell
+        // every thread of the daemon to switch too (setxid broadcast), and a child started
+        // with CLONE_VM shares the daemon's memory; the group list was allocated before.
         unsafe {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(*gid) != 0
-                || libc::setuid(*uid) != 0
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setgid, *gid) != 0
+                || libc::syscall(libc::SYS_setuid, *uid) != 0
             {
                 return Err(io::Error::last_os_error());
             }

@@ -40,3 +40,15 @@ mod tests {
         assert_eq!(raise_open_files(0).expect("read again"), after);
     }
 }
+
+/// At most `n` glibc malloc arenas for the whole process (`M_ARENA_MAX`); before any
+/// thread starts. Without glibc (or if refused) nothing changes.
+pub fn limit_malloc_arenas(n: i32) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = n;
+}

@@ -12,25 +12,30 @@ mod host;
 mod limits;
 mod process;
 mod shim;
+mod spawn;
 mod watch;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use child::{ChildSetup, child_pre_exec, workdir_error};
+// `child_pre_exec` stays available to an executor that forks itself.
+#[allow(unused_imports)]
+pub use child::child_pre_exec;
+pub use child::{ChildSetup, workdir_error};
 pub use fs::{
     Space, can_write, create_private, fs_space, is_disk_full, private_dir, read_xattr,
     restore_inherited_umask, restrict_umask, set_owner, try_lock_record, with_umask,
 };
 pub use host::host_figures;
-pub use limits::raise_open_files;
+pub use limits::{limit_malloc_arenas, raise_open_files};
 pub use nix::sys::signal::Signal;
 pub use process::{
     Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
     in_attempt_tree, pidfd_open, process_start_ticks, processes_with_env, reap, run_as,
-    session_members, signal_group, signal_process, usage_of, user_name,
+    session_members, signal_group, signal_process, usage_of, user_name, wait_blocking,
 };
 pub use shim::{detach_fork, reexec, shim_pre_exec, take_shim_listener};
+pub use spawn::{SpawnSpec, spawn};
 pub use watch::{Watch, WatchFlags, readable_fd};
 
 /// A system call that failed, with what it was called on.

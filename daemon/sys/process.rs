@@ -71,6 +71,13 @@ pub struct Reaped {
     pub cpu_ms: u64,
 }
 
+/// Waits for our child `pid` to end and reaps it (for a child just killed).
+pub fn wait_blocking(pid: u32) {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes only into the local status.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+}
+
 /// Reaps `pid` if it has exited (`wait4` with `WNOHANG`); `None` while it runs.
 pub fn reap(pid: u32) -> Result<Option<Reaped>, SysError> {
     let mut status: libc::c_int = 0;
