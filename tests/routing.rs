@@ -483,3 +483,34 @@ fn the_example_config_routes_to_the_local_server_only_as_a_last_resort() {
         "{dry}"
     );
 }
+
+#[test]
+fn a_profile_that_keeps_failing_is_cooled_down_and_the_step_moves_on() {
+    let d = daemon(
+        Some("failing"),
+        "\n[routing]\ncooldown_after = 2\ncooldown = \"1h\"\n",
+    );
+    d.write_script(
+        "failing",
+        "#!/bin/sh\ncat >/dev/null\necho broken >&2\nexit 1\n",
+    );
+    let plan = r#"[[steps]]
+id = "cheap"
+agent = "auto"
+prompt = "do it"
+route = { priority = "cost", tags = ["code"] }
+retry = { max_attempts = 3, initial_backoff = "50ms", jitter = 0.0 }
+"#;
+    let p = d.write_plan("cheap.toml", plan);
+    let id = d.submit(&["--wait", &p], 0);
+    let v = d.status(&id);
+    assert_eq!(
+        attempt_agents(&v, "cheap"),
+        ["haiku", "haiku", "sonnet"],
+        "{v}"
+    );
+    let h = agent(&d, "haiku");
+    assert_eq!(h["enabled"], false, "{h}");
+    assert_eq!(h["disabled_reason"], "failed 2 times in a row", "{h}");
+    assert!(h["disabled_until"].is_string(), "{h}");
+}

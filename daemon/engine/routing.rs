@@ -320,7 +320,7 @@ impl Engine {
     /// A provider limited `agent` until `until_ms` (or, unsaid, for `[rate_limit_wait]`):
     /// routing skips it until then.
     pub(super) fn note_limit(&mut self, agent: &str, until_ms: Option<Millis>) {
-        if agent.is_empty() || !self.cfg.agents.contains_key(agent) {
+        if !self.routable(agent) {
             return;
         }
         let now = now_ms();
@@ -351,10 +351,19 @@ impl Engine {
         );
     }
 
+    /// Whether routing may choose `agent` at all (a profile with tags): only those are
+    /// switched off by limits and cool-downs.
+    fn routable(&self, agent: &str) -> bool {
+        self.cfg
+            .agents
+            .get(agent)
+            .is_some_and(|p| !p.tags.is_empty())
+    }
+
     /// Counts an ended attempt's agent's failures in a row; cools it down after
     /// `[routing] cooldown_after` of them.
     pub(super) fn note_end(&mut self, a: &Attempt) {
-        let (Some(outcome), false) = (a.outcome, a.agent.is_empty()) else {
+        let (Some(outcome), true) = (a.outcome, self.routable(&a.agent)) else {
             return;
         };
         match outcome {
