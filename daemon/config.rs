@@ -369,6 +369,9 @@ pub struct AgentProfile {
     /// Offer orch's own MCP server (`orchctl mcp`) to the agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mcp_self: bool,
+    /// Every step run by this profile waits for `orchctl approve` first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_approval: bool,
 }
 
 impl AgentProfile {
@@ -400,6 +403,7 @@ pub fn shell_profile() -> AgentProfile {
         model: None,
         mcp: Vec::new(),
         mcp_self: false,
+        requires_approval: false,
     }
 }
 
@@ -438,6 +442,23 @@ pub struct Config {
     /// Where steps can run besides this machine (`[executors.slurm]`). Read at start.
     #[serde(skip_serializing_if = "ExecutorsConfig::is_empty")]
     pub executors: ExecutorsConfig,
+    /// `[safety]`: which steps wait for approval whatever their plan says.
+    #[serde(skip_serializing_if = "SafetyConfig::is_empty")]
+    pub safety: SafetyConfig,
+}
+
+/// `[safety]`: glob patterns over a literal step's command line (`git push*`); a step
+/// whose command matches one waits for `orchctl approve`, the rule named as the reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SafetyConfig {
+    pub require_approval: Vec<String>,
+}
+
+impl SafetyConfig {
+    fn is_empty(&self) -> bool {
+        self.require_approval.is_empty()
+    }
 }
 
 /// The default of `max_sub_objective_depth`.
@@ -547,6 +568,7 @@ impl Default for Config {
             max_sub_objective_depth: DEFAULT_SUB_OBJECTIVE_DEPTH,
             mcp: BTreeMap::new(),
             executors: ExecutorsConfig::default(),
+            safety: SafetyConfig::default(),
         }
     }
 }
@@ -727,6 +749,11 @@ impl Config {
                 "host.max_load",
                 format!("must be a positive number, got {l}"),
             ));
+        }
+        for (i, rule) in self.safety.require_approval.iter().enumerate() {
+            if let Err(e) = crate::engine::machine::safety::check_rule(rule) {
+                return Err(invalid(origin, &format!("safety.require_approval[{i}]"), e));
+            }
         }
         let r = &self.defaults.retry;
         if let Some(err) = retry_problem(r) {

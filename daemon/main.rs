@@ -14,6 +14,7 @@ mod plans;
 mod runner;
 mod store;
 mod sys;
+mod workspace;
 
 use std::fs;
 use std::io::Write;

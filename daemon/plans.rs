@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::{Config, limits_of};
+use crate::engine::machine::safety::{self, Gate};
 use crate::model::{
     Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome, PromptMode,
-    RetryPolicy, StepPlan, expand_template,
+    RetryPolicy, StepPlan, Workspace, expand_template,
 };
 
 /// Why a submitted objective cannot be resolved. The messages name the field the way
@@ -47,6 +48,18 @@ pub enum PlanError {
         "{at}.executor: `{executor}` is not configured in this daemon (add [executors.{executor}] to orchd.toml; see docs/scaling.md)"
     )]
     ExecutorNotConfigured { at: String, executor: String },
+    /// A `worktree` step's workdir is not inside a git repository (or has no commit).
+    #[error("{at}.workspace: `worktree` needs a git repository with a commit: {why}")]
+    NotARepository { at: String, why: String },
+    /// A private workspace for a step that does not run on this machine.
+    #[error(
+        "{at}.workspace: `{workspace}` works only for steps run on this machine, not on executor `{executor}`"
+    )]
+    WorkspaceElsewhere {
+        at: String,
+        workspace: String,
+        executor: String,
+    },
 }
 
 /// A submitted objective, as the domain sees it.
@@ -70,6 +83,8 @@ pub struct StepDefaults {
     pub limits: Option<Limits>,
     /// Empty: local.
     pub executor: String,
+    /// Empty: shared.
+    pub workspace: String,
 }
 
 /// One submitted step: an agent profile plus a prompt, or a literal command.
@@ -94,6 +109,8 @@ pub struct StepInput {
     pub fallback_on_rate_limit: bool,
     /// Empty: the plan's default, then local.
     pub executor: String,
+    /// Empty: the plan's default, then shared.
+    pub workspace: String,
 }
 
 /// The retry settings a plan or step gives; `None` inherits.
@@ -141,11 +158,14 @@ pub fn resolve(
         p
     };
     let defaults = &input.defaults;
-    let steps = input
+    let mut steps: Vec<StepPlan> = input
         .steps
         .iter()
         .map(|s| resolve_step(s, defaults, cfg, &base_dir))
         .collect();
+    for plan in &mut steps {
+        place(plan, cfg)?;
+    }
     Ok(ResolvedObjective {
         name: input.name.clone(),
         goal: input.goal.clone(),
@@ -306,7 +326,53 @@ fn resolve_step(s: &StepInput, defaults: &StepDefaults, cfg: &Config, base: &Pat
         fallback_on_rate_limit: s.fallback_on_rate_limit,
         prompt_mode: profile.map(|p| p.prompt_mode()),
         executor: executor_of(s, defaults),
+        approval_reason: String::new(),
+        workspace: Workspace::from_word(if s.workspace.is_empty() {
+            &defaults.workspace
+        } else {
+            &s.workspace
+        })
+        .unwrap_or_default(),
+        repo: None,
     }
+}
+
+/// What the daemon decides about a resolved step beyond its plan: whether it waits for
+/// approval (the safety gates) and, for a `worktree` step, its repository and base commit.
+fn place(plan: &mut StepPlan, cfg: &Config) -> Result<(), PlanError> {
+    let at = format!("steps[{}]", plan.id);
+    let literal: &[String] = if plan.agent.is_empty() {
+        &plan.command
+    } else {
+        &[]
+    };
+    let gate = Gate {
+        asked: plan.requires_approval,
+        agent: &plan.agent,
+        profile_requires: cfg
+            .agents
+            .get(&plan.agent)
+            .is_some_and(|p| p.requires_approval),
+        command: literal,
+        rules: &cfg.safety.require_approval,
+    };
+    if let Some(why) = safety::gate(&gate) {
+        plan.requires_approval = true;
+        plan.approval_reason = why;
+    }
+    if plan.workspace != Workspace::Shared && !plan.executor.is_empty() {
+        return Err(PlanError::WorkspaceElsewhere {
+            at,
+            workspace: plan.workspace.word().into(),
+            executor: plan.executor.clone(),
+        });
+    }
+    if plan.workspace == Workspace::Worktree {
+        let repo = crate::workspace::repo_base(Path::new(&plan.workdir))
+            .map_err(|why| PlanError::NotARepository { at, why })?;
+        plan.repo = Some(repo);
+    }
+    Ok(())
 }
 
 /// Removes `.` and `..` components without touching the file system.

@@ -108,6 +108,7 @@ struct DefaultsFile {
     retry: Option<RetryFile>,
     limits: Option<LimitsFile>,
     executor: Option<String>,
+    workspace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +129,7 @@ struct StepFile {
     fallback: Option<Vec<String>>,
     fallback_on_rate_limit: Option<bool>,
     executor: Option<String>,
+    workspace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -417,6 +419,7 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
                 .transpose()?,
             limits: d.limits.map(limits_spec),
             executor: d.executor.unwrap_or_default(),
+            workspace: d.workspace.unwrap_or_default(),
         }),
         None => None,
     };
@@ -443,6 +446,7 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
             fallback: s.fallback.unwrap_or_default(),
             fallback_on_rate_limit: s.fallback_on_rate_limit.unwrap_or(false),
             executor: s.executor.unwrap_or_default(),
+            workspace: s.workspace.unwrap_or_default(),
         });
     }
     Ok(ObjectiveSpec {

@@ -40,6 +40,7 @@ pub fn objective_input(
             retry: defaults.retry.as_ref().map(retry_overlay_from_pb),
             limits: defaults.limits.as_ref().map(limits_from_pb),
             executor: defaults.executor.clone(),
+            workspace: defaults.workspace.clone(),
         },
         steps: spec.steps.iter().map(step_input_from_pb).collect(),
     })
@@ -62,6 +63,7 @@ fn step_input_from_pb(s: &pb::StepSpec) -> StepInput {
         fallback: s.fallback.clone(),
         fallback_on_rate_limit: s.fallback_on_rate_limit,
         executor: s.executor.clone(),
+        workspace: s.workspace.clone(),
     }
 }
 
@@ -267,6 +269,28 @@ fn step_pb(s: &Step, attempts: &[Attempt]) -> pb::Step {
         workdir: s.plan.workdir.clone(),
         requires_approval: s.plan.requires_approval,
         fallback: s.plan.fallback.clone(),
+        workspace: s.plan.workspace.word().to_string(),
+        branch: s
+            .branch
+            .as_ref()
+            .map(|b| b.name.clone())
+            .unwrap_or_default(),
+        branch_base: s
+            .branch
+            .as_ref()
+            .map(|b| b.base.clone())
+            .unwrap_or_default(),
+        branch_head: s
+            .branch
+            .as_ref()
+            .map(|b| b.head.clone())
+            .unwrap_or_default(),
+        repo: s
+            .plan
+            .repo
+            .as_ref()
+            .map(|r| r.root.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -152,6 +152,7 @@ mod tests {
             run_as: None,
             executor: "slurm".into(),
             step_id: "build".into(),
+            workspace: None,
         }
     }
 
