@@ -52,6 +52,20 @@ pub enum Command {
         #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
     },
+    /// Show the changes of worktree steps against their base
+    #[command(
+        after_help = "Examples:\n  orchctl diff 01JD\n  orchctl diff last fix-tests -- --stat"
+    )]
+    Diff {
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
+        id: String,
+        /// Only this step (default: every worktree step that has a branch)
+        step: Option<String>,
+        /// Extra arguments for `git diff` (after `--`), e.g. `--stat`
+        #[arg(last = true)]
+        git_args: Vec<String>,
+    },
     /// List objectives, newest first
     #[command(
         after_help = "Examples:\n  orchctl list --state running\n  orchctl list --limit 5 -o json"

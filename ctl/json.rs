@@ -110,6 +110,12 @@ pub fn step(s: &Step) -> Value {
         "workdir": text_or_null(&s.workdir),
         "requires_approval": s.requires_approval,
         "fallback": s.fallback,
+        "workspace": if s.workspace.is_empty() { "shared" } else { s.workspace.as_str() },
+        "branch": if s.branch.is_empty() {
+            Value::Null
+        } else {
+            json!({"name": s.branch, "base": s.branch_base, "head": s.branch_head, "repo": s.repo})
+        },
     })
 }
 

@@ -168,6 +168,10 @@ fn step_note(s: &Step) -> Option<String> {
             );
         }
     }
+    if !s.branch.is_empty() {
+        let head: String = s.branch_head.chars().take(12).collect();
+        parts.push(format!("branch {} at {head}", s.branch));
+    }
     if s.state == StepState::AwaitingApproval as i32 {
         parts.push("waiting for `orchctl approve` / `orchctl deny`".into());
     }
