@@ -333,6 +333,11 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
 
+    /// Where every step works: shared (the workdir as it is), worktree (a git worktree
+    /// on a branch of its own) or scratch (a private empty directory)
+    #[arg(long, value_name = "KIND")]
+    pub workspace: Option<String>,
+
     /// Wall-clock limit per attempt (e.g. 30s, 10m, 2h)
     #[arg(long, value_name = "DUR", value_parser = positive_duration)]
     pub timeout: Option<u64>,

@@ -49,10 +49,20 @@ impl Runner {
         )
     }
 
-    fn make_dir(&self, dir: &Path) -> Result<(), String> {
+    /// Makes `dir` (given to the user git runs as) and the directories above it up to
+    /// `top` (made traversable, not listable, for that user).
+    fn make_dir(&self, top: &Path, dir: &Path) -> Result<(), String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::fs::PermissionsExt;
+            for above in dir.ancestors().skip(1) {
+                if !above.starts_with(top) {
+                    break;
+                }
+                std::fs::set_permissions(above, std::fs::Permissions::from_mode(0o711))
+                    .map_err(|e| format!("cannot make {} traversable: {e}", above.display()))?;
+            }
             std::os::unix::fs::chown(dir, Some(uid), Some(gid))
                 .map_err(|e| format!("cannot give {} to uid {uid}: {e}", dir.display()))?;
         }
@@ -99,9 +109,13 @@ pub fn workspace_dir(state_dir: &Path, kind: &str, objective_id: &str, step_id: 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prep {
     Scratch {
+        /// The state directory's `scratch/`.
+        top: PathBuf,
         path: PathBuf,
     },
     Worktree {
+        /// The state directory's `worktrees/`.
+        top: PathBuf,
         repo: RepoBase,
         path: PathBuf,
         branch: String,
@@ -125,14 +139,15 @@ pub struct Made {
 /// Makes the workspace (or finds the one an earlier attempt made).
 pub fn prepare(prep: &Prep, git: &Runner) -> Result<Made, String> {
     match prep {
-        Prep::Scratch { path } => {
-            git.make_dir(path)?;
+        Prep::Scratch { top, path } => {
+            git.make_dir(top, path)?;
             Ok(Made {
                 workdir: path.clone(),
                 branch: None,
             })
         }
         Prep::Worktree {
+            top,
             repo,
             path,
             branch,
@@ -157,7 +172,7 @@ pub fn prepare(prep: &Prep, git: &Runner) -> Result<Made, String> {
                 });
             }
             if let Some(parent) = path.parent() {
-                git.make_dir(parent)?;
+                git.make_dir(top, parent)?;
             }
             let path_text = path.display().to_string();
             if git.rev(root, &format!("refs/heads/{branch}")).is_ok() {

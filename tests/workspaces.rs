@@ -361,3 +361,72 @@ fn a_safety_rule_that_is_no_glob_is_refused_naming_it() {
         "{err}"
     );
 }
+
+/// A root daemon runs git as the user who submitted: their repository, their identity,
+/// files they own.
+#[test]
+fn a_worktree_belongs_to_the_submitting_user_and_commits_as_them() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !crate::support::require_root("to run a shared root daemon and a throwaway user") {
+        return;
+    }
+    crate::support::orch_group();
+    let mut d = TestDaemon::prepare(&[], &[]);
+    fs::set_permissions(d.dir(), fs::Permissions::from_mode(0o711))
+        .expect("make the temp dir traversable");
+    d.launch();
+    let u = crate::support::TestUser::create(true);
+    let as_user = |args: &[&str]| {
+        let out = u
+            .command("git")
+            .args(args)
+            .output()
+            .expect("run git as the user");
+        assert!(out.status.success(), "git {args:?}: {}", describe(&out));
+    };
+    as_user(&["config", "--global", "user.name", "Alice Example"]);
+    as_user(&["config", "--global", "user.email", "alice@example.invalid"]);
+    as_user(&["init", "-q", "-b", "main", "repo"]);
+    let repo = u.home.join("repo");
+    fs::write(repo.join("f.txt"), "a\n").expect("write f.txt");
+    fs::set_permissions(repo.join("f.txt"), fs::Permissions::from_mode(0o666)).expect("chmod");
+    as_user(&["-C", "repo", "add", "f.txt"]);
+    as_user(&["-C", "repo", "commit", "-q", "-m", "base"]);
+    let out = u.orchctl(
+        &d,
+        &[
+            "submit",
+            "--wait",
+            "--workdir",
+            &repo.display().to_string(),
+            "--retries",
+            "0",
+            "--workspace",
+            "worktree",
+            "--",
+            "sh",
+            "-c",
+            "echo b >> f.txt && touch new.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = crate::support::first_line(&out);
+    let v = d.status(&id);
+    let b = branch(&v, "main");
+    let path = d.state_dir().join("worktrees").join(&id).join("main");
+    let meta = fs::metadata(path.join("new.txt")).expect("the agent's file");
+    assert_eq!(meta.uid(), u.uid, "made by the user");
+    let out = u
+        .command("git")
+        .args([
+            "-C",
+            "repo",
+            "log",
+            "-1",
+            "--format=%an",
+            b["name"].as_str().unwrap_or(""),
+        ])
+        .output()
+        .expect("git log");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Alice Example");
+}

@@ -281,9 +281,11 @@ pub fn workspace(
     let dir = |kind| workspace_dir(&cfg.state_dir(), kind, &obj.id, &step.plan.id);
     let prep = match (step.plan.workspace, &step.plan.repo) {
         (Workspace::Scratch, _) => Prep::Scratch {
+            top: cfg.state_dir().join("scratch"),
             path: dir("scratch"),
         },
         (Workspace::Worktree, Some(repo)) => Prep::Worktree {
+            top: cfg.state_dir().join("worktrees"),
             repo: repo.clone(),
             path: dir("worktrees"),
             branch: branch_name(&obj.id, &step.plan.id),
