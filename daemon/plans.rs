@@ -490,6 +490,65 @@ mod tests {
     }
 
     #[test]
+    fn safety_rules_and_profiles_gate_steps_with_a_reason() {
+        let mut c = cfg();
+        c.safety.require_approval = vec!["git push*".into()];
+        let mut deployer = crate::config::shell_profile();
+        deployer.requires_approval = true;
+        c.agents.insert("deployer".into(), deployer);
+        let mut push = command("push");
+        push.command = vec!["git".into(), "push".into(), "origin".into()];
+        let mut asked = command("asked");
+        asked.requires_approval = true;
+        let input = objective(vec![
+            command("plain"),
+            push,
+            agent("deploy", "deployer", "echo hi"),
+            asked,
+        ]);
+        let r = resolve(&input, &c, "/").unwrap_or_else(|e| panic!("resolve: {e}"));
+        let gates: Vec<(bool, &str)> = r
+            .steps
+            .iter()
+            .map(|s| (s.requires_approval, s.approval_reason.as_str()))
+            .collect();
+        assert_eq!(
+            gates,
+            [
+                (false, ""),
+                (true, "command matches safety rule `git push*`"),
+                (true, "agent profile `deployer` requires approval"),
+                (true, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_worktree_needs_a_repository_and_this_machine() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut s = command("a");
+        s.workspace = "worktree".into();
+        let input = objective(vec![s.clone()]);
+        let workdir = dir.path().display().to_string();
+        match resolve(&input, &cfg(), &workdir) {
+            Err(PlanError::NotARepository { at, why }) => {
+                assert_eq!(at, "steps[a]");
+                assert!(why.contains("not inside a git repository"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = cfg();
+        c.executors.slurm = Some(Default::default());
+        s.workspace = "scratch".into();
+        s.executor = "slurm".into();
+        let e = resolve(&objective(vec![s]), &c, &workdir).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "steps[a].workspace: `scratch` works only for steps run on this machine, not on executor `slurm`"
+        );
+    }
+
+    #[test]
     fn agent_template_is_expanded_as_one_argument() {
         let s = objective(vec![agent("a", "shell", "echo 'x y'; rm -rf $HOME")]);
         let steps = steps(&s, "/tmp");

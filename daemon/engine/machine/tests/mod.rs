@@ -8,6 +8,7 @@ mod attempts;
 mod control;
 mod family;
 mod table;
+mod workspace;
 use crate::model::{FailureAction, FailureClass, Outcome, StopReason};
 
 const T0: Millis = 1_000_000;
