@@ -105,7 +105,8 @@ pub fn workspace_dir(state_dir: &Path, kind: &str, objective_id: &str, step_id: 
     state_dir.join(kind).join(objective_id).join(step_id)
 }
 
-/// What to make before an attempt starts.
+/// What to make before an attempt starts (one per attempt: its size does not matter).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prep {
     Scratch {
