@@ -307,7 +307,11 @@ fn resolved_step(s: &ResolvedStep) -> Value {
         "retry": retry(s.retry.as_ref()),
         "limits": limits(s.limits.as_ref()),
         "requires_approval": s.requires_approval,
+        "approval_reason": text_or_null(&s.approval_reason),
         "fallback": s.fallback,
+        "workspace": if s.workspace.is_empty() { "shared" } else { s.workspace.as_str() },
+        "repo": text_or_null(&s.repo),
+        "base": text_or_null(&s.base),
     })
 }
 

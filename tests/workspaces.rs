@@ -319,6 +319,16 @@ agent = "deployer"
 prompt = "touch deployed"
 "#,
     );
+    // A dry run says which steps a rule will hold, and why.
+    let out = d.ctl(&["submit", "--dry-run", &plan]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "push  (needs safe; waits for approval: command matches safety rule `git push*`)"
+        ),
+        "{text}"
+    );
     let id = d.submit(&[&plan], 0);
     d.wait_state(&id, &["awaiting_approval"], STATE_DEADLINE);
     let v = d.status(&id);

@@ -372,6 +372,10 @@ pub fn resolved_plan_pb(
                 limits: Some(limits_pb(&s.limits)),
                 requires_approval: s.requires_approval,
                 fallback: s.fallback.clone(),
+                approval_reason: s.approval_reason.clone(),
+                workspace: s.workspace.word().to_string(),
+                repo: s.repo.as_ref().map(|r| r.root.clone()).unwrap_or_default(),
+                base: s.repo.as_ref().map(|r| r.base.clone()).unwrap_or_default(),
             })
             .collect(),
         groups: groups
