@@ -440,3 +440,41 @@ fn a_worktree_belongs_to_the_submitting_user_and_commits_as_them() {
         .expect("git log");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Alice Example");
 }
+
+/// orchd killed mid-attempt: after the restart the step runs again in the worktree its
+/// interrupted attempt left, and the branch gets what both did.
+#[test]
+fn after_a_crash_the_step_continues_in_its_worktree() {
+    let mut d = TestDaemon::start();
+    repo(&d);
+    let plan = d.write_plan(
+        "crash.toml",
+        r#"
+[[steps]]
+id = "long"
+workspace = "worktree"
+command = ["sh", "-c", "if [ -e marker ]; then echo resumed >> marker; exit 0; fi; echo first > marker; touch ../long.started; while :; do sleep 0.05; done"]
+"#,
+    );
+    let id = d.submit(&[&plan], 0);
+    let started = d
+        .state_dir()
+        .join("worktrees")
+        .join(&id)
+        .join("long.started");
+    crate::support::poll_until("the first attempt started", STATE_DEADLINE, || {
+        started.exists().then_some(())
+    });
+    d.kill9();
+    d.restart();
+    let v = d.wait_ended(&id, STATE_DEADLINE);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let attempts = step(&v, "long")["attempts"].as_array().map_or(0, Vec::len);
+    assert_eq!(attempts, 2, "{v}");
+    let name = branch(&v, "long")["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let text = git(d.work_dir(), &["show", &format!("{name}:marker")]);
+    assert_eq!(text, "first\nresumed");
+}
