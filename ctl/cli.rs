@@ -52,6 +52,20 @@ pub enum Command {
         #[arg(add = ArgValueCompleter::new(complete::ids))]
         id: String,
     },
+    /// Show the changes of worktree steps against their base
+    #[command(
+        after_help = "Examples:\n  orchctl diff 01JD\n  orchctl diff last fix-tests -- --stat"
+    )]
+    Diff {
+        /// Objective id: a unique prefix (4+ characters) or `last`
+        #[arg(add = ArgValueCompleter::new(complete::ids))]
+        id: String,
+        /// Only this step (default: every worktree step that has a branch)
+        step: Option<String>,
+        /// Extra arguments for `git diff` (after `--`), e.g. `--stat`
+        #[arg(last = true)]
+        git_args: Vec<String>,
+    },
     /// List objectives, newest first
     #[command(
         after_help = "Examples:\n  orchctl list --state running\n  orchctl list --limit 5 -o json"
@@ -330,6 +344,11 @@ pub struct SubmitArgs {
     /// Allow N attempts after the first one
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
+
+    /// Where every step works: shared (the workdir as it is), worktree (a git worktree
+    /// on a branch of its own) or scratch (a private empty directory)
+    #[arg(long, value_name = "KIND")]
+    pub workspace: Option<String>,
 
     /// Wall-clock limit per attempt (e.g. 30s, 10m, 2h)
     #[arg(long, value_name = "DUR", value_parser = positive_duration)]

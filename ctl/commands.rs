@@ -39,6 +39,76 @@ pub async fn status(client: &mut Client, id: String, format: Format) -> Result<(
     print_objective(&o, format)
 }
 
+/// `orchctl diff ID [STEP]`: `git diff BASE HEAD` of each worktree step's branch, run
+/// here as the caller, in the step's repository.
+pub async fn diff(
+    client: &mut Client,
+    id: String,
+    step: Option<String>,
+    git_args: Vec<String>,
+) -> Result<()> {
+    let r = client.api.get_objective(GetObjectiveRequest { id }).await;
+    let o = client.check(r)?;
+    let steps: Vec<&orch_proto::v1::Step> = match &step {
+        Some(name) => {
+            let s = o.steps.iter().find(|s| &s.id == name).ok_or_else(|| {
+                CtlError::Usage(format!("objective {} has no step `{name}`", o.id))
+            })?;
+            if s.workspace != "worktree" {
+                return Err(CtlError::Usage(format!(
+                    "step `{name}` has no worktree (its workspace is {})",
+                    if s.workspace.is_empty() {
+                        "shared"
+                    } else {
+                        &s.workspace
+                    }
+                )));
+            }
+            if s.branch.is_empty() {
+                return Err(CtlError::Failed(format!(
+                    "step `{name}` has no branch yet (it has not started)"
+                )));
+            }
+            vec![s]
+        }
+        None => o.steps.iter().filter(|s| !s.branch.is_empty()).collect(),
+    };
+    if steps.is_empty() {
+        return Err(CtlError::Failed(format!(
+            "objective {} has no worktree step with a branch",
+            o.id
+        )));
+    }
+    let several = steps.len() > 1;
+    for s in steps {
+        if several {
+            println!("# step {} (branch {})", s.id, s.branch);
+        }
+        let head = if s.branch_head.is_empty() {
+            &s.branch
+        } else {
+            &s.branch_head
+        };
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&s.repo)
+            .args(["diff", &s.branch_base, head])
+            .args(&git_args)
+            .status()
+            .map_err(|source| CtlError::Io {
+                what: "cannot run git".into(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(CtlError::Failed(format!(
+                "git diff in {} failed for step `{}` ({status})",
+                s.repo, s.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `--state` (exit 2 naming the valid states).
 pub fn parse_state(text: &str) -> Result<ObjectiveState> {
     words::parse_objective_state(text).ok_or_else(|| {

@@ -112,6 +112,12 @@ pub fn step(s: &Step) -> Value {
         "requires_approval": s.requires_approval,
         "fallback": s.fallback,
         "route": s.route.as_ref().map(|r| json!({"priority": r.priority, "tags": r.tags})),
+        "workspace": if s.workspace.is_empty() { "shared" } else { s.workspace.as_str() },
+        "branch": if s.branch.is_empty() {
+            Value::Null
+        } else {
+            json!({"name": s.branch, "base": s.branch_base, "head": s.branch_head, "repo": s.repo})
+        },
     })
 }
 
@@ -308,9 +314,13 @@ fn resolved_step(s: &ResolvedStep) -> Value {
         "retry": retry(s.retry.as_ref()),
         "limits": limits(s.limits.as_ref()),
         "requires_approval": s.requires_approval,
+        "approval_reason": text_or_null(&s.approval_reason),
         "fallback": s.fallback,
         "route": s.route.as_ref().map(|r| json!({"priority": r.priority, "tags": r.tags})),
         "routed": s.routed.as_ref().map(crate::routing::routed_json),
+        "workspace": if s.workspace.is_empty() { "shared" } else { s.workspace.as_str() },
+        "repo": text_or_null(&s.repo),
+        "base": text_or_null(&s.base),
     })
 }
 

@@ -129,6 +129,7 @@ async fn dispatch(
 ) -> Result<()> {
     match command {
         Command::Status { id } => commands::status(client, id, format).await,
+        Command::Diff { id, step, git_args } => commands::diff(client, id, step, git_args).await,
         Command::Watch(args) => watch::run(args, client, format).await,
         Command::Logs(args) => logs::run(args, client, format).await,
         Command::Cancel { id } => commands::control(client, id, Control::Cancel, format).await,

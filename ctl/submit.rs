@@ -101,6 +101,9 @@ pub fn apply_overrides(spec: &mut ObjectiveSpec, args: &SubmitArgs) -> Result<()
     if let Some(t) = args.idle_timeout {
         defaults.idle_timeout_ms = Some(t);
     }
+    if let Some(w) = &args.workspace {
+        defaults.workspace = w.clone();
+    }
     if let Some(n) = args.retries {
         let attempts = retries_to_max_attempts(n)?;
         defaults

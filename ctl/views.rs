@@ -168,6 +168,10 @@ fn step_note(s: &Step) -> Option<String> {
             );
         }
     }
+    if !s.branch.is_empty() {
+        let head: String = s.branch_head.chars().take(12).collect();
+        parts.push(format!("branch {} at {head}", s.branch));
+    }
     if s.state == StepState::AwaitingApproval as i32 {
         parts.push("waiting for `orchctl approve` / `orchctl deny`".into());
     }
@@ -270,7 +274,14 @@ pub fn plan(p: &ResolvedPlan) -> String {
             notes.push(format!("needs {}", s.needs.join(", ")));
         }
         if s.requires_approval {
-            notes.push("waits for approval".to_string());
+            notes.push(if s.approval_reason.is_empty() {
+                "waits for approval".to_string()
+            } else {
+                format!("waits for approval: {}", s.approval_reason)
+            });
+        }
+        if !s.workspace.is_empty() && s.workspace != "shared" {
+            notes.push(format!("workspace {}", s.workspace));
         }
         if !notes.is_empty() {
             head.push_str(&format!("  ({})", notes.join("; ")));

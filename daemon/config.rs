@@ -376,6 +376,9 @@ pub struct AgentProfile {
     /// `route.tags` must all be here. `last-resort`: chosen only when nothing else may.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Every step run by this profile waits for `orchctl approve` first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_approval: bool,
 }
 
 impl Config {
@@ -460,6 +463,7 @@ pub fn shell_profile() -> AgentProfile {
         mcp_self: false,
         quality: None,
         tags: Vec::new(),
+        requires_approval: false,
     }
 }
 
@@ -508,6 +512,9 @@ pub struct Config {
     /// The `[agents.NAME]` in the order the file gives them (routing's ties go to it).
     #[serde(skip)]
     pub agent_order: Vec<String>,
+    /// `[safety]`: which steps wait for approval whatever their plan says.
+    #[serde(skip_serializing_if = "SafetyConfig::is_empty")]
+    pub safety: SafetyConfig,
 }
 
 /// `[routing]`.
@@ -534,6 +541,20 @@ impl Default for RoutingConfig {
             cooldown: Dur(10 * 60_000),
             budget_alert_percent: 80.0,
         }
+    }
+}
+
+/// `[safety]`: glob patterns over a literal step's command line (`git push*`); a step
+/// whose command matches one waits for `orchctl approve`, the rule named as the reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SafetyConfig {
+    pub require_approval: Vec<String>,
+}
+
+impl SafetyConfig {
+    fn is_empty(&self) -> bool {
+        self.require_approval.is_empty()
     }
 }
 
@@ -647,6 +668,7 @@ impl Default for Config {
             executors: ExecutorsConfig::default(),
             routing: RoutingConfig::default(),
             agent_order: Vec::new(),
+            safety: SafetyConfig::default(),
         }
     }
 }
@@ -849,6 +871,11 @@ impl Config {
                 "host.max_load",
                 format!("must be a positive number, got {l}"),
             ));
+        }
+        for (i, rule) in self.safety.require_approval.iter().enumerate() {
+            if let Err(e) = crate::engine::machine::safety::check_rule(rule) {
+                return Err(invalid(origin, &format!("safety.require_approval[{i}]"), e));
+            }
         }
         let r = &self.defaults.retry;
         if let Some(err) = retry_problem(r) {

@@ -15,6 +15,7 @@ mod runner;
 mod store;
 mod sys;
 mod upgrade;
+mod workspace;
 
 use std::fs;
 use std::io::Write;

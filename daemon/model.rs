@@ -317,6 +317,16 @@ pub struct StepPlan {
     /// A routed step (`agent = "auto"`): how each attempt's agent profile is chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteSpec>,
+    /// Why it waits for approval when a safety rule or its agent profile asked for it
+    /// (the step's state message while it waits); empty for the plan's own gate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub approval_reason: String,
+    /// The directory its attempts work in (`shared`: its workdir as it is).
+    #[serde(default, skip_serializing_if = "Workspace::is_shared")]
+    pub workspace: Workspace,
+    /// For a `worktree` step: the repository and the commit its `HEAD` was at on submit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<RepoBase>,
 }
 
 /// The agent name that makes a step routed.
@@ -362,6 +372,64 @@ pub struct RouteSpec {
     /// Every one of these must be among a profile's tags for it to be chosen.
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// Where a step's attempts work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workspace {
+    /// The step's workdir as it is, shared with every other step.
+    #[default]
+    Shared,
+    /// A git worktree of its own, on the branch `orch/<short id>/<step id>`.
+    Worktree,
+    /// A private empty directory under the state directory.
+    Scratch,
+}
+
+impl Workspace {
+    pub fn word(self) -> &'static str {
+        match self {
+            Workspace::Shared => "shared",
+            Workspace::Worktree => "worktree",
+            Workspace::Scratch => "scratch",
+        }
+    }
+
+    pub fn from_word(w: &str) -> Option<Workspace> {
+        match w {
+            "" | "shared" => Some(Workspace::Shared),
+            "worktree" => Some(Workspace::Worktree),
+            "scratch" => Some(Workspace::Scratch),
+            _ => None,
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        *self == Workspace::Shared
+    }
+}
+
+/// The repository a `worktree` step branches from, recorded on submit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoBase {
+    /// The repository's top directory (`git rev-parse --show-toplevel`).
+    pub root: String,
+    /// The step's workdir relative to `root` (empty: the top).
+    #[serde(default)]
+    pub subdir: String,
+    /// The commit `HEAD` was at.
+    pub base: String,
+}
+
+/// A `worktree` step's branch as its last attempt left it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    pub name: String,
+    /// The commit the branch was created from.
+    pub base: String,
+    /// Its head after the attempt (orch committed what the agent left).
+    pub head: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -461,6 +529,9 @@ pub struct Step {
     pub routed_agent: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub route_reason: String,
+    /// A `worktree` step's branch, once an attempt made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<Branch>,
 }
 
 impl Step {
@@ -485,6 +556,7 @@ impl Step {
             approved: false,
             routed_agent: None,
             route_reason: String::new(),
+            branch: None,
         }
     }
 
@@ -634,6 +706,9 @@ impl StepPlan {
             executor: String::new(),
             prompt_mode: None,
             route: None,
+            approval_reason: String::new(),
+            workspace: Workspace::Shared,
+            repo: None,
         }
     }
 }

@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use crate::config::{Config, limits_of};
+use crate::engine::machine::safety::{self, Gate};
 use crate::model::{
     AUTO_AGENT, Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome,
     PromptMode, RetryPolicy, StepPlan, expand_template,
+    Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome, PromptMode,
+    RetryPolicy, StepPlan, Workspace, expand_template,
 };
 
 /// Why a submitted objective cannot be resolved. The messages name the field the way
@@ -52,6 +55,18 @@ pub enum PlanError {
         "{at}.route.tags: no agent profile has every tag of [{tags}] (give a profile tags = [...] in orchd.toml; see docs/agents.md)"
     )]
     NoRouteCandidate { at: String, tags: String },
+    /// A `worktree` step's workdir is not inside a git repository (or has no commit).
+    #[error("{at}.workspace: `worktree` needs a git repository with a commit: {why}")]
+    NotARepository { at: String, why: String },
+    /// A private workspace for a step that does not run on this machine.
+    #[error(
+        "{at}.workspace: `{workspace}` works only for steps run on this machine, not on executor `{executor}`"
+    )]
+    WorkspaceElsewhere {
+        at: String,
+        workspace: String,
+        executor: String,
+    },
 }
 
 /// A submitted objective, as the domain sees it.
@@ -75,6 +90,8 @@ pub struct StepDefaults {
     pub limits: Option<Limits>,
     /// Empty: local.
     pub executor: String,
+    /// Empty: shared.
+    pub workspace: String,
 }
 
 /// One submitted step: an agent profile plus a prompt, or a literal command.
@@ -101,6 +118,8 @@ pub struct StepInput {
     pub executor: String,
     /// With `agent = "auto"`: how the agent is chosen at each attempt.
     pub route: Option<crate::model::RouteSpec>,
+    /// Empty: the plan's default, then shared.
+    pub workspace: String,
 }
 
 /// The retry settings a plan or step gives; `None` inherits.
@@ -148,11 +167,14 @@ pub fn resolve(
         p
     };
     let defaults = &input.defaults;
-    let steps = input
+    let mut steps: Vec<StepPlan> = input
         .steps
         .iter()
         .map(|s| resolve_step(s, defaults, cfg, &base_dir))
         .collect();
+    for plan in &mut steps {
+        place(plan, cfg)?;
+    }
     Ok(ResolvedObjective {
         name: input.name.clone(),
         goal: input.goal.clone(),
@@ -332,7 +354,53 @@ fn resolve_step(s: &StepInput, defaults: &StepDefaults, cfg: &Config, base: &Pat
         prompt_mode: profile.map(|p| p.prompt_mode()),
         route: (s.agent == AUTO_AGENT).then(|| s.route.clone().unwrap_or_default()),
         executor: executor_of(s, defaults),
+        approval_reason: String::new(),
+        workspace: Workspace::from_word(if s.workspace.is_empty() {
+            &defaults.workspace
+        } else {
+            &s.workspace
+        })
+        .unwrap_or_default(),
+        repo: None,
     }
+}
+
+/// What the daemon decides about a resolved step beyond its plan: whether it waits for
+/// approval (the safety gates) and, for a `worktree` step, its repository and base commit.
+fn place(plan: &mut StepPlan, cfg: &Config) -> Result<(), PlanError> {
+    let at = format!("steps[{}]", plan.id);
+    let literal: &[String] = if plan.agent.is_empty() {
+        &plan.command
+    } else {
+        &[]
+    };
+    let gate = Gate {
+        asked: plan.requires_approval,
+        agent: &plan.agent,
+        profile_requires: cfg
+            .agents
+            .get(&plan.agent)
+            .is_some_and(|p| p.requires_approval),
+        command: literal,
+        rules: &cfg.safety.require_approval,
+    };
+    if let Some(why) = safety::gate(&gate) {
+        plan.requires_approval = true;
+        plan.approval_reason = why;
+    }
+    if plan.workspace != Workspace::Shared && !plan.executor.is_empty() {
+        return Err(PlanError::WorkspaceElsewhere {
+            at,
+            workspace: plan.workspace.word().into(),
+            executor: plan.executor.clone(),
+        });
+    }
+    if plan.workspace == Workspace::Worktree {
+        let repo = crate::workspace::repo_base(Path::new(&plan.workdir))
+            .map_err(|why| PlanError::NotARepository { at, why })?;
+        plan.repo = Some(repo);
+    }
+    Ok(())
 }
 
 /// Removes `.` and `..` components without touching the file system.
@@ -447,6 +515,65 @@ mod tests {
         resolve(input, &cfg(), workdir)
             .unwrap_or_else(|e| panic!("resolve: {e}"))
             .steps
+    }
+
+    #[test]
+    fn safety_rules_and_profiles_gate_steps_with_a_reason() {
+        let mut c = cfg();
+        c.safety.require_approval = vec!["git push*".into()];
+        let mut deployer = crate::config::shell_profile();
+        deployer.requires_approval = true;
+        c.agents.insert("deployer".into(), deployer);
+        let mut push = command("push");
+        push.command = vec!["git".into(), "push".into(), "origin".into()];
+        let mut asked = command("asked");
+        asked.requires_approval = true;
+        let input = objective(vec![
+            command("plain"),
+            push,
+            agent("deploy", "deployer", "echo hi"),
+            asked,
+        ]);
+        let r = resolve(&input, &c, "/").unwrap_or_else(|e| panic!("resolve: {e}"));
+        let gates: Vec<(bool, &str)> = r
+            .steps
+            .iter()
+            .map(|s| (s.requires_approval, s.approval_reason.as_str()))
+            .collect();
+        assert_eq!(
+            gates,
+            [
+                (false, ""),
+                (true, "command matches safety rule `git push*`"),
+                (true, "agent profile `deployer` requires approval"),
+                (true, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_worktree_needs_a_repository_and_this_machine() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut s = command("a");
+        s.workspace = "worktree".into();
+        let input = objective(vec![s.clone()]);
+        let workdir = dir.path().display().to_string();
+        match resolve(&input, &cfg(), &workdir) {
+            Err(PlanError::NotARepository { at, why }) => {
+                assert_eq!(at, "steps[a]");
+                assert!(why.contains("not inside a git repository"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = cfg();
+        c.executors.slurm = Some(Default::default());
+        s.workspace = "scratch".into();
+        s.executor = "slurm".into();
+        let e = resolve(&objective(vec![s]), &c, &workdir).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "steps[a].workspace: `scratch` works only for steps run on this machine, not on executor `slurm`"
+        );
     }
 
     #[test]

@@ -108,6 +108,7 @@ struct DefaultsFile {
     retry: Option<RetryFile>,
     limits: Option<LimitsFile>,
     executor: Option<String>,
+    workspace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +130,7 @@ struct StepFile {
     fallback_on_rate_limit: Option<bool>,
     executor: Option<String>,
     route: Option<RouteFile>,
+    workspace: Option<String>,
 }
 
 /// A routed step's `route = { priority = "cost", tags = ["code"] }`.
@@ -426,6 +428,7 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
                 .transpose()?,
             limits: d.limits.map(limits_spec),
             executor: d.executor.unwrap_or_default(),
+            workspace: d.workspace.unwrap_or_default(),
         }),
         None => None,
     };
@@ -456,6 +459,7 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
                 priority: r.priority.unwrap_or_default(),
                 tags: r.tags.unwrap_or_default(),
             }),
+            workspace: s.workspace.unwrap_or_default(),
         });
     }
     Ok(ObjectiveSpec {

@@ -141,6 +141,7 @@ fn check_step(
         return Err(err(format!("{at}.id"), "must not be empty"));
     }
     check_executor(&step.executor, at)?;
+    check_workspace(&step.workspace, at)?;
     if step.id.len() > MAX_NAME_BYTES
         || !step
             .id
@@ -339,8 +340,27 @@ pub fn check_executor(name: &str, at: &str) -> Result<(), SpecError> {
     ))
 }
 
+/// Where a step's attempts may work (`workspace = "..."`; empty = the plan's default,
+/// then shared).
+pub const WORKSPACES: [&str; 3] = ["shared", "worktree", "scratch"];
+
+/// Checks a step's (or the defaults') `workspace`.
+pub fn check_workspace(name: &str, at: &str) -> Result<(), SpecError> {
+    if name.is_empty() || WORKSPACES.contains(&name) {
+        return Ok(());
+    }
+    Err(err(
+        format!("{at}.workspace"),
+        format!(
+            "unknown workspace `{name}` (known: {})",
+            WORKSPACES.join(", ")
+        ),
+    ))
+}
+
 fn check_defaults(d: &StepDefaults, at: &str) -> Result<(), SpecError> {
     check_executor(&d.executor, at)?;
+    check_workspace(&d.workspace, at)?;
     check_timeouts(d.timeout_ms, d.idle_timeout_ms, at)?;
     if let Some(r) = &d.retry {
         check_retry(r, &format!("{at}.retry"))?;

@@ -33,3 +33,4 @@ mod token_kinds;
 mod top;
 mod upgrade;
 mod watch_from;
+mod workspaces;

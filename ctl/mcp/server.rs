@@ -364,6 +364,7 @@ pub fn submit_request(
         workdir: None,
         env: input.env.clone().into_iter().collect(),
         retries: input.retries,
+        workspace: None,
         timeout,
         idle_timeout: None,
         memory: None,

@@ -40,6 +40,7 @@ pub fn objective_input(
             retry: defaults.retry.as_ref().map(retry_overlay_from_pb),
             limits: defaults.limits.as_ref().map(limits_from_pb),
             executor: defaults.executor.clone(),
+            workspace: defaults.workspace.clone(),
         },
         steps: spec.steps.iter().map(step_input_from_pb).collect(),
     })
@@ -63,6 +64,7 @@ fn step_input_from_pb(s: &pb::StepSpec) -> StepInput {
         fallback_on_rate_limit: s.fallback_on_rate_limit,
         executor: s.executor.clone(),
         route: super::route_convert::route_from_pb(s),
+        workspace: s.workspace.clone(),
     }
 }
 
@@ -270,6 +272,28 @@ fn step_pb(s: &Step, attempts: &[Attempt]) -> pb::Step {
         requires_approval: s.plan.requires_approval,
         fallback: s.plan.fallback.clone(),
         route: s.plan.route.as_ref().map(super::route_convert::route_pb),
+        workspace: s.plan.workspace.word().to_string(),
+        branch: s
+            .branch
+            .as_ref()
+            .map(|b| b.name.clone())
+            .unwrap_or_default(),
+        branch_base: s
+            .branch
+            .as_ref()
+            .map(|b| b.base.clone())
+            .unwrap_or_default(),
+        branch_head: s
+            .branch
+            .as_ref()
+            .map(|b| b.head.clone())
+            .unwrap_or_default(),
+        repo: s
+            .plan
+            .repo
+            .as_ref()
+            .map(|r| r.root.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -353,6 +377,10 @@ pub fn resolved_plan_pb(
                 fallback: s.fallback.clone(),
                 route: s.route.as_ref().map(super::route_convert::route_pb),
                 routed: None,
+                approval_reason: s.approval_reason.clone(),
+                workspace: s.workspace.word().to_string(),
+                repo: s.repo.as_ref().map(|r| r.root.clone()).unwrap_or_default(),
+                base: s.repo.as_ref().map(|r| r.base.clone()).unwrap_or_default(),
             })
             .collect(),
         groups: groups

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::logfile::attempt_log;
-use crate::model::{Objective, PromptMode, Step};
+use crate::model::{Objective, PromptMode, Step, Workspace};
 use crate::runner::{AttemptKey, RunSpec, UsageFormat};
 use crate::sys;
+use crate::workspace::{Prep, Runner as GitRunner, branch_name, workspace_dir};
 
 use super::mcp;
 
@@ -264,7 +265,56 @@ pub fn run_spec(
         executor: step.plan.executor.clone(),
         step_id: step.plan.id.clone(),
         protocol_journal: None,
+        workspace: None,
     }
+}
+
+/// The private workspace attempt `number` of `step` works in (none for a shared one):
+/// a scratch directory, or a worktree on the step's branch started from the branches of
+/// the worktree steps it needs (else the recorded base). Git runs as the attempt does.
+pub fn workspace(
+    cfg: &Config,
+    obj: &Objective,
+    steps: &[Step],
+    step: &Step,
+    number: u32,
+    spec: &RunSpec,
+) -> Option<(Prep, GitRunner)> {
+    let dir = |kind| workspace_dir(&cfg.state_dir(), kind, &obj.id, &step.plan.id);
+    let prep = match (step.plan.workspace, &step.plan.repo) {
+        (Workspace::Scratch, _) => Prep::Scratch {
+            top: cfg.state_dir().join("scratch"),
+            path: dir("scratch"),
+        },
+        (Workspace::Worktree, Some(repo)) => Prep::Worktree {
+            top: cfg.state_dir().join("worktrees"),
+            repo: repo.clone(),
+            path: dir("worktrees"),
+            branch: branch_name(&obj.id, &step.plan.id),
+            from: step
+                .plan
+                .needs
+                .iter()
+                .filter_map(|n| steps.iter().find(|s| &s.plan.id == n))
+                .filter(|s| {
+                    s.plan.workspace == Workspace::Worktree
+                        && s.plan.repo.as_ref().map(|r| &r.root) == Some(&repo.root)
+                })
+                .map(|s| branch_name(&obj.id, &s.plan.id))
+                .collect(),
+            known: step.branch.clone(),
+            message: format!(
+                "orch: objective {} step {} attempt {number}\n\nCommitted by orch: what the agent left uncommitted.",
+                obj.id, step.plan.id
+            ),
+        },
+        _ => return None,
+    };
+    let git = GitRunner {
+        run_as: spec.run_as.as_ref().map(|(uid, gid, _)| (*uid, *gid)),
+        env: spec.env.clone(),
+    };
+    Some((prep, git))
 }
 
 /// Where checkpoints are handed to agents: `checkpoints/` in the state directory. A root

@@ -22,11 +22,16 @@ impl Engine {
                 return;
             }
         };
-        let mut dirs = Vec::new();
+        let (mut dirs, mut worktrees) = (Vec::new(), Vec::new());
+        let mut count = 0;
         for o in old.into_iter().filter(|o| o.updated_ms < cutoff) {
             match self.store.removal(&o) {
                 Ok(w) => {
                     self.turn.writes.extend(w);
+                    count += 1;
+                    let (d, t) = self.workspaces_of(&o);
+                    dirs.extend(d);
+                    worktrees.extend(t);
                     dirs.push(self.logs_dir.join(&o.id));
                     dirs.push(super::attempt::checkpoints_dir(&self.cfg).join(&o.id));
                 }
@@ -36,12 +41,9 @@ impl Engine {
             }
         }
         if !dirs.is_empty() {
-            tracing::info!(
-                objectives = dirs.len() / 2,
-                "retention: removing ended objectives"
-            );
+            tracing::info!(objectives = count, "retention: removing ended objectives");
             // Deleted once the removal from the store is durable.
-            self.turn.after.push(After::RemoveDirs(dirs));
+            self.turn.after.push(After::RemoveDirs(dirs, worktrees));
         }
         self.enforce_log_cap();
     }
@@ -80,7 +82,7 @@ impl Engine {
             "log cap: removing the logs of the oldest ended objectives"
         );
         self.log_bytes = self.log_bytes.saturating_sub(freed);
-        self.act(After::RemoveDirs(dirs));
+        self.act(After::RemoveDirs(dirs, Vec::new()));
     }
 }
 

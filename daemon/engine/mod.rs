@@ -229,10 +229,14 @@ enum After {
     /// The attempt could not even be described (e.g. its fallback profile is gone).
     SpawnError(crate::runner::AttemptKey, String),
     Order(String, u32, Control),
-    RemoveDirs(Vec<PathBuf>),
+    /// Directories to delete, after the worktrees to remove first.
+    RemoveDirs(Vec<PathBuf>, Vec<Worktree>),
     /// Count an ended attempt's log files against the daemon-wide cap.
     CountLog(PathBuf),
 }
+
+/// A worktree to remove, and who runs git to do it.
+type Worktree = (crate::workspace::Leftover, crate::workspace::Runner);
 
 /// Runner facts (agent lines, usage, ends) taken into one turn at most.
 const MAX_FACTS_PER_TURN: usize = 512;
@@ -698,8 +702,13 @@ impl Engine {
                     h.send(order);
                 }
             }
-            After::RemoveDirs(dirs) => {
+            After::RemoveDirs(dirs, worktrees) => {
                 tokio::task::spawn_blocking(move || {
+                    for (w, git) in worktrees {
+                        if let Err(e) = crate::workspace::remove(&w, &git) {
+                            tracing::warn!(worktree = %w.path.display(), error = %e, "cannot remove the worktree");
+                        }
+                    }
                     for d in dirs {
                         if let Err(e) = std::fs::remove_dir_all(&d)
                             && e.kind() != std::io::ErrorKind::NotFound
@@ -968,6 +977,14 @@ impl Engine {
                 };
                 self.attempt_input(&key.objective_id, input);
             }
+            Fact::Branch { key, branch } => self.attempt_input(
+                &key.objective_id,
+                Input::Branch {
+                    step: key.step_index,
+                    attempt: key.number,
+                    branch,
+                },
+            ),
             Fact::Ended { key, end } => self.on_ended(key, end),
             Fact::Protocol { key, lines, upto } => self.on_protocol(key, lines, upto),
         }

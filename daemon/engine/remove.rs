@@ -3,7 +3,9 @@
 //! an ended objective, an `objective_removed` event); here the objective's records leave
 //! the store in the turn's one write, and its logs and checkpoints once that is durable.
 
-use crate::model::{ObjState, now_ms};
+use std::path::PathBuf;
+
+use crate::model::{ObjState, Objective, now_ms};
 
 use super::machine::{self, Effect, Input, Run};
 use super::{After, Caller, Engine, EngineError};
@@ -51,13 +53,50 @@ impl Engine {
             self.turn.events.push(e);
         }
         if d.effects.contains(&Effect::Remove) {
-            self.turn.after.push(After::RemoveDirs(vec![
-                self.logs_dir.join(id),
-                super::attempt::checkpoints_dir(&self.cfg).join(id),
-            ]));
+            let (mut dirs, worktrees) = self.workspaces_of(&run.obj);
+            dirs.push(self.logs_dir.join(id));
+            dirs.push(super::attempt::checkpoints_dir(&self.cfg).join(id));
+            self.turn.after.push(After::RemoveDirs(dirs, worktrees));
         }
         tracing::info!(objective = %id, uid = caller.uid, state = run.obj.state.word(), "objective removed");
         Ok(run.obj.state)
+    }
+
+    /// The worktrees (their branches kept when they have commits) and the directories
+    /// of an objective's private workspaces, to remove with it.
+    pub(super) fn workspaces_of(&self, obj: &Objective) -> (Vec<PathBuf>, Vec<super::Worktree>) {
+        let state = self.cfg.state_dir();
+        let dirs = ["worktrees", "scratch"]
+            .iter()
+            .map(|kind| state.join(kind).join(&obj.id))
+            .collect();
+        let steps = self.store.steps(&obj.id).unwrap_or_default();
+        let git = crate::workspace::Runner {
+            run_as: crate::sys::run_as(obj.owner_uid, obj.owner_gid).map(|(u, g, _)| (u, g)),
+            env: Vec::new(),
+        };
+        let worktrees = steps
+            .iter()
+            .filter_map(|s| {
+                let repo = s.plan.repo.as_ref()?;
+                let branch = s.branch.as_ref()?;
+                Some((
+                    crate::workspace::Leftover {
+                        root: repo.root.clone(),
+                        path: crate::workspace::workspace_dir(
+                            &state,
+                            "worktrees",
+                            &obj.id,
+                            &s.plan.id,
+                        ),
+                        branch: branch.name.clone(),
+                        base: branch.base.clone(),
+                    },
+                    git.clone(),
+                ))
+            })
+            .collect();
+        (dirs, worktrees)
     }
 
     /// Whether `id` was removed by an earlier command of this turn (not yet written).

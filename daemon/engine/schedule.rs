@@ -262,6 +262,8 @@ impl Engine {
                     argv,
                     format,
                 );
+                spec.workspace =
+                    attempt::workspace(&self.cfg, &live.run.obj, &live.run.steps, s, number, &spec);
                 spec.threads = Some(crate::runner::Threads(std::sync::Arc::new(
                     self.store.clone(),
                 )));

@@ -84,6 +84,8 @@ pub struct RunSpec {
     /// Journal mode (the shim executor): stdout lines the usage format may read are
     /// appended to this file unparsed, and orchd parses them (`LineParser::with_journal`).
     pub protocol_journal: Option<PathBuf>,
+    /// A private workspace to make before the start (`workdir` becomes it), as whom.
+    pub workspace: Option<(crate::workspace::Prep, crate::workspace::Runner)>,
 }
 
 /// How an attempt ended, and when its main process was reaped.
@@ -125,6 +127,11 @@ pub enum Fact {
         peak_rss_bytes: u64,
         cpu_ms: u64,
     },
+    /// A `worktree` step's branch, once made and again after the attempt.
+    Branch {
+        key: AttemptKey,
+        branch: crate::model::Branch,
+    },
     Ended {
         key: AttemptKey,
         end: AttemptEnd,
@@ -165,7 +172,63 @@ pub fn start(spec: RunSpec, facts: mpsc::UnboundedSender<Fact>) -> mpsc::Unbound
         .into_iter()
         .flatten()
         .collect();
+        let mut spec = spec;
+        let workspace = spec.workspace.take();
+        if let Some((prep, git)) = &workspace {
+            let (p, g) = (prep.clone(), git.clone());
+            let made = tokio::task::spawn_blocking(move || crate::workspace::prepare(&p, &g))
+                .await
+                .unwrap_or_else(|e| Err(format!("the workspace task failed: {e}")));
+            match made {
+                Ok(made) => {
+                    spec.workdir = made.workdir;
+                    if let Some(branch) = made.branch {
+                        let _ = facts.send(Fact::Branch {
+                            key: key.clone(),
+                            branch,
+                        });
+                    }
+                }
+                Err(why) => {
+                    let end = AttemptEnd::spawn_error(format!("cannot make the workspace: {why}"));
+                    let _ = facts.send(Fact::Ended { key, end });
+                    return;
+                }
+            }
+        }
         let end = run(spec, rx, &facts).await;
+        if let Some((
+            crate::workspace::Prep::Worktree {
+                path,
+                branch,
+                message,
+                ..
+            },
+            git,
+        )) = workspace
+        {
+            let p = path.clone();
+            let committed = tokio::task::spawn_blocking(move || {
+                crate::workspace::commit_leftovers(&p, &message, &git)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the commit task failed: {e}")));
+            match committed {
+                Ok(head) => {
+                    let _ = facts.send(Fact::Branch {
+                        key: key.clone(),
+                        branch: crate::model::Branch {
+                            name: branch,
+                            base: String::new(),
+                            head,
+                        },
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(objective = %key.objective_id, step = key.step_index, worktree = %path.display(), error = %e, "cannot commit what the agent left")
+                }
+            }
+        }
         if let Some(leaf) = leaf {
             leaf.remove();
         }

@@ -24,6 +24,19 @@ pub mod plans;
 #[path = "../../daemon/store.rs"]
 pub mod store;
 
+#[allow(dead_code)]
+#[path = "../../daemon/workspace.rs"]
+pub mod workspace;
+
+/// The one file of the engine's core that config and plans read: the safety gates.
+pub mod engine {
+    pub mod machine {
+        #[allow(dead_code)]
+        #[path = "../../../../daemon/engine/machine/safety.rs"]
+        pub mod safety;
+    }
+}
+
 pub mod api;
 pub mod runner;
 pub mod targets;

@@ -15,6 +15,7 @@ pub mod host;
 #[cfg(test)]
 mod props;
 pub mod routing;
+pub mod safety;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -25,7 +26,7 @@ pub use family::{admit_child, cascade};
 pub use tables::{End, Needs, Next, RateLimit, counts_against_retries, needs, next_after_end};
 
 use crate::model::{
-    Attempt, Control, EventKind, FailureClass, Millis, ObjState, Objective, Progress, Step,
+    Attempt, Branch, Control, EventKind, FailureClass, Millis, ObjState, Objective, Progress, Step,
     StepPlan, StepState, Usage, derive_objective_state,
 };
 
@@ -216,6 +217,12 @@ pub enum Input {
     Recover {
         gone: Vec<Attempt>,
         kept: Vec<Attempt>,
+    },
+    /// A `worktree` step's branch as an attempt made or left it.
+    Branch {
+        step: u32,
+        attempt: u32,
+        branch: Branch,
     },
     /// A sub-objective of this one was submitted.
     Adopt {
@@ -595,6 +602,23 @@ impl<'a> Tx<'a> {
             }
             Input::Exhaust { why } => self.exhaust(why),
             Input::Recover { gone, kept } => self.recover(gone, kept),
+            Input::Branch {
+                step,
+                attempt: _,
+                branch,
+            } => {
+                let s = self.step_mut(step)?;
+                // After an attempt only the head moves: the base stays the one it had.
+                let base = match (&s.branch, branch.base.is_empty()) {
+                    (Some(old), true) => old.base.clone(),
+                    _ => branch.base.clone(),
+                };
+                let branch = Branch { base, ..branch };
+                if s.branch.as_ref() != Some(&branch) {
+                    s.branch = Some(branch);
+                    self.d.steps.insert(step);
+                }
+            }
             Input::Adopt { child } => self.adopt(child),
             Input::ChildUsage { delta } => self.child_usage(&delta),
         }
@@ -693,7 +717,8 @@ impl<'a> Tx<'a> {
             };
             if s.plan.requires_approval && !s.approved {
                 let (sid, attempt) = (s.plan.id.clone(), s.attempts);
-                self.set_step(index, StepState::AwaitingApproval, String::new());
+                let why = s.plan.approval_reason.clone();
+                self.set_step(index, StepState::AwaitingApproval, why);
                 self.emit(&sid, attempt, EventKind::ApprovalRequested);
             } else {
                 self.hold_or_queue(index, String::new());

@@ -9,6 +9,7 @@ mod control;
 mod family;
 mod routed;
 mod table;
+mod workspace;
 use crate::model::{FailureAction, FailureClass, Outcome, StopReason};
 
 const T0: Millis = 1_000_000;
