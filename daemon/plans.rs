@@ -9,9 +9,7 @@ use crate::config::{Config, limits_of};
 use crate::engine::machine::safety::{self, Gate};
 use crate::model::{
     AUTO_AGENT, Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome,
-    PromptMode, RetryPolicy, StepPlan, expand_template,
-    Budget, FailureAction, FailureClass, Limits, MAX_ARG_PROMPT_BYTES, Outcome, PromptMode,
-    RetryPolicy, StepPlan, Workspace, expand_template,
+    PromptMode, RetryPolicy, StepPlan, Workspace, expand_template,
 };
 
 /// Why a submitted objective cannot be resolved. The messages name the field the way

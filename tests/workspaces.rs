@@ -478,3 +478,38 @@ command = ["sh", "-c", "if [ -e marker ]; then echo resumed >> marker; exit 0; f
     let text = git(d.work_dir(), &["show", &format!("{name}:marker")]);
     assert_eq!(text, "first\nresumed");
 }
+
+/// With live restore on (the default), a worktree step still gets its worktree and its
+/// leftovers committed: private workspaces run under orchd's own runner, beside a shared
+/// step that runs under a shim.
+#[test]
+fn worktree_steps_work_with_live_restore_on() {
+    let mut d = TestDaemon::prepare(&[], &[]);
+    d.set_env("ORCH_LIVE_RESTORE", "true");
+    d.launch();
+    repo(&d);
+    let plan = d.write_plan(
+        "live.toml",
+        r#"
+[[steps]]
+id = "edit"
+workspace = "worktree"
+command = ["sh", "-c", "echo four >> shared.txt"]
+
+[[steps]]
+id = "look"
+command = ["sh", "-c", "grep -c four shared.txt || true"]
+"#,
+    );
+    let id = d.submit(&[&plan], 0);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let b = branch(&v, "edit");
+    let name = b["name"].as_str().unwrap_or_default().to_string();
+    assert!(name.starts_with("orch/"), "{v}");
+    let shown = git(d.work_dir(), &["show", &format!("{name}:shared.txt")]);
+    assert!(shown.ends_with("four"), "{shown}");
+    // The shared checkout was not touched.
+    let here = fs::read_to_string(d.work_dir().join("shared.txt")).expect("read shared.txt");
+    assert!(!here.contains("four"), "{here}");
+}

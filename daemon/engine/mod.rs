@@ -1039,7 +1039,9 @@ impl Engine {
         let AttemptEnd { end, exited_at } = end;
         let leftovers = self.executor.leftovers(&key);
         if !leftovers.is_empty() {
-            self.turn.after.push(After::RemoveDirs(leftovers));
+            self.turn
+                .after
+                .push(After::RemoveDirs(leftovers, Vec::new()));
         }
         tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
         self.turn

@@ -124,7 +124,12 @@ impl Executor for Executors {
 
     fn start(&self, spec: RunSpec, facts: Facts) -> AttemptHandle {
         match (spec.executor.as_str(), &self.slurm) {
-            ("", _) | ("local", _) if self.live_restore => self.shim.start(spec, facts),
+            // A private workspace (worktree, scratch) is made and committed by orchd's own
+            // runner around the attempt, so such a step runs as orchd's direct child: a
+            // crash interrupts it and its next attempt continues in the same worktree.
+            ("", _) | ("local", _) if self.live_restore && spec.workspace.is_none() => {
+                self.shim.start(spec, facts)
+            }
             ("", _) | ("local", _) => self.local.start(spec, facts),
             ("slurm", Some(s)) => s.start(spec, facts),
             (other, _) => {

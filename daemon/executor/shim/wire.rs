@@ -152,6 +152,7 @@ impl ShimSpec {
             executor: String::new(),
             step_id: self.step_id.clone(),
             protocol_journal: Some(journal.to_path_buf()),
+            workspace: None,
         }
     }
 }
