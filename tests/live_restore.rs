@@ -184,6 +184,12 @@ fn an_upgrade_the_new_daemon_would_refuse_is_refused_and_changes_nothing() {
     d.set_env("ORCH_LIVE_RESTORE", "true");
     d.launch();
     let before = d.ctl_json(&["daemon", "status"]);
+    assert!(
+        before["executors"][0]["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains("shim")),
+        "daemon status tells live restore is on: {before}"
+    );
     // The binary is checked with the config it would start with: now a broken one.
     d.write_file("orchd.toml", "max_parallel = \"many\"\n");
     let out = d.ctl(&["daemon", "upgrade"]);
