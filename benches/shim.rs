@@ -142,7 +142,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    println!("shim cost per attempt ({ROUNDS} attempts each, release orchd)");
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("shim cost per attempt ({ROUNDS} attempts each, {build} orchd)");
     let mut rows = Vec::new();
     for live in [false, true] {
         let d = Daemon::start(live);

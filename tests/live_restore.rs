@@ -12,18 +12,38 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Lines the agent prints, one every 50 ms (about 10 s).
+/// Lines the counting agent prints at least (10 s) before the long tests stop it.
 const LINES: u32 = 200;
 
-/// An agent printing `n 1` … `n LINES`, each followed by a usage line of one input
-/// token (so the usage total counts every protocol line processed), then exiting 0.
-fn counting_agent(d: &TestDaemon, lines: u32, exit: i32) -> PathBuf {
-    d.write_script(
-        "count.sh",
-        &format!(
-            "#!/bin/bash\nfor i in $(seq 1 {lines}); do\n  echo \"n $i\"\n  echo '::orch-usage:: {{\"input_tokens\":1}}'\n  sleep 0.05\ndone\nexit {exit}\n"
-        ),
-    )
+/// An agent printing `n 1`, `n 2`, … one every 50 ms, each followed by a usage line of
+/// one input token (so the usage total counts every protocol line processed), until the
+/// test creates its stop file, then exiting `exit`. (Its length follows the test, not
+/// the clock: on a loaded machine the rounds of a test may take longer than 10 s.)
+struct Counter {
+    script: PathBuf,
+    stop: PathBuf,
+}
+
+impl Counter {
+    fn new(d: &TestDaemon, exit: i32) -> Counter {
+        let stop = d.dir().join("stop");
+        let script = d.write_script(
+            "count.sh",
+            &format!(
+                "#!/bin/bash\ni=0\nwhile [ ! -e {} ]; do\n  i=$((i+1))\n  echo \"n $i\"\n  echo '::orch-usage:: {{\"input_tokens\":1}}'\n  sleep 0.05\ndone\nexit {exit}\n",
+                stop.display()
+            ),
+        );
+        Counter { script, stop }
+    }
+
+    fn submit(&self, d: &TestDaemon) -> String {
+        d.submit(&["--", "bash", utf8(&self.script)], 0)
+    }
+
+    fn stop(&self) {
+        fs::write(&self.stop, "").expect("create the stop file");
+    }
 }
 
 fn live_daemon() -> TestDaemon {
@@ -58,8 +78,9 @@ fn attempts(v: &Value) -> Vec<Value> {
 }
 
 /// One attempt, the same pid throughout, every line once and in order, every usage
-/// line counted once, success, and a duration that is the agent's own.
-fn assert_one_clean_run(d: &TestDaemon, id: &str, pid: u64) {
+/// line counted once, success, and a duration that is the agent's own (at least 50 ms a
+/// line). Returns the number of lines.
+fn assert_one_clean_run(d: &TestDaemon, id: &str, pid: u64) -> u32 {
     let v = d.wait_ended(id, Duration::from_secs(60));
     assert_eq!(v["state"], "succeeded", "{v}");
     let a = attempts(&v);
@@ -71,27 +92,42 @@ fn assert_one_clean_run(d: &TestDaemon, id: &str, pid: u64) {
     );
     assert_eq!(a[0]["outcome"], "success", "{v}");
     assert_eq!(a[0]["exit_code"], 0, "{v}");
-    let want: Vec<u32> = (1..=LINES).collect();
-    assert_eq!(numbered(d, id), want, "every line once, in order");
+    let got = numbered(d, id);
+    let n = got.len() as u32;
+    assert!(n > 0);
+    assert_eq!(
+        got,
+        (1..=n).collect::<Vec<u32>>(),
+        "every line once, in order"
+    );
     assert_eq!(
         a[0]["usage"]["input_tokens"].as_u64(),
-        Some(u64::from(LINES)),
+        Some(u64::from(n)),
         "every usage line processed exactly once: {v}"
     );
     let ms = (rfc3339(&a[0]["ended_at"], "ended_at") - rfc3339(&a[0]["started_at"], "started_at"))
         .num_milliseconds();
-    let least = i64::from(LINES) * 50;
+    let least = i64::from(n) * 50;
     assert!(
-        ms >= least && ms < least * 2,
-        "the attempt lasted {ms} ms; its agent sleeps {least} ms in all"
+        ms >= least && ms < least * 3 + 5_000,
+        "the attempt lasted {ms} ms; its agent printed {n} lines 50 ms apart"
     );
+    n
+}
+
+/// Lets the agent run to `LINES` lines (10 s) if it has not yet, then stops it.
+fn finish(d: &TestDaemon, id: &str, agent: &Counter) {
+    poll_until("10 s of output", Duration::from_secs(60), || {
+        (numbered(d, id).len() >= LINES as usize).then_some(())
+    });
+    agent.stop();
 }
 
 #[test]
 fn ten_crashes_of_orchd_leave_the_agent_running_and_its_attempt_whole() {
     let mut d = live_daemon();
-    let script = counting_agent(&d, LINES, 0);
-    let id = d.submit(&["--", "bash", utf8(&script)], 0);
+    let agent = Counter::new(&d, 0);
+    let id = agent.submit(&d);
     let v = d.wait_started(&id, STATE_DEADLINE);
     let pid = attempts(&v)[0]["pid"].as_u64().expect("pid");
     let mut seen = 0;
@@ -111,6 +147,7 @@ fn ten_crashes_of_orchd_leave_the_agent_running_and_its_attempt_whole() {
         v["state"], "running",
         "the crashes all happened while the agent ran: {v}"
     );
+    finish(&d, &id, &agent);
     assert_one_clean_run(&d, &id, pid);
 }
 
@@ -118,8 +155,8 @@ fn ten_crashes_of_orchd_leave_the_agent_running_and_its_attempt_whole() {
 fn five_upgrades_leave_the_agent_running_and_its_attempt_whole() {
     let d = live_daemon();
     let orchd_pid = d.pid();
-    let script = counting_agent(&d, LINES, 0);
-    let id = d.submit(&["--", "bash", utf8(&script)], 0);
+    let agent = Counter::new(&d, 0);
+    let id = agent.submit(&d);
     let v = d.wait_started(&id, STATE_DEADLINE);
     let pid = attempts(&v)[0]["pid"].as_u64().expect("pid");
     let mut seen = 0;
@@ -137,6 +174,7 @@ fn five_upgrades_leave_the_agent_running_and_its_attempt_whole() {
         assert!(process_alive(pid as u32), "round {round}: the agent died");
     }
     assert_eq!(d.status(&id)["state"], "running");
+    finish(&d, &id, &agent);
     assert_one_clean_run(&d, &id, pid);
 }
 
@@ -146,6 +184,12 @@ fn an_upgrade_the_new_daemon_would_refuse_is_refused_and_changes_nothing() {
     d.set_env("ORCH_LIVE_RESTORE", "true");
     d.launch();
     let before = d.ctl_json(&["daemon", "status"]);
+    assert!(
+        before["executors"][0]["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains("shim")),
+        "daemon status tells live restore is on: {before}"
+    );
     // The binary is checked with the config it would start with: now a broken one.
     d.write_file("orchd.toml", "max_parallel = \"many\"\n");
     let out = d.ctl(&["daemon", "upgrade"]);
@@ -309,9 +353,8 @@ fn without_cgroups_the_shim_still_keeps_its_agent_through_crashes() {
     let mut d = TestDaemon::prepare(&["--limits-backend", "rlimit"], &[]);
     d.set_env("ORCH_LIVE_RESTORE", "true");
     d.launch();
-    let lines = 60;
-    let script = counting_agent(&d, lines, 0);
-    let id = d.submit(&["--", "bash", utf8(&script)], 0);
+    let agent = Counter::new(&d, 0);
+    let id = agent.submit(&d);
     let v = d.wait_started(&id, STATE_DEADLINE);
     let a = attempts(&v);
     let pid = a[0]["pid"].as_u64().expect("pid");
@@ -326,16 +369,9 @@ fn without_cgroups_the_shim_still_keeps_its_agent_through_crashes() {
         assert!(process_alive(pid as u32), "the agent died with orchd");
         d.launch();
     }
-    let v = d.wait_ended(&id, Duration::from_secs(60));
-    assert_eq!(v["state"], "succeeded", "{v}");
-    let a = attempts(&v);
-    assert_eq!(a.len(), 1, "{v}");
-    assert_eq!(a[0]["pid"].as_u64(), Some(pid));
-    assert_eq!(numbered(&d, &id), (1..=lines).collect::<Vec<u32>>());
-    assert_eq!(
-        a[0]["usage"]["input_tokens"].as_u64(),
-        Some(u64::from(lines))
-    );
+    wait_more_output(&d, &id, seen);
+    agent.stop();
+    assert_one_clean_run(&d, &id, pid);
 }
 
 #[test]
@@ -357,9 +393,8 @@ fn an_agent_that_cannot_start_under_a_shim_is_a_spawn_error() {
 #[test]
 fn a_paused_attempt_stays_paused_across_a_crash_and_resumes_under_the_new_orchd() {
     let mut d = live_daemon();
-    let lines = 40;
-    let script = counting_agent(&d, lines, 0);
-    let id = d.submit(&["--", "bash", utf8(&script)], 0);
+    let agent = Counter::new(&d, 0);
+    let id = agent.submit(&d);
     let v = d.wait_started(&id, STATE_DEADLINE);
     let pid = attempts(&v)[0]["pid"].as_u64().expect("pid");
     wait_more_output(&d, &id, 0);
@@ -375,13 +410,12 @@ fn a_paused_attempt_stays_paused_across_a_crash_and_resumes_under_the_new_orchd(
         process_alive(pid as u32),
         "the paused agent died with orchd"
     );
+    let paused_at = numbered(&d, &id).len();
     let out = d.ctl(&["resume", &id]);
     assert!(out.status.success(), "{}", describe(&out));
-    let v = d.wait_ended(&id, Duration::from_secs(60));
-    assert_eq!(v["state"], "succeeded", "{v}");
-    let a = attempts(&v);
-    assert_eq!((a.len(), a[0]["pid"].as_u64()), (1, Some(pid)), "{v}");
-    assert_eq!(numbered(&d, &id), (1..=lines).collect::<Vec<u32>>());
+    wait_more_output(&d, &id, paused_at);
+    agent.stop();
+    assert_one_clean_run(&d, &id, pid);
 }
 
 #[test]

@@ -99,7 +99,11 @@ impl Executors {
         let mut v = vec![ExecutorHealth {
             name: "local",
             healthy: true,
-            detail: String::new(),
+            detail: if self.live_restore {
+                "live restore: each attempt under a shim that outlives orchd".into()
+            } else {
+                String::new()
+            },
         }];
         if let Some(s) = &self.slurm {
             let h = s.health().await;
