@@ -883,6 +883,9 @@ pub struct End {
     pub message: String,
     pub peak_rss_bytes: u64,
     pub cpu_ms: u64,
+    /// When it ended, when that was before the engine heard of it (an agent that ended
+    /// while no orchd was running: its shim kept the time). `None`: now.
+    pub ended_ms: Option<Millis>,
 }
 
 impl End {
@@ -896,6 +899,7 @@ impl End {
             message: message.to_string(),
             peak_rss_bytes: 0,
             cpu_ms: 0,
+            ended_ms: None,
         }
     }
 }

@@ -300,10 +300,19 @@ fn an_agent_that_ends_while_orchd_is_down_has_its_exit_code_recorded() {
     poll_until("the shim's end.json", STATE_DEADLINE, || {
         end.exists().then_some(())
     });
+    let end_seen = chrono::Utc::now();
+    // orchd stays away a while longer; the attempt's end is when the agent ended, not
+    // when the next orchd heard of it.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     d.launch();
     let v = d.wait_ended(&id, STATE_DEADLINE);
     let a = attempts(&v);
     assert_eq!(a.len(), 1, "{v}");
+    let ended = crate::support::rfc3339(&a[0]["ended_at"], "ended_at");
+    assert!(
+        ended <= end_seen,
+        "recorded as ended at {ended}, after its end.json was seen at {end_seen}: {v}"
+    );
     assert_eq!(a[0]["exit_code"], 7, "{v}");
     assert_eq!(a[0]["outcome"], "exit_failure", "{v}");
     assert_eq!(

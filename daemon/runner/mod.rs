@@ -719,6 +719,7 @@ async fn run(
             message,
             peak_rss_bytes,
             cpu_ms,
+            ended_ms: None,
         },
         exited_at: Some(exited_at),
     }

@@ -102,7 +102,13 @@ impl Tx<'_> {
         };
         let end = agent_verdict(end, r.failure.as_ref());
         let a = &mut r.attempt;
-        a.ended_ms = Some(now);
+        // The time it really ended when that is known and earlier (it ended while no
+        // orchd ran), never before it started.
+        a.ended_ms = Some(
+            end.ended_ms
+                .filter(|t| *t < now)
+                .map_or(now, |t| t.max(a.started_ms)),
+        );
         a.outcome = Some(end.outcome);
         a.exit_code = end.exit_code;
         a.signal = end.signal;

@@ -205,6 +205,7 @@ impl EndRecord {
             message: self.message.clone(),
             peak_rss_bytes: self.peak_rss_bytes,
             cpu_ms: self.cpu_ms,
+            ended_ms: Some(self.ended_ms),
         }
     }
 }

@@ -203,6 +203,7 @@ pub fn end_of(view: &JobView, asked: Option<&Asked>, output_tail: &str) -> Optio
         message,
         peak_rss_bytes: 0,
         cpu_ms: 0,
+        ended_ms: None,
     })
 }
 

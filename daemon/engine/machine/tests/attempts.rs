@@ -734,3 +734,35 @@ fn an_exhausted_budget_beats_a_retry_and_a_rate_limit() {
     assert_eq!(states(&run), [S::Failed]);
     assert_eq!(run.obj.state, ObjState::Failed);
 }
+
+// ------------------------------------------------------------ ended while orchd was away
+
+/// An attempt's end, told at `now` with the time it really ended.
+fn end_told_at(now: Millis, ended_ms: Option<Millis>) -> Millis {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    let end = End {
+        ended_ms,
+        ..End::of(Outcome::Success, "")
+    };
+    let input = Input::Ended {
+        step: 0,
+        attempt: 1,
+        end,
+    };
+    let d = step(&mut run, input, Ctx::at(now)).unwrap_or_else(|e| panic!("refused: {e}"));
+    d.attempts[0]
+        .ended_ms
+        .unwrap_or_else(|| panic!("no end time: {d:?}"))
+}
+
+#[test]
+fn an_end_kept_by_the_shim_is_recorded_at_the_time_it_happened() {
+    // Started at T0, ended 5 s later while no orchd ran, told 60 s after the start.
+    assert_eq!(end_told_at(T0 + 60_000, Some(T0 + 5_000)), T0 + 5_000);
+    // Unknown: when it is told.
+    assert_eq!(end_told_at(T0 + 60_000, None), T0 + 60_000);
+    // A clock that says it ended before it started, or in the future, is not believed.
+    assert_eq!(end_told_at(T0 + 60_000, Some(T0 - 1_000)), T0);
+    assert_eq!(end_told_at(T0 + 60_000, Some(T0 + 90_000)), T0 + 60_000);
+}
