@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod commands;
 mod complete;
+mod doctor;
 mod error;
 mod follow;
 mod housekeeping;
@@ -100,12 +101,13 @@ fn submit_hint(e: &clap::Error, args: &[String]) -> Option<String> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let socket = orch_proto::paths::client_socket(cli.socket);
+    let (socket, origin) = orch_proto::paths::client_socket_choice(cli.socket);
     let format = cli.output;
     match cli.command {
         Command::Completions { shell } => commands::completions(shell),
         Command::Submit(args) => submit::run(*args, &socket, format).await,
         Command::Mcp(args) => mcp::run(args, &socket).await,
+        Command::Doctor => doctor::run(&socket, origin, format).await,
         Command::Tools(args) => mcp::tools::run(args, &socket, format).await,
         Command::List { state, limit } => {
             // Check input before reaching for the daemon.
@@ -115,7 +117,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         other => {
             let mut client = Client::connect(&socket).await?;
-            dispatch(other, &mut client, format, &socket).await
+            dispatch(other, &mut client, format, &socket, origin).await
         }
     }
 }
@@ -125,6 +127,7 @@ async fn dispatch(
     client: &mut Client,
     format: Format,
     socket: &Path,
+    origin: orch_proto::paths::SocketOrigin,
 ) -> Result<()> {
     match command {
         Command::Status { id } => commands::status(client, id, format).await,
@@ -165,7 +168,9 @@ async fn dispatch(
         Command::Audit { limit, objective } => {
             commands::audit(client, limit, objective, format).await
         }
-        Command::Daemon(DaemonCommand::Status) => commands::daemon_status(client, format).await,
+        Command::Daemon(DaemonCommand::Status) => {
+            commands::daemon_status(client, format, origin).await
+        }
         Command::Daemon(DaemonCommand::Reload) => commands::daemon_reload(client, format).await,
         Command::Rm { ids } => housekeeping::rm(client, ids, format).await,
         Command::Prune { older_than, state } => {
@@ -174,6 +179,7 @@ async fn dispatch(
         // Handled before connecting.
         Command::Completions { .. }
         | Command::Submit(_)
+        | Command::Doctor
         | Command::List { .. }
         | Command::Mcp(_)
         | Command::Tools(_) => Err(CtlError::Failed(format!(

@@ -22,6 +22,7 @@ mod real_agents;
 mod reports;
 mod runs;
 mod security;
+mod service;
 mod sessions;
 mod slurm;
 mod squatting;
