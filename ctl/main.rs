@@ -11,6 +11,7 @@ mod housekeeping;
 mod json;
 mod live;
 mod logs;
+mod man;
 mod mcp;
 mod output;
 mod progress;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     // With `COMPLETE=SHELL` set (by the script `orchctl completions SHELL` prints): answer
     // the shell's completion request and exit.
     clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
+    man::generate_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -11,6 +11,7 @@ mod executor;
 mod journal;
 mod limits;
 mod logfile;
+mod man;
 mod model;
 mod plans;
 mod runner;
@@ -73,6 +74,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    man::generate_if_asked(<Cli as clap::CommandFactory>::command());
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
