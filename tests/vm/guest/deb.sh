@@ -41,7 +41,8 @@ begin install "apt installs the .deb; orchd.socket listens, orchd.service waits"
 # Under TCG man-db's index rebuild (a dpkg trigger) alone outlasted a 120 s cap: skip it.
 echo 'man-db man-db/auto-update boolean false' | debconf-set-selections
 rm -f /var/lib/man-db/auto-update
-T=600 run apt-get install -y --no-download "$CMD_DIR/orch.deb"
+# (not --no-download: apt then refuses a local .deb, "Pathname to install is not absolute")
+T=600 run apt-get install -y "$CMD_DIR/orch.deb"
 [ "$RC" = 0 ] || fail "apt-get install exited $RC"
 until_true 30 systemctl is-active --quiet orchd.socket || note "orchd.socket not active after 30 s"
 run systemctl is-active orchd.socket; [ "$STDOUT" = active ] || fail "orchd.socket is '$STDOUT'"
