@@ -32,7 +32,7 @@ run() {
     { echo "\$ $*"; echo "rc=$RC"; [ -n "$STDOUT" ] && echo "$STDOUT"; [ -s "$errf" ] && sed 's/^/stderr: /' "$errf"; } >> "$CUR_LOG"
     rm -f "$errf"; return 0
 }
-as() { local u=$1; shift; runuser -u "$u" -- env HOME="/home/$u" XDG_RUNTIME_DIR="/run/user/$(id -u "$u")" "$@"; }
+as() { local u=$1; shift; runuser -u "$u" -- /usr/bin/env PATH=/usr/local/bin:/usr/bin:/bin HOME="/home/$u" XDG_RUNTIME_DIR="/run/user/$(id -u "$u")" "$@"; }
 # until_true SECS CMD...: waits (0.2 s steps) until CMD succeeds
 until_true() { local end=$(( $(date +%s) + $1 )); shift; until "$@"; do [ "$(date +%s)" -ge "$end" ] && return 1; sleep 0.2; done; }
 
