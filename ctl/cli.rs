@@ -199,6 +199,10 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Check this machine for orch: cgroup v2, socket and state directory, journald,
+    /// lingering, agent CLIs, config; says how to fix each and exits 1 when something is broken
+    #[command(after_help = "Examples:\n  orchctl doctor\n  orchctl doctor -o json")]
+    Doctor,
     /// Per agent profile: runs, success rate, p50/p95 duration, retries, cost per success
     #[command(after_help = "Examples:\n  orchctl stats\n  orchctl stats -o json")]
     Stats,

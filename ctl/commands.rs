@@ -269,12 +269,16 @@ pub async fn audit(
 }
 
 /// `orchctl daemon status`.
-pub async fn daemon_status(client: &mut Client, format: Format) -> Result<()> {
+pub async fn daemon_status(
+    client: &mut Client,
+    format: Format,
+    origin: orch_proto::paths::SocketOrigin,
+) -> Result<()> {
     let r = client.api.daemon_status(DaemonStatusRequest {}).await;
     let d = client.check(r)?;
     match format {
-        Format::Json => output::json_pretty(&json::daemon_status(&d)),
-        Format::Table => output::write_out(&views::daemon_status(&d)),
+        Format::Json => output::json_pretty(&json::daemon_status(&d, origin)),
+        Format::Table => output::write_out(&views::daemon_status(&d, origin)),
     }
 }
 

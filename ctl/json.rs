@@ -422,10 +422,14 @@ pub fn counts(d: &DaemonStatusResponse) -> Map<String, Value> {
 }
 
 /// The `daemon status -o json` object.
-pub fn daemon_status(d: &DaemonStatusResponse) -> Value {
+pub fn daemon_status(d: &DaemonStatusResponse, origin: orch_proto::paths::SocketOrigin) -> Value {
     json!({
         "version": d.version,
         "pid": d.pid,
+        "uid": d.uid,
+        "daemon": if d.uid == 0 { "system" } else { "user" },
+        "socket_activated": d.socket_activated,
+        "socket_origin": origin.word(),
         "uptime_s": d.uptime_s,
         "socket": d.socket,
         "state_dir": d.state_dir,
@@ -749,7 +753,7 @@ mod tests {
             ..Default::default()
         };
         d.counts.insert("running".into(), 2);
-        let v = daemon_status(&d);
+        let v = daemon_status(&d, orch_proto::paths::SocketOrigin::Own);
         assert_eq!(v["counts"]["running"], 2);
         assert_eq!(v["counts"]["pending"], 0);
         assert_eq!(v["counts"].as_object().map(|m| m.len()), Some(7));

@@ -4,12 +4,14 @@ mod cli;
 mod client;
 mod commands;
 mod complete;
+mod doctor;
 mod error;
 mod follow;
 mod housekeeping;
 mod json;
 mod live;
 mod logs;
+mod man;
 mod mcp;
 mod output;
 mod progress;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     // With `COMPLETE=SHELL` set (by the script `orchctl completions SHELL` prints): answer
     // the shell's completion request and exit.
     clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
+    man::generate_if_asked();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -101,12 +104,13 @@ fn submit_hint(e: &clap::Error, args: &[String]) -> Option<String> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let socket = orch_proto::paths::client_socket(cli.socket);
+    let (socket, origin) = orch_proto::paths::client_socket_choice(cli.socket);
     let format = cli.output;
     match cli.command {
         Command::Completions { shell } => commands::completions(shell),
         Command::Submit(args) => submit::run(*args, &socket, format).await,
         Command::Mcp(args) => mcp::run(args, &socket).await,
+        Command::Doctor => doctor::run(&socket, origin, format).await,
         Command::Tools(args) => mcp::tools::run(args, &socket, format).await,
         Command::List { state, limit } => {
             // Check input before reaching for the daemon.
@@ -116,7 +120,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         other => {
             let mut client = Client::connect(&socket).await?;
-            dispatch(other, &mut client, format, &socket).await
+            dispatch(other, &mut client, format, &socket, origin).await
         }
     }
 }
@@ -126,6 +130,7 @@ async fn dispatch(
     client: &mut Client,
     format: Format,
     socket: &Path,
+    origin: orch_proto::paths::SocketOrigin,
 ) -> Result<()> {
     match command {
         Command::Status { id } => commands::status(client, id, format).await,
@@ -170,7 +175,9 @@ async fn dispatch(
         Command::Audit { limit, objective } => {
             commands::audit(client, limit, objective, format).await
         }
-        Command::Daemon(DaemonCommand::Status) => commands::daemon_status(client, format).await,
+        Command::Daemon(DaemonCommand::Status) => {
+            commands::daemon_status(client, format, origin).await
+        }
         Command::Daemon(DaemonCommand::Reload) => commands::daemon_reload(client, format).await,
         Command::Daemon(DaemonCommand::Upgrade) => commands::daemon_upgrade(client, format).await,
         Command::Rm { ids } => housekeeping::rm(client, ids, format).await,
@@ -180,6 +187,7 @@ async fn dispatch(
         // Handled before connecting.
         Command::Completions { .. }
         | Command::Submit(_)
+        | Command::Doctor
         | Command::List { .. }
         | Command::Mcp(_)
         | Command::Tools(_) => Err(CtlError::Failed(format!(

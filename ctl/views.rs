@@ -568,7 +568,25 @@ pub fn audit(entries: &[AuditEntry]) -> String {
 }
 
 /// The `daemon status` view.
-pub fn daemon_status(d: &DaemonStatusResponse) -> String {
+/// Which daemon answered: the system one or a user's own, and how it was started.
+pub fn daemon_kind(d: &DaemonStatusResponse) -> String {
+    let who = if d.uid == 0 {
+        "system daemon (root)".to_string()
+    } else {
+        let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(d.uid))
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {}", d.uid), |u| u.name);
+        format!("user daemon of {name}")
+    };
+    if d.socket_activated {
+        format!("{who}, socket-activated by systemd")
+    } else {
+        who
+    }
+}
+
+pub fn daemon_status(d: &DaemonStatusResponse, origin: orch_proto::paths::SocketOrigin) -> String {
     // Contract order first, then any state word this client does not know.
     let mut counts: Vec<String> = words::OBJECTIVE_STATES
         .iter()
@@ -594,7 +612,8 @@ pub fn daemon_status(d: &DaemonStatusResponse) -> String {
             "Uptime",
             format_duration_ms(d.uptime_s.saturating_mul(1000)),
         ),
-        ("Socket", d.socket.clone()),
+        ("Daemon", daemon_kind(d)),
+        ("Socket", format!("{} ({})", d.socket, origin.describe())),
         ("State dir", d.state_dir.clone()),
         ("Store size", HumanBytes(d.store_bytes).to_string()),
         (

@@ -2,13 +2,16 @@
 //! (checked, created or tightened) and its lock → store → recovery → socket (its directory
 //! checked or created) → serve → READY=1; SIGTERM/SIGINT drain and exit 0.
 
+mod activation;
 mod api;
 mod config;
 mod disk;
 mod engine;
 mod executor;
+mod journal;
 mod limits;
 mod logfile;
+mod man;
 mod model;
 mod plans;
 mod runner;
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    man::generate_if_asked(<Cli as clap::CommandFactory>::command());
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,6 +108,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before anything else may start a thread: it edits the environment.
+    let activated = activation::take()?;
     let (config_path, explicit) = config::config_path(cli.config.clone());
     let file = config::read_file(&config_path, explicit)?;
     let overrides = config::Overrides {
@@ -125,14 +131,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .thread_name("orchd")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cfg, config_path, explicit, overrides))
+    runtime.block_on(serve(cfg, config_path, explicit, overrides, activated))
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Under systemd (JOURNAL_STREAM set) log to journald when it answers; else stderr.
-    if std::env::var_os("JOURNAL_STREAM").is_some()
-        && let Ok(layer) = tracing_journald::layer()
+    // Under systemd (JOURNAL_STREAM set) log to the journal with structured fields when it
+    // answers (docs/operating.md: `journalctl -u orchd OBJECTIVE_ID=...`); else stderr.
+    if journal::wanted()
+        && let Ok(layer) =
+            journal::JournalLayer::connect(Path::new(journal::JOURNAL_SOCKET), "orchd")
     {
         tracing_subscriber::registry()
             .with(filter)
@@ -419,9 +427,20 @@ async fn serve(
     config_path: PathBuf,
     explicit: bool,
     overrides: config::Overrides,
+    activated: Option<activation::Activated>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let socket = cfg.socket();
+    // A socket passed by systemd is served as it is, wherever the config says.
+    let socket = match &activated {
+        Some(a) => {
+            if a.path != cfg.socket() {
+                tracing::warn!(passed = %a.path.display(), configured = %cfg.socket().display(), "serving on the socket systemd passed, not the configured one");
+            }
+            a.path.clone()
+        }
+        None => cfg.socket(),
+    };
+    let socket_activated = activated.is_some();
     let state_dir = cfg.state_dir();
     prepare_state_dir(&state_dir)?;
     let _lock = lock_state_dir(&state_dir)?;
@@ -483,7 +502,16 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let listener = bind_socket(&socket)?;
+    let mut activated_copy: Option<std::os::unix::net::UnixListener> = None;
+    let listener = match activated {
+        Some(a) => {
+            tracing::info!(socket = %a.path.display(), "serving on the socket systemd passed");
+            // A copy kept for an upgrade: the re-executed image serves on the same socket.
+            activated_copy = a.listener.try_clone().ok();
+            UnixListener::from_std(a.listener).context("cannot use the socket systemd passed")?
+        }
+        None => bind_socket(&socket)?,
+    };
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     let upgrade = Arc::new(upgrade::Upgrade::new());
     let handover = engine.handover();
@@ -528,6 +556,7 @@ async fn serve(
         limits_backend,
         limits_detail,
         started,
+        socket_activated,
         executors: executors.clone(),
         disk,
         upgrade: upgrade.clone(),
@@ -661,12 +690,15 @@ async fn serve(
     {
         tracing::warn!("clients still connected at exit");
     }
-    let _ = fs::remove_file(&socket);
+    // A passed socket is systemd's: it stays, and the next connection starts orchd again.
+    if !socket_activated {
+        let _ = fs::remove_file(&socket);
+    }
     if upgrading && matches!(engine_result, Ok(Ok(()))) {
         store.flush_blocking()?;
         drop(store);
         tracing::info!(binary = %upgrade.exe.display(), "re-executing");
-        let e = upgrade.exec();
+        let e = upgrade.exec(activated_copy.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
         bail!("cannot re-execute {}: {e}", upgrade.exe.display());
     }
     limiter.cleanup();

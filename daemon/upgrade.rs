@@ -94,10 +94,12 @@ impl Upgrade {
         self.requested.notified().await
     }
 
-    /// Replaces this process with the binary. Returns only on failure.
-    pub fn exec(&self) -> std::io::Error {
+    /// Replaces this process with the binary. Returns only on failure. `listener`: the
+    /// socket systemd passed (socket activation), handed to the new image the way systemd
+    /// hands it (fd 3, `LISTEN_FDS=1`, `LISTEN_PID` = this pid, which the new image keeps).
+    pub fn exec(&self, listener: Option<std::os::fd::RawFd>) -> std::io::Error {
         // The new image records the umask it starts with as the one agents get.
         crate::sys::restore_inherited_umask();
-        crate::sys::reexec(&self.exe, &self.args)
+        crate::sys::reexec(&self.exe, &self.args, listener)
     }
 }

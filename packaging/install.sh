@@ -5,10 +5,11 @@
 #   packaging/install.sh --user   [--prefix ~/.local]   [--enable]
 #
 # --system  binaries to PREFIX/bin (default /usr/local), systemd/orchd.service
-#           to /etc/systemd/system/orchd.service. Needs root.
+#           and orchd.socket to /etc/systemd/system/, group `orch` made if
+#           missing. Needs root.
 # --user    binaries to PREFIX/bin (default ~/.local), systemd/orchd-user.service
 #           to ${XDG_CONFIG_HOME:-~/.config}/systemd/user/orchd.service.
-# --enable  also `systemctl [--user] enable --now orchd`.
+# --enable  also `systemctl enable --now orchd.socket` (--user: orchd).
 # --bin-dir DIR  where the built binaries are (default: target/release; build
 #           them first with `cargo build --release --locked`).
 # DESTDIR=/some/root stages everything below that directory (for packagers);
@@ -70,6 +71,14 @@ sed "s|^ExecStart=/usr/bin/orchd|ExecStart=$prefix/bin/orchd|" "$unit_src" >"$de
 chmod 0644 "$destdir$unit_dst.tmp"
 mv "$destdir$unit_dst.tmp" "$destdir$unit_dst"
 echo "installed $destdir$unit_dst (ExecStart=$prefix/bin/orchd)"
+if [[ $mode == system ]]; then
+    install -m 0644 "$root/systemd/orchd.socket" "$destdir/etc/systemd/system/orchd.socket"
+    echo "installed $destdir/etc/systemd/system/orchd.socket"
+    if [[ -z $destdir ]] && ! getent group orch >/dev/null; then
+        groupadd --system orch
+        echo "made group orch (its members may use the system daemon)"
+    fi
+fi
 
 if [[ -n $destdir ]]; then
     exit 0
@@ -79,9 +88,11 @@ if [[ ! -d /run/systemd/system ]]; then
     exit 0
 fi
 "${systemctl[@]}" daemon-reload
+unit=orchd.service
+[[ $mode == system ]] && unit=orchd.socket
 if [[ $enable -eq 1 ]]; then
-    "${systemctl[@]}" enable --now orchd.service
-    "${systemctl[@]}" --no-pager status orchd.service || true
+    "${systemctl[@]}" enable --now "$unit"
+    "${systemctl[@]}" --no-pager status "$unit" || true
 else
-    echo "next: ${systemctl[*]} enable --now orchd"
+    echo "next: ${systemctl[*]} enable --now $unit"
 fi

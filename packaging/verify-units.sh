@@ -50,6 +50,16 @@ check() { # check UNIT_FILE [systemd-analyze options...]
 }
 
 check "$root/systemd/orchd.service"
+# The socket unit, beside the service it activates (which names the socket it needs).
+cp "$root/systemd/orchd.socket" "$tmp/orchd.socket"
+sed "s|^ExecStart=/usr/bin/orchd|ExecStart=$orchd|" "$root/systemd/orchd.service" >"$tmp/orchd.service"
+if out=$(systemd-analyze verify --man=no --recursive-errors=no "$tmp/orchd.socket" 2>&1) && [[ -z $out ]]; then
+    echo "verify-units: $root/systemd/orchd.socket ok"
+else
+    echo "verify-units: $root/systemd/orchd.socket:" >&2
+    echo "$out" >&2
+    status=1
+fi
 # User units are resolved as the user manager would (%t, %S, %E, default.target).
 # The user manager needs a runtime directory; CI (root, no login session) has none.
 if [[ -z ${XDG_RUNTIME_DIR:-} || ! -d ${XDG_RUNTIME_DIR:-/nonexistent} ]]; then

@@ -73,10 +73,84 @@ pub fn default_config() -> PathBuf {
         .join("orchd.toml")
 }
 
+/// The system daemon's socket (`orchd.socket`, group `orch`).
+pub const SYSTEM_SOCKET: &str = "/run/orch/orchd.sock";
+
+/// Where a client's socket came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketOrigin {
+    /// `--socket`.
+    Flag,
+    /// `ORCH_SOCKET`.
+    Env,
+    /// The caller's own default (root's is the system socket).
+    Own,
+    /// The system daemon's socket, because the caller has no daemon of their own.
+    System,
+}
+
+impl SocketOrigin {
+    /// How `orchctl daemon status` says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SocketOrigin::Flag => "given by --socket",
+            SocketOrigin::Env => "given by ORCH_SOCKET",
+            SocketOrigin::Own => "your default socket",
+            SocketOrigin::System => "the system daemon's socket (you have no daemon of your own)",
+        }
+    }
+
+    /// The word in JSON.
+    pub fn word(self) -> &'static str {
+        match self {
+            SocketOrigin::Flag => "flag",
+            SocketOrigin::Env => "env",
+            SocketOrigin::Own => "own",
+            SocketOrigin::System => "system",
+        }
+    }
+}
+
 /// The socket a client should use: flag, then `ORCH_SOCKET`, then the default.
 pub fn client_socket(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| env_path("ORCH_SOCKET"))
-        .unwrap_or_else(default_socket)
+    client_socket_choice(flag).0
+}
+
+/// The socket a client should use and why: flag, then `ORCH_SOCKET`, then the caller's own
+/// default socket when it exists, else the system daemon's when that exists (as docker's
+/// client does), else the own default (whose absence the connection reports). The usual
+/// owner and mode checks apply to whichever is chosen.
+pub fn client_socket_choice(flag: Option<PathBuf>) -> (PathBuf, SocketOrigin) {
+    let own = default_socket();
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    choose_socket(
+        flag,
+        env_path("ORCH_SOCKET"),
+        &own,
+        exists(&own),
+        exists(Path::new(SYSTEM_SOCKET)),
+    )
+}
+
+/// [`client_socket_choice`]'s decision, on facts gathered beforehand.
+pub fn choose_socket(
+    flag: Option<PathBuf>,
+    env: Option<PathBuf>,
+    own: &Path,
+    own_exists: bool,
+    system_exists: bool,
+) -> (PathBuf, SocketOrigin) {
+    if let Some(p) = flag {
+        return (p, SocketOrigin::Flag);
+    }
+    if let Some(p) = env {
+        return (p, SocketOrigin::Env);
+    }
+    let system = Path::new(SYSTEM_SOCKET);
+    if own == system || own_exists || !system_exists {
+        return (own.to_path_buf(), SocketOrigin::Own);
+    }
+    (system.to_path_buf(), SocketOrigin::System)
 }
 
 /// Root's uid: trusted by everyone (it could impersonate anyone anyway).
@@ -676,6 +750,46 @@ mod tests {
     }
 
     const ME: u32 = 1000;
+
+    #[test]
+    fn the_system_socket_serves_users_without_their_own() {
+        let own = Path::new("/run/user/1000/orch/orchd.sock");
+        let pick = |flag: Option<&str>, env: Option<&str>, own_exists, system_exists| {
+            choose_socket(
+                flag.map(PathBuf::from),
+                env.map(PathBuf::from),
+                own,
+                own_exists,
+                system_exists,
+            )
+        };
+        let sys = PathBuf::from(SYSTEM_SOCKET);
+        assert_eq!(
+            pick(None, None, false, true),
+            (sys.clone(), SocketOrigin::System)
+        );
+        assert_eq!(
+            pick(None, None, true, true),
+            (own.to_path_buf(), SocketOrigin::Own)
+        );
+        assert_eq!(
+            pick(None, None, false, false),
+            (own.to_path_buf(), SocketOrigin::Own)
+        );
+        assert_eq!(
+            pick(Some("/x.sock"), Some("/y.sock"), false, true),
+            (PathBuf::from("/x.sock"), SocketOrigin::Flag)
+        );
+        assert_eq!(
+            pick(None, Some("/y.sock"), false, true),
+            (PathBuf::from("/y.sock"), SocketOrigin::Env)
+        );
+        // Root's own default is the system socket.
+        assert_eq!(
+            choose_socket(None, None, &sys, false, true),
+            (sys.clone(), SocketOrigin::Own)
+        );
+    }
     const OTHER: u32 = 1001;
 
     #[test]

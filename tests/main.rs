@@ -24,6 +24,7 @@ mod reports;
 mod routing;
 mod runs;
 mod security;
+mod service;
 mod sessions;
 mod slurm;
 mod squatting;

@@ -56,6 +56,8 @@ pub struct DaemonInfo {
     pub limits_backend: String,
     pub limits_detail: String,
     pub started: Instant,
+    /// Whether the socket was passed by systemd (`orchd.socket`) rather than bound by orchd.
+    pub socket_activated: bool,
     /// Where attempts run (their health is asked at each `DaemonStatus`).
     pub executors: std::sync::Arc<crate::executor::Executors>,
     /// The state directory's disk (free space, the reserve, the store's health).

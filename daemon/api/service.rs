@@ -496,6 +496,8 @@ impl Orchestrator for Api {
             executors,
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
+            uid: crate::sys::effective_uid(),
+            socket_activated: info.socket_activated,
             uptime_s: info.started.elapsed().as_secs(),
             daemon_started_ms: info.started_ms,
             socket: info.socket.display().to_string(),

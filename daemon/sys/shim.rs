@@ -81,8 +81,34 @@ pub fn take_shim_listener() -> io::Result<std::os::unix::net::UnixListener> {
 }
 
 /// Replaces this process with `exe` run with `args` (same pid, same environment).
-/// Returns only on failure.
-pub fn reexec(exe: &Path, args: &[OsString]) -> io::Error {
+/// Returns only on failure. `listener`: a socket passed on as socket activation does
+/// (`SD_LISTEN_FDS_START`, fd 3, with `LISTEN_FDS=1` and `LISTEN_PID`).
+pub fn reexec(exe: &Path, args: &[OsString], listener: Option<RawFd>) -> io::Error {
     use std::os::unix::process::CommandExt;
-    std::process::Command::new(exe).args(args).exec()
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args);
+    if let Some(fd) = listener {
+        cmd.env("LISTEN_FDS", "1")
+            .env("LISTEN_PID", std::process::id().to_string())
+            .env_remove("LISTEN_FDNAMES");
+        // SAFETY: runs in this process just before execve (exec replaces it; nothing is
+        // forked); dup2 and fcntl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                const START: RawFd = 3;
+                let ok = if fd == START {
+                    libc::fcntl(fd, libc::F_SETFD, 0) == 0
+                } else {
+                    // dup2 leaves the copy without FD_CLOEXEC.
+                    libc::dup2(fd, START) == START
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    cmd.exec()
 }

@@ -192,6 +192,11 @@ impl TestDaemon {
         d
     }
 
+    /// Launch the daemon as `WRAPPER... orchd ARGS...` from now on; the wrapper must exec orchd.
+    pub fn set_wrapper(&mut self, wrapper: &[&str]) {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Sets `key=value` in the environment of the daemon's next launch (e.g. `TZ`).
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);

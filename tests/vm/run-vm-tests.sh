@@ -78,6 +78,7 @@ trap 'rm -rf "$CMD"' EXIT
 install -m 0755 "$REPO/tests/vm/guest/run.sh" "$CMD/run.sh"
 install -m 0755 "$BIN/orchd" "$BIN/orchctl" "$CMD/"
 install -m 0644 "$REPO/systemd/orchd.service" "$CMD/orchd.service"
+install -m 0644 "$REPO/systemd/orchd.socket" "$CMD/orchd.socket"
 
 mkdir -p "$RES"
 RES=$(cd "$RES" && pwd)

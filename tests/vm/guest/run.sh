@@ -159,6 +159,9 @@ command -v jq >/dev/null || { echo "FAIL setup: jq missing in the guest image"; 
 begin install "install orchd as a system service and start it (Type=notify)"
 install -m 0755 "$CMD_DIR/orchd" "$CMD_DIR/orchctl" /usr/bin/ || fail "cannot install binaries"
 install -m 0644 "$CMD_DIR/orchd.service" /etc/systemd/system/orchd.service || fail "cannot install the unit"
+# orchd.service requires its socket unit (group orch owns the socket).
+install -m 0644 "$CMD_DIR/orchd.socket" /etc/systemd/system/orchd.socket || fail "cannot install the socket unit"
+getent group orch >/dev/null || groupadd --system orch
 run systemctl daemon-reload
 T=60 run systemctl start orchd
 START_RC=$RC
