@@ -150,7 +150,20 @@ struct PlanFile {
     max_tokens: Option<u64>,
     priority: Option<i32>,
     defaults: Option<DefaultsFile>,
+    #[serde(default)]
     steps: Vec<StepFile>,
+    planner: Option<PlannerFile>,
+}
+
+/// `[planner]`: a goal-only objective's planner and verifier.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlannerFile {
+    agent: String,
+    verifier: Option<String>,
+    verify_command: Option<Vec<String>>,
+    max_rounds: Option<u32>,
+    approve_plan: Option<bool>,
 }
 
 /// The formats a plan can be written in.
@@ -473,6 +486,13 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
         priority: plan.priority.unwrap_or(0),
         defaults,
         steps,
+        planner: plan.planner.map(|p| crate::v1::Planner {
+            agent: p.agent,
+            verifier: p.verifier.unwrap_or_default(),
+            verify_command: p.verify_command.unwrap_or_default(),
+            max_rounds: p.max_rounds.unwrap_or(0),
+            approve_plan: p.approve_plan.unwrap_or(false),
+        }),
     })
 }
 

@@ -86,8 +86,14 @@ pub fn validate_spec(
     if let Some(d) = &spec.defaults {
         check_defaults(d, "defaults")?;
     }
+    if let Some(p) = &spec.planner {
+        return check_planner(spec, p, agents);
+    }
     if spec.steps.is_empty() {
-        return Err(err("steps", "a plan needs at least one step"));
+        return Err(err(
+            "steps",
+            "a plan needs at least one step (or a goal and a [planner] table)",
+        ));
     }
     if spec.steps.len() > MAX_STEPS {
         return Err(err(
@@ -130,6 +136,68 @@ pub fn validate_spec(
         }
     }
     parallel_groups(spec).map(|_| ())
+}
+
+/// Most plan → execute → verify rounds a goal-only objective may ask for.
+pub const MAX_PLANNER_ROUNDS: u32 = 20;
+
+/// A goal-only objective: a goal, a planner agent, at most one way to verify, no steps.
+fn check_planner(
+    spec: &ObjectiveSpec,
+    p: &crate::v1::Planner,
+    agents: Option<&HashSet<String>>,
+) -> Result<(), SpecError> {
+    if !spec.steps.is_empty() {
+        return Err(err(
+            "steps",
+            "a plan with a [planner] table has no steps (the planner proposes them)",
+        ));
+    }
+    if spec.goal.trim().is_empty() {
+        return Err(err(
+            "goal",
+            "a goal-only objective needs a goal for its planner",
+        ));
+    }
+    let known = |field: &str, agent: &str| -> Result<(), SpecError> {
+        if let Some(a) = agents
+            && !a.contains(agent)
+        {
+            let mut names: Vec<&str> = a.iter().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(err(
+                field,
+                format!("unknown agent `{agent}` (known: {})", names.join(", ")),
+            ));
+        }
+        Ok(())
+    };
+    if p.agent.trim().is_empty() {
+        return Err(err("planner.agent", "must name an agent profile"));
+    }
+    known("planner.agent", &p.agent)?;
+    if !p.verifier.is_empty() && !p.verify_command.is_empty() {
+        return Err(err(
+            "planner.verifier",
+            "give verifier or verify_command, not both",
+        ));
+    }
+    if !p.verifier.is_empty() {
+        known("planner.verifier", &p.verifier)?;
+    }
+    if p.verify_command.first().is_some_and(|c| c.is_empty()) {
+        return Err(err("planner.verify_command", "the program must not be empty"));
+    }
+    if p.max_rounds > MAX_PLANNER_ROUNDS {
+        return Err(err(
+            "planner.max_rounds",
+            format!(
+                "{} is more than the limit of {MAX_PLANNER_ROUNDS}",
+                p.max_rounds
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_step(
