@@ -338,7 +338,12 @@ pub struct SubmitArgs {
     pub planner: Option<String>,
 
     /// The agent profile that judges a --goal objective's result
-    #[arg(long, value_name = "AGENT", requires = "goal", conflicts_with = "verify_command")]
+    #[arg(
+        long,
+        value_name = "AGENT",
+        requires = "goal",
+        conflicts_with = "verify_command"
+    )]
     pub verifier: Option<String>,
 
     /// A shell command that judges a --goal objective's result (exit 0 = pass)

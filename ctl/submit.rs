@@ -60,7 +60,10 @@ pub fn build_spec(args: &SubmitArgs) -> Result<Built> {
         )
     } else if let (Some(goal), Some(planner)) = (&args.goal, &args.planner) {
         let spec = ObjectiveSpec {
-            name: default_name(goal),
+            name: match default_name(goal) {
+                n if n.is_empty() => "goal".to_string(),
+                n => n,
+            },
             goal: goal.clone(),
             planner: Some(Planner {
                 agent: planner.clone(),

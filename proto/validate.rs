@@ -186,7 +186,10 @@ fn check_planner(
         known("planner.verifier", &p.verifier)?;
     }
     if p.verify_command.first().is_some_and(|c| c.is_empty()) {
-        return Err(err("planner.verify_command", "the program must not be empty"));
+        return Err(err(
+            "planner.verify_command",
+            "the program must not be empty",
+        ));
     }
     if p.max_rounds > MAX_PLANNER_ROUNDS {
         return Err(err(
