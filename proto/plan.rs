@@ -532,6 +532,30 @@ fallback = ["codex"]
     }
 
     #[test]
+    fn planner_table_parses_in_every_format() {
+        let toml = "goal = \"g\"\n[planner]\nagent = \"p\"\nverify_command = [\"make\", \"test\"]\nmax_rounds = 2\napprove_plan = true\n";
+        let yaml = "goal: g\nplanner:\n  agent: p\n  verify_command: [make, test]\n  max_rounds: 2\n  approve_plan: true\n";
+        let json = r#"{"goal":"g","planner":{"agent":"p","verify_command":["make","test"],"max_rounds":2,"approve_plan":true}}"#;
+        for (text, format) in [
+            (toml, Format::Toml),
+            (yaml, Format::Yaml),
+            (json, Format::Json),
+        ] {
+            let s = parse_plan(text, format, "p", "p").unwrap();
+            assert!(s.steps.is_empty(), "{format:?}");
+            let p = s.planner.unwrap();
+            assert_eq!(p.agent, "p");
+            assert_eq!(p.verify_command, vec!["make", "test"]);
+            assert_eq!((p.max_rounds, p.approve_plan), (2, true));
+            assert!(p.verifier.is_empty());
+        }
+        let e = toml_err("goal = \"g\"\n[planner]\nagent = \"p\"\nrounds = 2\n");
+        assert_eq!(e.key, "planner.rounds");
+        let e = toml_err("goal = \"g\"\n[planner]\nverifier = \"p\"\n");
+        assert!(e.to_string().contains("agent"), "{e}");
+    }
+
+    #[test]
     fn contract_example_parses() {
         let s = parse_plan(CONTRACT_PLAN, Format::Toml, "p.toml", "p").unwrap();
         assert_eq!(s.name, "fix-flaky-tests");
@@ -588,7 +612,8 @@ fallback = ["codex"]
         assert_eq!(e.key, "");
         assert!(e.to_string().starts_with("p.toml: "));
         let e = toml_err("name = \"x\"\n");
-        assert!(e.problem.contains("steps"), "{e}");
+        assert_eq!(e.key, "steps", "{e}");
+        assert!(e.problem.contains("at least one step"), "{e}");
     }
 
     #[test]

@@ -868,4 +868,98 @@ mod tests {
             .collect();
         assert_eq!(validate_spec(&spec(many), None).unwrap_err().field, "steps");
     }
+
+    #[test]
+    fn goal_only_specs() {
+        use crate::v1::Planner;
+        let known: HashSet<String> = ["plan".to_string(), "judge".to_string()].into();
+        let good = ObjectiveSpec {
+            name: "g".into(),
+            goal: "make it fast".into(),
+            planner: Some(Planner {
+                agent: "plan".into(),
+                verifier: "judge".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(validate_spec(&good, Some(&known)), Ok(()));
+        let with = |f: &dyn Fn(&mut ObjectiveSpec)| {
+            let mut s = good.clone();
+            f(&mut s);
+            validate_spec(&s, Some(&known)).unwrap_err()
+        };
+        // (field, what breaks it)
+        let cases: Vec<(&str, Box<dyn Fn(&mut ObjectiveSpec)>)> = vec![
+            ("goal", Box::new(|s| s.goal = " ".into())),
+            (
+                "steps",
+                Box::new(|s| {
+                    s.steps.push(StepSpec {
+                        id: "a".into(),
+                        command: vec!["true".into()],
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "planner.agent",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.agent = "ghost".into()
+                    }
+                }),
+            ),
+            (
+                "planner.agent",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.agent = String::new()
+                    }
+                }),
+            ),
+            (
+                "planner.verifier",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.verifier = "ghost".into()
+                    }
+                }),
+            ),
+            (
+                "planner.verifier",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.verify_command = vec!["true".into()]
+                    }
+                }),
+            ),
+            (
+                "planner.verify_command",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.verifier = String::new();
+                        p.verify_command = vec![String::new()]
+                    }
+                }),
+            ),
+            (
+                "planner.max_rounds",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.max_rounds = MAX_PLANNER_ROUNDS + 1
+                    }
+                }),
+            ),
+        ];
+        for (field, breaks) in cases {
+            assert_eq!(with(&*breaks).field, field);
+        }
+        // Without the daemon's agent list, agent names are not checked.
+        let mut s = good.clone();
+        if let Some(p) = s.planner.as_mut() {
+            p.agent = "anyone".into();
+        }
+        assert_eq!(validate_spec(&s, None), Ok(()));
+    }
 }
