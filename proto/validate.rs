@@ -890,7 +890,8 @@ mod tests {
             validate_spec(&s, Some(&known)).unwrap_err()
         };
         // (field, what breaks it)
-        let cases: Vec<(&str, Box<dyn Fn(&mut ObjectiveSpec)>)> = vec![
+        type Breaks = Box<dyn Fn(&mut ObjectiveSpec)>;
+        let cases: Vec<(&str, Breaks)> = vec![
             ("goal", Box::new(|s| s.goal = " ".into())),
             (
                 "steps",

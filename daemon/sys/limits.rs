@@ -27,6 +27,18 @@ pub fn raise_open_files(want: u64) -> Result<OpenFiles, SysError> {
     Ok(OpenFiles { soft: target, hard })
 }
 
+/// At most `n` glibc malloc arenas for the whole process (`M_ARENA_MAX`); before any
+/// thread starts. Without glibc (or if refused) nothing changes.
+pub fn limit_malloc_arenas(n: i32) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = n;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,16 +51,4 @@ mod tests {
         assert_eq!(after.soft, after.hard);
         assert_eq!(raise_open_files(0).expect("read again"), after);
     }
-}
-
-/// At most `n` glibc malloc arenas for the whole process (`M_ARENA_MAX`); before any
-/// thread starts. Without glibc (or if refused) nothing changes.
-pub fn limit_malloc_arenas(n: i32) {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; it is called before other threads.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, n);
-    }
-    #[cfg(not(target_env = "gnu"))]
-    let _ = n;
 }
