@@ -315,7 +315,7 @@ pub enum DaemonCommand {
 
 /// `orchctl submit`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("what").required(true).args(["plan", "command", "agent"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["plan", "command", "agent", "planner"])))]
 pub struct SubmitArgs {
     /// A plan file (.toml, .yaml, .yml or .json)
     #[arg(value_name = "PLAN")]
@@ -332,6 +332,31 @@ pub struct SubmitArgs {
     /// The prompt for --agent
     #[arg(long, value_name = "TEXT", requires = "agent", conflicts_with_all = ["plan", "command"])]
     pub prompt: Option<String>,
+
+    /// A goal-only objective: the goal its planner agent (--planner) makes a plan for
+    #[arg(long, value_name = "TEXT", requires = "planner", conflicts_with_all = ["plan", "command", "agent"])]
+    pub goal: Option<String>,
+
+    /// The agent profile that plans a --goal objective's steps
+    #[arg(long, value_name = "AGENT", requires = "goal")]
+    pub planner: Option<String>,
+
+    /// The agent profile that judges a --goal objective's result
+    #[arg(
+        long,
+        value_name = "AGENT",
+        requires = "goal",
+        conflicts_with = "verify_command"
+    )]
+    pub verifier: Option<String>,
+
+    /// A shell command that judges a --goal objective's result (exit 0 = pass)
+    #[arg(long, value_name = "CMD", requires = "goal")]
+    pub verify_command: Option<String>,
+
+    /// Plan → execute → verify rounds of a --goal objective before it fails [default: 3]
+    #[arg(long, value_name = "N", requires = "goal")]
+    pub max_rounds: Option<u32>,
 
     /// Objective name [default: the plan's name, or the command]
     #[arg(long, value_name = "NAME")]

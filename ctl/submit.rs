@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use orch_proto::plan::load_plan_file;
 use orch_proto::v1::{
-    GetObjectiveRequest, Limits, ObjectiveSpec, ObjectiveState, RetryPolicy, StepDefaults,
+    GetObjectiveRequest, Limits, ObjectiveSpec, ObjectiveState, Planner, RetryPolicy, StepDefaults,
     StepSpec, SubmitRequest,
 };
 use orch_proto::validate::{check_env, validate_spec};
@@ -58,9 +58,30 @@ pub fn build_spec(args: &SubmitArgs) -> Result<Built> {
             one_step(default_name(&format!("{agent}: {prompt}")), step),
             None,
         )
+    } else if let (Some(goal), Some(planner)) = (&args.goal, &args.planner) {
+        let spec = ObjectiveSpec {
+            name: match default_name(goal) {
+                n if n.is_empty() => "goal".to_string(),
+                n => n,
+            },
+            goal: goal.clone(),
+            planner: Some(Planner {
+                agent: planner.clone(),
+                verifier: args.verifier.clone().unwrap_or_default(),
+                verify_command: args
+                    .verify_command
+                    .as_ref()
+                    .map(|c| vec!["sh".to_string(), "-c".to_string(), c.clone()])
+                    .unwrap_or_default(),
+                max_rounds: args.max_rounds.unwrap_or(0),
+                approve_plan: false,
+            }),
+            ..Default::default()
+        };
+        (spec, None)
     } else {
         return Err(CtlError::Usage(
-            "give a plan file, a command after `--`, or --agent NAME --prompt TEXT".into(),
+            "give a plan file, a command after `--`, --agent NAME --prompt TEXT, or --goal TEXT --planner AGENT".into(),
         ));
     };
     apply_overrides(&mut spec, args)?;

@@ -150,7 +150,20 @@ struct PlanFile {
     max_tokens: Option<u64>,
     priority: Option<i32>,
     defaults: Option<DefaultsFile>,
+    #[serde(default)]
     steps: Vec<StepFile>,
+    planner: Option<PlannerFile>,
+}
+
+/// `[planner]`: a goal-only objective's planner and verifier.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlannerFile {
+    agent: String,
+    verifier: Option<String>,
+    verify_command: Option<Vec<String>>,
+    max_rounds: Option<u32>,
+    approve_plan: Option<bool>,
 }
 
 /// The formats a plan can be written in.
@@ -473,6 +486,13 @@ fn plan_to_spec(plan: PlanFile, default_name: &str) -> Result<ObjectiveSpec, (St
         priority: plan.priority.unwrap_or(0),
         defaults,
         steps,
+        planner: plan.planner.map(|p| crate::v1::Planner {
+            agent: p.agent,
+            verifier: p.verifier.unwrap_or_default(),
+            verify_command: p.verify_command.unwrap_or_default(),
+            max_rounds: p.max_rounds.unwrap_or(0),
+            approve_plan: p.approve_plan.unwrap_or(false),
+        }),
     })
 }
 
@@ -509,6 +529,30 @@ fallback = ["codex"]
 
     fn toml_err(text: &str) -> PlanError {
         parse_plan(text, Format::Toml, "p.toml", "p").unwrap_err()
+    }
+
+    #[test]
+    fn planner_table_parses_in_every_format() {
+        let toml = "goal = \"g\"\n[planner]\nagent = \"p\"\nverify_command = [\"make\", \"test\"]\nmax_rounds = 2\napprove_plan = true\n";
+        let yaml = "goal: g\nplanner:\n  agent: p\n  verify_command: [make, test]\n  max_rounds: 2\n  approve_plan: true\n";
+        let json = r#"{"goal":"g","planner":{"agent":"p","verify_command":["make","test"],"max_rounds":2,"approve_plan":true}}"#;
+        for (text, format) in [
+            (toml, Format::Toml),
+            (yaml, Format::Yaml),
+            (json, Format::Json),
+        ] {
+            let s = parse_plan(text, format, "p", "p").unwrap();
+            assert!(s.steps.is_empty(), "{format:?}");
+            let p = s.planner.unwrap();
+            assert_eq!(p.agent, "p");
+            assert_eq!(p.verify_command, vec!["make", "test"]);
+            assert_eq!((p.max_rounds, p.approve_plan), (2, true));
+            assert!(p.verifier.is_empty());
+        }
+        let e = toml_err("goal = \"g\"\n[planner]\nagent = \"p\"\nrounds = 2\n");
+        assert_eq!(e.key, "planner.rounds");
+        let e = toml_err("goal = \"g\"\n[planner]\nverifier = \"p\"\n");
+        assert!(e.to_string().contains("agent"), "{e}");
     }
 
     #[test]
@@ -568,7 +612,8 @@ fallback = ["codex"]
         assert_eq!(e.key, "");
         assert!(e.to_string().starts_with("p.toml: "));
         let e = toml_err("name = \"x\"\n");
-        assert!(e.problem.contains("steps"), "{e}");
+        assert_eq!(e.key, "steps", "{e}");
+        assert!(e.problem.contains("at least one step"), "{e}");
     }
 
     #[test]

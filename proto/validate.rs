@@ -86,8 +86,14 @@ pub fn validate_spec(
     if let Some(d) = &spec.defaults {
         check_defaults(d, "defaults")?;
     }
+    if let Some(p) = &spec.planner {
+        return check_planner(spec, p, agents);
+    }
     if spec.steps.is_empty() {
-        return Err(err("steps", "a plan needs at least one step"));
+        return Err(err(
+            "steps",
+            "a plan needs at least one step (or a goal and a [planner] table)",
+        ));
     }
     if spec.steps.len() > MAX_STEPS {
         return Err(err(
@@ -130,6 +136,71 @@ pub fn validate_spec(
         }
     }
     parallel_groups(spec).map(|_| ())
+}
+
+/// Most plan → execute → verify rounds a goal-only objective may ask for.
+pub const MAX_PLANNER_ROUNDS: u32 = 20;
+
+/// A goal-only objective: a goal, a planner agent, at most one way to verify, no steps.
+fn check_planner(
+    spec: &ObjectiveSpec,
+    p: &crate::v1::Planner,
+    agents: Option<&HashSet<String>>,
+) -> Result<(), SpecError> {
+    if !spec.steps.is_empty() {
+        return Err(err(
+            "steps",
+            "a plan with a [planner] table has no steps (the planner proposes them)",
+        ));
+    }
+    if spec.goal.trim().is_empty() {
+        return Err(err(
+            "goal",
+            "a goal-only objective needs a goal for its planner",
+        ));
+    }
+    let known = |field: &str, agent: &str| -> Result<(), SpecError> {
+        if let Some(a) = agents
+            && !a.contains(agent)
+        {
+            let mut names: Vec<&str> = a.iter().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(err(
+                field,
+                format!("unknown agent `{agent}` (known: {})", names.join(", ")),
+            ));
+        }
+        Ok(())
+    };
+    if p.agent.trim().is_empty() {
+        return Err(err("planner.agent", "must name an agent profile"));
+    }
+    known("planner.agent", &p.agent)?;
+    if !p.verifier.is_empty() && !p.verify_command.is_empty() {
+        return Err(err(
+            "planner.verifier",
+            "give verifier or verify_command, not both",
+        ));
+    }
+    if !p.verifier.is_empty() {
+        known("planner.verifier", &p.verifier)?;
+    }
+    if p.verify_command.first().is_some_and(|c| c.is_empty()) {
+        return Err(err(
+            "planner.verify_command",
+            "the program must not be empty",
+        ));
+    }
+    if p.max_rounds > MAX_PLANNER_ROUNDS {
+        return Err(err(
+            "planner.max_rounds",
+            format!(
+                "{} is more than the limit of {MAX_PLANNER_ROUNDS}",
+                p.max_rounds
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_step(
@@ -796,5 +867,100 @@ mod tests {
             .map(|i| step(&format!("s{i}"), &[]))
             .collect();
         assert_eq!(validate_spec(&spec(many), None).unwrap_err().field, "steps");
+    }
+
+    #[test]
+    fn goal_only_specs() {
+        use crate::v1::Planner;
+        let known: HashSet<String> = ["plan".to_string(), "judge".to_string()].into();
+        let good = ObjectiveSpec {
+            name: "g".into(),
+            goal: "make it fast".into(),
+            planner: Some(Planner {
+                agent: "plan".into(),
+                verifier: "judge".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(validate_spec(&good, Some(&known)), Ok(()));
+        let with = |f: &dyn Fn(&mut ObjectiveSpec)| {
+            let mut s = good.clone();
+            f(&mut s);
+            validate_spec(&s, Some(&known)).unwrap_err()
+        };
+        // (field, what breaks it)
+        type Breaks = Box<dyn Fn(&mut ObjectiveSpec)>;
+        let cases: Vec<(&str, Breaks)> = vec![
+            ("goal", Box::new(|s| s.goal = " ".into())),
+            (
+                "steps",
+                Box::new(|s| {
+                    s.steps.push(StepSpec {
+                        id: "a".into(),
+                        command: vec!["true".into()],
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "planner.agent",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.agent = "ghost".into()
+                    }
+                }),
+            ),
+            (
+                "planner.agent",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.agent = String::new()
+                    }
+                }),
+            ),
+            (
+                "planner.verifier",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.verifier = "ghost".into()
+                    }
+                }),
+            ),
+            (
+                "planner.verifier",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.verify_command = vec!["true".into()]
+                    }
+                }),
+            ),
+            (
+                "planner.verify_command",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.verifier = String::new();
+                        p.verify_command = vec![String::new()]
+                    }
+                }),
+            ),
+            (
+                "planner.max_rounds",
+                Box::new(|s| {
+                    if let Some(p) = s.planner.as_mut() {
+                        p.max_rounds = MAX_PLANNER_ROUNDS + 1
+                    }
+                }),
+            ),
+        ];
+        for (field, breaks) in cases {
+            assert_eq!(with(&*breaks).field, field);
+        }
+        // Without the daemon's agent list, agent names are not checked.
+        let mut s = good.clone();
+        if let Some(p) = s.planner.as_mut() {
+            p.agent = "anyone".into();
+        }
+        assert_eq!(validate_spec(&s, None), Ok(()));
     }
 }

@@ -16,6 +16,7 @@ mod live_restore;
 mod mcp;
 mod multiuser;
 mod on_failure;
+mod planner;
 mod plans;
 mod prompts;
 mod rate_limits;

@@ -18,6 +18,11 @@ use super::{
 use crate::engine::{Caller, Command, NewObjective, ParentClaim};
 use crate::plans;
 
+/// Why a goal-only objective (a `[planner]` table) is refused: the plan → execute → verify
+/// loop is not built yet. Nothing is stored.
+const GOAL_ONLY_NOT_RUN: &str = "planner: goal-only objectives (a [planner] table, `orchctl submit --goal`) \
+     are checked but not run by this orchd yet; give the steps in the plan (see docs/plans.md)";
+
 impl Api {
     /// Checks, resolves and (unless a dry run) submits an objective.
     async fn submit_inner(
@@ -48,6 +53,9 @@ impl Api {
         let cfg = self.config.borrow().clone();
         let agents: HashSet<String> = cfg.agents.keys().cloned().collect();
         let input = super::convert::objective_input(&spec, &agents).map_err(spec_status)?;
+        if spec.planner.is_some() {
+            return Err(Status::unimplemented(GOAL_ONLY_NOT_RUN));
+        }
         let resolved = plans::resolve(&input, &cfg, &req.workdir).map_err(plan_status)?;
         let groups = parallel_groups(&spec).map_err(spec_status)?;
         let mut plan = resolved_plan_pb(&resolved.name, &resolved.steps, groups);
