@@ -839,6 +839,10 @@ impl Config {
         self.agents
             .entry("shell".into())
             .or_insert_with(shell_profile);
+        if !self.agent_order.iter().any(|n| n == "shell") {
+            // The built-in profile comes after the file's (routing's ties go by this order).
+            self.agent_order.push("shell".into());
+        }
         Ok(self)
     }
 
@@ -1154,7 +1158,22 @@ impl Config {
 
     /// Renders the effective config as TOML.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut value = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot render config: {e}\n"),
+        };
+        // The profiles in the file's order (routing's ties go to it), not by name.
+        if let Some(agents) = value.get_mut("agents").and_then(toml::Value::as_table_mut) {
+            let mut ordered = toml::Table::new();
+            for (name, _) in self.agents_in_order() {
+                if let Some(v) = agents.remove(name) {
+                    ordered.insert(name.to_string(), v);
+                }
+            }
+            ordered.extend(std::mem::take(agents));
+            *agents = ordered;
+        }
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 

@@ -332,6 +332,10 @@ fn routing_keeps_the_files_profile_order_and_checks_its_settings() {
     .unwrap();
     let names: Vec<&str> = c.agents_in_order().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["zeta", "alpha"]);
+    // The printed config (`--print-config`, `daemon config`) keeps the order.
+    let again = parse(&c.to_toml(), "printed").unwrap();
+    assert_eq!(again, c);
+    assert_eq!(again.agent_order, ["zeta", "alpha"]);
     assert_eq!(c.routing.window, 5);
     assert_eq!(c.routing.cooldown.0, 60_000);
     assert_eq!(c.routing.budget_alert_percent, 80.0);
