@@ -7,10 +7,11 @@ use std::fs;
 
 use crate::support::{TestDaemon, describe, require_program, stdout};
 
-#[test]
-fn orchd_serves_on_the_socket_systemd_passes_and_leaves_it_in_place() {
+/// A daemon started the way systemd starts a socket-activated service: by
+/// `systemd-socket-activate`, which binds the socket and passes it (`LISTEN_FDS`).
+fn socket_activated_daemon() -> Option<TestDaemon> {
     if !require_program("systemd-socket-activate", "passes orchd a listening socket") {
-        return;
+        return None;
     }
     let mut d = TestDaemon::prepare(&[], &[]);
     let socket = d.socket().display().to_string();
@@ -18,6 +19,7 @@ fn orchd_serves_on_the_socket_systemd_passes_and_leaves_it_in_place() {
     let mut wrapper = vec!["systemd-socket-activate", "-l", socket.as_str()];
     for var in [
         "ORCH_CONFIG",
+        "ORCH_LIVE_RESTORE",
         "XDG_CONFIG_HOME",
         "XDG_STATE_HOME",
         "XDG_RUNTIME_DIR",
@@ -30,6 +32,15 @@ fn orchd_serves_on_the_socket_systemd_passes_and_leaves_it_in_place() {
     }
     d.set_wrapper(&wrapper);
     d.launch();
+    Some(d)
+}
+
+#[test]
+fn orchd_serves_on_the_socket_systemd_passes_and_leaves_it_in_place() {
+    let Some(mut d) = socket_activated_daemon() else {
+        return;
+    };
+    let socket = d.socket().display().to_string();
     let status = d.ctl_json(&["daemon", "status"]);
     assert_eq!(status["socket_activated"], true, "{status}");
     assert_eq!(status["socket"], socket.as_str(), "{status}");
@@ -156,25 +167,9 @@ fn doctor_without_a_daemon_says_how_to_start_one() {
 /// socket systemd passed (as systemd passes it) and serves on it; the pid stays.
 #[test]
 fn an_upgrade_keeps_serving_on_the_socket_systemd_passed() {
-    if !require_program("systemd-socket-activate", "passes orchd a listening socket") {
+    let Some(d) = socket_activated_daemon() else {
         return;
-    }
-    let mut d = TestDaemon::prepare(&[], &[]);
-    let socket = d.socket().display().to_string();
-    let mut wrapper = vec!["systemd-socket-activate", "-l", socket.as_str()];
-    for var in [
-        "ORCH_CONFIG",
-        "XDG_CONFIG_HOME",
-        "XDG_STATE_HOME",
-        "XDG_RUNTIME_DIR",
-        "ORCH_LIVE_RESTORE",
-        "PATH",
-        "HOME",
-    ] {
-        wrapper.extend(["-E", var]);
-    }
-    d.set_wrapper(&wrapper);
-    d.launch();
+    };
     let before = d.ctl_json(&["daemon", "status"]);
     assert_eq!(before["socket_activated"], true, "{before}");
     let out = d.ctl(&["daemon", "upgrade"]);
