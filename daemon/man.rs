@@ -128,7 +128,7 @@ pub fn config_page(markdown: &str) -> String {
     out
 }
 
-/// Markdown inline marks removed: `code`, **bold**, [text](link) → text.
+/// Markdown inline marks removed: `code`, **bold**, `[text](link)` → text.
 fn strip_inline(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
