@@ -2,7 +2,8 @@
 # Checks systemd/*.service with `systemd-analyze verify`, failing on any
 # warning. The units name /usr/bin/orchd, which need not exist here, so each
 # is checked as a temporary copy whose ExecStart points at a binary that does:
-# ORCHD=PATH, else target/{release,debug}/orchd, else /bin/true.
+# ORCHD=PATH, else target/{release,debug}/orchd, else /bin/true (and ExecReload's
+# /usr/bin/orchctl likewise: ORCHCTL=PATH, else target/.../orchctl, else /bin/true).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,18 @@ if [[ -z $orchd ]]; then
     done
 fi
 
+orchctl=${ORCHCTL:-}
+if [[ -z $orchctl ]]; then
+    for candidate in "$root/target/release/orchctl" "$root/target/debug/orchctl" /bin/true; do
+        if [[ -x $candidate ]]; then orchctl=$candidate; break; fi
+    done
+fi
+# The unit as checked here: its binaries where they are on this machine.
+localize() { # localize UNIT_FILE
+    sed -e "s|^ExecStart=/usr/bin/orchd|ExecStart=$orchd|" \
+        -e "s|^ExecReload=/usr/bin/orchctl|ExecReload=$orchctl|" "$1"
+}
+
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -25,7 +38,7 @@ status=0
 check() { # check UNIT_FILE [systemd-analyze options...]
     local unit=$1; shift
     local copy="$tmp/orchd.service"
-    sed "s|^ExecStart=/usr/bin/orchd|ExecStart=$orchd|" "$unit" >"$copy"
+    localize "$unit" >"$copy"
     grep -q "^ExecStart=$orchd" "$copy" || {
         echo "verify-units: $unit has no ExecStart=/usr/bin/orchd line" >&2
         status=1
@@ -52,7 +65,7 @@ check() { # check UNIT_FILE [systemd-analyze options...]
 check "$root/systemd/orchd.service"
 # The socket unit, beside the service it activates (which names the socket it needs).
 cp "$root/systemd/orchd.socket" "$tmp/orchd.socket"
-sed "s|^ExecStart=/usr/bin/orchd|ExecStart=$orchd|" "$root/systemd/orchd.service" >"$tmp/orchd.service"
+localize "$root/systemd/orchd.service" >"$tmp/orchd.service"
 if out=$(systemd-analyze verify --man=no --recursive-errors=no "$tmp/orchd.socket" 2>&1) && [[ -z $out ]]; then
     echo "verify-units: $root/systemd/orchd.socket ok"
 else
