@@ -77,15 +77,15 @@ fn fail(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) 
 /// The controllers orchd's per-attempt limits use.
 const WANTED_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
-/// cgroup v2: `root_controllers` is `/sys/fs/cgroup/cgroup.controllers` (None: no unified
-/// hierarchy there); `backend` is what a reachable daemon reports (`limits_backend`,
+/// cgroup v2: `root_controllers` is the unified hierarchy's `cgroup.controllers`, wherever it
+/// is mounted (None: none mounted); `backend` is what a reachable daemon reports (`limits_backend`,
 /// `limits_detail`).
 pub fn judge_cgroup(root_controllers: Option<&str>, backend: Option<(&str, &str)>) -> Finding {
     const CHECK: &str = "cgroup v2";
     let Some(available) = root_controllers else {
         return warn(
             CHECK,
-            "no cgroup v2 (unified) hierarchy at /sys/fs/cgroup: limits fall back to rlimits \
+            "no cgroup v2 (unified) hierarchy is mounted: limits fall back to rlimits \
              (no memory accounting, no reliable kill of a whole agent tree)",
             "boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1 on the kernel \
              command line; the default on Debian 11+, Fedora 31+)",
@@ -383,7 +383,8 @@ async fn findings(socket: &Path, origin: SocketOrigin) -> Vec<Finding> {
         )),
     }
 
-    let root_controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").ok();
+    let root_controllers = orch_proto::paths::cgroup2_mount()
+        .and_then(|m| std::fs::read_to_string(m.join("cgroup.controllers")).ok());
     let backend = daemon
         .as_ref()
         .map(|(_, d)| (d.limits_backend.as_str(), d.limits_detail.as_str()));

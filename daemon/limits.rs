@@ -217,17 +217,7 @@ fn user_process_count(uid: u32) -> u64 {
         .count() as u64
 }
 
-/// The cgroup v2 mount point, from /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
+use orch_proto::paths::cgroup2_mount;
 
 /// This process's cgroup v2 path (the `0::` line of /proc/self/cgroup).
 fn own_cgroup() -> Option<String> {

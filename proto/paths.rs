@@ -1151,3 +1151,38 @@ mod tests {
         }
     }
 }
+
+/// Where the cgroup v2 (unified) hierarchy is mounted, from /proc/self/mountinfo: not
+/// always /sys/fs/cgroup (a hybrid host has it at /sys/fs/cgroup/unified).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup2_mount_in(&info)
+}
+
+/// [`cgroup2_mount`] over the text of a mountinfo file.
+pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+#[cfg(test)]
+mod cgroup_mount_tests {
+    use super::*;
+
+    #[test]
+    fn the_unified_hierarchy_is_found_wherever_it_is_mounted() {
+        let hybrid = "25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v1_only = "25 30 0:22 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_mount_in(v1_only), None);
+    }
+}
