@@ -195,15 +195,9 @@ pub const REDACTED: &str = "<redacted>";
 /// The config with secret-looking environment values of agent profiles replaced.
 pub fn redacted(cfg: &Config) -> Config {
     let mut cfg = cfg.clone();
-    for profile in cfg.agents.values_mut() {
-        for (k, v) in profile.env.iter_mut() {
-            if is_secret(k) {
-                *v = REDACTED.to_string();
-            }
-        }
-    }
-    for server in cfg.mcp.values_mut() {
-        for (k, v) in server.env.iter_mut() {
+    let envs = cfg.agents.values_mut().map(|p| &mut p.env);
+    for env in envs.chain(cfg.mcp.values_mut().map(|s| &mut s.env)) {
+        for (k, v) in env.iter_mut() {
             if is_secret(k) {
                 *v = REDACTED.to_string();
             }
