@@ -13,7 +13,7 @@
 pub mod model;
 
 #[allow(dead_code)]
-#[path = "../../daemon/config.rs"]
+#[path = "../../daemon/config/mod.rs"]
 pub mod config;
 
 #[allow(dead_code)]

@@ -1,4 +1,4 @@
-//! Unit tests of `config.rs`.
+//! Unit tests of the daemon config (`config/`).
 use super::*;
 
 #[test]
