@@ -12,6 +12,7 @@ mod attempts;
 mod control;
 mod family;
 pub mod host;
+pub mod planner;
 #[cfg(test)]
 mod props;
 pub mod routing;
@@ -232,6 +233,26 @@ pub enum Input {
     ChildUsage {
         delta: Usage,
     },
+    /// A planner attempt printed its plan (`::orch-plan::JSON`).
+    PlanPrinted {
+        step: u32,
+        attempt: u32,
+        json: String,
+    },
+    /// A verifier attempt said its verdict (`::orch-verdict::JSON`).
+    Verdict {
+        step: u32,
+        attempt: u32,
+        verdict: crate::model::Verdict,
+    },
+    /// A planner attempt ended (instead of `Ended`), with what the actor read of its
+    /// plan when it exited 0 (`None` otherwise).
+    PlanEnded {
+        step: u32,
+        attempt: u32,
+        end: End,
+        plan: Option<Result<planner::Proposal, String>>,
+    },
 }
 
 impl Input {
@@ -360,6 +381,8 @@ struct Tx<'a> {
     run: &'a mut Run,
     d: Decision,
     ctx: Ctx,
+    /// A planner's valid plan, between its attempt's end and the step's success.
+    pending: Vec<StepPlan>,
 }
 
 impl<'a> Tx<'a> {
@@ -368,6 +391,7 @@ impl<'a> Tx<'a> {
             run,
             d: Decision::default(),
             ctx,
+            pending: Vec::new(),
         }
     }
 
@@ -394,6 +418,10 @@ impl<'a> Tx<'a> {
     }
 
     fn find_step(&self, name: &str) -> Result<u32, Invalid> {
+        let name = self
+            .plan_step_name(name)
+            .unwrap_or_else(|| name.to_string());
+        let name = name.as_str();
         self.run
             .steps
             .iter()
@@ -621,7 +649,24 @@ impl<'a> Tx<'a> {
             }
             Input::Adopt { child } => self.adopt(child),
             Input::ChildUsage { delta } => self.child_usage(&delta),
+            Input::PlanPrinted {
+                step,
+                attempt,
+                json,
+            } => self.plan_printed(step, attempt, json),
+            Input::Verdict {
+                step,
+                attempt,
+                verdict,
+            } => self.verdict_said(step, attempt, verdict),
+            Input::PlanEnded {
+                step,
+                attempt,
+                end,
+                plan,
+            } => self.plan_ended(step, attempt, end, plan),
         }
+        self.advance();
         self.refresh();
         Ok(())
     }
@@ -729,8 +774,9 @@ impl<'a> Tx<'a> {
     /// Re-derives the objective's state from its steps; records a change. An ended
     /// objective leaves the live set.
     fn refresh(&mut self) {
+        let current = planner::current_steps(self.run);
         let run = &mut *self.run;
-        let derived = derive_objective_state(&run.steps, run.cancelling);
+        let derived = derive_objective_state(&current, run.cancelling);
         if run.paused && !derived.is_terminal() {
             return;
         }
@@ -740,9 +786,15 @@ impl<'a> Tx<'a> {
         run.obj.state = derived;
         run.obj.updated_ms = self.ctx.now;
         if derived == ObjState::Failed {
-            run.obj.message = match &run.exhausted {
-                Some(why) => why.clone(),
-                None => run
+            let planned = run
+                .obj
+                .planner
+                .as_deref()
+                .and_then(planner::failure_message);
+            run.obj.message = match (&run.exhausted, planned) {
+                (Some(why), _) => why.clone(),
+                (None, Some(why)) => why,
+                (None, None) => run
                     .steps
                     .iter()
                     .find(|s| s.state == StepState::Failed)
