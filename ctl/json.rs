@@ -150,6 +150,7 @@ pub fn objective(o: &Objective) -> Value {
         },
         "children": o.children,
         "sub_usage": usage(o.sub_usage.as_ref()),
+        "planner": crate::planner::json(o.planner.as_ref()),
     })
 }
 
@@ -190,6 +191,7 @@ pub fn event_kind(e: &Event) -> String {
         Some(Payload::AgentRouted(_)) => "agent_routed",
         Some(Payload::AgentSwitched(x)) if x.enabled => "agent_enabled",
         Some(Payload::AgentSwitched(_)) => "agent_disabled",
+        Some(p) => crate::planner::kind(p).unwrap_or("unknown"),
         None => "unknown",
     }
     .to_string()
@@ -246,6 +248,10 @@ fn payload_fields(p: &Payload) -> Value {
         }),
         Payload::AgentRouted(x) => crate::routing::routed_json(x),
         Payload::AgentSwitched(x) => crate::routing::switched_json(x),
+        Payload::RoundStarted(_)
+        | Payload::PlanProposed(_)
+        | Payload::PlanAccepted(_)
+        | Payload::Verdict(_) => crate::planner::fields(p),
     }
 }
 
