@@ -118,7 +118,11 @@ pub fn details(p: &Payload) -> String {
             format!("round {}: a valid plan of {} step(s)", x.round, x.steps)
         }
         Payload::PlanProposed(x) => {
-            format!("round {}: invalid plan: {}", x.round, truncate(&x.errors, 120))
+            format!(
+                "round {}: invalid plan: {}",
+                x.round,
+                truncate(&x.errors, 120)
+            )
         }
         Payload::PlanAccepted(x) => {
             let by = x.by_uid.map(|u| format!(" (approved by uid {u})"));

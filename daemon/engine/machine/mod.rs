@@ -363,6 +363,7 @@ pub fn submit(obj: Objective, plans: Vec<StepPlan>, ctx: Ctx) -> (Run, Decision)
     t.d.steps.extend(t.run.steps.iter().map(|s| s.index));
     let (name, count) = (t.run.obj.name.clone(), t.run.obj.step_count);
     t.emit("", 0, EventKind::ObjectiveSubmitted { name, steps: count });
+    t.first_round();
     t.release_ready();
     t.refresh();
     let d = t.d;

@@ -168,6 +168,21 @@ impl Tx<'_> {
         self.run.obj.planner.as_deref_mut()?.current_mut()
     }
 
+    /// A goal-only objective was submitted with its first round begun.
+    pub(super) fn first_round(&mut self) {
+        let Some(round) = self.planner().map(Planner::round) else {
+            return;
+        };
+        self.emit(
+            "",
+            0,
+            EventKind::RoundStarted {
+                round,
+                findings: String::new(),
+            },
+        );
+    }
+
     /// `approve ID plan`: the current round's planner step.
     pub(super) fn plan_step_name(&self, name: &str) -> Option<String> {
         let p = self.planner()?;
