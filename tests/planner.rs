@@ -416,7 +416,12 @@ fn a_planner_proposed_git_push_waits_for_approval() {
     let id = d.submit(&["--goal", "g", "--planner", "planner"], 0);
     let v = d.wait_for_state(
         &id,
-        |v| crate::support::step(v, "r1.push")["state"] == "awaiting_approval",
+        |v| {
+            v["steps"]
+                .as_array()
+                .and_then(|steps| steps.iter().find(|s| s["id"] == "r1.push"))
+                .is_some_and(|s| s["state"] == "awaiting_approval")
+        },
         LONG,
     );
     assert_eq!(v["state"], "awaiting_approval", "{v:#}");
@@ -496,8 +501,10 @@ fn orchd_killed_mid_round_resumes_the_round() {
     d.wait_for_state(
         &id,
         |v| {
-            crate::support::step(v, "r1.wait")["attempts"]
+            v["steps"]
                 .as_array()
+                .and_then(|steps| steps.iter().find(|s| s["id"] == "r1.wait"))
+                .and_then(|s| s["attempts"].as_array())
                 .is_some_and(|a| a.iter().any(|x| x["pid"].is_number()))
         },
         LONG,

@@ -7,6 +7,7 @@ use super::*;
 mod attempts;
 mod control;
 mod family;
+mod planner;
 mod routed;
 mod table;
 mod workspace;
