@@ -113,6 +113,8 @@ pub fn step(s: &Step) -> Value {
         "fallback": s.fallback,
         "route": s.route.as_ref().map(|r| json!({"priority": r.priority, "tags": r.tags})),
         "workspace": if s.workspace.is_empty() { "shared" } else { s.workspace.as_str() },
+        "role": text_or_null(&s.role),
+        "round": if s.round == 0 { Value::Null } else { json!(s.round) },
         "branch": if s.branch.is_empty() {
             Value::Null
         } else {
