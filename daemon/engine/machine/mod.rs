@@ -777,7 +777,8 @@ impl<'a> Tx<'a> {
     fn refresh(&mut self) {
         let current = planner::current_steps(self.run);
         let run = &mut *self.run;
-        let derived = derive_objective_state(&current, run.cancelling);
+        let steps = current.as_deref().unwrap_or(&run.steps);
+        let derived = derive_objective_state(steps, run.cancelling);
         if run.paused && !derived.is_terminal() {
             return;
         }

@@ -109,20 +109,18 @@ pub fn max_rounds(p: &Planner) -> u32 {
     }
 }
 
-/// The steps the objective's state is derived from: the current round's of a goal-only
-/// objective (earlier rounds have ended, whatever they ended as), else all of them.
-pub fn current_steps(run: &super::Run) -> Vec<Step> {
-    match &run.obj.planner {
-        Some(p) => {
-            let round = p.round();
-            run.steps
-                .iter()
-                .filter(|s| s.plan.round == round)
-                .cloned()
-                .collect()
-        }
-        None => run.steps.clone(),
-    }
+/// The steps of a goal-only objective's current round, which its state is derived from
+/// (earlier rounds have ended, whatever they ended as); `None` for other objectives,
+/// whose state is derived from all their steps.
+pub fn current_steps(run: &super::Run) -> Option<Vec<Step>> {
+    let round = run.obj.planner.as_deref()?.round();
+    Some(
+        run.steps
+            .iter()
+            .filter(|s| s.plan.round == round)
+            .cloned()
+            .collect(),
+    )
 }
 
 /// Why a goal-only objective failed, from its last round.
@@ -189,9 +187,20 @@ impl Tx<'_> {
         (name == "plan").then(|| round_step_id(p.round(), "plan"))
     }
 
+    /// Attempt `attempt` of step `step` runs, and the step has this role (a protocol
+    /// line of another step's attempt is ignored).
+    fn runs_as(&mut self, step: u32, attempt: u32, role: StepRole) -> bool {
+        self.running_mut(step, attempt).is_some()
+            && self
+                .run
+                .steps
+                .get(step as usize)
+                .is_some_and(|s| s.plan.role == role)
+    }
+
     /// A planner attempt printed its plan (`::orch-plan::`): kept until its end.
     pub(super) fn plan_printed(&mut self, step: u32, attempt: u32, json: String) {
-        if self.running_mut(step, attempt).is_none() {
+        if !self.runs_as(step, attempt, StepRole::Plan) {
             return;
         }
         if let Some(r) = self.round_mut() {
@@ -201,10 +210,7 @@ impl Tx<'_> {
 
     /// The verifier said its verdict (`::orch-verdict::`).
     pub(super) fn verdict_said(&mut self, step: u32, attempt: u32, verdict: Verdict) {
-        let verifier = self
-            .running_mut(step, attempt)
-            .is_some_and(|r| r.attempt.step_id.ends_with(".verify"));
-        if !verifier {
+        if !self.runs_as(step, attempt, StepRole::Verify) {
             return;
         }
         if let Some(r) = self.round_mut() {

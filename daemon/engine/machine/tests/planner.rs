@@ -294,3 +294,32 @@ fn a_goal_only_objective_is_not_retried() {
     );
     assert!(e.to_string().contains("goal-only"), "{e}");
 }
+
+#[test]
+fn a_verdict_or_plan_line_of_a_work_step_is_ignored() {
+    let mut run = goal(true, false, 3);
+    plan_ended(&mut run, "r1.plan", Ok(vec![plan("x.verify", &[])]));
+    let s = index_of(&run, "r1.x.verify");
+    start(&mut run, s);
+    let before = run.obj.clone();
+    ok(
+        &mut run,
+        Input::Verdict {
+            step: s,
+            attempt: 1,
+            verdict: Verdict {
+                pass: true,
+                findings: String::new(),
+            },
+        },
+    );
+    ok(
+        &mut run,
+        Input::PlanPrinted {
+            step: s,
+            attempt: 1,
+            json: "{}".into(),
+        },
+    );
+    assert_eq!(run.obj.planner, before.planner);
+}
