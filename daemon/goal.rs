@@ -20,6 +20,9 @@ pub struct PlannerInput {
     pub approve_plan: bool,
 }
 
+/// Step ids a plan may not use: each round's own steps are `rN.plan` and `rN.verify`.
+const RESERVED_IDS: [&str; 2] = ["plan", "verify"];
+
 /// Largest plan a planner may write, in bytes.
 pub const MAX_PLAN_BYTES: usize = orch_proto::validate::MAX_SPEC_BYTES;
 
@@ -179,6 +182,12 @@ pub fn read_plan(text: &str, cfg: &Config, workdir: &str) -> Result<Vec<StepPlan
         .map_err(|e| e.to_string())?;
     if spec.planner.is_some() {
         return Err("planner: a proposed plan gives steps, not a [planner] table".into());
+    }
+    if let Some(s) = spec.steps.iter().find(|s| RESERVED_IDS.contains(&s.id.as_str())) {
+        return Err(format!(
+            "steps[{id}].id: `{id}` is taken by the round's own {id} step; choose another id",
+            id = s.id
+        ));
     }
     let agents: HashSet<String> = cfg.agents.keys().cloned().collect();
     let input = crate::api::objective_input(&spec, &agents).map_err(|e| e.to_string())?;
