@@ -183,7 +183,11 @@ pub fn read_plan(text: &str, cfg: &Config, workdir: &str) -> Result<Vec<StepPlan
     if spec.planner.is_some() {
         return Err("planner: a proposed plan gives steps, not a [planner] table".into());
     }
-    if let Some(s) = spec.steps.iter().find(|s| RESERVED_IDS.contains(&s.id.as_str())) {
+    if let Some(s) = spec
+        .steps
+        .iter()
+        .find(|s| RESERVED_IDS.contains(&s.id.as_str()))
+    {
         return Err(format!(
             "steps[{id}].id: `{id}` is taken by the round's own {id} step; choose another id",
             id = s.id
