@@ -31,7 +31,7 @@ pub fn status_pairs(o: &Objective) -> Vec<(&'static str, String)> {
         ),
     )];
     for r in &p.rounds {
-        let mut line = format!("round {}: {}", r.number, r.phase);
+        let mut line = format!("{}: {}", r.number, r.phase);
         if !r.steps.is_empty() {
             line.push_str(&format!("; {} step(s)", r.steps.len()));
         }

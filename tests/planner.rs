@@ -245,7 +245,7 @@ fn a_valid_plan_runs_its_steps_and_the_verify_command_passes() {
     let out = d.ctl(&["status", &id]);
     let text = crate::support::stdout(&out);
     assert!(
-        text.contains("Planner") && text.contains("round 1: passed"),
+        text.contains("Planner") && text.contains("Round      1: passed"),
         "{text}"
     );
 }
@@ -313,11 +313,18 @@ fi
         .filter_map(|e| e["pass"].as_bool())
         .collect();
     assert_eq!(verdicts, [false, true]);
+    // Between rounds the objective stays running (never back to pending).
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "objective_state")
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert_eq!(states, ["running", "succeeded"], "{events:#?}");
     let text = crate::support::stdout(&d.ctl(&["status", &id]));
     assert!(
-        text.contains("round 1: failed")
+        text.contains("Round      1: failed")
             && text.contains("verdict fail")
-            && text.contains("round 2: passed"),
+            && text.contains("Round      2: passed"),
         "{text}"
     );
 }
@@ -460,7 +467,7 @@ fn approve_plan_holds_the_plan_until_approve_id_plan() {
     );
     assert!(read(d.work_dir(), "ran.txt").is_empty());
     let text = crate::support::stdout(&d.ctl(&["status", &id]));
-    assert!(text.contains("round 1: awaiting_approval"), "{text}");
+    assert!(text.contains("Round      1: awaiting_approval"), "{text}");
     let out = d.ctl(&["approve", &id, "plan"]);
     assert!(out.status.success(), "{}", describe(&out));
     let v = d.wait_ended(&id, LONG);

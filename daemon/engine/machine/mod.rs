@@ -28,7 +28,7 @@ pub use tables::{End, Needs, Next, RateLimit, counts_against_retries, needs, nex
 
 use crate::model::{
     Attempt, Branch, Control, EventKind, FailureClass, Millis, ObjState, Objective, Progress, Step,
-    StepPlan, StepState, Usage, derive_objective_state,
+    StepPlan, StepState, Usage,
 };
 
 /// An objective that has not ended (or an ended one being reopened by `retry`), as the
@@ -775,10 +775,8 @@ impl<'a> Tx<'a> {
     /// Re-derives the objective's state from its steps; records a change. An ended
     /// objective leaves the live set.
     fn refresh(&mut self) {
-        let current = planner::current_steps(self.run);
+        let derived = planner::derived_state(self.run);
         let run = &mut *self.run;
-        let steps = current.as_deref().unwrap_or(&run.steps);
-        let derived = derive_objective_state(steps, run.cancelling);
         if run.paused && !derived.is_terminal() {
             return;
         }

@@ -110,9 +110,8 @@ pub fn max_rounds(p: &Planner) -> u32 {
 }
 
 /// The steps of a goal-only objective's current round, which its state is derived from
-/// (earlier rounds have ended, whatever they ended as); `None` for other objectives,
-/// whose state is derived from all their steps.
-pub fn current_steps(run: &super::Run) -> Option<Vec<Step>> {
+/// (earlier rounds have ended, whatever they ended as); `None` for other objectives.
+fn current_steps(run: &super::Run) -> Option<Vec<Step>> {
     let round = run.obj.planner.as_deref()?.round();
     Some(
         run.steps
@@ -121,6 +120,19 @@ pub fn current_steps(run: &super::Run) -> Option<Vec<Step>> {
             .cloned()
             .collect(),
     )
+}
+
+/// The objective's state derived from its steps: a goal-only objective's from its current
+/// round's (one that has run anything is running, never pending, between rounds).
+pub fn derived_state(run: &super::Run) -> crate::model::ObjState {
+    use crate::model::{ObjState, derive_objective_state};
+    let Some(current) = current_steps(run) else {
+        return derive_objective_state(&run.steps, run.cancelling);
+    };
+    match derive_objective_state(&current, run.cancelling) {
+        ObjState::Pending if run.steps.iter().any(|s| s.attempts > 0) => ObjState::Running,
+        derived => derived,
+    }
 }
 
 /// Why a goal-only objective failed, from its last round.

@@ -151,8 +151,7 @@ fn objective(n: usize) -> Objective {
 
 /// The invariants that hold after every input.
 fn check(run: &Run) -> Result<(), TestCaseError> {
-    let current = planner::current_steps(run);
-    let derived = derive_objective_state(current.as_deref().unwrap_or(&run.steps), run.cancelling);
+    let derived = planner::derived_state(run);
     if run.paused && !derived.is_terminal() {
         prop_assert_eq!(run.obj.state, ObjState::Paused);
     } else {
