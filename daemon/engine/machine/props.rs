@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Outcome, StepRole};
+use crate::model::{Outcome, StepRole, Usage};
 
 const T0: Millis = 5_000_000;
 
