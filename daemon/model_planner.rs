@@ -95,6 +95,9 @@ pub struct Round {
     /// A plan the running planner attempt printed (`::orch-plan::`), until its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub printed_plan: Option<String>,
+    /// The attempt that printed it (another attempt's end does not read it).
+    #[serde(default)]
+    pub printed_by: u32,
     /// The verifier's verdict (as soon as it says it), else none yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,

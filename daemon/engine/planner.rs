@@ -36,6 +36,7 @@ impl Engine {
         let planner = live.run.obj.planner.as_deref();
         let printed = planner
             .and_then(|p| p.current())
+            .filter(|r| r.printed_by == attempt)
             .and_then(|r| r.printed_plan.clone());
         let workdir = planner.map(|p| p.workdir.clone()).unwrap_or_default();
         let plan = (end.outcome == Outcome::Success).then(|| {

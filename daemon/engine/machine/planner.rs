@@ -217,6 +217,7 @@ impl Tx<'_> {
         }
         if let Some(r) = self.round_mut() {
             r.printed_plan = Some(json);
+            r.printed_by = attempt;
         }
     }
 
