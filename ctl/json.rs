@@ -113,6 +113,8 @@ pub fn step(s: &Step) -> Value {
         "fallback": s.fallback,
         "route": s.route.as_ref().map(|r| json!({"priority": r.priority, "tags": r.tags})),
         "workspace": if s.workspace.is_empty() { "shared" } else { s.workspace.as_str() },
+        "role": text_or_null(&s.role),
+        "round": if s.round == 0 { Value::Null } else { json!(s.round) },
         "branch": if s.branch.is_empty() {
             Value::Null
         } else {
@@ -150,6 +152,7 @@ pub fn objective(o: &Objective) -> Value {
         },
         "children": o.children,
         "sub_usage": usage(o.sub_usage.as_ref()),
+        "planner": crate::planner::json(o.planner.as_ref()),
     })
 }
 
@@ -190,6 +193,7 @@ pub fn event_kind(e: &Event) -> String {
         Some(Payload::AgentRouted(_)) => "agent_routed",
         Some(Payload::AgentSwitched(x)) if x.enabled => "agent_enabled",
         Some(Payload::AgentSwitched(_)) => "agent_disabled",
+        Some(p) => crate::planner::kind(p).unwrap_or("unknown"),
         None => "unknown",
     }
     .to_string()
@@ -246,6 +250,10 @@ fn payload_fields(p: &Payload) -> Value {
         }),
         Payload::AgentRouted(x) => crate::routing::routed_json(x),
         Payload::AgentSwitched(x) => crate::routing::switched_json(x),
+        Payload::RoundStarted(_)
+        | Payload::PlanProposed(_)
+        | Payload::PlanAccepted(_)
+        | Payload::Verdict(_) => crate::planner::fields(p),
     }
 }
 

@@ -245,7 +245,11 @@ impl Board {
             | Payload::ApprovalAnswered(_)
             | Payload::ObjectiveRemoved(_)
             | Payload::AgentRouted(_)
-            | Payload::AgentSwitched(_) => {}
+            | Payload::AgentSwitched(_)
+            | Payload::RoundStarted(_)
+            | Payload::PlanProposed(_)
+            | Payload::PlanAccepted(_)
+            | Payload::Verdict(_) => {}
         }
     }
 

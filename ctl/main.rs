@@ -14,6 +14,7 @@ mod logs;
 mod man;
 mod mcp;
 mod output;
+mod planner;
 mod progress;
 mod reports;
 mod routing;

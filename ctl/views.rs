@@ -85,6 +85,7 @@ pub fn objective(o: &Objective) -> String {
             format!("{} (used {})", o.children.len(), cost(used)),
         ));
     }
+    pairs.extend(crate::planner::status_pairs(o));
     let mut text = key_values(&pairs);
     text.push('\n');
     let rows = o.steps.iter().map(step_row).collect();
@@ -441,6 +442,10 @@ pub fn event_details(e: &Event) -> String {
         }
         Payload::AgentRouted(x) => crate::routing::routed_line(x),
         Payload::AgentSwitched(x) => crate::routing::switched_line(x),
+        Payload::RoundStarted(_)
+        | Payload::PlanProposed(_)
+        | Payload::PlanAccepted(_)
+        | Payload::Verdict(_) => crate::planner::details(p),
     }
 }
 

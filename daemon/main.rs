@@ -8,6 +8,7 @@ mod config;
 mod disk;
 mod engine;
 mod executor;
+mod goal;
 mod journal;
 mod limits;
 mod logfile;

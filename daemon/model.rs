@@ -5,6 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+#[path = "model_planner.rs"]
+mod planner;
+pub use planner::{
+    DEFAULT_MAX_ROUNDS, Planner, Round, RoundPhase, StepRole, Verdict, round_step_id,
+};
+
 /// Milliseconds since the UNIX epoch.
 pub type Millis = i64;
 
@@ -327,6 +333,15 @@ pub struct StepPlan {
     /// For a `worktree` step: the repository and the commit its `HEAD` was at on submit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<RepoBase>,
+    /// In a goal-only objective: what the step does in its round, and the round.
+    #[serde(default, skip_serializing_if = "StepRole::is_work")]
+    pub role: StepRole,
+    #[serde(default, skip_serializing_if = "is_zero_round")]
+    pub round: u32,
+}
+
+fn is_zero_round(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The agent name that makes a step routed.
@@ -478,6 +493,9 @@ pub struct Objective {
     /// What its sub-objectives (at any depth) used; counts against its own budgets.
     #[serde(default)]
     pub sub_usage: Usage,
+    /// A goal-only objective: its planner, verifier and rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<Box<Planner>>,
 }
 
 /// Where a sub-objective comes from: the attempt that submitted it.
@@ -709,6 +727,8 @@ impl StepPlan {
             approval_reason: String::new(),
             workspace: Workspace::Shared,
             repo: None,
+            role: StepRole::Work,
+            round: 0,
         }
     }
 }
@@ -738,6 +758,7 @@ impl Objective {
             parent: None,
             children: vec![],
             sub_usage: Usage::default(),
+            planner: None,
         }
     }
 }
@@ -827,6 +848,33 @@ pub enum EventKind {
         reason: String,
         by_uid: u32,
     },
+    /// A goal-only objective's round `round` began (`findings`: why the last one did not
+    /// reach the goal; empty for the first).
+    RoundStarted {
+        round: u32,
+        findings: String,
+    },
+    /// The planner's attempt wrote a plan: `valid` (then `steps` of them), or not
+    /// (`errors`, handed to its next attempt in `ORCH_PLAN_ERRORS`).
+    PlanProposed {
+        round: u32,
+        valid: bool,
+        steps: u32,
+        errors: String,
+        plan: String,
+    },
+    /// The round's plan was accepted (at once, or approved): its steps were added.
+    PlanAccepted {
+        round: u32,
+        steps: Vec<String>,
+        by_uid: Option<u32>,
+    },
+    /// The verifier judged the round.
+    Verdict {
+        round: u32,
+        pass: bool,
+        findings: String,
+    },
 }
 
 /// One candidate of a routing decision (`agent_routed`).
@@ -858,6 +906,10 @@ impl EventKind {
             EventKind::AgentRouted { .. } => "agent_routed",
             EventKind::AgentDisabled { .. } => "agent_disabled",
             EventKind::AgentEnabled { .. } => "agent_enabled",
+            EventKind::RoundStarted { .. } => "round_started",
+            EventKind::PlanProposed { .. } => "plan_proposed",
+            EventKind::PlanAccepted { .. } => "plan_accepted",
+            EventKind::Verdict { .. } => "verdict",
         }
     }
 }

@@ -360,6 +360,8 @@ fn resolve_step(s: &StepInput, defaults: &StepDefaults, cfg: &Config, base: &Pat
         })
         .unwrap_or_default(),
         repo: None,
+        role: Default::default(),
+        round: 0,
     }
 }
 

@@ -878,6 +878,7 @@ mod tests {
             parent: None,
             children: Vec::new(),
             sub_usage: Usage::default(),
+            planner: None,
         }
     }
 

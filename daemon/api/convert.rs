@@ -294,6 +294,36 @@ fn step_pb(s: &Step, attempts: &[Attempt]) -> pb::Step {
             .as_ref()
             .map(|r| r.root.clone())
             .unwrap_or_default(),
+        role: if s.plan.round == 0 {
+            String::new()
+        } else {
+            s.plan.role.word().to_string()
+        },
+        round: s.plan.round,
+    }
+}
+
+/// A goal-only objective's planner and rounds.
+fn planner_pb(p: &crate::model::Planner) -> pb::PlannerStatus {
+    pb::PlannerStatus {
+        agent: p.agent.clone(),
+        verifier: p.verifier.clone(),
+        verify_command: p.verify_command.clone(),
+        max_rounds: crate::engine::machine::planner::max_rounds(p),
+        approve_plan: p.approve_plan,
+        rounds: p
+            .rounds
+            .iter()
+            .map(|r| pb::RoundStatus {
+                number: r.number,
+                phase: r.phase.word().to_string(),
+                plan: r.plan.clone(),
+                steps: r.steps.clone(),
+                plan_errors: r.plan_errors.clone(),
+                pass: r.verdict.as_ref().map(|v| v.pass),
+                findings: r.findings.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -328,6 +358,7 @@ fn objective_pb(o: &Objective, steps: &[Step], attempts: &[Attempt]) -> pb::Obje
             .as_ref()
             .map_or(String::new(), |p| p.step_id.clone()),
         parent_attempt: o.parent.as_ref().map_or(0, |p| p.attempt),
+        planner: o.planner.as_deref().map(planner_pb),
         depth: o.parent.as_ref().map_or(0, |p| p.depth),
         children: o.children.clone(),
         sub_usage: Some(usage_pb(&o.sub_usage)),
@@ -492,6 +523,41 @@ pub fn event_pb(e: &Event) -> pb::Event {
         EventKind::AgentRouted { .. }
         | EventKind::AgentDisabled { .. }
         | EventKind::AgentEnabled { .. } => super::route_convert::event_payload(&e.kind),
+        EventKind::RoundStarted { round, findings } => P::RoundStarted(pb::RoundStarted {
+            round: *round,
+            findings: findings.clone(),
+        }),
+        EventKind::PlanProposed {
+            round,
+            valid,
+            steps,
+            errors,
+            plan,
+        } => P::PlanProposed(pb::PlanProposed {
+            round: *round,
+            valid: *valid,
+            steps: *steps,
+            errors: errors.clone(),
+            plan: plan.clone(),
+        }),
+        EventKind::PlanAccepted {
+            round,
+            steps,
+            by_uid,
+        } => P::PlanAccepted(pb::PlanAccepted {
+            round: *round,
+            steps: steps.clone(),
+            by_uid: *by_uid,
+        }),
+        EventKind::Verdict {
+            round,
+            pass,
+            findings,
+        } => P::Verdict(pb::VerdictGiven {
+            round: *round,
+            pass: *pass,
+            findings: findings.clone(),
+        }),
     };
     pb::Event {
         seq: e.seq,

@@ -38,7 +38,7 @@ use crate::store::{Store, StoreError};
 
 pub use admission::{Admission, ClientLimits, wanted_open_files};
 pub use calls::MAX_REQUEST_BYTES;
-pub use convert::read_objective;
+pub use convert::{objective_input, read_objective};
 // Reachable as `api::*_pb`, where they were before `api` was split; the rest of the daemon
 // may use them without reaching into `api::convert`.
 #[allow(unused_imports)]

@@ -18,11 +18,6 @@ use super::{
 use crate::engine::{Caller, Command, NewObjective, ParentClaim};
 use crate::plans;
 
-/// Why a goal-only objective (a `[planner]` table) is refused: the plan → execute → verify
-/// loop is not built yet. Nothing is stored.
-const GOAL_ONLY_NOT_RUN: &str = "planner: goal-only objectives (a [planner] table, `orchctl submit --goal`) \
-     are checked but not run by this orchd yet; give the steps in the plan (see docs/plans.md)";
-
 impl Api {
     /// Checks, resolves and (unless a dry run) submits an objective.
     async fn submit_inner(
@@ -53,11 +48,29 @@ impl Api {
         let cfg = self.config.borrow().clone();
         let agents: HashSet<String> = cfg.agents.keys().cloned().collect();
         let input = super::convert::objective_input(&spec, &agents).map_err(spec_status)?;
-        if spec.planner.is_some() {
-            return Err(Status::unimplemented(GOAL_ONLY_NOT_RUN));
-        }
-        let resolved = plans::resolve(&input, &cfg, &req.workdir).map_err(plan_status)?;
-        let groups = parallel_groups(&spec).map_err(spec_status)?;
+        let (resolved, planner) = match &spec.planner {
+            Some(p) => {
+                let p = crate::goal::PlannerInput {
+                    agent: p.agent.clone(),
+                    verifier: p.verifier.clone(),
+                    verify_command: p.verify_command.clone(),
+                    max_rounds: p.max_rounds,
+                    approve_plan: p.approve_plan,
+                };
+                let (resolved, planner) = crate::goal::resolve_goal(&input, &p, &cfg, &req.workdir)
+                    .map_err(plan_status)?;
+                (resolved, Some(planner))
+            }
+            None => (
+                plans::resolve(&input, &cfg, &req.workdir).map_err(plan_status)?,
+                None,
+            ),
+        };
+        let groups = match &planner {
+            // One planner step: the rest is proposed as the rounds go.
+            Some(_) => vec![resolved.steps.iter().map(|s| s.id.clone()).collect()],
+            None => parallel_groups(&spec).map_err(spec_status)?,
+        };
         let mut plan = resolved_plan_pb(&resolved.name, &resolved.steps, groups);
         if req.dry_run {
             // What each routed step would get now.
@@ -100,6 +113,7 @@ impl Api {
             request_id: req.request_id,
             caller: who,
             parent_claim,
+            planner,
         };
         let done = self
             .ask(|reply| Command::Submit {

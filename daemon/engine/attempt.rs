@@ -49,6 +49,11 @@ pub fn prompt_file(cfg: &Config, objective_id: &str, step: &Step, number: u32) -
         .join(format!("{}-{number}.txt", step.plan.id))
 }
 
+/// Where a planner step's attempt `number` writes its plan (`ORCH_PLAN_FILE`).
+pub fn plan_file(cfg: &Config, objective_id: &str, step: &Step, number: u32) -> PathBuf {
+    prompt_file(cfg, objective_id, step, number).with_extension("plan.json")
+}
+
 /// Where attempt `number` of a step finds its MCP configuration (`{mcp_config}`).
 pub fn mcp_config_file(cfg: &Config, objective_id: &str, step: &Step, number: u32) -> PathBuf {
     let prompt = prompt_file(cfg, objective_id, step, number);
@@ -265,6 +270,8 @@ pub fn run_spec(
         executor: step.plan.executor.clone(),
         step_id: step.plan.id.clone(),
         protocol_journal: None,
+        plan_file: (step.plan.role == crate::model::StepRole::Plan)
+            .then(|| plan_file(cfg, &obj.id, step, number)),
         workspace: None,
     }
 }

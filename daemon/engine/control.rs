@@ -225,6 +225,7 @@ impl Engine {
             parent: parent.clone(),
             children: Vec::new(),
             sub_usage: Usage::default(),
+            planner: new.planner.map(Box::new),
         };
         if !new.request_id.is_empty() {
             self.turn

@@ -12,9 +12,12 @@
 mod attempt;
 mod budget;
 mod control;
+mod degraded;
+mod facts;
 mod housekeeping;
 pub mod machine;
 mod mcp;
+mod planner;
 mod recovery;
 mod remove;
 pub mod routing;
@@ -37,9 +40,10 @@ use crate::model::{
     AuditEntry, Budget, Control, Event, EventKind, Millis, ObjState, Outcome, StepPlan, StopReason,
     now_ms,
 };
-use crate::runner::{AgentLine, AttemptEnd, Fact};
+use crate::runner::{AttemptEnd, Fact};
 use crate::store::{Store, StoreError, WriteSet};
 
+use degraded::{Degraded, RECHECK_EVERY};
 pub use housekeeping::dir_size;
 use machine::{Ctx, Decision, Effect, Input, Invalid, Run};
 
@@ -65,6 +69,8 @@ pub struct NewObjective {
     /// The attempt the caller's `ORCH_*` environment names: the would-be parent, to be
     /// verified against the caller's place in that attempt's process tree.
     pub parent_claim: Option<ParentClaim>,
+    /// A goal-only objective's planner (then `steps` is its first planner step).
+    pub planner: Option<crate::model::Planner>,
 }
 
 /// What a submit's `ORCH_OBJECTIVE_ID`, `ORCH_STEP_ID` and `ORCH_ATTEMPT` say.
@@ -319,26 +325,6 @@ pub struct Engine {
     recheck_at: Option<tokio::time::Instant>,
 }
 
-/// Turns whose writes failed (the disk is full): kept, in order, until the store can
-/// write again; their events are published and their actions (replies, spawns, orders)
-/// carried out only then.
-struct Degraded {
-    writes: WriteSet,
-    events: Vec<Event>,
-    after: Vec<After>,
-    error: String,
-    since: std::time::Instant,
-    attempts: u32,
-    /// No reopening before this (each one reads the whole store again).
-    next_try: std::time::Instant,
-}
-
-/// How often the disk is looked at again while the store is degraded or new attempts
-/// wait for free space.
-const RECHECK_EVERY: Duration = Duration::from_secs(1);
-/// Free space the store needs before it is reopened after a write error.
-const REOPEN_ROOM: u64 = 2 << 20;
-
 /// An event the core emitted for objective `id`, given the next sequence number.
 fn number_event(next_seq: &mut u64, id: &str, e: machine::Emit, now: i64) -> Event {
     let seq = *next_seq;
@@ -584,102 +570,6 @@ impl Engine {
         }
     }
 
-    /// The store could not write `turn`: hold it, refuse new work, look again soon.
-    fn degrade(&mut self, turn: Turn, e: StoreError) {
-        let error = e.to_string();
-        let space = match self.disk.space() {
-            Ok(s) => format!(
-                "{} free of {}",
-                orch_proto::units::HumanBytes(s.free),
-                orch_proto::units::HumanBytes(s.total)
-            ),
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(error = %error, disk = %self.disk.name(), space = %space, "the store cannot write; new work is refused and what is not written is held until it can (no restart needed)");
-        self.disk.set_store_problem(Some(format!(
-            "cannot write ({error}); {space}; held until there is room"
-        )));
-        self.degraded = Some(Degraded {
-            writes: turn.writes,
-            events: turn.events,
-            after: turn.after,
-            error,
-            since: std::time::Instant::now(),
-            attempts: 0,
-            next_try: std::time::Instant::now(),
-        });
-        self.recheck_at = Some(tokio::time::Instant::now() + RECHECK_EVERY);
-    }
-
-    /// While degraded: when the disk has room again, reopens the store (sled refuses every
-    /// write after an I/O error until then) and writes every held turn in one transaction;
-    /// once that is flushed, their events are published and their actions carried out.
-    async fn recover_store(&mut self) {
-        let Some(d) = &mut self.degraded else {
-            return;
-        };
-        if std::time::Instant::now() < d.next_try {
-            return;
-        }
-        match self.disk.space() {
-            Ok(s) if s.free >= REOPEN_ROOM => {}
-            _ => return,
-        }
-        d.attempts += 1;
-        d.next_try = std::time::Instant::now() + RECHECK_EVERY;
-        let store = self.store.clone();
-        let reopened = match tokio::task::spawn_blocking(move || store.reopen()).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "the store's reopening task failed");
-                return;
-            }
-        };
-        let written = match reopened {
-            Ok(()) => match self.store.write(&d.writes) {
-                Ok(()) => self.store.flush().await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            tracing::warn!(error = %e, attempts = d.attempts, "the store cannot write yet");
-            d.error = e.to_string();
-            return;
-        }
-        let Some(d) = self.degraded.take() else {
-            return;
-        };
-        tracing::info!(
-            events = d.events.len(),
-            degraded_ms = d.since.elapsed().as_millis() as u64,
-            "the store writes again; what was held is durable now"
-        );
-        self.disk.set_store_problem(None);
-        self.publish(d.events, d.after);
-    }
-
-    /// Why new work is refused now: the store cannot write, or the disk is below the
-    /// reserve.
-    fn disk_refusal(&self) -> Option<String> {
-        if let Some(d) = &self.degraded {
-            let need = match self.disk.space() {
-                Ok(s) => format!(
-                    "{} free, orchd needs at least {} ([store] min_free) to accept new work",
-                    orch_proto::units::HumanBytes(s.free),
-                    orch_proto::units::HumanBytes(self.disk.min_free().max(REOPEN_ROOM))
-                ),
-                Err(e) => e.to_string(),
-            };
-            return Some(format!(
-                "the store cannot write to {} ({}); {need}; free some space and submit again",
-                self.disk.name(),
-                d.error
-            ));
-        }
-        self.disk.short()
-    }
-
     /// Carries out one effect of a durable turn.
     fn act(&mut self, a: After) {
         match a {
@@ -863,210 +753,6 @@ impl Engine {
             return Ok(());
         }
         self.store.flush().await
-    }
-
-    // ------------------------------------------------------------ facts
-
-    /// An input about a running attempt; a refusal there is a bug, logged, not fatal.
-    fn attempt_input(&mut self, id: &str, input: Input) {
-        if let Err(e) = self.input(id, input) {
-            tracing::error!(objective = %id, error = %e, "the engine refused a fact");
-        }
-    }
-
-    fn on_fact(&mut self, f: Fact) {
-        match f {
-            Fact::Usage {
-                key,
-                peak_rss_bytes,
-                cpu_ms,
-            } => self.attempt_input(
-                &key.objective_id,
-                Input::Sample {
-                    step: key.step_index,
-                    attempt: key.number,
-                    peak_rss_bytes,
-                    cpu_ms,
-                },
-            ),
-            Fact::Started {
-                key,
-                pid,
-                start_ticks,
-                cgroup,
-                job_id,
-            } => self.attempt_input(
-                &key.objective_id,
-                Input::Started {
-                    step: key.step_index,
-                    attempt: key.number,
-                    pid,
-                    start_ticks,
-                    cgroup,
-                    job_id,
-                },
-            ),
-            Fact::Line { key, line } => {
-                let (step, attempt) = (key.step_index, key.number);
-                let input = match line {
-                    AgentLine::Checkpoint(json) => Input::Checkpoint {
-                        step,
-                        attempt,
-                        json,
-                    },
-                    AgentLine::Progress { percent, message } => Input::Progress {
-                        step,
-                        attempt,
-                        percent,
-                        message,
-                    },
-                    AgentLine::Usage {
-                        tokens,
-                        cost_usd,
-                        model,
-                    } => {
-                        let priced = self.priced(&key.objective_id, step, tokens, cost_usd, model);
-                        let Some((delta, model)) = priced else {
-                            return;
-                        };
-                        self.attempt_input(
-                            &key.objective_id,
-                            Input::Usage {
-                                step,
-                                attempt,
-                                delta,
-                                model,
-                            },
-                        );
-                        self.count_usage(&key.objective_id, &delta);
-                        self.check_budgets(&key.objective_id);
-                        self.count_for_ancestors(&key.objective_id, &delta);
-                        return;
-                    }
-                    AgentLine::RateLimited { until_ms } => {
-                        tracing::warn!(objective = %key.objective_id, step, attempt, until = ?until_ms, "the agent's provider rate-limited it");
-                        let agent = self
-                            .live
-                            .get(&key.objective_id)
-                            .and_then(|l| l.run.running.get(&step))
-                            .map(|r| r.attempt.agent.clone())
-                            .unwrap_or_default();
-                        self.note_limit(&agent, until_ms);
-                        // No reset given: the configured wait, from the attempt's end.
-                        Input::RateLimited {
-                            step,
-                            attempt,
-                            until_ms,
-                            wait_ms: self.cfg.rate_limit_wait.0,
-                        }
-                    }
-                    AgentLine::Session(id) => Input::Session { step, attempt, id },
-                    AgentLine::Failed { class, message } => {
-                        tracing::warn!(objective = %key.objective_id, step, attempt, class = class.word(), %message, "the agent reported a failure");
-                        Input::AgentFailed {
-                            step,
-                            attempt,
-                            class,
-                            message,
-                        }
-                    }
-                    AgentLine::Malformed(problem) => {
-                        tracing::warn!(objective = %key.objective_id, step, attempt, %problem, "malformed agent protocol line (kept in the log)");
-                        return;
-                    }
-                };
-                self.attempt_input(&key.objective_id, input);
-            }
-            Fact::Branch { key, branch } => self.attempt_input(
-                &key.objective_id,
-                Input::Branch {
-                    step: key.step_index,
-                    attempt: key.number,
-                    branch,
-                },
-            ),
-            Fact::Ended { key, end } => self.on_ended(key, end),
-            Fact::Protocol { key, lines, upto } => self.on_protocol(key, lines, upto),
-        }
-    }
-
-    /// Lines a shim's journal held up to `upto`: the offset is set on the running
-    /// attempt first, so every write of it in this turn (the lines' own included) carries
-    /// it, and written once more after them.
-    fn on_protocol(&mut self, key: crate::runner::AttemptKey, lines: Vec<AgentLine>, upto: u64) {
-        match self.running_attempt(&key) {
-            Some(a) if a.protocol_offset < upto => a.protocol_offset = upto,
-            // Already read (a duplicate after a re-attach), or no longer running.
-            _ => return,
-        }
-        for line in lines {
-            self.on_fact(Fact::Line {
-                key: key.clone(),
-                line,
-            });
-        }
-        if let Some(a) = self.running_attempt(&key) {
-            let a = a.clone();
-            self.turn.writes.attempt(&a);
-        }
-    }
-
-    fn running_attempt(
-        &mut self,
-        key: &crate::runner::AttemptKey,
-    ) -> Option<&mut crate::model::Attempt> {
-        self.live
-            .get_mut(&key.objective_id)
-            .and_then(|l| l.run.running.get_mut(&key.step_index))
-            .filter(|r| r.attempt.number == key.number)
-            .map(|r| &mut r.attempt)
-    }
-
-    fn on_ended(&mut self, key: crate::runner::AttemptKey, end: AttemptEnd) {
-        let id = key.objective_id.clone();
-        let Some(live) = self.live.get_mut(&id) else {
-            return;
-        };
-        live.handles.remove(&key.step_index);
-        let step_id = live
-            .run
-            .running
-            .get(&key.step_index)
-            .map(|r| r.attempt.step_id.clone());
-        let Some(step_id) = step_id else {
-            return;
-        };
-        let AttemptEnd { end, exited_at } = end;
-        let leftovers = self.executor.leftovers(&key);
-        if !leftovers.is_empty() {
-            self.turn
-                .after
-                .push(After::RemoveDirs(leftovers, Vec::new()));
-        }
-        tracing::info!(objective = %id, step = %step_id, attempt = key.number, outcome = end.outcome.word(), exit_code = ?end.exit_code, signal = ?end.signal, "attempt ended");
-        self.turn
-            .after
-            .push(After::CountLog(crate::logfile::attempt_log(
-                &self.logs_dir,
-                &id,
-                &step_id,
-                key.number,
-            )));
-        if let Some(exited) = exited_at {
-            // Measured once the end is durable: the per-attempt exit-to-recorded overhead.
-            let (obj, n) = (id.clone(), key.number);
-            self.turn.after.push(After::Reply(Box::new(move || {
-                tracing::debug!(objective = %obj, attempt = n, exit_to_recorded_us = exited.elapsed().as_micros() as u64, "attempt end recorded");
-            })));
-        }
-        self.attempt_input(
-            &id,
-            Input::Ended {
-                step: key.step_index,
-                attempt: key.number,
-                end,
-            },
-        );
     }
 }
 

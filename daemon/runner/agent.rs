@@ -735,6 +735,10 @@ pub enum AgentLine {
         class: FailureClass,
         message: String,
     },
+    /// A planner's plan (`::orch-plan::JSON`), as JSON text (read by the engine).
+    Plan(String),
+    /// A verifier's verdict (`::orch-verdict::{"pass":…,"findings":…}`).
+    Verdict(crate::model::Verdict),
     /// A `::orch-…::` line that could not be read; kept in the log, reported, never fatal.
     Malformed(String),
 }
@@ -743,6 +747,8 @@ pub enum AgentLine {
 pub const MAX_CHECKPOINT_BYTES: usize = 1 << 20;
 /// Longest protocol line kept for parsing; longer lines are logged but not parsed.
 const MAX_PROTOCOL_LINE: usize = MAX_CHECKPOINT_BYTES + 64;
+/// Longest findings kept from a verdict, in characters.
+const MAX_FINDINGS_CHARS: usize = 16 * 1024;
 /// Every agent protocol line starts with this.
 const PREFIX: &[u8] = b"::orch-";
 
@@ -819,6 +825,29 @@ pub fn parse_protocol_line(text: &str) -> Option<AgentLine> {
         return Some(match serde_json::from_str::<serde_json::Value>(json) {
             Ok(v) => AgentLine::Checkpoint(v.to_string()),
             Err(e) => AgentLine::Malformed(format!("checkpoint is not JSON: {e}")),
+        });
+    }
+    if let Some(json) = text.strip_prefix("::orch-plan::") {
+        // Read as a plan by the engine when the planner's attempt ends, which names
+        // every problem (not JSON included) to the planner's next attempt.
+        return Some(AgentLine::Plan(json.trim().to_string()));
+    }
+    if let Some(json) = text.strip_prefix("::orch-verdict::") {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct V {
+            pass: bool,
+            #[serde(default)]
+            findings: String,
+        }
+        return Some(match serde_json::from_str::<V>(json) {
+            Ok(v) => AgentLine::Verdict(crate::model::Verdict {
+                pass: v.pass,
+                findings: v.findings.chars().take(MAX_FINDINGS_CHARS).collect(),
+            }),
+            Err(e) => AgentLine::Malformed(format!(
+                "verdict is not {{\"pass\": true|false, \"findings\": \"...\"}}: {e}"
+            )),
         });
     }
     if let Some(json) = text.strip_prefix("::orch-progress::") {

@@ -632,3 +632,43 @@ fn journal_mode_appends_the_lines_the_format_reads_whole_and_parses_none() {
     assert_eq!(total_of(&lines).input_tokens, 4);
     assert_eq!(lines.len(), 2, "{lines:?}");
 }
+
+#[test]
+fn planner_and_verifier_lines() {
+    assert_eq!(
+        parse_protocol_line(r#"::orch-plan:: {"steps":[]} "#),
+        Some(AgentLine::Plan(r#"{"steps":[]}"#.into()))
+    );
+    // Not JSON: still the plan, refused by the engine with the parse error named.
+    assert_eq!(
+        parse_protocol_line("::orch-plan::oops"),
+        Some(AgentLine::Plan("oops".into()))
+    );
+    assert_eq!(
+        parse_protocol_line(r#"::orch-verdict::{"pass":false,"findings":"no tests"}"#),
+        Some(AgentLine::Verdict(crate::model::Verdict {
+            pass: false,
+            findings: "no tests".into()
+        }))
+    );
+    for bad in [
+        "::orch-verdict::{\"findings\":\"x\"}",
+        "::orch-verdict::{\"pass\":\"yes\"}",
+        "::orch-verdict::true",
+    ] {
+        assert!(
+            matches!(parse_protocol_line(bad), Some(AgentLine::Malformed(m)) if m.contains("verdict")),
+            "{bad}"
+        );
+    }
+    // Through the line parser, as an attempt's stdout is read.
+    let mut p = LineParser::new(UsageFormat::OrchLines);
+    let lines = p.feed(b"::orch-verdict::{\"pass\":true}\n");
+    assert_eq!(
+        lines,
+        vec![AgentLine::Verdict(crate::model::Verdict {
+            pass: true,
+            findings: String::new()
+        })]
+    );
+}

@@ -84,6 +84,9 @@ pub struct RunSpec {
     /// Journal mode (the shim executor): stdout lines the usage format may read are
     /// appended to this file unparsed, and orchd parses them (`LineParser::with_journal`).
     pub protocol_journal: Option<PathBuf>,
+    /// A planner attempt's plan file (`ORCH_PLAN_FILE`): made empty, owned by the
+    /// agent's user, before the start; read by the engine after the end.
+    pub plan_file: Option<PathBuf>,
     /// A private workspace to make before the start (`workdir` becomes it), as whom.
     pub workspace: Option<(crate::workspace::Prep, crate::workspace::Runner)>,
 }
@@ -467,6 +470,16 @@ async fn run(
                 path.display()
             ));
         }
+    }
+    if let Some(path) = &spec.plan_file {
+        let owner = spec.run_as.as_ref().map(|(u, g, _)| (*u, *g));
+        if let Err(e) = write_private(path, "", owner) {
+            return AttemptEnd::spawn_error(format!(
+                "cannot create the plan file {}: {e}",
+                path.display()
+            ));
+        }
+        env.push(("ORCH_PLAN_FILE".into(), path.display().to_string()));
     }
     if let Some((path, prompt)) = &spec.prompt_file {
         let owner = spec.run_as.as_ref().map(|(u, g, _)| (*u, *g));

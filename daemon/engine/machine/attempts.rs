@@ -97,6 +97,7 @@ impl Tx<'_> {
         if self.running_mut(index, number).is_none() {
             return;
         }
+        let end = self.judge(index, end);
         let Some(mut r) = self.run.running.remove(&index) else {
             return;
         };
@@ -153,10 +154,7 @@ impl Tx<'_> {
             },
         );
         match next {
-            Next::Succeeded => {
-                self.set_step(index, StepState::Succeeded, String::new());
-                self.release_ready();
-            }
+            Next::Succeeded => self.succeeded(index),
             Next::Requeue(message) if self.ctx.draining && !self.run.paused => {
                 // Runs again on the next start.
                 self.set_step(index, StepState::Ready, message);

@@ -125,6 +125,8 @@ impl Tx<'_> {
     ) -> Result<(), Invalid> {
         let index = self.find_step(name)?;
         let s = self.step_ref(index)?;
+        let name = &s.plan.id.clone();
+        let s = self.step_ref(index)?;
         if s.state != StepState::AwaitingApproval {
             return Err(Invalid::FailedPrecondition(format!(
                 "step `{name}` is not awaiting approval ({})",
@@ -143,7 +145,9 @@ impl Tx<'_> {
                 reason: reason.clone(),
             },
         );
-        if approve {
+        if approve && self.step_ref(index)?.plan.role == crate::model::StepRole::Plan {
+            self.approve_plan(index, by);
+        } else if approve {
             self.hold_or_queue(index, format!("approved by uid {by}"));
         } else {
             let why = if reason.is_empty() {
@@ -166,6 +170,7 @@ impl Tx<'_> {
         fresh: bool,
         by: u32,
     ) -> Result<(), Invalid> {
+        self.refuse_retry()?;
         let rerun = |s: &Step| matches!(s.state, StepState::Failed | StepState::Cancelled);
         let chosen: Vec<u32> = match name {
             Some(name) => {

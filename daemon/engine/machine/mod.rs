@@ -12,6 +12,8 @@ mod attempts;
 mod control;
 mod family;
 pub mod host;
+mod input;
+pub mod planner;
 #[cfg(test)]
 mod props;
 pub mod routing;
@@ -23,11 +25,12 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use family::{admit_child, cascade};
+pub use input::Input;
 pub use tables::{End, Needs, Next, RateLimit, counts_against_retries, needs, next_after_end};
 
 use crate::model::{
     Attempt, Branch, Control, EventKind, FailureClass, Millis, ObjState, Objective, Progress, Step,
-    StepPlan, StepState, Usage, derive_objective_state,
+    StepPlan, StepState,
 };
 
 /// An objective that has not ended (or an ended one being reopened by `retry`), as the
@@ -89,163 +92,6 @@ impl Ctx {
             now,
             jitter: 0.0,
             draining: false,
-        }
-    }
-}
-
-/// One input to an objective.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    Cancel {
-        by: u32,
-    },
-    Pause {
-        by: u32,
-    },
-    Resume {
-        by: u32,
-    },
-    Approve {
-        step: String,
-        approve: bool,
-        reason: String,
-        by: u32,
-    },
-    /// Re-run the failed or cancelled steps (or `step` alone) of an ended objective.
-    Retry {
-        step: Option<String>,
-        /// Forget the agents' sessions: the next attempts start new ones.
-        fresh: bool,
-        by: u32,
-    },
-    /// Remove an ended objective (its records, logs and checkpoints go once the
-    /// decision is durable).
-    Remove {
-        by: u32,
-    },
-    /// A routed step about to start: the agent routing chose (see `routing`), or none.
-    Route {
-        step: u32,
-        routed: routing::Routed,
-    },
-    /// The scheduler gave a slot to a ready step: open its next attempt.
-    Start {
-        step: u32,
-        agent: String,
-        command: Vec<String>,
-    },
-    /// The attempt runs: a local process (`pid`), or a cluster job (`job_id`).
-    Started {
-        step: u32,
-        attempt: u32,
-        pid: Option<u32>,
-        start_ticks: Option<u64>,
-        cgroup: Option<String>,
-        job_id: Option<String>,
-    },
-    /// Resource figures of a running attempt (kept in memory, stored with its end).
-    Sample {
-        step: u32,
-        attempt: u32,
-        peak_rss_bytes: u64,
-        cpu_ms: u64,
-    },
-    Checkpoint {
-        step: u32,
-        attempt: u32,
-        json: String,
-    },
-    Progress {
-        step: u32,
-        attempt: u32,
-        percent: Option<f64>,
-        message: String,
-    },
-    /// Usage reported by an attempt, priced and attributed to a model.
-    Usage {
-        step: u32,
-        attempt: u32,
-        delta: Usage,
-        model: String,
-    },
-    /// The provider refused until `until_ms`, or (`None`) without saying: then the step
-    /// waits `wait_ms` from the attempt's end.
-    RateLimited {
-        step: u32,
-        attempt: u32,
-        until_ms: Option<Millis>,
-        wait_ms: u64,
-    },
-    /// The agent's session id (recorded on the attempt, for a later resume).
-    Session {
-        step: u32,
-        attempt: u32,
-        id: String,
-    },
-    /// The agent said its run failed, whatever its exit code will be.
-    AgentFailed {
-        step: u32,
-        attempt: u32,
-        class: FailureClass,
-        message: String,
-    },
-    /// A budget alert threshold was crossed. `key` is set for the objective's own
-    /// budgets (sent once per objective); daemon-wide alerts are deduplicated outside.
-    Alert {
-        key: Option<String>,
-        percent: f64,
-        budget: String,
-        used: f64,
-        limit: f64,
-    },
-    Ended {
-        step: u32,
-        attempt: u32,
-        end: End,
-    },
-    /// A backoff timer of the step is due.
-    TimerFired {
-        step: u32,
-    },
-    /// A budget covering the objective ran out.
-    Exhaust {
-        why: String,
-    },
-    /// Loaded after a restart. `gone` are attempts that were running and are no more
-    /// (their trees are already killed): they end `interrupted` and their steps run
-    /// again. `kept` are attempts their executor re-attached to: they go on running.
-    Recover {
-        gone: Vec<Attempt>,
-        kept: Vec<Attempt>,
-    },
-    /// A `worktree` step's branch as an attempt made or left it.
-    Branch {
-        step: u32,
-        attempt: u32,
-        branch: Branch,
-    },
-    /// A sub-objective of this one was submitted.
-    Adopt {
-        child: String,
-    },
-    /// A sub-objective of this one (at any depth) used this.
-    ChildUsage {
-        delta: Usage,
-    },
-}
-
-impl Input {
-    /// The verb of a control input, for messages.
-    pub fn action(&self) -> &'static str {
-        match self {
-            Input::Cancel { .. } => "cancel",
-            Input::Pause { .. } => "pause",
-            Input::Resume { .. } => "resume",
-            Input::Approve { approve: true, .. } => "approve",
-            Input::Approve { approve: false, .. } => "deny",
-            Input::Retry { .. } => "retry",
-            Input::Remove { .. } => "remove",
-            _ => "change",
         }
     }
 }
@@ -342,6 +188,7 @@ pub fn submit(obj: Objective, plans: Vec<StepPlan>, ctx: Ctx) -> (Run, Decision)
     t.d.steps.extend(t.run.steps.iter().map(|s| s.index));
     let (name, count) = (t.run.obj.name.clone(), t.run.obj.step_count);
     t.emit("", 0, EventKind::ObjectiveSubmitted { name, steps: count });
+    t.first_round();
     t.release_ready();
     t.refresh();
     let d = t.d;
@@ -360,6 +207,8 @@ struct Tx<'a> {
     run: &'a mut Run,
     d: Decision,
     ctx: Ctx,
+    /// A planner's valid plan, between its attempt's end and the step's success.
+    pending: Vec<StepPlan>,
 }
 
 impl<'a> Tx<'a> {
@@ -368,6 +217,7 @@ impl<'a> Tx<'a> {
             run,
             d: Decision::default(),
             ctx,
+            pending: Vec::new(),
         }
     }
 
@@ -394,6 +244,10 @@ impl<'a> Tx<'a> {
     }
 
     fn find_step(&self, name: &str) -> Result<u32, Invalid> {
+        let name = self
+            .plan_step_name(name)
+            .unwrap_or_else(|| name.to_string());
+        let name = name.as_str();
         self.run
             .steps
             .iter()
@@ -621,7 +475,24 @@ impl<'a> Tx<'a> {
             }
             Input::Adopt { child } => self.adopt(child),
             Input::ChildUsage { delta } => self.child_usage(&delta),
+            Input::PlanPrinted {
+                step,
+                attempt,
+                json,
+            } => self.plan_printed(step, attempt, json),
+            Input::Verdict {
+                step,
+                attempt,
+                verdict,
+            } => self.verdict_said(step, attempt, verdict),
+            Input::PlanEnded {
+                step,
+                attempt,
+                end,
+                plan,
+            } => self.plan_ended(step, attempt, end, plan),
         }
+        self.advance();
         self.refresh();
         Ok(())
     }
@@ -729,8 +600,8 @@ impl<'a> Tx<'a> {
     /// Re-derives the objective's state from its steps; records a change. An ended
     /// objective leaves the live set.
     fn refresh(&mut self) {
+        let derived = planner::derived_state(self.run);
         let run = &mut *self.run;
-        let derived = derive_objective_state(&run.steps, run.cancelling);
         if run.paused && !derived.is_terminal() {
             return;
         }
@@ -740,9 +611,15 @@ impl<'a> Tx<'a> {
         run.obj.state = derived;
         run.obj.updated_ms = self.ctx.now;
         if derived == ObjState::Failed {
-            run.obj.message = match &run.exhausted {
-                Some(why) => why.clone(),
-                None => run
+            let planned = run
+                .obj
+                .planner
+                .as_deref()
+                .and_then(planner::failure_message);
+            run.obj.message = match (&run.exhausted, planned) {
+                (Some(why), _) => why.clone(),
+                (None, Some(why)) => why,
+                (None, None) => run
                     .steps
                     .iter()
                     .find(|s| s.state == StepState::Failed)

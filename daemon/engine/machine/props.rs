@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::Outcome;
+use crate::model::{Outcome, StepRole, Usage};
 
 const T0: Millis = 5_000_000;
 
@@ -151,7 +151,7 @@ fn objective(n: usize) -> Objective {
 
 /// The invariants that hold after every input.
 fn check(run: &Run) -> Result<(), TestCaseError> {
-    let derived = derive_objective_state(&run.steps, run.cancelling);
+    let derived = planner::derived_state(run);
     if run.paused && !derived.is_terminal() {
         prop_assert_eq!(run.obj.state, ObjState::Paused);
     } else {
@@ -283,4 +283,113 @@ proptest! {
         }
         prop_assert!(run.obj.state.is_terminal(), "still {:?} with steps {:?}", run.obj.state, run.steps.iter().map(|s| s.state).collect::<Vec<_>>());
     }
+
+    #[test]
+    fn a_goal_only_objective_always_ends_within_its_rounds(
+        max_rounds in 1u32..4,
+        verify in any::<bool>(),
+        approve_plan in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        // A cooperative driver of rounds: planner attempts propose a valid plan or not,
+        // plans are approved, steps succeed or fail, verdicts pass or fail, by a seed.
+        let ctx = Ctx::at(T0);
+        let (mut run, _) = submit(goal_objective(max_rounds, verify, approve_plan), vec![first_plan_step()], ctx);
+        let mut rng = seed;
+        for _ in 0..600 {
+            if run.obj.state.is_terminal() {
+                break;
+            }
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let pick = (rng >> 33) as u32;
+            let n = run.steps.len();
+            let s = (pick as usize) % n;
+            let step_ref = &run.steps[s];
+            let attempt = step_ref.attempts;
+            let input = match (step_ref.state, step_ref.plan.role) {
+                (StepState::AwaitingApproval, _) => Input::Approve { step: step_ref.plan.id.clone(), approve: true, reason: String::new(), by: 1 },
+                (StepState::Ready, _) => Input::Start { step: s as u32, agent: String::new(), command: vec![] },
+                (StepState::Backoff, _) => Input::TimerFired { step: s as u32 },
+                (StepState::Running, StepRole::Plan) => Input::PlanEnded {
+                    step: s as u32,
+                    attempt,
+                    end: End::of(Outcome::Success, ""),
+                    plan: Some(if pick.is_multiple_of(4) {
+                        Err("steps: invalid".into())
+                    } else {
+                        let a = StepPlan::literal("a", &[]);
+                        let b = StepPlan::literal("b", &["a"]);
+                        Ok(planner::Proposal { steps: vec![a, b], text: "{}".into() })
+                    }),
+                },
+                (StepState::Running, StepRole::Verify) if pick.is_multiple_of(2) => Input::Verdict {
+                    step: s as u32,
+                    attempt,
+                    verdict: crate::model::Verdict { pass: pick.is_multiple_of(3), findings: "f".into() },
+                },
+                (StepState::Running, _) => Input::Ended {
+                    step: s as u32,
+                    attempt,
+                    end: End::of(if pick.is_multiple_of(5) { Outcome::ExitFailure } else { Outcome::Success }, "x"),
+                },
+                _ => continue,
+            };
+            let _ = step(&mut run, input, ctx).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            check(&run)?;
+            let p = run.obj.planner.as_deref().ok_or_else(|| TestCaseError::fail("no planner"))?;
+            prop_assert!(p.rounds.len() as u32 <= max_rounds, "{} rounds of {max_rounds}", p.rounds.len());
+            let round = p.round();
+            for st in run.steps.iter().filter(|st| st.plan.round < round) {
+                prop_assert!(st.state.is_terminal(), "step {} of an earlier round is {:?}", st.plan.id, st.state);
+            }
+            let mut ids: Vec<&str> = run.steps.iter().map(|st| st.plan.id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            prop_assert_eq!(ids.len(), run.steps.len(), "step ids are unique");
+        }
+        prop_assert!(run.obj.state.is_terminal(), "still {:?}", run.obj.state);
+        let p = run.obj.planner.as_deref().ok_or_else(|| TestCaseError::fail("no planner"))?;
+        let last = p.current().map(|r| r.phase);
+        match run.obj.state {
+            ObjState::Succeeded => prop_assert_eq!(last, Some(crate::model::RoundPhase::Passed)),
+            _ => {
+                prop_assert_eq!(last, Some(crate::model::RoundPhase::Failed));
+                prop_assert!(!run.obj.message.is_empty(), "a failed goal says why");
+            }
+        }
+    }
+}
+
+fn first_plan_step() -> StepPlan {
+    let mut p = StepPlan::literal("r1.plan", &[]);
+    p.role = StepRole::Plan;
+    p.round = 1;
+    p.retry.max_attempts = 2;
+    p
+}
+
+fn goal_objective(max_rounds: u32, verify: bool, approve_plan: bool) -> Objective {
+    let mut obj = objective(1);
+    let mut plan_step = first_plan_step();
+    plan_step.id = "plan".into();
+    obj.planner = Some(Box::new(crate::model::Planner {
+        agent: "planner".into(),
+        verifier: String::new(),
+        verify_command: vec![],
+        max_rounds,
+        approve_plan,
+        plan_step,
+        verify_step: verify.then(|| {
+            let mut v = StepPlan::literal("verify", &[]);
+            v.role = StepRole::Verify;
+            v.retry.max_attempts = 1;
+            v
+        }),
+        workdir: "/".into(),
+        rounds: vec![crate::model::Round {
+            number: 1,
+            ..Default::default()
+        }],
+    }));
+    obj
 }

@@ -59,6 +59,9 @@ pub struct ShimSpec {
     /// For orchd's parser: the profile's model and a resumed session's usage before.
     pub model: String,
     pub session_usage: Option<Usage>,
+    /// A planner attempt's `ORCH_PLAN_FILE`.
+    #[serde(default)]
+    pub plan_file: Option<PathBuf>,
 }
 
 pub fn format_name(f: UsageFormat) -> &'static str {
@@ -103,6 +106,7 @@ impl ShimSpec {
             usage_format: format_name(spec.usage_format).to_string(),
             model: spec.prices.model.clone(),
             session_usage: spec.session_usage,
+            plan_file: spec.plan_file.clone(),
         }
     }
 
@@ -152,6 +156,7 @@ impl ShimSpec {
             executor: String::new(),
             step_id: self.step_id.clone(),
             protocol_journal: Some(journal.to_path_buf()),
+            plan_file: self.plan_file.clone(),
             workspace: None,
         }
     }

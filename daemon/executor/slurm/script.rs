@@ -153,6 +153,7 @@ mod tests {
             executor: "slurm".into(),
             step_id: "build".into(),
             protocol_journal: None,
+            plan_file: None,
             workspace: None,
         }
     }

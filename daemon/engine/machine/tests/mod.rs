@@ -7,10 +7,11 @@ use super::*;
 mod attempts;
 mod control;
 mod family;
+mod planner;
 mod routed;
 mod table;
 mod workspace;
-use crate::model::{FailureAction, FailureClass, Outcome, StopReason};
+use crate::model::{FailureAction, FailureClass, Outcome, StopReason, Usage};
 
 const T0: Millis = 1_000_000;
 const OWNER: u32 = 1000;
