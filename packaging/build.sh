@@ -3,12 +3,14 @@
 #   target/packages/orch_<version>_amd64.deb      (dpkg-deb; checked with lintian)
 #   target/packages/orch-<version>-1.x86_64.rpm   (cargo-generate-rpm)
 #
-#   packaging/build.sh [--no-build] [--no-rpm] [--no-lintian]
+#   packaging/build.sh [--no-build] [--no-rpm] [--no-lintian] [--version V]
 #
 # --no-build    use the binaries already in target/release
 # --no-rpm      build only the .deb
 # --no-lintian  do not run lintian on the .deb
 # --bin-dir DIR take orchd and orchctl from DIR (implies --no-build)
+# --version V   the packages' version instead of Cargo.toml's (e.g. 0.1.0+rebuild1, for
+#               an upgrade test with the same binaries; the .deb's changelog gains an entry)
 # Installs what it needs (dpkg-dev, lintian, rpm tooling via cargo install) when missing;
 # needs root for apt-get then.
 #
@@ -21,15 +23,16 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-build=1 rpm=1 lint=1 bin_dir=""
+build=1 rpm=1 lint=1 bin_dir="" version_override=""
 while [[ $# -gt 0 ]]; do
     a=$1; shift
     case $a in
         --bin-dir) bin_dir=${1:?--bin-dir needs a directory}; shift; build=0 ;;
         --no-build) build=0 ;;
+        --version) version_override=${1:?--version needs a version}; shift ;;
         --no-rpm) rpm=0 ;;
         --no-lintian) lint=0 ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build.sh: unknown argument $a" >&2; exit 2 ;;
     esac
 done
@@ -37,6 +40,13 @@ say() { printf '[build.sh] %s\n' "$*" >&2; }
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 [[ -n $version ]] || { echo "build.sh: no version in Cargo.toml" >&2; exit 1; }
+if [[ -n $version_override ]]; then
+    # Debian and rpm both accept these characters in an upstream version (rpm: no '-').
+    [[ $version_override =~ ^[0-9][0-9A-Za-z.+~]*$ ]] \
+        || { echo "build.sh: --version '$version_override' is not a version (digits first, then [0-9A-Za-z.+~])" >&2; exit 2; }
+    version=$version_override
+fi
+cargo_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 out=${CARGO_TARGET_DIR:-$root/target}
 bin=${bin_dir:-$out/release}
 pkgs=$out/packages
@@ -135,7 +145,15 @@ say "building the .deb"
 deb_root=$pkgs/deb-root
 rm -rf "$deb_root"
 cp -a "$stage" "$deb_root"
-gzip -9n -c packaging/deb/changelog > "$deb_root/$doc/changelog.Debian.gz"
+{
+    if ! head -n1 packaging/deb/changelog | grep -qF "orch ($version-1)"; then
+        # A version given with --version: its own entry on top, as dch would write it.
+        printf 'orch (%s-1) unstable; urgency=medium\n\n  * Rebuild of the same sources as %s.\n\n -- %s  %s\n\n' \
+            "$version" "$cargo_version" "$(sed -n 's/^ -- \(.*>\)  .*/\1/p' packaging/deb/changelog | head -n1)" \
+            "$(date -R -u)"
+    fi
+    cat packaging/deb/changelog
+} | gzip -9n > "$deb_root/$doc/changelog.Debian.gz"
 chmod 0644 "$deb_root/$doc/changelog.Debian.gz"
 install -d -m 0755 "$deb_root/usr/share/lintian/overrides"
 install -m 0644 packaging/deb/lintian-overrides "$deb_root/usr/share/lintian/overrides/orch"
@@ -181,7 +199,7 @@ if [[ $rpm == 1 ]]; then
     mkdir -p "$rpm_root/usr/lib/systemd/system"
     mv "$rpm_root"/lib/systemd/system/* "$rpm_root/usr/lib/systemd/system/"
     rm -rf "$rpm_root/lib"
-    sed "s|@ROOT@|$rpm_root|g" packaging/rpm/metadata.toml > "$pkgs/rpm-metadata.toml"
+    sed -e "s|@ROOT@|$rpm_root|g" -e "s|@VERSION@|$version|g" packaging/rpm/metadata.toml > "$pkgs/rpm-metadata.toml"
     cargo generate-rpm --target-dir "$out" -o "$pkgs/orch-$version-1.x86_64.rpm" \
         --metadata-overwrite "$pkgs/rpm-metadata.toml#package.metadata.generate-rpm"
     say "built $pkgs/orch-$version-1.x86_64.rpm ($(du -h "$pkgs/orch-$version-1.x86_64.rpm" | cut -f1))"
