@@ -130,15 +130,17 @@ while [ ! -e /tmp/count-stop ]; do i=$((i+1)); echo "n $i"; sleep 0.05; done
 echo "end $i"
 AGENT
 chmod 0755 /tmp/count.sh
+# orchctl with a deadline: with orchd down a client of the socket-activated unit waits.
+oc() { timeout -k 2 20 orchctl "$@"; }
 main_pid() { systemctl show -p MainPID --value orchd.service; }
-status_json() { orchctl status "$CID" -o json 2>/dev/null; }
+status_json() { oc status "$CID" -o json 2>/dev/null; }
 agent_pid() { status_json | jq -r '.steps[0].attempts[0].pid // empty'; }
 n_attempts() { status_json | jq -r '.steps[0].attempts | length'; }
 # The numbers of the agent's `n N` lines in its log, one a line.
-numbered() { orchctl logs "$CID" 2>/dev/null | sed -n 's/^n \([0-9][0-9]*\)$/\1/p'; }
+numbered() { oc logs "$CID" 2>/dev/null | sed -n 's/^n \([0-9][0-9]*\)$/\1/p'; }
 n_lines() { numbered | wc -l; }
 more_output_than() { [ "$(n_lines)" -gt "$1" ]; }
-daemon_field() { orchctl daemon status -o json 2>/dev/null | jq -r ".$1"; }
+daemon_field() { oc daemon status -o json 2>/dev/null | jq -r ".$1"; }
 # check_agent WHAT: the agent is the same live process, still one attempt, and writing.
 check_agent() {
     local seen; seen=$(n_lines)
@@ -152,7 +154,7 @@ check_agent() {
 begin upgrade "apt installs a newer .deb while an agent runs: orchd re-executes in place, the agent keeps running"
 T=60 run orchctl submit -- /tmp/count.sh
 CID=$(head -n1 <<<"$STDOUT")
-until_true 60 bash -c '[ -n "$(orchctl status '"$CID"' -o json | jq -r ".steps[0].attempts[0].pid // empty")" ]' \
+until_true 60 bash -c '[ -n "$(timeout 20 orchctl status '"$CID"' -o json | jq -r ".steps[0].attempts[0].pid // empty")" ]' \
     || fail "the counting agent did not start"
 APID=$(agent_pid); note "objective $CID, agent pid $APID"
 until_true 60 more_output_than 0 || fail "the agent wrote nothing"
@@ -172,7 +174,7 @@ run orchctl daemon status -o json
 # new package's program runs is that orchd's image is the installed /usr/bin/orchd (the
 # old file, replaced by dpkg, shows as "(deleted)" until the re-exec).
 run orchd --version
-[ "$(jq -r .version <<<"$(orchctl daemon status -o json)")" = "$(awk '{print $2}' <<<"$STDOUT")" ] \
+[ "$(daemon_field version)" = "$(awk '{print $2}' <<<"$STDOUT")" ] \
     || fail "daemon status version differs from /usr/bin/orchd --version ($STDOUT)"
 run readlink "/proc/$OPID/exe"
 [ "$STDOUT" = /usr/bin/orchd ] || fail "orchd runs '$STDOUT', not the upgraded /usr/bin/orchd"
@@ -194,6 +196,8 @@ run kill -9 "$OPID"
 until_true 60 bash -c 'p=$(systemctl show -p MainPID --value orchd.service); [ "$p" != 0 ] && [ "$p" != '"$OPID"' ] && systemctl is-active --quiet orchd.service' \
     || fail "systemd did not restart orchd"
 NPID=$(main_pid); note "orchd $OPID -> $NPID"
+run systemctl status --no-pager -n 20 orchd.service
+run cat /sys/fs/cgroup/system.slice/orchd.service/cgroup.subtree_control
 T=60 run orchctl daemon status -o json
 [ "$RC" = 0 ] || fail "the restarted orchd does not answer"
 check_agent "after the crash"
@@ -201,14 +205,14 @@ end
 
 begin agent-whole "the agent ends: one attempt, succeeded, every line once and in order"
 touch /tmp/count-stop
-until_true 60 bash -c '[ "$(orchctl status '"$CID"' -o json | jq -r .state)" = succeeded ]' \
+until_true 60 bash -c '[ "$(timeout 20 orchctl status '"$CID"' -o json | jq -r .state)" = succeeded ]' \
     || fail "the objective is '$(status_json | jq -r .state)', not succeeded"
 run orchctl status "$CID" -o json
 [ "$(jq -r '.steps[0].attempts | length' <<<"$STDOUT")" = 1 ] || fail "not one attempt"
 [ "$(jq -r '.steps[0].attempts[0].pid' <<<"$STDOUT")" = "$APID" ] || fail "the attempt's pid changed"
 [ "$(jq -r '.steps[0].attempts[0].outcome' <<<"$STDOUT")" = success ] || fail "the attempt's outcome is not success"
 numbered > /tmp/count-got
-N=$(orchctl logs "$CID" | sed -n 's/^end \([0-9][0-9]*\)$/\1/p')
+N=$(oc logs "$CID" | sed -n 's/^end \([0-9][0-9]*\)$/\1/p')
 note "the agent printed $N lines"
 [ -n "$N" ] && [ "$N" -gt 0 ] || fail "no end line in the log"
 seq 1 "${N:-0}" | cmp -s - /tmp/count-got || fail "the log's lines are not 1..$N once each in order ($(wc -l < /tmp/count-got) numbered lines)"
@@ -218,18 +222,18 @@ begin restart "systemctl restart orchd drains (SIGTERM keeps its meaning): the a
 rm -f /tmp/count-stop
 T=60 run orchctl submit --retries 2 -- /tmp/count.sh
 CID=$(head -n1 <<<"$STDOUT")
-until_true 60 bash -c '[ -n "$(orchctl status '"$CID"' -o json | jq -r ".steps[0].attempts[0].pid // empty")" ]' \
+until_true 60 bash -c '[ -n "$(timeout 20 orchctl status '"$CID"' -o json | jq -r ".steps[0].attempts[0].pid // empty")" ]' \
     || fail "the counting agent did not start"
 APID=$(agent_pid)
 T=120 run systemctl restart orchd.service
 [ "$RC" = 0 ] || fail "systemctl restart exited $RC"
 until_true 30 bash -c "! kill -0 $APID 2>/dev/null" || fail "the agent $APID still runs after the drain"
-until_true 60 bash -c '[ "$(orchctl status '"$CID"' -o json | jq -r ".steps[0].attempts | length")" -ge 2 ]' \
+until_true 60 bash -c '[ "$(timeout 20 orchctl status '"$CID"' -o json | jq -r ".steps[0].attempts | length")" -ge 2 ]' \
     || fail "no second attempt after the restart"
 run orchctl status "$CID" -o json
 [ "$(jq -r '.steps[0].attempts[0].outcome' <<<"$STDOUT")" = interrupted ] || fail "the first attempt's outcome is not interrupted"
 touch /tmp/count-stop
-until_true 60 bash -c '[ "$(orchctl status '"$CID"' -o json | jq -r .state)" = succeeded ]' || fail "the objective did not succeed"
+until_true 60 bash -c '[ "$(timeout 20 orchctl status '"$CID"' -o json | jq -r .state)" = succeeded ]' || fail "the objective did not succeed"
 end
 
 # ------------------------------------------------------------------ removal
