@@ -3,12 +3,16 @@
 #   target/packages/orch_<version>_amd64.deb      (dpkg-deb; checked with lintian)
 #   target/packages/orch-<version>-1.x86_64.rpm   (cargo-generate-rpm)
 #
-#   packaging/build.sh [--no-build] [--no-rpm] [--no-lintian]
+#   packaging/build.sh [--no-build] [--no-rpm] [--no-deb] [--no-lintian] [--version V]
 #
 # --no-build    use the binaries already in target/release
 # --no-rpm      build only the .deb
+# --no-deb      build only the .rpm
 # --no-lintian  do not run lintian on the .deb
 # --bin-dir DIR take orchd and orchctl from DIR (implies --no-build)
+# --version V   the packages' version instead of Cargo.toml's (e.g. 0.1.0+rebuild1, for
+#               an upgrade test with the same binaries; the .deb's changelog gains an entry)
+# ORCH_RPM_COMPRESS: the rpm's payload compression (default zstd; none for a quick test build).
 # Installs what it needs (dpkg-dev, lintian, rpm tooling via cargo install) when missing;
 # needs root for apt-get then.
 #
@@ -21,15 +25,17 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-build=1 rpm=1 lint=1 bin_dir=""
+build=1 rpm=1 want_deb=1 lint=1 bin_dir="" version_override=""
 while [[ $# -gt 0 ]]; do
     a=$1; shift
     case $a in
         --bin-dir) bin_dir=${1:?--bin-dir needs a directory}; shift; build=0 ;;
         --no-build) build=0 ;;
+        --version) version_override=${1:?--version needs a version}; shift ;;
         --no-rpm) rpm=0 ;;
+        --no-deb) want_deb=0 lint=0 ;;
         --no-lintian) lint=0 ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build.sh: unknown argument $a" >&2; exit 2 ;;
     esac
 done
@@ -37,6 +43,13 @@ say() { printf '[build.sh] %s\n' "$*" >&2; }
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 [[ -n $version ]] || { echo "build.sh: no version in Cargo.toml" >&2; exit 1; }
+if [[ -n $version_override ]]; then
+    # Debian and rpm both accept these characters in an upstream version (rpm: no '-').
+    [[ $version_override =~ ^[0-9][0-9A-Za-z.+~]*$ ]] \
+        || { echo "build.sh: --version '$version_override' is not a version (digits first, then [0-9A-Za-z.+~])" >&2; exit 2; }
+    version=$version_override
+fi
+cargo_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 out=${CARGO_TARGET_DIR:-$root/target}
 bin=${bin_dir:-$out/release}
 pkgs=$out/packages
@@ -131,40 +144,50 @@ f packaging/deb/copyright "$doc/copyright"
 find "$stage/$doc" -name '*.md' -size +4k -exec gzip -9n {} +
 
 # ---------------------------------------------------------------- .deb
-say "building the .deb"
-deb_root=$pkgs/deb-root
-rm -rf "$deb_root"
-cp -a "$stage" "$deb_root"
-gzip -9n -c packaging/deb/changelog > "$deb_root/$doc/changelog.Debian.gz"
-chmod 0644 "$deb_root/$doc/changelog.Debian.gz"
-install -d -m 0755 "$deb_root/usr/share/lintian/overrides"
-install -m 0644 packaging/deb/lintian-overrides "$deb_root/usr/share/lintian/overrides/orch"
-install -d -m 0755 "$deb_root/DEBIAN"
-for s in postinst prerm postrm; do install -m 0755 "packaging/deb/$s" "$deb_root/DEBIAN/$s"; done
-echo /etc/orch/orchd.toml > "$deb_root/DEBIAN/conffiles"
-chmod 0644 "$deb_root/DEBIAN/conffiles"
-# Shared-library dependencies, as dpkg-shlibdeps finds them.
-shl=$(mktemp -d)
-mkdir -p "$shl/debian"
-printf 'Source: orch\n\nPackage: orch\nArchitecture: amd64\n' > "$shl/debian/control"
-shlibs=$(cd "$shl" && dpkg-shlibdeps -O "$deb_root/usr/bin/orchd" "$deb_root/usr/bin/orchctl" 2>/dev/null \
-    | sed -n 's/^shlibs:Depends=//p')
-rm -rf "$shl"
-[[ -n $shlibs ]] || shlibs="libc6"
-installed=$(du -k -s --exclude=DEBIAN "$deb_root" | cut -f1)
-sed -e "s/@VERSION@/$version-1/" -e "s/@DEPENDS@/$shlibs/" -e "s/@SIZE@/$installed/" \
-    packaging/deb/control > "$deb_root/DEBIAN/control"
-(cd "$deb_root" && find . -path ./DEBIAN -prune -o -type f -print0 | sort -z \
-    | xargs -0 md5sum | sed 's| \./| |') > "$deb_root/DEBIAN/md5sums"
-chmod 0644 "$deb_root/DEBIAN/control" "$deb_root/DEBIAN/md5sums"
-deb=$pkgs/orch_${version}_amd64.deb
-dpkg-deb --root-owner-group -Zxz --build "$deb_root" "$deb" >/dev/null
-say "built $deb ($(du -h "$deb" | cut -f1))"
+if [[ $want_deb == 1 ]]; then
+    say "building the .deb"
+    deb_root=$pkgs/deb-root
+    rm -rf "$deb_root"
+    cp -a "$stage" "$deb_root"
+    {
+        if ! head -n1 packaging/deb/changelog | grep -qF "orch ($version-1)"; then
+            # A version given with --version: its own entry on top, as dch would write it.
+            printf 'orch (%s-1) unstable; urgency=medium\n\n  * Rebuild of the same sources as %s.\n\n -- %s  %s\n\n' \
+                "$version" "$cargo_version" "$(sed -n 's/^ -- \(.*>\)  .*/\1/p' packaging/deb/changelog | head -n1)" \
+                "$(date -R -u)"
+        fi
+        cat packaging/deb/changelog
+    } | gzip -9n > "$deb_root/$doc/changelog.Debian.gz"
+    chmod 0644 "$deb_root/$doc/changelog.Debian.gz"
+    install -d -m 0755 "$deb_root/usr/share/lintian/overrides"
+    install -m 0644 packaging/deb/lintian-overrides "$deb_root/usr/share/lintian/overrides/orch"
+    install -d -m 0755 "$deb_root/DEBIAN"
+    for s in postinst prerm postrm; do install -m 0755 "packaging/deb/$s" "$deb_root/DEBIAN/$s"; done
+    echo /etc/orch/orchd.toml > "$deb_root/DEBIAN/conffiles"
+    chmod 0644 "$deb_root/DEBIAN/conffiles"
+    # Shared-library dependencies, as dpkg-shlibdeps finds them.
+    shl=$(mktemp -d)
+    mkdir -p "$shl/debian"
+    printf 'Source: orch\n\nPackage: orch\nArchitecture: amd64\n' > "$shl/debian/control"
+    shlibs=$(cd "$shl" && dpkg-shlibdeps -O "$deb_root/usr/bin/orchd" "$deb_root/usr/bin/orchctl" 2>/dev/null \
+        | sed -n 's/^shlibs:Depends=//p')
+    rm -rf "$shl"
+    [[ -n $shlibs ]] || shlibs="libc6"
+    installed=$(du -k -s --exclude=DEBIAN "$deb_root" | cut -f1)
+    sed -e "s/@VERSION@/$version-1/" -e "s/@DEPENDS@/$shlibs/" -e "s/@SIZE@/$installed/" \
+        packaging/deb/control > "$deb_root/DEBIAN/control"
+    (cd "$deb_root" && find . -path ./DEBIAN -prune -o -type f -print0 | sort -z \
+        | xargs -0 md5sum | sed 's| \./| |') > "$deb_root/DEBIAN/md5sums"
+    chmod 0644 "$deb_root/DEBIAN/control" "$deb_root/DEBIAN/md5sums"
+    deb=$pkgs/orch_${version}_amd64.deb
+    dpkg-deb --root-owner-group -Zxz --build "$deb_root" "$deb" >/dev/null
+    say "built $deb ($(du -h "$deb" | cut -f1))"
 
-if [[ $lint == 1 ]]; then
-    say "lintian"
-    # Errors and warnings fail the build; the overrides in the package say why they exist.
-    lintian --fail-on error,warning --suppress-tags-from-file /dev/null "$deb" | tee "$pkgs/lintian.txt"
+    if [[ $lint == 1 ]]; then
+        say "lintian"
+        # Errors and warnings fail the build; the overrides in the package say why they exist.
+        lintian --fail-on error,warning --suppress-tags-from-file /dev/null "$deb" | tee "$pkgs/lintian.txt"
+    fi
 fi
 
 # ---------------------------------------------------------------- .rpm
@@ -181,9 +204,18 @@ if [[ $rpm == 1 ]]; then
     mkdir -p "$rpm_root/usr/lib/systemd/system"
     mv "$rpm_root"/lib/systemd/system/* "$rpm_root/usr/lib/systemd/system/"
     rm -rf "$rpm_root/lib"
-    sed "s|@ROOT@|$rpm_root|g" packaging/rpm/metadata.toml > "$pkgs/rpm-metadata.toml"
-    cargo generate-rpm --target-dir "$out" -o "$pkgs/orch-$version-1.x86_64.rpm" \
-        --metadata-overwrite "$pkgs/rpm-metadata.toml#package.metadata.generate-rpm"
+    # cargo-generate-rpm reads ./Cargo.toml and wants its [package.metadata.generate-rpm]
+    # there: a manifest of its own (every asset an absolute path into the staged tree)
+    # keeps the crate's Cargo.toml free of packaging details.
+    rpm_manifest=$pkgs/rpm-manifest
+    rm -rf "$rpm_manifest"
+    mkdir -p "$rpm_manifest"
+    {
+        printf '[package]\nname = "orch"\nversion = "%s"\nedition = "2021"\n\n' "$cargo_version"
+        sed -e "s|@ROOT@|$rpm_root|g" -e "s|@VERSION@|$version|g" packaging/rpm/metadata.toml
+    } > "$rpm_manifest/Cargo.toml"
+    (cd "$rpm_manifest" && cargo generate-rpm --target-dir "$out" -o "$pkgs/orch-$version-1.x86_64.rpm" \
+        --payload-compress "${ORCH_RPM_COMPRESS:-zstd}")
     say "built $pkgs/orch-$version-1.x86_64.rpm ($(du -h "$pkgs/orch-$version-1.x86_64.rpm" | cut -f1))"
 fi
 ls -l "$pkgs"/*.deb "$pkgs"/*.rpm 2>/dev/null || true

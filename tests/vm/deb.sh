@@ -4,11 +4,15 @@
 # guest (tests/vm/guest/deb.sh): socket activation on the first orchctl call; a member of
 # group orch submits and the agent runs as that user; journalctl OBJECTIVE_ID= filters;
 # the man pages open; bash completion; a lingering user's own daemon beside the system
-# one, each user's orchctl reaching the right one; apt remove leaves no process; apt purge
-# removes state and config.
+# one, each user's orchctl reaching the right one; live restore through a package upgrade
+# (a second .deb, same binaries, higher version), `systemctl reload` and a crash of orchd
+# (an agent keeps running: one attempt, same pid, every line once), and that
+# `systemctl restart` drains; apt remove leaves no process; apt purge removes state and
+# config.
 #
-# Usage: tests/vm/deb.sh   (as root; builds the package with packaging/build.sh unless
-#                           ORCH_VM_NO_BUILD=1, then uses the .deb already built)
+# Usage: tests/vm/deb.sh   (as root; builds the release binaries and the package with
+#                           packaging/build.sh unless ORCH_VM_NO_BUILD=1, then uses the
+#                           .deb already built; the upgrade .deb is always made here)
 # Environment: ORCH_VM_TOOL, ORCH_VM_CACHE, ORCH_VM_RESULTS (default target/vm-results-deb),
 # ORCH_VM_OPTIONAL, VM_TIMEOUT, as tests/vm/run-vm-tests.sh.
 # Exit: 0 all passed; the number of failed checks; 1 build failed; 3 the VM could not run.
@@ -20,7 +24,7 @@ CACHE=${ORCH_VM_CACHE:-/var/cache/orch-vm}
 RES=${ORCH_VM_RESULTS:-$REPO/target/vm-results-deb}
 # jq reads orchctl's JSON; man-db opens the man pages (part of the image's cache key).
 export VM_EXTRA_PACKAGES="python3-minimal jq man-db"
-export VM_TIMEOUT=${VM_TIMEOUT:-600}
+export VM_TIMEOUT=${VM_TIMEOUT:-1200}
 T0=$(date +%s)
 say() { printf '[vm-deb %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 cannot_run() {
@@ -33,13 +37,24 @@ if [ "${ORCH_VM_NO_BUILD:-0}" != 1 ]; then
     say "building the package"
     "$REPO/packaging/build.sh" --no-rpm --no-lintian || { echo "VM DEB TEST: FAIL: packaging/build.sh failed" >&2; exit 1; }
 fi
-deb=$(ls -t "${CARGO_TARGET_DIR:-$REPO/target}"/packages/orch_*_amd64.deb 2>/dev/null | head -n1)
-[ -n "$deb" ] || { echo "VM DEB TEST: FAIL: no .deb in target/packages" >&2; exit 1; }
+OUT_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+case "$OUT_DIR" in /*) ;; *) OUT_DIR=$REPO/$OUT_DIR;; esac
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)
+deb=$OUT_DIR/packages/orch_${version}_amd64.deb
+[ -f "$deb" ] || { echo "VM DEB TEST: FAIL: no $deb (packaging/build.sh --no-rpm)" >&2; exit 1; }
+# The upgrade the guest installs while an agent runs: the same binaries, a higher version.
+up_version=$version+vmupgrade1
+say "building the upgrade package $up_version"
+"$REPO/packaging/build.sh" --no-build --no-rpm --no-lintian --version "$up_version" >/dev/null \
+    || { echo "VM DEB TEST: FAIL: packaging/build.sh --version $up_version failed" >&2; exit 1; }
+up_deb=$OUT_DIR/packages/orch_${up_version}_amd64.deb
 
 CMD=$(mktemp -d "${TMPDIR:-/tmp}/orch-vm-deb.XXXXXX")
 trap 'rm -rf "$CMD"' EXIT
 install -m 0755 "$REPO/tests/vm/guest/deb.sh" "$CMD/run.sh"
 install -m 0644 "$deb" "$CMD/orch.deb"
+install -m 0644 "$up_deb" "$CMD/orch-upgrade.deb"
+echo "$up_version-1" > "$CMD/upgrade-version"
 mkdir -p "$RES"; RES=$(cd "$RES" && pwd)
 rm -rf "$RES/out" "$RES/console.log" "$RES/vm-tool.log"
 
