@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 
 #[path = "model_planner.rs"]
 mod planner;
-pub use planner::{
-    DEFAULT_MAX_ROUNDS, Planner, Round, RoundPhase, StepRole, Verdict, round_step_id,
-};
+pub use planner::{Planner, Round, RoundPhase, StepRole, Verdict, round_step_id};
 
 /// Milliseconds since the UNIX epoch.
 pub type Millis = i64;

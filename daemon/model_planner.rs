@@ -150,6 +150,17 @@ impl Planner {
 /// Rounds a goal-only objective gets when its plan does not say (`max_rounds = 0`).
 pub const DEFAULT_MAX_ROUNDS: u32 = 3;
 
+impl Planner {
+    /// The rounds this planner allows (`max_rounds`, or the default when unset).
+    pub fn max_rounds(&self) -> u32 {
+        if self.max_rounds == 0 {
+            DEFAULT_MAX_ROUNDS
+        } else {
+            self.max_rounds
+        }
+    }
+}
+
 /// The id of a step of round `round`: `r2.build`, `r2.plan`, `r2.verify`.
 pub fn round_step_id(round: u32, id: &str) -> String {
     format!("r{round}.{id}")

@@ -309,7 +309,7 @@ fn planner_pb(p: &crate::model::Planner) -> pb::PlannerStatus {
         agent: p.agent.clone(),
         verifier: p.verifier.clone(),
         verify_command: p.verify_command.clone(),
-        max_rounds: crate::engine::machine::planner::max_rounds(p),
+        max_rounds: p.max_rounds(),
         approve_plan: p.approve_plan,
         rounds: p
             .rounds

@@ -748,7 +748,7 @@ pub const MAX_CHECKPOINT_BYTES: usize = 1 << 20;
 /// Longest protocol line kept for parsing; longer lines are logged but not parsed.
 const MAX_PROTOCOL_LINE: usize = MAX_CHECKPOINT_BYTES + 64;
 /// Longest findings kept from a verdict, in characters.
-const MAX_FINDINGS_CHARS: usize = 16 * 1024;
+pub const MAX_FINDINGS_CHARS: usize = 16 * 1024;
 /// Every agent protocol line starts with this.
 const PREFIX: &[u8] = b"::orch-";
 

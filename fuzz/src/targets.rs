@@ -268,6 +268,10 @@ fn check_line(l: &AgentLine) {
         }
         AgentLine::Session(id) => assert!(!id.is_empty() && id.len() <= 200, "{l:?}"),
         AgentLine::Failed { message, .. } => assert!(!message.is_empty(), "{l:?}"),
+        AgentLine::Plan(json) => assert_eq!(json.trim(), json, "{l:?}"),
+        AgentLine::Verdict(v) => {
+            assert!(v.findings.chars().count() <= crate::runner::agent::MAX_FINDINGS_CHARS);
+        }
         AgentLine::RateLimited { .. } | AgentLine::Malformed(_) => {}
     }
 }

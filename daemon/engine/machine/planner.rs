@@ -13,8 +13,8 @@
 
 use super::{Invalid, Tx};
 use crate::model::{
-    DEFAULT_MAX_ROUNDS, End, EventKind, Outcome, Planner, Round, RoundPhase, Step, StepPlan,
-    StepRole, StepState, Verdict, round_step_id,
+    End, EventKind, Outcome, Planner, Round, RoundPhase, Step, StepPlan, StepRole, StepState,
+    Verdict, round_step_id,
 };
 
 /// The actor's reading of the plan a planner attempt wrote: its steps resolved against
@@ -100,15 +100,6 @@ pub fn next_round(end: PhaseEnd, has_verifier: bool, rounds_left: bool) -> Round
     }
 }
 
-/// The rounds a planner allows.
-pub fn max_rounds(p: &Planner) -> u32 {
-    if p.max_rounds == 0 {
-        DEFAULT_MAX_ROUNDS
-    } else {
-        p.max_rounds
-    }
-}
-
 /// The steps of a goal-only objective's current round, which its state is derived from
 /// (earlier rounds have ended, whatever they ended as); `None` for other objectives.
 fn current_steps(run: &super::Run) -> Option<Vec<Step>> {
@@ -141,7 +132,7 @@ pub fn failure_message(p: &Planner) -> Option<String> {
     if r.phase != RoundPhase::Failed {
         return None;
     }
-    let max = max_rounds(p);
+    let max = p.max_rounds();
     Some(match r.verdict.as_ref() {
         Some(v) if !v.pass => format!(
             "the goal was not reached after {} of {max} rounds (max_rounds); the verifier's last findings: {}",
@@ -476,7 +467,7 @@ impl Tx<'_> {
         let round = r.number;
         let phase = r.phase;
         let has_verifier = p.verify_step.is_some();
-        let rounds_left = round < max_rounds(p);
+        let rounds_left = round < p.max_rounds();
         let of_round = |role: StepRole| -> Vec<&Step> {
             self.run
                 .steps
