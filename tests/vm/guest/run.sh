@@ -299,7 +299,9 @@ if [ -n "$CG" ]; then
         CUR_PIDS=$(cat "$CG/pids.current" 2>/dev/null); MAXSEEN=${CUR_PIDS:-0}
         PROCS=$(tr '\n' ' ' < "$CG/cgroup.procs" 2>/dev/null)
         COMMS=$(for p in $PROCS; do cat "/proc/$p/comm" 2>/dev/null; done | sort | uniq -c | tr '\n' ';' | tr -s ' ')
-        note "at the limit: pids.current=$CUR_PIDS, leaf procs: $PROCS"
+        # read now: the leaf is removed soon after the agent ends
+        PEVENTS=$(sed -n 's/^max //p' "$CG/pids.events" 2>/dev/null)
+        note "at the limit: pids.current=$CUR_PIDS, pids.events max=${PEVENTS:-?} (agent's refused forks: $(sed 's/.*refused=//' <<<"$HOLD")), leaf procs: $PROCS"
         note "their names: $COMMS"
         # Only the agent's tasks count against the leaf: not the shim, not orchd.
         [ "$CUR_PIDS" = "$TASKS" ] || fail "pids.current of the leaf is '$CUR_PIDS' while the agent has $TASKS tasks: something else counts against the leaf's pids.max"
@@ -317,7 +319,7 @@ if [ -n "$CG" ]; then
     while [ -d "$CG" ] && [ "$(date +%s)" -lt "$deadline" ]; do
         c=$(cat "$CG/pids.current" 2>/dev/null) || break
         [ -n "$c" ] && [ "$c" -gt "$MAXSEEN" ] && MAXSEEN=$c
-        e=$(sed -n 's/^max //p' "$CG/pids.events" 2>/dev/null); [ -n "$e" ] && PEVENTS=$e
+        e=$(sed -n 's/^max //p' "$CG/pids.events" 2>/dev/null); [ -n "$e" ] && [ "$e" -gt "${PEVENTS:-0}" ] && PEVENTS=$e
         grep -qx 'populated 0' "$CG/cgroup.events" 2>/dev/null && break
         sleep 0.1
     done
