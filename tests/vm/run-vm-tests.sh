@@ -33,7 +33,7 @@ TOOL=${ORCH_VM_TOOL:-$REPO/../shared/tools/run-vm-test.sh}
 CACHE=${ORCH_VM_CACHE:-/var/cache/orch-vm}
 RES=${ORCH_VM_RESULTS:-$REPO/target/vm-results}
 # Baked into the cached image (part of its cache key): python3 for the memory
-# hog, jq to read orchctl's JSON.
+# hog and the pids check's fork loop, jq to read orchctl's JSON.
 export VM_EXTRA_PACKAGES="python3-minimal jq"
 export VM_TIMEOUT=${VM_TIMEOUT:-600}
 

@@ -224,21 +224,61 @@ fi
 end
 
 # ------------------------------------------------------------------ 3
-begin pids "a fork loop under limits.pids = 20 never has more than 20 tasks"
+# The agent is a python3 fork loop that handles EAGAIN itself: its children
+# block on a pipe, so it forks until the kernel refuses (pids.max), tries 10
+# more times at the limit, prints `holding tasks=N refused=M` and waits (at
+# most 40 s) for SIGUSR1 from this check, which samples the leaf meanwhile;
+# then it releases and reaps its children and exits 0. (A bash loop of
+# `sleep &` is not deterministic: bash's make_child retries a refused fork
+# with sleeps and gives up -- exit 254 = 126|128, "fork: Interrupted system
+# call" -- when a child's SIGCHLD cuts such a sleep short by a second or more.)
+begin pids "a fork loop under limits.pids = 20 never has more than 20 tasks; refused forks; only the agent in the leaf"
 cat > pids.toml <<'EOF'
 name = "vm-pids"
 [[steps]]
 id = "f"
-command = ["bash", "-c", "for i in $(seq 100); do sleep 3 & done; wait; echo loop-done"]
+command = ["python3", "-c", '''
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+r, w = os.pipe()
+kids, refused = [], 0
+def fork_one():
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    kids.append(pid)
+while len(kids) < 200:
+    try:
+        fork_one()
+    except BlockingIOError:
+        refused += 1
+        break
+for _ in range(10):
+    try:
+        fork_one()
+    except BlockingIOError:
+        refused += 1
+peak = len(kids) + 1
+print(f"holding tasks={peak} refused={refused}", flush=True)
+got = signal.sigtimedwait({signal.SIGUSR1}, 40)
+os.close(w)
+for p in kids:
+    os.waitpid(p, 0)
+print(f"fork-loop-done forked={len(kids)} refused={refused} peak_tasks={peak} released={'yes' if got else 'timeout'}", flush=True)
+sys.exit(0 if refused > 0 else 3)
+''']
 limits = { pids = 20 }
 retry = { max_attempts = 1 }
-timeout = "45s"
+timeout = "60s"
 EOF
 note "$(cat pids.toml)"
+[ "$HAVE_PY" = 1 ] || fail "python3 missing in the guest image (VM_EXTRA_PACKAGES)"
 run orchctl submit pids.toml
 ID=$(head -n1 <<<"$STDOUT")
 [ "$RC" = 0 ] && [ -n "$ID" ] || fail "submit of the plan exited $RC"
-MAXSEEN=0 PMAX="" PEVENTS="" CG=""
+MAXSEEN=0 PMAX="" PEVENTS="" CG="" HOLD=""
 if [ -n "$ID" ]; then
     if wait_running "$ID" 20; then attempt_cgroup "$APID"
     else fail "the attempt did not start running within 20 s"; fi
@@ -246,25 +286,65 @@ fi
 if [ -n "$CG" ]; then
     PMAX=$(cat "$CG/pids.max" 2>/dev/null)
     [ "$PMAX" = 20 ] || fail "pids.max of the attempt cgroup is '$PMAX', want 20"
-    # sample pids.current while it runs (ends by itself in ~20 s, or at its 45 s timeout)
-    deadline=$(( $(date +%s) + 48 ))
+    # the loop holds at the limit until released
+    deadline=$(( $(date +%s) + 30 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        HOLD=$(timeout -k 5 20 orchctl logs "$ID" 2>/dev/null | grep -o 'holding tasks=[0-9]* refused=[0-9]*' | head -n1)
+        [ -n "$HOLD" ] && break
+        sleep 0.3
+    done
+    note "agent: ${HOLD:-(no 'holding' line within 30 s)}"
+    if [ -n "$HOLD" ]; then
+        TASKS=$(sed 's/.*tasks=\([0-9]*\).*/\1/' <<<"$HOLD")
+        CUR_PIDS=$(cat "$CG/pids.current" 2>/dev/null); MAXSEEN=${CUR_PIDS:-0}
+        PROCS=$(tr '\n' ' ' < "$CG/cgroup.procs" 2>/dev/null)
+        COMMS=$(for p in $PROCS; do cat "/proc/$p/comm" 2>/dev/null; done | sort | uniq -c | tr '\n' ';' | tr -s ' ')
+        # read now: the leaf is removed soon after the agent ends
+        PEVENTS=$(sed -n 's/^max //p' "$CG/pids.events" 2>/dev/null)
+        note "at the limit: pids.current=$CUR_PIDS, pids.events max=${PEVENTS:-?} (agent's refused forks: $(sed 's/.*refused=//' <<<"$HOLD")), leaf procs: $PROCS"
+        note "their names: $COMMS"
+        # Only the agent's tasks count against the leaf: not the shim, not orchd.
+        [ "$CUR_PIDS" = "$TASKS" ] || fail "pids.current of the leaf is '$CUR_PIDS' while the agent has $TASKS tasks: something else counts against the leaf's pids.max"
+        for p in $PROCS; do
+            c=$(cat "/proc/$p/comm" 2>/dev/null)
+            case "$c" in python3|"") ;; *) fail "process $p ($c) in the attempt leaf is not the agent's";; esac
+        done
+        [ "$TASKS" -ge 15 ] || fail "the agent held only $TASKS tasks at the limit (pids.max 20)"
+    else
+        fail "the fork loop never reported holding at the limit"
+    fi
+    kill -USR1 "$APID" 2>/dev/null || note "(could not signal $APID)"
+    # sample pids.current until the leaf empties (the loop reaps its children and exits)
+    deadline=$(( $(date +%s) + 30 ))
     while [ -d "$CG" ] && [ "$(date +%s)" -lt "$deadline" ]; do
         c=$(cat "$CG/pids.current" 2>/dev/null) || break
         [ -n "$c" ] && [ "$c" -gt "$MAXSEEN" ] && MAXSEEN=$c
-        e=$(sed -n 's/^max //p' "$CG/pids.events" 2>/dev/null); [ -n "$e" ] && PEVENTS=$e
+        e=$(sed -n 's/^max //p' "$CG/pids.events" 2>/dev/null); [ -n "$e" ] && [ "$e" -gt "${PEVENTS:-0}" ] && PEVENTS=$e
         grep -qx 'populated 0' "$CG/cgroup.events" 2>/dev/null && break
         sleep 0.1
     done
     note "highest pids.current seen: $MAXSEEN; pids.events max: ${PEVENTS:-?}"
     [ "$MAXSEEN" -le 20 ] || fail "saw $MAXSEEN tasks in the attempt cgroup (pids.max 20)"
-    [ "$MAXSEEN" -ge 15 ] || note "(never saw close to 20 tasks: sampling too slow?)"
-    wait_state "$ID" 'failed|succeeded' 10 || fail "the objective did not end"
-    run orchctl logs "$ID"
-    LIMIT_HIT=0
-    grep -q 'Resource temporarily unavailable' <<<"$STDOUT" && LIMIT_HIT=1
-    [ "${PEVENTS:-0}" -gt 0 ] && LIMIT_HIT=1
-    [ "$LIMIT_HIT" = 1 ] || fail "no sign that forks were refused (no 'Resource temporarily unavailable' in the log, pids.events max ${PEVENTS:-?})"
+    [ "${PEVENTS:-0}" -gt 0 ] || fail "pids.events max of the leaf is '${PEVENTS:-?}': the kernel refused no fork"
+fi
+if [ -n "$ID" ]; then
+    wait_state "$ID" 'failed|succeeded|cancelled' 30 || fail "the objective did not end"
     J=$(status_json "$ID"); note "status: $J"
+    S=$(jq -r .state <<<"$J" 2>/dev/null)
+    [ "$S" = succeeded ] || fail "objective state is '$S', want succeeded (last attempt: $(jq -c "($last_attempt) | {outcome, exit_code}" <<<"$J" 2>/dev/null))"
+    LOGS=$(timeout -k 5 20 orchctl logs "$ID" 2>&1)
+    DONE=$(grep -o 'fork-loop-done .*' <<<"$LOGS" | head -n1)
+    note "agent: ${DONE:-(no fork-loop-done line)}"
+    if [ -n "$DONE" ]; then
+        R=$(sed 's/.*refused=\([0-9]*\).*/\1/' <<<"$DONE"); P=$(sed 's/.*peak_tasks=\([0-9]*\).*/\1/' <<<"$DONE")
+        [ "$R" -gt 0 ] || fail "the agent saw no refused fork"
+        [ "$P" -le 20 ] || fail "the agent had $P tasks at once (pids.max 20)"
+        grep -q 'released=yes' <<<"$DONE" || fail "the agent was not released by the check (SIGUSR1)"
+    else
+        fail "the agent did not finish its fork loop"
+    fi
+    # the agent's log in the transcript when anything failed
+    [ -n "$CUR_FAIL" ] && { echo "## orchctl logs $ID"; echo "$LOGS"; } >> "$CUR_LOG"
 fi
 [ -n "$CUR_FAIL" ] && dump_cgroups
 [ -n "$ID" ] && timeout 20 orchctl cancel "$ID" >/dev/null 2>&1
