@@ -517,16 +517,16 @@ impl Store {
     /// flush writes its log with `sync_file_range`, which neither flushes the drive's
     /// write cache nor the file's metadata (a grown file's size): an `fdatasync` of the
     /// log follows, so what is acknowledged after this survives a power cut.
+    ///
+    /// Inline on the caller's thread, not `flush_async`: that hands the flush to sled's
+    /// thread pool, a relay of thread wake-ups that costs more than the write itself on a
+    /// small machine, and the engine waits for the flush either way.
     pub async fn flush(&self) -> Result<()> {
-        let db = self.db()?;
-        db.db.flush_async().await?;
-        // Inline: sled has just written the data (`sync_file_range` waits for it), so
-        // what is left is the metadata and the drive's cache flush.
-        let log = self.path.join("db");
-        sync(&log, true).map_err(|e| StoreError::Sync(format!("{}: {e}", log.display())))
+        self.flush_blocking()
     }
 
-    /// Synchronous flush, for shutdown paths.
+    /// Synchronous flush: sled writes its log (`sync_file_range` waits for the data), and
+    /// the `fdatasync` that follows takes the metadata and the drive's cache.
     pub fn flush_blocking(&self) -> Result<()> {
         self.db()?.db.flush()?;
         let log = self.path.join("db");
