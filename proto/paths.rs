@@ -862,6 +862,27 @@ mod tests {
     }
 
     #[test]
+    fn private_group_is_looked_up_only_where_it_can_change_the_judgment() {
+        // Not group-writable, or sticky: no lookup, and the judgment is the same as with
+        // any private group.
+        for mode in [0o755, 0o700, 0o1777, 0o1775] {
+            let f = Facts {
+                gid: 5000,
+                ..dir(ME, mode)
+            };
+            assert_eq!(private_group_for(f, ME), None, "mode {mode:o}");
+            assert_eq!(
+                judge_dir(f, Side::Client(ME), None),
+                judge_dir(f, Side::Client(ME), Some(5000)),
+                "mode {mode:o}"
+            );
+        }
+        // Group-writable and not sticky: the real lookup (root's primary group here).
+        let f = dir(ME, 0o775);
+        assert_eq!(private_group_for(f, 0), private_group(0));
+    }
+
+    #[test]
     fn the_users_private_group_may_write() {
         // ~/.local made under umask 002 with user private groups: group `me`, nobody else in it.
         let mine = Facts {
