@@ -35,9 +35,23 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// The binaries cargo built for this bench (release profile: `target/release/`).
-const ORCHD: &str = env!("CARGO_BIN_EXE_orchd");
-const ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
+/// The binaries cargo built for this bench (bench profile: `target/release/`).
+const BUILT_ORCHD: &str = env!("CARGO_BIN_EXE_orchd");
+const BUILT_ORCHCTL: &str = env!("CARGO_BIN_EXE_orchctl");
+
+/// The binaries the bench drives: those in `ORCH_BENCH_BIN_DIR` when it is set (a copy of
+/// an earlier build, to measure before and after on the same machine in one sitting), else
+/// the ones cargo built.
+static ORCHD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| bin("orchd", BUILT_ORCHD));
+static ORCHCTL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| bin("orchctl", BUILT_ORCHCTL));
+
+fn bin(name: &str, built: &str) -> String {
+    match std::env::var_os("ORCH_BENCH_BIN_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join(name).display().to_string(),
+        _ => built.to_string(),
+    }
+}
 
 type Client = OrchestratorClient<Channel>;
 
@@ -114,6 +128,7 @@ fn main() -> std::process::ExitCode {
         }
         anyhow::Ok(())
     });
+    versus::print_scorecard();
     println!(
         "\nload average after: {}\nbench wall time: {:.1} s",
         loadavg(),
@@ -133,13 +148,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn preflight() -> Result<()> {
-    for bin in [ORCHD, ORCHCTL] {
+    for bin in [ORCHD.as_str(), ORCHCTL.as_str()] {
         if !Path::new(bin).is_file() {
             bail!("{bin} is missing; build it with `cargo build --release --bins`");
         }
     }
-    println!("orchd:   {ORCHD}");
-    println!("orchctl: {ORCHCTL}");
+    println!("orchd:   {}", *ORCHD);
+    println!("orchctl: {}", *ORCHCTL);
     println!(
         "machine: {} CPUs, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -183,7 +198,7 @@ impl Daemon {
         }
         let log = dir.join(format!("{log_name}.log"));
         let err = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut cmd = Command::new(ORCHD);
+        let mut cmd = Command::new(&*ORCHD);
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
@@ -206,7 +221,7 @@ impl Daemon {
         let spawned = Instant::now();
         let child = cmd
             .spawn()
-            .with_context(|| format!("cannot start {ORCHD}"))?;
+            .with_context(|| format!("cannot start {}", *ORCHD))?;
         Ok(Daemon {
             child,
             dir: dir.to_path_buf(),
@@ -605,7 +620,7 @@ fn row(label: &str, mut values: Vec<u64>) {
 }
 
 fn header(title: &str) {
-    println!("\n== {title} ==");
+    println!("\n== {title} ==  (load average {})", loadavg());
 }
 
 fn row_header() {
@@ -657,6 +672,12 @@ const OVERHEAD_N: usize = 200;
 
 async fn overhead(backend: &str) -> Result<()> {
     let dir = bench_dir("overhead")?;
+    // The runner logs `spawn_us` where it runs: in orchd with the local executor, in each
+    // attempt's shim (its own log) with live restore. This section measures the runner's
+    // spawn, so it runs the local executor.
+    let config = dir.path().join("orchd.toml");
+    fs::write(&config, "live_restore = false\n")
+        .with_context(|| format!("write {}", config.display()))?;
     let mut d = Daemon::start(dir.path(), "orchd", &["--limits-backend", backend], true)?;
     d.wait_serving().await?;
     let client = d.client().await?;
@@ -765,6 +786,24 @@ async fn overhead(backend: &str) -> Result<()> {
         t_all.as_secs_f64() * 1e3,
         per_s(OVERHEAD_N, t_all)
     );
+    let mut seq_spawn = of(&spawn, &seq_ids);
+    seq_spawn.sort_unstable();
+    let spawn_p50 = pct(&seq_spawn, 50.0);
+    versus::score(
+        &format!("spawn -> exec p50 (`spawn_us`, sequential, local executor), {backend} backend"),
+        if seq_spawn.is_empty() {
+            "not logged".to_string()
+        } else {
+            us(spawn_p50)
+        },
+        String::new(),
+        versus::raw_spawn_p50()
+            .map(|v| format!("{} (fork+exec+wait)", us(v)))
+            .unwrap_or_default(),
+        String::new(),
+        "<= 1 ms",
+        (!seq_spawn.is_empty()).then_some(spawn_p50 <= 1_000),
+    );
     check(
         logged == 2 * OVERHEAD_N,
         "orchd logged spawn_us and exit_to_recorded_us for every sequential attempt",
@@ -835,7 +874,7 @@ async fn submit_throughput() -> Result<()> {
     let t_status = shell_loop(
         &work,
         r#"i=0; while [ $i -lt "$3" ]; do "$1" --socket "$2" daemon status >/dev/null || exit 1; i=$((i+1)); done"#,
-        &[ORCHCTL, &socket, &n],
+        &[&ORCHCTL, &socket, &n],
     )
     .await?;
 
@@ -850,7 +889,7 @@ async fn submit_throughput() -> Result<()> {
     let t_loop = shell_loop(
         &work,
         r#"i=0; while [ $i -lt "$3" ]; do "$1" --socket "$2" submit -- true >/dev/null || exit 1; i=$((i+1)); done"#,
-        &[ORCHCTL, &socket, &n],
+        &[&ORCHCTL, &socket, &n],
     )
     .await?;
     let ended_a = done.await.context("watch task panicked")??;
@@ -1360,6 +1399,21 @@ async fn events(watchers: usize) -> Result<()> {
         cpu_b1.0 - cpu_b0.0
     );
     row_header();
+    let mut sorted = delays.clone();
+    sorted.sort_unstable();
+    let p99 = pct(&sorted, 99.0);
+    let rate = first_seqs.len() as f64 / ((ev_last - ev_first).max(1) as f64 / 1e6);
+    if watchers >= 100 {
+        versus::score(
+            &format!("{watchers} watchers: delivery delay p99 (produced at {rate:.0} events/s)"),
+            us(p99),
+            String::new(),
+            String::new(),
+            String::new(),
+            "<= 10 ms at 10,000 events/s",
+            Some(p99 <= 10_000 && rate >= 10_000.0),
+        );
+    }
     row("delivery delay (receive - event time)", delays);
     println!(
         "  (event times are stamped in whole milliseconds before the flush, so a delay reads up to 1 ms high)"

@@ -121,11 +121,16 @@ pub fn client_socket(flag: Option<PathBuf>) -> PathBuf {
 /// client does), else the own default (whose absence the connection reports). The usual
 /// owner and mode checks apply to whichever is chosen.
 pub fn client_socket_choice(flag: Option<PathBuf>) -> (PathBuf, SocketOrigin) {
+    // A flag or ORCH_SOCKET decides without looking at the default sockets.
+    let env = env_path("ORCH_SOCKET");
+    if flag.is_some() || env.is_some() {
+        return choose_socket(flag, env, Path::new(""), false, false);
+    }
     let own = default_socket();
     let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
     choose_socket(
-        flag,
-        env_path("ORCH_SOCKET"),
+        None,
+        None,
         &own,
         exists(&own),
         exists(Path::new(SYSTEM_SOCKET)),
@@ -513,6 +518,18 @@ pub fn private_group(uid: u32) -> Option<u32> {
         .then_some(group.gid.as_raw())
 }
 
+/// [`private_group`] of `uid` where it can matter to judging `f` (a group-writable,
+/// not sticky directory), else `None` without looking: reading the user and group
+/// databases is most of what a client's path checks cost, and most directories are not
+/// group-writable.
+fn private_group_for(f: Facts, uid: u32) -> Option<u32> {
+    if f.mode & STICKY == 0 && f.mode & 0o020 != 0 {
+        private_group(uid)
+    } else {
+        None
+    }
+}
+
 /// Judges the socket file (or a symbolic link to it): owned by the expected user or root.
 /// A root-owned socket is accepted by anyone. Whether it is a socket at all is left to
 /// `connect`, which says so.
@@ -636,10 +653,10 @@ pub fn check_above(
         Err(e) if missing(&e) => return Ok(None),
         Err(e) => return Err(io_error(&abs)(e)),
     };
-    let private_gid = private_group(side.uid());
     for parent in real.ancestors().skip(1) {
         let meta = std::fs::metadata(parent).map_err(io_error(parent))?;
-        match judge_dir(Facts::of(&meta), side, private_gid) {
+        let facts = Facts::of(&meta);
+        match judge_dir(facts, side, private_group_for(facts, side.uid())) {
             Ok(()) => {}
             Err(Problem::Owner { owner }) => {
                 return Err(refuse(Problem::ParentOwner {
@@ -668,7 +685,8 @@ pub fn check_socket_dir(dir: &Path, side: Side) -> Result<Option<PathBuf>, Check
         return Ok(None);
     };
     let meta = std::fs::metadata(&real).map_err(io_error(&real))?;
-    judge_dir(Facts::of(&meta), side, private_group(side.uid())).map_err(|problem| {
+    let facts = Facts::of(&meta);
+    judge_dir(facts, side, private_group_for(facts, side.uid())).map_err(|problem| {
         CheckError::Untrusted(Untrusted {
             subject: Subject::SocketDir,
             path: dir.to_path_buf(),
@@ -841,6 +859,27 @@ mod tests {
         assert_eq!(bits(0o1777), 0);
         assert_eq!(bits(0o755), 0);
         assert_eq!(bits(0o4777), 0o022);
+    }
+
+    #[test]
+    fn private_group_is_looked_up_only_where_it_can_change_the_judgment() {
+        // Not group-writable, or sticky: no lookup, and the judgment is the same as with
+        // any private group.
+        for mode in [0o755, 0o700, 0o1777, 0o1775] {
+            let f = Facts {
+                gid: 5000,
+                ..dir(ME, mode)
+            };
+            assert_eq!(private_group_for(f, ME), None, "mode {mode:o}");
+            assert_eq!(
+                judge_dir(f, Side::Client(ME), None),
+                judge_dir(f, Side::Client(ME), Some(5000)),
+                "mode {mode:o}"
+            );
+        }
+        // Group-writable and not sticky: the real lookup (root's primary group here).
+        let f = dir(ME, 0o775);
+        assert_eq!(private_group_for(f, 0), private_group(0));
     }
 
     #[test]

@@ -10,9 +10,83 @@ use super::*;
 pub struct Machine {
     /// fork+exec+wait of /bin/true, 2 in parallel, per second.
     pub spawn2_per_s: f64,
+    /// fork+exec+wait of /bin/true, sequential, p50 in µs.
+    pub spawn_seq_p50_us: u64,
 }
 
-static MACHINE: std::sync::Mutex<Machine> = std::sync::Mutex::new(Machine { spawn2_per_s: 0.0 });
+static MACHINE: std::sync::Mutex<Machine> = std::sync::Mutex::new(Machine {
+    spawn2_per_s: 0.0,
+    spawn_seq_p50_us: 0,
+});
+
+/// One line of the closing scorecard: a figure of issue 17 with orch, pueue (when pueue
+/// has that figure), the raw machine (when there is a raw equivalent), the ratio and the
+/// target.
+pub struct Score {
+    pub figure: String,
+    pub orch: String,
+    pub pueue: String,
+    pub raw: String,
+    pub ratio: String,
+    pub target: String,
+    pub met: Option<bool>,
+}
+
+static SCORES: std::sync::Mutex<Vec<Score>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds a line to the closing scorecard.
+pub fn score(
+    figure: &str,
+    orch: String,
+    pueue: String,
+    raw: String,
+    ratio: String,
+    target: &str,
+    met: Option<bool>,
+) {
+    if let Ok(mut g) = SCORES.lock() {
+        g.push(Score {
+            figure: figure.to_string(),
+            orch,
+            pueue,
+            raw,
+            ratio,
+            target: target.to_string(),
+            met,
+        });
+    }
+}
+
+/// The raw machine's fork+exec+wait p50 (sequential), when section 0 ran.
+pub fn raw_spawn_p50() -> Option<u64> {
+    MACHINE
+        .lock()
+        .ok()
+        .map(|m| m.spawn_seq_p50_us)
+        .filter(|v| *v > 0)
+}
+
+/// Prints every scorecard line collected in this run (a Markdown table).
+pub fn print_scorecard() {
+    let Ok(g) = SCORES.lock() else { return };
+    if g.is_empty() {
+        return;
+    }
+    header("issue 17 scorecard (this run)");
+    println!("| figure | orch | pueue 4.0.4 | raw machine | ratio | target | met |");
+    println!("|---|---|---|---|---|---|---|");
+    for s in g.iter() {
+        let met = match s.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "",
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {met} |",
+            s.figure, s.orch, s.pueue, s.raw, s.ratio, s.target
+        );
+    }
+}
 
 fn p50(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
@@ -63,9 +137,10 @@ pub fn machine() -> Result<Machine> {
         syncs.push(t.elapsed().as_micros() as u64);
     }
     let sync_p50 = p50(syncs.clone());
+    let seq_p50 = p50(seq);
     println!(
         "  fork+exec+wait /bin/true, sequential:  p50 {}  ({seq_rate:.0}/s)",
-        us(p50(seq))
+        us(seq_p50)
     );
     println!("  fork+exec+wait /bin/true, 2 parallel:  {par_rate:.0}/s");
     row_header();
@@ -76,6 +151,7 @@ pub fn machine() -> Result<Machine> {
     );
     let m = Machine {
         spawn2_per_s: par_rate,
+        spawn_seq_p50_us: seq_p50,
     };
     if let Ok(mut g) = MACHINE.lock() {
         *g = m;
@@ -89,11 +165,11 @@ const PUEUE_VERSION: &str = "4.0.4";
 
 /// `target/bench-tools/pueue-4.0.4/bin`, installed there with `cargo install` if missing.
 fn pueue_bin() -> Result<PathBuf> {
-    let target = PathBuf::from(ORCHD)
+    let target = PathBuf::from(BUILT_ORCHD)
         .parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("cannot find the target directory from {ORCHD}"))?;
+        .ok_or_else(|| anyhow!("cannot find the target directory from {BUILT_ORCHD}"))?;
     let root = target
         .join("bench-tools")
         .join(format!("pueue-{PUEUE_VERSION}"));
@@ -211,7 +287,7 @@ fn timed(mut c: Command) -> Result<u64> {
 }
 
 fn orchctl(socket: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(ORCHCTL);
+    let mut c = Command::new(&*ORCHCTL);
     c.arg("--socket")
         .arg(socket)
         .args(args)
@@ -287,12 +363,13 @@ pub async fn versus() -> Result<()> {
     let o_wait = p50(o) as f64 / 1e3;
     let p_wait = p50(p) as f64 / 1e3;
 
-    // 300 `true` through a shell loop of the CLI, to all done.
-    let n = "300";
+    // LOOP_N `true` through a shell loop of the CLI, to all done (pueue needs ~0.3 s each).
+    const LOOP_N: usize = 100;
+    let n = "100";
     let client = d.client().await?;
     let done = ended_watch(
         watch_all(&client, &["objective_state"]).await?,
-        300,
+        LOOP_N,
         Duration::from_secs(120),
     );
     let t = Instant::now();
@@ -300,11 +377,11 @@ pub async fn versus() -> Result<()> {
     shell_loop(
         &work,
         r#"i=0; while [ $i -lt "$3" ]; do "$1" --socket "$2" submit -- true >/dev/null || exit 1; i=$((i+1)); done"#,
-        &[ORCHCTL, &sock, n],
+        &[&ORCHCTL, &sock, n],
     )
     .await?;
     let ended = done.await.context("watch task panicked")??;
-    let o_loop = per_s(300, t.elapsed());
+    let o_loop = per_s(LOOP_N, t.elapsed());
     let ok = count_succeeded(&ended);
     let t = Instant::now();
     let pueue_bin = pueue.bin.join("pueue").display().to_string();
@@ -316,7 +393,7 @@ pub async fn versus() -> Result<()> {
     )
     .await?;
     pueue.run(&["wait"])?;
-    let p_loop = per_s(300, t.elapsed());
+    let p_loop = per_s(LOOP_N, t.elapsed());
     let pueued_rss_after = rss_kib(pueue.daemon.id())?;
     let orchd_rss_after = d.rss_kib()?;
     d.stop().await?;
@@ -338,7 +415,7 @@ pub async fn versus() -> Result<()> {
         "ms",
     );
     ratio_row(
-        "300 `true` through a shell loop, end to end",
+        "100 `true` through a shell loop, end to end",
         o_loop,
         p_loop,
         "/s",
@@ -350,7 +427,7 @@ pub async fn versus() -> Result<()> {
         "MiB",
     );
     ratio_row(
-        "RSS after this section (~950 tasks)",
+        "RSS after this section (~450 tasks)",
         orchd_rss_after as f64 / 1024.0,
         pueued_rss_after as f64 / 1024.0,
         "MiB",
@@ -363,7 +440,47 @@ pub async fn versus() -> Result<()> {
             "NOT met"
         }
     );
-    check(ok == 300, &format!("orch: all 300 succeeded ({ok})"));
+    check(
+        ok == LOOP_N,
+        &format!("orch: all {LOOP_N} succeeded ({ok})"),
+    );
+    let r = |o: f64, p: f64| format!("{:.2}", o / p.max(1e-9));
+    score(
+        "`orchctl submit -- true` vs `pueue add -- true`, whole process, p50",
+        format!("{o_add:.2} ms"),
+        format!("{p_add:.2} ms"),
+        String::new(),
+        r(o_add, p_add),
+        "ratio <= 0.80",
+        Some(o_add <= 0.8 * p_add),
+    );
+    score(
+        "submit -> seen done by the client (`submit --wait` vs `add` + `wait`), p50",
+        format!("{o_wait:.2} ms"),
+        format!("{p_wait:.2} ms"),
+        String::new(),
+        r(o_wait, p_wait),
+        "",
+        None,
+    );
+    score(
+        "100 `true` through a shell loop of the CLI, end to end",
+        format!("{o_loop:.0}/s"),
+        format!("{p_loop:.1}/s"),
+        String::new(),
+        r(o_loop, p_loop),
+        "",
+        None,
+    );
+    score(
+        "idle RSS (right after start)",
+        format!("{:.1} MiB", orchd_rss_idle as f64 / 1024.0),
+        format!("{:.1} MiB", pueued_rss_idle as f64 / 1024.0),
+        String::new(),
+        r(orchd_rss_idle as f64, pueued_rss_idle as f64),
+        "orch <= 10 MiB",
+        Some(orchd_rss_idle <= 10 * 1024),
+    );
     Ok(())
 }
 
@@ -516,6 +633,52 @@ pub async fn targets() -> Result<()> {
     println!(
         "    history {hist} vs 1,000 stored within 1.2x: throughput {grow_rate:.2}x slower, Submit p50 {grow_sub:.2}x ({})",
         verdict(grow_rate <= 1.2 && grow_sub <= 1.2)
+    );
+    let raw_p50 = raw_spawn_p50().map(us).unwrap_or_default();
+    score(
+        "exit -> `attempt_ended` at a watcher, p50",
+        us(exit_p50),
+        String::new(),
+        String::new(),
+        String::new(),
+        "<= 1 ms",
+        Some(exit_p50 <= 1_000),
+    );
+    score(
+        "`orchctl submit --wait -- true`, whole process, p50",
+        us(wait_p50),
+        String::new(),
+        format!("{raw_p50} (fork+exec+wait)"),
+        String::new(),
+        "<= 5 ms",
+        Some(wait_p50 <= 5_000),
+    );
+    score(
+        "one gRPC client, 64 in flight, 2 slots: `true` to success",
+        format!("{rate_1k:.0}/s"),
+        String::new(),
+        format!("{raw2:.0}/s (2-parallel fork+exec+wait)"),
+        format!("{:.2}", rate_1k / raw2.max(1e-9)),
+        ">= 1,000/s and >= 0.35 of raw",
+        Some(rate_1k >= 1_000.0 && pct_raw >= 35.0),
+    );
+    score(
+        &format!("orchd RSS with {hist} stored objectives"),
+        format!("{:.1} MiB", rss_hist as f64 / 1024.0),
+        String::new(),
+        String::new(),
+        String::new(),
+        "<= 25 MiB (at 10,000)",
+        Some(rss_hist <= 25 * 1024),
+    );
+    score(
+        &format!("cost with {hist} stored vs 1,000: throughput / Submit p50"),
+        format!("{grow_rate:.2}x / {grow_sub:.2}x"),
+        String::new(),
+        String::new(),
+        String::new(),
+        "both <= 1.2x (stated for 100,000)",
+        Some(grow_rate <= 1.2 && grow_sub <= 1.2),
     );
     check(
         ok_1k == 1_000 && ok_h == 1_000,

@@ -101,7 +101,7 @@ impl Engine {
             "the store writes again; what was held is durable now"
         );
         self.disk.set_store_problem(None);
-        self.publish(d.events, d.after);
+        self.publish(d.events, d.after).await;
     }
 
     /// Why new work is refused now: the store cannot write, or the disk is below the

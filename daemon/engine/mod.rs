@@ -553,11 +553,12 @@ impl Engine {
                 return;
             }
         }
-        self.publish(turn.events, turn.after);
+        self.publish(turn.events, turn.after).await;
     }
 
     /// The turn is durable: its events go out, then its actions.
-    fn publish(&mut self, events: Vec<Event>, after: Vec<After>) {
+    async fn publish(&mut self, events: Vec<Event>, after: Vec<After>) {
+        let mut woken = !events.is_empty();
         if let Some(last) = events.last() {
             self.published.store(last.seq, Ordering::SeqCst);
         }
@@ -566,6 +567,14 @@ impl Engine {
             let _ = self.events.send(Arc::new(e));
         }
         for a in after {
+            if woken && matches!(a, After::Spawn(_)) {
+                // A task woken from here (a reply's caller, a watcher) waits in this
+                // worker's LIFO slot until the engine yields: let it answer before the
+                // spawns (clone, exec) of this turn, not after them.
+                tokio::task::yield_now().await;
+                woken = false;
+            }
+            woken |= matches!(a, After::Reply(_));
             self.act(a);
         }
     }
