@@ -544,6 +544,18 @@ fn orchd_killed_mid_round_resumes_the_round() {
             .count(),
         1
     );
-    drop(d);
+    // The opener's second open of the gate waits for a reader, and there is none when one
+    // attempt was enough (the first "go" reached the attempt that finished): be that reader,
+    // without blocking, so that it can end (before `d` removes the directory the gate is in).
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&gate)
+            .expect("open the gate to read")
+    };
     let _ = opener.join();
+    drop(reader);
+    drop(d);
 }
