@@ -522,9 +522,9 @@ pub fn private_group(uid: u32) -> Option<u32> {
 /// not sticky directory), else `None` without looking: reading the user and group
 /// databases is most of what a client's path checks cost, and most directories are not
 /// group-writable.
-fn private_group_for(f: Facts, uid: u32) -> Option<u32> {
+fn private_group_for(f: Facts, lookup: impl FnOnce() -> Option<u32>) -> Option<u32> {
     if f.mode & STICKY == 0 && f.mode & 0o020 != 0 {
-        private_group(uid)
+        lookup()
     } else {
         None
     }
@@ -653,10 +653,15 @@ pub fn check_above(
         Err(e) if missing(&e) => return Ok(None),
         Err(e) => return Err(io_error(&abs)(e)),
     };
+    // Looked up at most once, and only if some ancestor is group-writable.
+    let private_gid = std::cell::OnceCell::new();
     for parent in real.ancestors().skip(1) {
         let meta = std::fs::metadata(parent).map_err(io_error(parent))?;
         let facts = Facts::of(&meta);
-        match judge_dir(facts, side, private_group_for(facts, side.uid())) {
+        let gid = private_group_for(facts, || {
+            *private_gid.get_or_init(|| private_group(side.uid()))
+        });
+        match judge_dir(facts, side, gid) {
             Ok(()) => {}
             Err(Problem::Owner { owner }) => {
                 return Err(refuse(Problem::ParentOwner {
@@ -686,7 +691,12 @@ pub fn check_socket_dir(dir: &Path, side: Side) -> Result<Option<PathBuf>, Check
     };
     let meta = std::fs::metadata(&real).map_err(io_error(&real))?;
     let facts = Facts::of(&meta);
-    judge_dir(facts, side, private_group_for(facts, side.uid())).map_err(|problem| {
+    judge_dir(
+        facts,
+        side,
+        private_group_for(facts, || private_group(side.uid())),
+    )
+    .map_err(|problem| {
         CheckError::Untrusted(Untrusted {
             subject: Subject::SocketDir,
             path: dir.to_path_buf(),
@@ -870,7 +880,11 @@ mod tests {
                 gid: 5000,
                 ..dir(ME, mode)
             };
-            assert_eq!(private_group_for(f, ME), None, "mode {mode:o}");
+            assert_eq!(
+                private_group_for(f, || private_group(ME)),
+                None,
+                "mode {mode:o}"
+            );
             assert_eq!(
                 judge_dir(f, Side::Client(ME), None),
                 judge_dir(f, Side::Client(ME), Some(5000)),
@@ -879,7 +893,7 @@ mod tests {
         }
         // Group-writable and not sticky: the real lookup (root's primary group here).
         let f = dir(ME, 0o775);
-        assert_eq!(private_group_for(f, 0), private_group(0));
+        assert_eq!(private_group_for(f, || private_group(0)), private_group(0));
     }
 
     #[test]
