@@ -227,6 +227,12 @@ fn own_cgroup() -> Option<String> {
         .map(|p| p.trim().to_string())
 }
 
+/// The cgroup whose `supervisor` leaf `own` is (where orchd moved itself in a delegated
+/// cgroup), if it is one.
+fn resumed_base(own: &str) -> Option<&str> {
+    own.strip_suffix("/supervisor").filter(|p| !p.is_empty())
+}
+
 /// Whether systemd delegated the cgroup at `dir` (xattr `trusted.delegate` or `user.delegate` = 1).
 fn delegated(dir: &Path) -> bool {
     [c"trusted.delegate", c"user.delegate"].iter().any(|name| {
@@ -237,8 +243,17 @@ fn delegated(dir: &Path) -> bool {
 
 fn detect_cgroup(instance: &str) -> Result<CgroupTree, String> {
     let mount = cgroup2_mount().ok_or("no cgroup2 file system mounted")?;
-    let own = own_cgroup().ok_or("this process has no cgroup v2 path")?;
-    let own_dir = mount.join(own.trim_start_matches('/'));
+    let mut own = own_cgroup().ok_or("this process has no cgroup v2 path")?;
+    let mut own_dir = mount.join(own.trim_start_matches('/'));
+    // Re-executed in place (an upgrade): this process already sits in the `supervisor`
+    // leaf it made of the delegated cgroup, which stays the base of the attempts.
+    if let Some(parent) = resumed_base(&own)
+        && !delegated(&own_dir)
+        && delegated(&mount.join(parent.trim_start_matches('/')))
+    {
+        own = parent.to_string();
+        own_dir = mount.join(own.trim_start_matches('/'));
+    }
     if !sys::can_write(&own_dir) {
         return Err(format!(
             "{} is not writable (not delegated)",
@@ -436,6 +451,17 @@ mod tests {
             controllers: controllers.iter().map(|s| s.to_string()).collect(),
             owned_base: false,
         }
+    }
+
+    #[test]
+    fn a_re_executed_orchd_finds_the_base_above_its_supervisor_leaf() {
+        assert_eq!(
+            resumed_base("/system.slice/orchd.service/supervisor"),
+            Some("/system.slice/orchd.service")
+        );
+        assert_eq!(resumed_base("/system.slice/orchd.service"), None);
+        assert_eq!(resumed_base("/supervisor"), None);
+        assert_eq!(resumed_base("/a/not-supervisor"), None);
     }
 
     #[test]

@@ -626,9 +626,13 @@ async fn serve(
         .serve_with_incoming_shutdown(admission.incoming(listener), async {
             let _ = server_stop_rx.await;
         });
+    // READY=1 goes out before the first answer: the socket is bound (callers queue in its
+    // backlog), and a client that saw an answer must find systemd knowing orchd is ready.
+    // After an upgrade that client is `systemctl reload`'s ExecReload: were its exit seen
+    // first, systemd would act on the old image's last state instead.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let server_task = tokio::spawn(server);
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(socket = %socket.display(), "orchd ready");
     spawn_watchdog(cmd_tx.clone());
 
@@ -671,7 +675,7 @@ async fn serve(
         }
         r = &mut engine_task => Some(r),
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notify_leaving(upgrading);
     health_reporter
         .set_not_serving::<OrchestratorServer<api::Api>>()
         .await;
@@ -723,6 +727,24 @@ fn instance_name(state_dir: &Path) -> String {
 }
 
 /// Pings systemd's watchdog while the engine loop answers (only when WatchdogSec is set).
+/// Tells the service manager why orchd leaves its loop. A stop is STOPPING=1. An upgrade
+/// is RELOADING=1 (with the MONOTONIC_USEC systemd ≥ 253 asks for): the same pid comes back
+/// with READY=1. STOPPING=1 there would make systemd stop the service, at once when the
+/// upgrade came from `orchctl daemon upgrade` or SIGUSR2, and when `systemctl reload`'s
+/// control process ends before the new image's READY=1 is read.
+fn notify_leaving(upgrading: bool) {
+    use sd_notify::NotifyState;
+    let mut states = vec![if upgrading {
+        NotifyState::Reloading
+    } else {
+        NotifyState::Stopping
+    }];
+    if upgrading && let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(&states);
+}
+
 fn spawn_watchdog(engine: mpsc::Sender<engine::Command>) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;

@@ -75,5 +75,6 @@ fi
 grc=$(tr -dc 0-9 < "$RES/out/rc")
 [ -f "$RES/out/summary.txt" ] && cat "$RES/out/summary.txt"
 [ -f "$RES/out/failures.txt" ] && { echo "--- failures (details under $RES/out/checks)"; cat "$RES/out/failures.txt"; }
+[ "$grc" = 0 ] || "$REPO/tests/vm/show-failures.sh" "$RES/out"
 if [ "$grc" = 0 ]; then echo "VM DEB TEST: PASS (${WALL}s)"; else echo "VM DEB TEST: FAIL (guest exit $grc, ${WALL}s)"; fi
 exit "$grc"

@@ -110,6 +110,7 @@ fi
 grc=$(tr -dc 0-9 < "$RES/out/rc")
 [ -f "$RES/out/summary.txt" ] && cat "$RES/out/summary.txt"
 [ -f "$RES/out/failures.txt" ] && { echo "--- failures (details under $RES)"; cat "$RES/out/failures.txt"; }
+[ "$grc" = 0 ] || "$REPO/tests/vm/show-failures.sh" "$RES/out"
 echo "results: $RES (out/summary.txt, out/checks/, out/journal-orchd.txt, out/journal.txt, console.log)"
 if [ "$grc" = 0 ]; then
     echo "VM TEST: PASS (${WALL}s)"

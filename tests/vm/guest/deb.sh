@@ -179,16 +179,36 @@ run orchd --version
 run readlink "/proc/$OPID/exe"
 [ "$STDOUT" = /usr/bin/orchd ] || fail "orchd runs '$STDOUT', not the upgraded /usr/bin/orchd"
 [ "$(stat -L -c %i "/proc/$OPID/exe")" = "$(stat -c %i /usr/bin/orchd)" ] || fail "orchd's image is not the installed file"
+[ "$(daemon_field limits_backend)" = cgroup-v2 ] \
+    || fail "after the upgrade the limits backend is '$(daemon_field limits_backend)': $(daemon_field limits_detail)"
 check_agent "after the upgrade"
 end
 
 begin reload "systemctl reload orchd re-executes it in place; the agent keeps running"
 OSTART=$(daemon_field daemon_started_ms)
 T=120 run systemctl reload orchd.service
-[ "$RC" = 0 ] || fail "systemctl reload exited $RC"
+if [ "$RC" != 0 ]; then
+    run systemctl status --no-pager -n 30 orchd.service
+    fail "systemctl reload exited $RC"
+fi
 [ "$(main_pid)" = "$OPID" ] || fail "orchd's pid went from $OPID to $(main_pid)"
 [ "$(daemon_field daemon_started_ms)" != "$OSTART" ] || fail "orchd did not re-execute"
+[ "$(systemctl show -p SubState --value orchd.service)" = running ] \
+    || fail "after the reload orchd.service is '$(systemctl show -p SubState --value orchd.service)', not running"
+[ "$(daemon_field limits_backend)" = cgroup-v2 ] || fail "after the reload the limits backend is '$(daemon_field limits_backend)'"
 check_agent "after the reload"
+# Asked directly (not through systemctl), the re-execution must not look like a stop to
+# systemd: it tells RELOADING=1, then READY=1, and the unit stays running.
+OSTART=$(daemon_field daemon_started_ms)
+T=120 run orchctl daemon upgrade
+[ "$RC" = 0 ] || fail "orchctl daemon upgrade exited $RC"
+substate() { systemctl show -p SubState --value orchd.service; }
+until_true 30 bash -c '[ "$(systemctl show -p SubState --value orchd.service)" = running ]' \
+    || fail "after orchctl daemon upgrade orchd.service is '$(substate)', not running"
+[ "$(main_pid)" = "$OPID" ] || fail "orchd's pid went from $OPID to $(main_pid) after orchctl daemon upgrade"
+[ "$(daemon_field daemon_started_ms)" != "$OSTART" ] || fail "orchctl daemon upgrade did not re-execute"
+check_agent "after orchctl daemon upgrade"
+[ "$(substate)" = running ] || fail "orchd.service went '$(substate)' after orchctl daemon upgrade"
 end
 
 begin crash-restart "orchd killed -9: systemd restarts it (live_restore = true), it re-attaches the agent"
