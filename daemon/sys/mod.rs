@@ -32,10 +32,10 @@ pub use nix::sys::signal::Signal;
 pub use process::{
     Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
     in_attempt_tree, pidfd_open, process_start_ticks, processes_with_env, reap, run_as,
-    session_members, signal_group, signal_process, usage_of, user_name, wait_blocking,
+    session_members, signal_group, signal_process, usage_of, user_name, wait_blocking, wait_exit,
 };
-pub use shim::{detach_fork, reexec, shim_pre_exec, take_shim_listener};
-pub use spawn::{SpawnSpec, spawn};
+pub use shim::{detach_fork, reexec, take_shim_listener};
+pub use spawn::{FdSpawn, SpawnSpec, spawn, spawn_with_fds};
 pub use watch::{Watch, WatchFlags, readable_fd};
 
 /// A system call that failed, with what it was called on.

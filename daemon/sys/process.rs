@@ -78,6 +78,28 @@ pub fn wait_blocking(pid: u32) {
     unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
 }
 
+/// Waits for our child `pid` to end and reaps it; returns its exit status (128 + the
+/// signal's number when a signal ended it), as a shell reports it.
+pub fn wait_exit(pid: u32) -> std::io::Result<i32> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes only into the local status.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r >= 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    })
+}
+
 /// Reaps `pid` if it has exited (`wait4` with `WNOHANG`); `None` while it runs.
 pub fn reap(pid: u32) -> Result<Option<Reaped>, SysError> {
     let mut status: libc::c_int = 0;

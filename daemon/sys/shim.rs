@@ -10,27 +10,6 @@ use std::path::Path;
 /// The descriptor a shim finds its per-attempt listening socket on.
 pub const SHIM_LISTENER_FD: RawFd = 3;
 
-/// In the shim's first process, between fork and exec: a session of its own (outside
-/// orchd's process group and terminal) and the listener moved to [`SHIM_LISTENER_FD`],
-/// inheritable. Only async-signal-safe calls.
-pub fn shim_pre_exec(listener: RawFd) -> io::Result<()> {
-    // SAFETY: setsid, fcntl and dup2 are async-signal-safe and take plain integers.
-    unsafe {
-        if libc::setsid() < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let r = if listener == SHIM_LISTENER_FD {
-            libc::fcntl(SHIM_LISTENER_FD, libc::F_SETFD, 0)
-        } else {
-            libc::dup2(listener, SHIM_LISTENER_FD)
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Forks so that the shim is nobody's child but init's (or a subreaper's) once its first
 /// process exits: returns `true` in that first process, which must exit at once. Call
 /// only while the process has a single thread.

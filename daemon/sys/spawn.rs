@@ -8,9 +8,9 @@
 //! kernels, other architectures) the spawn falls back to `std::process::Command` with the
 //! same `pre_exec` hook (a fork).
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::child::{ChildSetup, child_pre_exec};
@@ -48,6 +48,94 @@ pub fn spawn(mut spec: SpawnSpec<'_>) -> io::Result<Spawned> {
         }
     }
     spawn_std(spec)
+}
+
+/// What to start with descriptors of the caller's: the shim of an attempt.
+pub struct FdSpawn<'a> {
+    /// The program (run as is, not looked up on `PATH`).
+    pub program: &'a Path,
+    /// `argv`, its first element included (the name the process shows).
+    pub argv: &'a [OsString],
+    /// Descriptors 0, 1 and 2 of the child.
+    pub stdio: [RawFd; 3],
+    /// Handed to the child as descriptor 3, inheritable (every other descriptor of the
+    /// caller is closed on exec).
+    pub fd3: RawFd,
+}
+
+/// Starts `spec` in a session of its own, with the caller's environment and the umask
+/// orchd was started with ([`child_pre_exec`]), without copying the daemon (`clone3` as
+/// [`spawn`]; a fork where that is missing). Returns the child's pid; the caller reaps it.
+pub fn spawn_with_fds(spec: &FdSpawn<'_>) -> io::Result<u32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match clone3::spawn_with_fds(spec) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+            other => return other,
+        }
+    }
+    spawn_with_fds_std(spec)
+}
+
+fn spawn_with_fds_std(spec: &FdSpawn<'_>) -> io::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let (stdio, fd3) = (spec.stdio, spec.fd3);
+    let mut cmd = std::process::Command::new(spec.program);
+    if let Some(first) = spec.argv.first() {
+        cmd.arg0(first);
+    }
+    cmd.args(spec.argv.iter().skip(1));
+    let setup = ChildSetup::default();
+    // SAFETY: dup2, fcntl and child_pre_exec are async-signal-safe; the data was
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            place_stdio(&stdio)?;
+            child_pre_exec(&setup)?;
+            place_fd3(fd3)
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(child.id())
+}
+
+/// In the child: `fds` become 0, 1 and 2. Only async-signal-safe calls.
+fn place_stdio(fds: &[RawFd; 3]) -> io::Result<()> {
+    for (target, &fd) in fds.iter().enumerate() {
+        let target = target as libc::c_int;
+        // SAFETY: dup2/fcntl on fds the parent opened for the child.
+        let ok = unsafe {
+            if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) == target
+            }
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// In the child, after [`child_pre_exec`] marked every descriptor from 3 up close-on-exec:
+/// `fd` becomes descriptor 3, inherited by the program. Only async-signal-safe calls.
+fn place_fd3(fd: RawFd) -> io::Result<()> {
+    const THREE: RawFd = 3;
+    // SAFETY: dup2/fcntl on a descriptor the parent opened for the child; dup2's copy is
+    // not close-on-exec.
+    let ok = unsafe {
+        if fd == THREE {
+            libc::fcntl(fd, libc::F_SETFD, 0) == 0
+        } else {
+            libc::dup2(fd, THREE) == THREE
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The portable path: `std::process::Command` with the same pre-exec hook (a fork).
@@ -166,6 +254,8 @@ mod clone3 {
     /// Everything the child reads, prepared before the clone; `error` is what it writes.
     struct Ctx {
         stdio: [libc::c_int; 3],
+        /// Made descriptor 3 after the setup (-1: none).
+        fd3: libc::c_int,
         setup: ChildSetup,
         paths: Vec<CString>,
         argv: Vec<*const libc::c_char>,
@@ -212,23 +302,17 @@ mod clone3 {
     extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `Ctx` the parent keeps alive (it is suspended until exec).
         let ctx = unsafe { &*(arg as *const Ctx) };
-        for (target, &fd) in ctx.stdio.iter().enumerate() {
-            let target = target as libc::c_int;
-            // SAFETY: dup2/fcntl on fds the parent opened for the child.
-            let ok = unsafe {
-                if fd == target {
-                    libc::fcntl(fd, libc::F_SETFD, 0) == 0
-                } else {
-                    libc::dup2(fd, target) == target
-                }
-            };
-            if !ok {
-                return fail(ctx, io::Error::last_os_error().raw_os_error());
-            }
+        if let Err(e) = place_stdio(&ctx.stdio) {
+            return fail(ctx, e.raw_os_error());
         }
         // SAFETY: we are between clone and exec; child_pre_exec makes only
         // async-signal-safe calls on the prepared data.
         if let Err(e) = unsafe { child_pre_exec(&ctx.setup) } {
+            return fail(ctx, e.raw_os_error());
+        }
+        if ctx.fd3 >= 0
+            && let Err(e) = place_fd3(ctx.fd3)
+        {
             return fail(ctx, e.raw_os_error());
         }
         let mut err = libc::ENOENT;
@@ -332,7 +416,70 @@ mod clone3 {
         } else {
             (None, open_cloexec(c"/dev/null", libc::O_RDWR)?)
         };
-        let cgroup_fd = match spec.cgroup {
+        let mut ctx = Ctx {
+            stdio: [in_child.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            fd3: -1,
+            setup: std::mem::take(&mut spec.setup),
+            argv: ptrs(&argv_c),
+            envp: ptrs(&env_c),
+            paths,
+            error: AtomicI32::new(0),
+        };
+        let started = run(&mut ctx, spec.cgroup);
+        if matches!(&started, Err(e) if e.raw_os_error() == Some(libc::ENOSYS)) {
+            spec.setup = ctx.setup;
+        }
+        let pid = started?;
+        drop((argv_c, env_c));
+        Ok(Spawned {
+            pid,
+            stdin: in_parent,
+            stdout: out_r,
+            stderr: err_r,
+            vfork: true,
+        })
+    }
+
+    /// The shim's start: see [`super::spawn_with_fds`].
+    pub(super) fn spawn_with_fds(spec: &FdSpawn<'_>) -> io::Result<u32> {
+        let path = cstring(spec.program.as_os_str())?;
+        let argv_c = spec
+            .argv
+            .iter()
+            .map(|a| cstring(a))
+            .collect::<io::Result<Vec<_>>>()?;
+        let env_c = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k;
+                kv.push("=");
+                kv.push(v);
+                cstring(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let ptrs = |v: &[CString]| {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        let mut ctx = Ctx {
+            stdio: spec.stdio,
+            fd3: spec.fd3,
+            setup: ChildSetup::default(),
+            argv: ptrs(&argv_c),
+            envp: ptrs(&env_c),
+            paths: vec![path],
+            error: AtomicI32::new(0),
+        };
+        let pid = run(&mut ctx, None);
+        drop((argv_c, env_c));
+        pid
+    }
+
+    /// Clones the child that runs `ctx` (in `cgroup` if given) and waits until it exec'd
+    /// or failed; returns its pid, or its error (the failed child is reaped).
+    fn run(ctx: &mut Ctx, cgroup: Option<&Path>) -> io::Result<u32> {
+        let cgroup_fd = match cgroup {
             Some(c) => Some(open_cloexec(
                 &cstring(c.as_os_str())?,
                 libc::O_PATH | libc::O_DIRECTORY,
@@ -340,14 +487,6 @@ mod clone3 {
             None => None,
         };
         let stack = Stack::new()?;
-        let mut ctx = Ctx {
-            stdio: [in_child.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-            setup: std::mem::take(&mut spec.setup),
-            argv: ptrs(&argv_c),
-            envp: ptrs(&env_c),
-            paths,
-            error: AtomicI32::new(0),
-        };
         let mut args = CloneArgs {
             flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
             exit_signal: libc::SIGCHLD as u64,
@@ -368,26 +507,24 @@ mod clone3 {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            let mut pid = clone3_run(&args, child_main, (&raw mut ctx).cast());
+            let ctx_ptr: *mut Ctx = ctx;
+            let mut pid = clone3_run(&args, child_main, ctx_ptr.cast());
             if pid < 0 && cgroup_fd.is_some() && pid != -(libc::ENOSYS as libc::c_long) {
                 // A leaf clone3 cannot start in (or a kernel without CLONE_INTO_CGROUP):
                 // the child moves itself there instead.
                 args.flags &= !CLONE_INTO_CGROUP;
                 args.cgroup = 0;
-                if let Some(c) = spec.cgroup {
-                    ctx.setup.cgroup_procs =
+                if let Some(c) = cgroup {
+                    (*ctx_ptr).setup.cgroup_procs =
                         CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes())
                             .ok();
                 }
-                pid = clone3_run(&args, child_main, (&raw mut ctx).cast());
+                pid = clone3_run(&args, child_main, ctx_ptr.cast());
             }
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
             pid
         };
         if pid < 0 {
-            if pid == -(libc::ENOSYS as libc::c_long) {
-                spec.setup = ctx.setup;
-            }
             return Err(io::Error::from_raw_os_error(-pid as i32));
         }
         let pid = pid as u32;
@@ -400,14 +537,7 @@ mod clone3 {
             unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
             return Err(io::Error::from_raw_os_error(code));
         }
-        drop((argv_c, env_c));
-        Ok(Spawned {
-            pid,
-            stdin: in_parent,
-            stdout: out_r,
-            stderr: err_r,
-            vfork: true,
-        })
+        Ok(pid)
     }
 }
 
@@ -468,6 +598,68 @@ mod tests {
             .err()
             .expect("an error");
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    fn hands_on_exactly_the_given_descriptors(start: fn(&FdSpawn<'_>) -> io::Result<u32>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::fs::File::create(dir.path().join("out")).expect("create");
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let (r, w) = pipe().expect("pipe");
+        // Open without close-on-exec: it must not reach the child all the same.
+        // SAFETY: open with a static NUL-terminated path; the fd is owned below.
+        let stray = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(stray > 2, "open /dev/null");
+        // SAFETY: just opened, owned by nobody else.
+        let stray = unsafe { OwnedFd::from_raw_fd(stray) };
+        let script = format!(
+            "echo out; test -e /proc/self/fd/{} && echo leaked >&3; echo \"$0\" >&3; exec sleep 30",
+            stray.as_raw_fd()
+        );
+        let argv: Vec<OsString> = vec!["named".into(), "-c".into(), script.into()];
+        let pid = start(&FdSpawn {
+            program: Path::new("/bin/sh"),
+            argv: &argv,
+            stdio: [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()],
+            fd3: w.as_raw_fd(),
+        })
+        .expect("spawn");
+        drop(w);
+        // The script's last line before it sleeps.
+        let mut first = [0u8; 6];
+        let mut f = std::fs::File::from(r);
+        f.read_exact(&mut first).expect("read fd 3");
+        assert_eq!(
+            &first, b"named\n",
+            "a descriptor without close-on-exec leaked"
+        );
+        // SAFETY: getsid reads the session of our own child.
+        assert_eq!(
+            unsafe { libc::getsid(pid as libc::pid_t) },
+            pid as libc::pid_t
+        );
+        // SAFETY: kills and reaps our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(
+            super::super::wait_exit(pid).expect("reap"),
+            128 + libc::SIGKILL
+        );
+        let text = std::fs::read_to_string(dir.path().join("out")).expect("read out");
+        assert_eq!(text, "out\n");
+        let missing = start(&FdSpawn {
+            program: Path::new("/nonexistent/orchd"),
+            argv: &argv,
+            stdio: [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()],
+            fd3: null.as_raw_fd(),
+        })
+        .expect_err("an error");
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_start_with_given_descriptors_hands_on_exactly_those_in_a_session_of_its_own() {
+        hands_on_exactly_the_given_descriptors(spawn_with_fds);
+        // The fork path, where clone3 is missing.
+        hands_on_exactly_the_given_descriptors(spawn_with_fds_std);
     }
 
     #[test]

@@ -13,9 +13,7 @@ pub mod wire;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -127,33 +125,28 @@ impl ShimExecutor {
         let listener = std::os::unix::net::UnixListener::bind(dir.join(wire::SOCK))?;
         let conn = std::os::unix::net::UnixStream::connect(dir.join(wire::SOCK))?;
         let log = std::fs::File::create(dir.join(wire::SHIM_LOG))?;
-        let fd = listener.as_raw_fd();
-        let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.arg0("orchd-shim")
-            .arg(SHIM_ARG)
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: shim_pre_exec makes only async-signal-safe calls (setsid, dup2, fcntl),
-        // as does restore_inherited_umask (umask): the shim starts with the umask orchd was
-        // started with, keeps it for its agent and restricts its own.
-        unsafe {
-            cmd.pre_exec(move || {
-                sys::restore_inherited_umask();
-                sys::shim_pre_exec(fd)
-            });
-        }
-        let mut first = cmd.spawn()?;
-        drop(listener);
+        let null = std::fs::File::open("/dev/null")?;
+        // In a session of its own, with the listener as descriptor 3 and the umask orchd
+        // was started with (which it keeps for its agent and restricts for itself);
+        // started without copying orchd (`clone3`, as agents are).
+        let argv = [
+            std::ffi::OsString::from("orchd-shim"),
+            SHIM_ARG.into(),
+            dir.as_os_str().to_owned(),
+        ];
+        let first = sys::spawn_with_fds(&sys::FdSpawn {
+            program: Path::new("/proc/self/exe"),
+            argv: &argv,
+            stdio: [null.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
+            fd3: listener.as_raw_fd(),
+        })?;
+        drop((listener, log, null));
         // The first process forks the shim and exits at once; it is reaped off the
         // engine's thread.
-        tokio::task::spawn_blocking(move || {
-            if let Ok(status) = first.wait()
-                && !status.success()
-            {
-                tracing::warn!(%status, "the shim's first process failed");
-            }
+        tokio::task::spawn_blocking(move || match sys::wait_exit(first) {
+            Ok(0) => {}
+            Ok(code) => tracing::warn!(code, "the shim's first process failed"),
+            Err(e) => tracing::warn!(error = %e, "cannot reap the shim's first process"),
         });
         conn.set_nonblocking(true)?;
         tokio::net::UnixStream::from_std(conn)
