@@ -71,22 +71,10 @@ pub fn reexec(exe: &Path, args: &[OsString], listener: Option<RawFd>) -> io::Err
             .env("LISTEN_PID", std::process::id().to_string())
             .env_remove("LISTEN_FDNAMES");
         // SAFETY: runs in this process just before execve (exec replaces it; nothing is
-        // forked); dup2 and fcntl are async-signal-safe.
+        // forked); inherit_as makes only async-signal-safe calls. The socket goes where
+        // systemd puts a passed one (SD_LISTEN_FDS_START, 3).
         unsafe {
-            cmd.pre_exec(move || {
-                const START: RawFd = 3;
-                let ok = if fd == START {
-                    libc::fcntl(fd, libc::F_SETFD, 0) == 0
-                } else {
-                    // dup2 leaves the copy without FD_CLOEXEC.
-                    libc::dup2(fd, START) == START
-                };
-                if ok {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
+            cmd.pre_exec(move || super::spawn::inherit_as(fd, 3));
         }
     }
     cmd.exec()

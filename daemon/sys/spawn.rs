@@ -102,33 +102,27 @@ fn spawn_with_fds_std(spec: &FdSpawn<'_>) -> io::Result<u32> {
 /// In the child: `fds` become 0, 1 and 2. Only async-signal-safe calls.
 fn place_stdio(fds: &[RawFd; 3]) -> io::Result<()> {
     for (target, &fd) in fds.iter().enumerate() {
-        let target = target as libc::c_int;
-        // SAFETY: dup2/fcntl on fds the parent opened for the child.
-        let ok = unsafe {
-            if fd == target {
-                libc::fcntl(fd, libc::F_SETFD, 0) == 0
-            } else {
-                libc::dup2(fd, target) == target
-            }
-        };
-        if !ok {
-            return Err(io::Error::last_os_error());
-        }
+        inherit_as(fd, target as RawFd)?;
     }
     Ok(())
 }
 
 /// In the child, after [`child_pre_exec`] marked every descriptor from 3 up close-on-exec:
-/// `fd` becomes descriptor 3, inherited by the program. Only async-signal-safe calls.
+/// `fd` becomes descriptor 3, inherited by the program.
 fn place_fd3(fd: RawFd) -> io::Result<()> {
-    const THREE: RawFd = 3;
-    // SAFETY: dup2/fcntl on a descriptor the parent opened for the child; dup2's copy is
-    // not close-on-exec.
+    inherit_as(fd, 3)
+}
+
+/// Between fork (or clone) and exec: `fd` becomes descriptor `target`, inherited by the
+/// program (dup2's copy is not close-on-exec; the same number only loses the flag). Only
+/// async-signal-safe calls.
+pub(super) fn inherit_as(fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2/fcntl on descriptors the caller opened for the child.
     let ok = unsafe {
-        if fd == THREE {
+        if fd == target {
             libc::fcntl(fd, libc::F_SETFD, 0) == 0
         } else {
-            libc::dup2(fd, THREE) == THREE
+            libc::dup2(fd, target) == target
         }
     };
     if ok {
@@ -402,12 +396,6 @@ mod clone3 {
             .iter()
             .map(|(k, v)| cstring(OsStr::new(&format!("{k}={v}"))))
             .collect::<io::Result<Vec<_>>>()?;
-        let ptrs = |v: &[CString]| {
-            v.iter()
-                .map(|c| c.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
-                .collect::<Vec<_>>()
-        };
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (in_parent, in_child) = if spec.stdin_pipe {
@@ -440,6 +428,14 @@ mod clone3 {
         })
     }
 
+    /// The NULL-terminated array of pointers `execve` takes; `v` must outlive it.
+    fn ptrs(v: &[CString]) -> Vec<*const libc::c_char> {
+        v.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    }
+
     /// The shim's start: see [`super::spawn_with_fds`].
     pub(super) fn spawn_with_fds(spec: &FdSpawn<'_>) -> io::Result<u32> {
         let path = cstring(spec.program.as_os_str())?;
@@ -456,12 +452,6 @@ mod clone3 {
                 cstring(&kv)
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let ptrs = |v: &[CString]| {
-            v.iter()
-                .map(|c| c.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
-                .collect::<Vec<_>>()
-        };
         let mut ctx = Ctx {
             stdio: spec.stdio,
             fd3: spec.fd3,
@@ -616,13 +606,16 @@ mod tests {
             stray.as_raw_fd()
         );
         let argv: Vec<OsString> = vec!["named".into(), "-c".into(), script.into()];
-        let pid = start(&FdSpawn {
-            program: Path::new("/bin/sh"),
-            argv: &argv,
-            stdio: [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()],
-            fd3: w.as_raw_fd(),
-        })
-        .expect("spawn");
+        let stdio = [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()];
+        let of = |program: &'static str, fd3: RawFd| {
+            start(&FdSpawn {
+                program: Path::new(program),
+                argv: &argv,
+                stdio,
+                fd3,
+            })
+        };
+        let pid = of("/bin/sh", w.as_raw_fd()).expect("spawn");
         drop(w);
         // The script's last line before it sleeps.
         let mut first = [0u8; 6];
@@ -645,13 +638,7 @@ mod tests {
         );
         let text = std::fs::read_to_string(dir.path().join("out")).expect("read out");
         assert_eq!(text, "out\n");
-        let missing = start(&FdSpawn {
-            program: Path::new("/nonexistent/orchd"),
-            argv: &argv,
-            stdio: [null.as_raw_fd(), out.as_raw_fd(), out.as_raw_fd()],
-            fd3: null.as_raw_fd(),
-        })
-        .expect_err("an error");
+        let missing = of("/nonexistent/orchd", null.as_raw_fd()).expect_err("an error");
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 
