@@ -69,87 +69,69 @@ impl ShimExecutor {
 
     pub fn start(&self, mut spec: RunSpec, facts: Facts) -> AttemptHandle {
         let key = spec.key.clone();
-        let fail = |message: String| {
-            let _ = facts.send(Fact::Ended {
-                key: key.clone(),
-                end: AttemptEnd::spawn_error(message),
-            });
-            AttemptHandle::detached()
-        };
         let leaf = leaf_name(&key.objective_id, key.step_index, key.number);
         let uid = spec.run_as.as_ref().map_or_else(sys::current_uid, |r| r.0);
         match self.limiter.prepare(&leaf, &spec.limits, uid) {
             Ok(p) => spec.prepared = p,
-            Err(e) => return fail(format!("cannot set up the attempt's limits: {e}")),
+            Err(e) => {
+                let _ = facts.send(Fact::Ended {
+                    key,
+                    end: AttemptEnd::spawn_error(format!(
+                        "cannot set up the attempt's limits: {e}"
+                    )),
+                });
+                return AttemptHandle::detached();
+            }
         }
         let dir = self.root.join(&leaf);
         let shim = ShimSpec::of(&spec, self.log_caps);
-        let conn = match self.launch(&dir, &shim) {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(cg) = &spec.prepared.cgroup {
-                    let _ = std::fs::remove_dir(cg);
-                }
-                let _ = std::fs::remove_dir_all(&dir);
-                return fail(format!("cannot start the attempt's shim: {e}"));
-            }
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
         let parser = attend::parser(&shim, &self.prices, spec.threads.clone());
-        tokio::spawn(attend::attend(attend::Attend {
-            key,
-            dir,
-            conn: Some(conn),
-            control: rx,
-            facts,
-            parser,
-            offset: 0,
-            report_started: true,
-            known: None,
-            leaf: spec.prepared.cgroup.clone(),
-        }));
-        AttemptHandle::new(tx)
-    }
-
-    /// Writes the attempt's directory, binds its socket, starts the shim (which forks
-    /// away) and connects; the connection waits in the socket's backlog until the shim
-    /// accepts it.
-    fn launch(&self, dir: &Path, spec: &ShimSpec) -> std::io::Result<tokio::net::UnixStream> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)?;
-        std::fs::DirBuilder::new().mode(0o700).create(dir)?;
-        wire::write(&dir.join(wire::SPEC), spec)?;
-        std::fs::File::create(dir.join(wire::JOURNAL))?;
-        let listener = std::os::unix::net::UnixListener::bind(dir.join(wire::SOCK))?;
-        let conn = std::os::unix::net::UnixStream::connect(dir.join(wire::SOCK))?;
-        let log = std::fs::File::create(dir.join(wire::SHIM_LOG))?;
-        let null = std::fs::File::open("/dev/null")?;
-        // In a session of its own, with the listener as descriptor 3 and the umask orchd
-        // was started with (which it keeps for its agent and restricts for itself);
-        // started without copying orchd (`clone3`, as agents are).
-        let argv = [
-            std::ffi::OsString::from("orchd-shim"),
-            SHIM_ARG.into(),
-            dir.as_os_str().to_owned(),
-        ];
-        let first = sys::spawn_with_fds(&sys::FdSpawn {
-            program: Path::new("/proc/self/exe"),
-            argv: &argv,
-            stdio: [null.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
-            fd3: listener.as_raw_fd(),
-        })?;
-        drop((listener, log, null));
-        // The first process forks the shim and exits at once; it is reaped off the
-        // engine's thread.
-        tokio::task::spawn_blocking(move || match sys::wait_exit(first) {
-            Ok(0) => {}
-            Ok(code) => tracing::warn!(code, "the shim's first process failed"),
-            Err(e) => tracing::warn!(error = %e, "cannot reap the shim's first process"),
+        let (tx, rx) = mpsc::unbounded_channel();
+        let root = self.root.clone();
+        let cgroup = spec.prepared.cgroup.clone();
+        // Writing the shim's files and starting it (which waits until the shim's exec)
+        // happen off the engine's thread; orders sent meanwhile wait in the channel.
+        tokio::spawn(async move {
+            let at = dir.clone();
+            let launched = tokio::task::spawn_blocking(move || launch(&root, &at, &shim))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .and_then(|c| {
+                    c.set_nonblocking(true)?;
+                    tokio::net::UnixStream::from_std(c)
+                });
+            let conn = match launched {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(cg) = &cgroup {
+                        let _ = std::fs::remove_dir(cg);
+                    }
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = facts.send(Fact::Ended {
+                        key,
+                        end: AttemptEnd::spawn_error(format!(
+                            "cannot start the attempt's shim: {e}"
+                        )),
+                    });
+                    return;
+                }
+            };
+            attend::attend(attend::Attend {
+                key,
+                dir,
+                conn: Some(conn),
+                control: rx,
+                facts,
+                parser,
+                offset: 0,
+                report_started: true,
+                known: None,
+                leaf: cgroup,
+            })
+            .await
         });
-        conn.set_nonblocking(true)?;
-        tokio::net::UnixStream::from_std(conn)
+        AttemptHandle::new(tx)
     }
 
     /// After a restart: re-attaches to a live shim, takes the end a finished one left,
@@ -229,6 +211,50 @@ impl ShimExecutor {
         let dir = self.dir_of(&key.objective_id, key.step_index, key.number);
         if dir.is_dir() { vec![dir] } else { Vec::new() }
     }
+}
+
+/// Writes the attempt's directory, binds its socket, starts the shim (which forks
+/// away) and connects; the connection waits in the socket's backlog until the shim
+/// accepts it.
+fn launch(
+    root: &Path,
+    dir: &Path,
+    spec: &ShimSpec,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)?;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    wire::write(&dir.join(wire::SPEC), spec)?;
+    std::fs::File::create(dir.join(wire::JOURNAL))?;
+    let listener = std::os::unix::net::UnixListener::bind(dir.join(wire::SOCK))?;
+    let conn = std::os::unix::net::UnixStream::connect(dir.join(wire::SOCK))?;
+    let log = std::fs::File::create(dir.join(wire::SHIM_LOG))?;
+    let null = std::fs::File::open("/dev/null")?;
+    // In a session of its own, with the listener as descriptor 3 and the umask orchd
+    // was started with (which it keeps for its agent and restricts for itself);
+    // started without copying orchd (`clone3`, as agents are).
+    let argv = [
+        std::ffi::OsString::from("orchd-shim"),
+        SHIM_ARG.into(),
+        dir.as_os_str().to_owned(),
+    ];
+    let first = sys::spawn_with_fds(&sys::FdSpawn {
+        program: Path::new("/proc/self/exe"),
+        argv: &argv,
+        stdio: [null.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
+        fd3: listener.as_raw_fd(),
+    })?;
+    drop((listener, log, null));
+    // The first process forks the shim and exits at once; it is reaped off the
+    // engine's thread.
+    tokio::task::spawn_blocking(move || match sys::wait_exit(first) {
+        Ok(0) => {}
+        Ok(code) => tracing::warn!(code, "the shim's first process failed"),
+        Err(e) => tracing::warn!(error = %e, "cannot reap the shim's first process"),
+    });
+    Ok(conn)
 }
 
 /// The prices for orchd's parser of one attempt's journal.
