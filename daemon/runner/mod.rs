@@ -313,6 +313,23 @@ impl Tree {
         }
     }
 
+    /// After the main process was reaped: the tree's last usage, then kills what is left
+    /// and waits (bounded) until nothing is ([`Tree::empty`]); returns the usage and
+    /// whether the tree is empty. A session found empty is done: its members are read
+    /// once (a walk of /proc), not three times, and nothing can join a session without
+    /// a member to fork it.
+    async fn finish(&self) -> (sys::ProcUsage, bool) {
+        if self.leaf.is_none() {
+            let members = sys::session_members(self.pgid);
+            if members.is_empty() {
+                return (sys::ProcUsage::default(), true);
+            }
+            let usage = sys::usage_of(members);
+            return (usage, self.empty().await);
+        }
+        (self.usage(), self.empty().await)
+    }
+
     /// Kills what is left and waits (bounded) until nothing is: for a cgroup, until
     /// `cgroup.events` says `populated 0`. Returns whether the tree is empty.
     async fn empty(&self) -> bool {
@@ -684,8 +701,7 @@ async fn run(
     let exited_at = Instant::now();
     // The attempt is over when its main process exits: what it left behind dies too,
     // sessions that escaped the process group included (cgroup backend).
-    let final_usage = tree.usage();
-    let empty = tree.empty().await;
+    let (final_usage, empty) = tree.finish().await;
     // Once the tree is gone the pipes reach EOF at once. With the rlimit backend a
     // process that escaped the session may still hold them: the drain then gets one
     // short shared deadline and is cut off, which also lets the log writer finish.
