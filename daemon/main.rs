@@ -726,7 +726,6 @@ fn instance_name(state_dir: &Path) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// Pings systemd's watchdog while the engine loop answers (only when WatchdogSec is set).
 /// Tells the service manager why orchd leaves its loop. A stop is STOPPING=1. An upgrade
 /// is RELOADING=1 (with the MONOTONIC_USEC systemd ≥ 253 asks for): the same pid comes back
 /// with READY=1. STOPPING=1 there would make systemd stop the service, at once when the
@@ -745,6 +744,7 @@ fn notify_leaving(upgrading: bool) {
     let _ = sd_notify::notify(&states);
 }
 
+/// Pings systemd's watchdog while the engine loop answers (only when WatchdogSec is set).
 fn spawn_watchdog(engine: mpsc::Sender<engine::Command>) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;

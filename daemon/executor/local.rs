@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::limits::Limiter;
 use crate::model::Attempt;
-use crate::runner::{self, AttemptEnd, Fact, RunSpec};
+use crate::runner::{self, RunSpec};
 use crate::sys::{self, Processes};
 
 use super::{AttemptHandle, Executor, Facts, Reattached, leaf_name};
@@ -34,20 +34,8 @@ impl Executor for LocalExecutor {
     }
 
     fn start(&self, mut spec: RunSpec, facts: Facts) -> AttemptHandle {
-        let key = spec.key.clone();
-        let leaf = leaf_name(&key.objective_id, key.step_index, key.number);
-        let uid = spec.run_as.as_ref().map_or_else(sys::current_uid, |r| r.0);
-        match self.limiter.prepare(&leaf, &spec.limits, uid) {
-            Ok(p) => spec.prepared = p,
-            Err(e) => {
-                let _ = facts.send(Fact::Ended {
-                    key,
-                    end: AttemptEnd::spawn_error(format!(
-                        "cannot set up the attempt's limits: {e}"
-                    )),
-                });
-                return AttemptHandle::detached();
-            }
+        if super::prepare_limits(&self.limiter, &mut spec, &facts).is_none() {
+            return AttemptHandle::detached();
         }
         AttemptHandle::new(runner::start(spec, facts))
     }

@@ -169,6 +169,37 @@ impl Executor for Executors {
     }
 }
 
+/// Prepares the attempt's limits (its cgroup leaf or rlimits) into `spec.prepared`;
+/// returns the leaf's name. On failure the attempt's end (`spawn_error`) is reported
+/// and `None` returned: the caller hands back [`AttemptHandle::detached`].
+pub fn prepare_limits(
+    limiter: &crate::limits::Limiter,
+    spec: &mut RunSpec,
+    facts: &Facts,
+) -> Option<String> {
+    let key = &spec.key;
+    let leaf = leaf_name(&key.objective_id, key.step_index, key.number);
+    let uid = spec
+        .run_as
+        .as_ref()
+        .map_or_else(crate::sys::current_uid, |r| r.0);
+    match limiter.prepare(&leaf, &spec.limits, uid) {
+        Ok(p) => {
+            spec.prepared = p;
+            Some(leaf)
+        }
+        Err(e) => {
+            let _ = facts.send(Fact::Ended {
+                key: key.clone(),
+                end: crate::runner::AttemptEnd::spawn_error(format!(
+                    "cannot set up the attempt's limits: {e}"
+                )),
+            });
+            None
+        }
+    }
+}
+
 /// The name of an attempt's cgroup leaf (fixed, so recovery finds it without a record).
 pub fn leaf_name(objective_id: &str, step_index: u32, number: u32) -> String {
     format!("att-{objective_id}-{step_index}-{number}")

@@ -550,7 +550,7 @@ async fn run(
         Ok(fd) => fd,
         Err(e) => {
             tree.kill();
-            sys::wait_blocking(pid);
+            let _ = sys::wait_exit(pid);
             return AttemptEnd::spawn_error(format!("cannot watch pid {pid}: {e}"));
         }
     };

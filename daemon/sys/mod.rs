@@ -32,7 +32,7 @@ pub use nix::sys::signal::Signal;
 pub use process::{
     Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
     in_attempt_tree, pidfd_open, process_start_ticks, processes_with_env, reap, run_as,
-    session_members, signal_group, signal_process, usage_of, user_name, wait_blocking, wait_exit,
+    session_members, signal_group, signal_process, usage_of, user_name, wait_exit,
 };
 pub use shim::{detach_fork, reexec, take_shim_listener};
 pub use spawn::{FdSpawn, SpawnSpec, spawn, spawn_with_fds};

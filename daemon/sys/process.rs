@@ -71,13 +71,6 @@ pub struct Reaped {
     pub cpu_ms: u64,
 }
 
-/// Waits for our child `pid` to end and reaps it (for a child just killed).
-pub fn wait_blocking(pid: u32) {
-    let mut status: libc::c_int = 0;
-    // SAFETY: waitpid writes only into the local status.
-    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-}
-
 /// Waits for our child `pid` to end and reaps it; returns its exit status (128 + the
 /// signal's number when a signal ended it), as a shell reports it.
 pub fn wait_exit(pid: u32) -> std::io::Result<i32> {

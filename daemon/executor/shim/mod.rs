@@ -68,21 +68,10 @@ impl ShimExecutor {
     }
 
     pub fn start(&self, mut spec: RunSpec, facts: Facts) -> AttemptHandle {
+        let Some(leaf) = super::prepare_limits(&self.limiter, &mut spec, &facts) else {
+            return AttemptHandle::detached();
+        };
         let key = spec.key.clone();
-        let leaf = leaf_name(&key.objective_id, key.step_index, key.number);
-        let uid = spec.run_as.as_ref().map_or_else(sys::current_uid, |r| r.0);
-        match self.limiter.prepare(&leaf, &spec.limits, uid) {
-            Ok(p) => spec.prepared = p,
-            Err(e) => {
-                let _ = facts.send(Fact::Ended {
-                    key,
-                    end: AttemptEnd::spawn_error(format!(
-                        "cannot set up the attempt's limits: {e}"
-                    )),
-                });
-                return AttemptHandle::detached();
-            }
-        }
         let dir = self.root.join(&leaf);
         let shim = ShimSpec::of(&spec, self.log_caps);
         let parser = attend::parser(&shim, &self.prices, spec.threads.clone());
