@@ -400,6 +400,31 @@ fn an_agent_that_cannot_start_under_a_shim_is_a_spawn_error() {
 }
 
 #[test]
+fn a_shim_that_cannot_be_started_is_a_spawn_error_and_the_next_attempt_runs() {
+    let d = live_daemon();
+    // A file where the shims' directory goes: launching the shim fails (its files are
+    // written off the engine's thread), and the attempt must still end, with the reason.
+    let shims = d.state_dir().join("shims");
+    assert!(!shims.exists(), "no attempt ran yet");
+    fs::write(&shims, "").expect("put a file where STATE/shims goes");
+    let id = d.submit(&["--retries", "0", "--", "true"], 0);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
+    let a = attempts(&v);
+    assert_eq!(a[0]["outcome"], "spawn_error", "{v}");
+    assert!(
+        a[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot start the attempt's shim"),
+        "{v}"
+    );
+    fs::remove_file(&shims).expect("remove the file");
+    let id = d.submit(&["--", "true"], 0);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
+    assert_eq!(v["state"], "succeeded", "{v}");
+}
+
+#[test]
 fn a_paused_attempt_stays_paused_across_a_crash_and_resumes_under_the_new_orchd() {
     let mut d = live_daemon();
     let agent = Counter::new(&d, 0);
