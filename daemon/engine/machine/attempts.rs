@@ -118,15 +118,12 @@ impl Tx<'_> {
         a.cpu_ms = a.cpu_ms.max(end.cpu_ms);
         let step_id = a.step_id.clone();
         self.d.attempts.push(r.attempt);
-        // A reset still ahead, or a wait from now when the provider named none.
-        let until = r.rate_limited_until.filter(|t| *t > now).or_else(|| {
+        // The reset the provider named, or a wait from now when it named none.
+        let until = r.rate_limited_until.or_else(|| {
             r.rate_limited_for
                 .map(|ms| now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)))
         });
-        let rate_limit = until.filter(|t| *t > now).map(|until_ms| RateLimit {
-            wait_ms: (until_ms - now) as u64,
-            until_ms,
-        });
+        let rate_limit = until.and_then(|until_ms| RateLimit::at_end(until_ms, now));
         let Some(step) = self.run.steps.get_mut(index as usize) else {
             return;
         };

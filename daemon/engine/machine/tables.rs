@@ -53,20 +53,45 @@ pub enum Next {
     FallBack(String),
 }
 
-/// A provider refused the attempt until a reset still ahead.
+/// A provider refused the attempt until a reset.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
-    /// From now until the reset.
+    /// From now until the reset; 0 when it has passed.
     pub wait_ms: u64,
     /// The reset (ms since the epoch).
     pub until_ms: Millis,
+}
+
+/// How long before an attempt's end a provider's reset may have passed and still be the
+/// refusal that ended it: the agent reports it, gives up and exits, and the reset (often
+/// rounded to the second) can pass on the way. A reset further back was one the agent
+/// waited out and went on working after, so its failure is an ordinary one.
+pub const RESET_PASSED_GRACE_MS: Millis = 10_000;
+
+impl RateLimit {
+    /// The refusal an attempt that ended at `now` was under, given the reset it reported:
+    ///
+    /// | reset                                      | refusal                     |
+    /// |--------------------------------------------|-----------------------------|
+    /// | ahead of `now`                             | wait until it               |
+    /// | passed less than `RESET_PASSED_GRACE_MS` ago | run again now (no wait)   |
+    /// | further back                               | none: an ordinary failure   |
+    pub fn at_end(until_ms: Millis, now: Millis) -> Option<RateLimit> {
+        if until_ms.saturating_add(RESET_PASSED_GRACE_MS) < now {
+            return None;
+        }
+        Some(RateLimit {
+            wait_ms: u64::try_from(until_ms.saturating_sub(now)).unwrap_or(0),
+            until_ms,
+        })
+    }
 }
 
 /// Row 6r: what a routed step says when it is routed again around a rate limit.
 pub const ROUTE_AROUND_LIMIT: &str =
     "rate limited by the provider; routing to an agent that is not";
 
-/// Rows 6r, 6, 7 and 7b: the provider refused until a reset still ahead.
+/// Rows 6r, 6, 7 and 7b: the provider refused the attempt.
 fn after_rate_limit(step: &Step, has_fallback: bool, limit: RateLimit) -> Next {
     let policy = &step.plan.retry;
     if step.plan.route.is_some() {
@@ -108,8 +133,8 @@ pub fn counts_against_retries(outcome: Outcome, step: &Step, rate_limited: bool)
     }
 }
 
-/// The class of a failed attempt, if the agent or its provider gave one: a rate limit
-/// still ahead counts as `rate_limited` whatever else the agent said.
+/// The class of a failed attempt, if the agent or its provider gave one: a provider's
+/// refusal counts as `rate_limited` whatever else the agent said.
 fn failure_class(
     rate_limit: Option<RateLimit>,
     agent: Option<FailureClass>,

@@ -240,6 +240,19 @@ fn a_rate_limited_attempt_waits_for_the_reset_without_using_a_retry() {
 }
 
 #[test]
+fn a_reset_that_passed_as_the_attempt_ended_runs_again_now_without_using_a_retry() {
+    let mut run = run_of(vec![plan("a", &[])]);
+    start(&mut run, 0);
+    // Refused until a second ago: the attempt took longer to exit than the reset.
+    rate_limit(&mut run, 0, T0 - 1_000);
+    let d = end(&mut run, 0, Outcome::ExitFailure);
+    assert!(has(&d, &Effect::Timer { step: 0, due: T0 }), "{d:?}");
+    assert_eq!(run.steps[0].counted_attempts, 0, "no attempt was used up");
+    assert_eq!(run.steps[0].rate_limit_waits, 1);
+    assert_eq!(states(&run), [S::Backoff]);
+}
+
+#[test]
 fn rate_limit_waits_are_bounded_and_the_step_then_says_how_many_it_made() {
     let mut p = plan("a", &[]);
     p.retry.max_rate_limit_waits = 2;
@@ -490,10 +503,10 @@ fn a_rate_limit_falls_back_when_the_step_says_so() {
 }
 
 #[test]
-fn a_reset_already_past_is_an_ordinary_failure() {
+fn a_reset_long_past_is_an_ordinary_failure() {
     let mut run = run_of(vec![plan("a", &[])]);
     start(&mut run, 0);
-    rate_limit(&mut run, 0, T0 - 1);
+    rate_limit(&mut run, 0, T0 - RESET_PASSED_GRACE_MS - 1);
     end(&mut run, 0, Outcome::ExitFailure);
     assert_eq!(run.steps[0].counted_attempts, 1);
     assert_eq!(run.steps[0].next_attempt_ms, Some(T0 + 2_000));

@@ -11,6 +11,7 @@ mod planner;
 mod routed;
 mod table;
 mod workspace;
+use super::tables::RESET_PASSED_GRACE_MS;
 use crate::model::{FailureAction, FailureClass, Outcome, StopReason, Usage};
 
 const T0: Millis = 1_000_000;

@@ -361,3 +361,27 @@ fn on_failure_entries_are_checked_and_say_what_is_wrong() {
     let e = OnFailure::parse_entry("error", "again").unwrap_err();
     assert!(e.contains("unknown action `again`"), "{e}");
 }
+
+#[test]
+fn a_reported_reset_is_a_refusal_until_it_is_long_past() {
+    const NOW: Millis = 5_000_000;
+    let grace = RESET_PASSED_GRACE_MS;
+    // (reset, wait it means, or None for an ordinary failure)
+    let rows: [(Millis, Option<u64>); 6] = [
+        (NOW + 60_000, Some(60_000)),
+        (NOW + 1, Some(1)),
+        (NOW, Some(0)),
+        (NOW - 1_000, Some(0)),
+        (NOW - grace, Some(0)),
+        (NOW - grace - 1, None),
+    ];
+    for (until, want) in rows {
+        let got = RateLimit::at_end(until, NOW);
+        assert_eq!(got.map(|l| l.wait_ms), want, "reset {until}");
+        if let Some(l) = got {
+            assert_eq!(l.until_ms, until, "the message names the reset reported");
+        }
+    }
+    assert_eq!(RateLimit::at_end(Millis::MIN, NOW), None);
+    assert!(RateLimit::at_end(Millis::MAX, NOW).is_some());
+}
