@@ -323,6 +323,9 @@ pub struct Engine {
     /// When to look at the disk again while work waits for space or the store is degraded
     /// (`None` otherwise: no timer runs while all is well).
     recheck_at: Option<tokio::time::Instant>,
+    /// When to give memory freed by ended objectives back to the system: armed when one
+    /// ends, so at most once per `TRIM_AFTER` under load and never while idle.
+    trim_at: Option<tokio::time::Instant>,
 }
 
 /// An event the core emitted for objective `id`, given the next sequence number.
@@ -371,6 +374,7 @@ impl Engine {
             own_uid: crate::sys::effective_uid(),
             log_bytes: 0,
             housekeeping_at: tokio::time::Instant::now(),
+            trim_at: None,
             budgets: budget::Budgets::default(),
             shutting_down: false,
             handover: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -506,6 +510,9 @@ impl Engine {
                 Effect::Remove => {}
                 Effect::Ended => {
                     tracing::info!(objective = %id, state = live.run.obj.state.word(), "objective ended");
+                    if self.trim_at.is_none() {
+                        self.trim_at = Some(tokio::time::Instant::now() + housekeeping::TRIM_AFTER);
+                    }
                     // Every step is terminal, so nothing of it runs any more.
                     if let Some(live) = self.live.remove(id) {
                         for w in live.waiters {
@@ -655,6 +662,7 @@ impl Engine {
                 _ = sleep_until_opt(self.host.recheck) => {}
                 _ = tokio::time::sleep_until(self.housekeeping_at) => self.housekeeping(),
                 _ = sleep_until_opt(self.recheck_at) => self.recheck_at = None,
+                _ = sleep_until_opt(self.trim_at) => self.release_memory(),
             }
             // Group commit: take whatever else is already queued into the same turn, up to
             // a bound that keeps one turn (and so the delay to the first event) short.

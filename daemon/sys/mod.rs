@@ -27,7 +27,7 @@ pub use fs::{
     restore_inherited_umask, restrict_umask, set_owner, try_lock_record, with_umask,
 };
 pub use host::host_figures;
-pub use limits::{limit_malloc_arenas, raise_open_files};
+pub use limits::{limit_malloc_arenas, raise_open_files, release_free_memory};
 pub use nix::sys::signal::Signal;
 pub use process::{
     Account, ProcUsage, Reaped, account, current_uid, effective_uid, group_alive, group_id,
