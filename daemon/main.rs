@@ -86,6 +86,9 @@ fn main() -> ExitCode {
     if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(executor::shim::SHIM_ARG)) {
         sys::restrict_umask(UMASK);
         return match args.next() {
+            Some(a) if a == executor::shim::process::SPARE_ARG => {
+                executor::shim::process::spare_main()
+            }
             Some(dir) => executor::shim::process::main(Path::new(&dir)),
             None => {
                 eprintln!(
@@ -476,6 +479,9 @@ async fn serve(
             executor::SlurmExecutor::new(s, &cfg)
         }),
     });
+    if cfg.live_restore {
+        executors.shim.prepare_spare();
+    }
     // Live events buffered for watchers; one that falls further behind is re-fed from the store.
     let (events_tx, _) = broadcast::channel(16384);
     let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -699,6 +705,7 @@ async fn serve(
     if !socket_activated {
         let _ = fs::remove_file(&socket);
     }
+    executors.shim.retire_spare();
     if upgrading && matches!(engine_result, Ok(Ok(()))) {
         store.flush_blocking()?;
         drop(store);

@@ -388,15 +388,15 @@ fn an_agent_that_cannot_start_under_a_shim_is_a_spawn_error() {
     let d = live_daemon();
     let id = d.submit(&["--retries", "0", "--", "/nonexistent/agent"], 0);
     let v = d.wait_ended(&id, STATE_DEADLINE);
-    let a = attempts(&v);
+    assert_spawn_error(&v, "/nonexistent/agent");
+}
+
+/// The objective's first attempt ended as a spawn error whose message names `text`.
+fn assert_spawn_error(v: &Value, text: &str) {
+    let a = attempts(v);
     assert_eq!(a[0]["outcome"], "spawn_error", "{v}");
-    assert!(
-        a[0]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("/nonexistent/agent"),
-        "{v}"
-    );
+    let message = a[0]["message"].as_str().unwrap_or("");
+    assert!(message.contains(text), "no {text:?} in the message: {v}");
 }
 
 #[test]
@@ -409,15 +409,7 @@ fn a_shim_that_cannot_be_started_is_a_spawn_error_and_the_next_attempt_runs() {
     fs::write(&shims, "").expect("put a file where STATE/shims goes");
     let id = d.submit(&["--retries", "0", "--", "true"], 0);
     let v = d.wait_ended(&id, STATE_DEADLINE);
-    let a = attempts(&v);
-    assert_eq!(a[0]["outcome"], "spawn_error", "{v}");
-    assert!(
-        a[0]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("cannot start the attempt's shim"),
-        "{v}"
-    );
+    assert_spawn_error(&v, "cannot start the attempt's shim");
     fs::remove_file(&shims).expect("remove the file");
     let id = d.submit(&["--", "true"], 0);
     let v = d.wait_ended(&id, STATE_DEADLINE);
@@ -525,4 +517,85 @@ fn agents_under_shims_keep_the_umask_orchd_was_started_with_even_after_an_upgrad
     let id = d.submit(&["--wait", "--", "sh", "-c", "echo umask=$(umask)"], 0);
     let log = String::from_utf8_lossy(&d.logs(&[&id])).to_string();
     assert!(log.contains(&want), "after the upgrade, want {want}: {log}");
+}
+
+/// The spare shim `d`'s orchd keeps started ahead of the next attempt (waits for it).
+fn spare_of(d: &TestDaemon) -> u32 {
+    let marker = spare_marker(d);
+    poll_until("a spare shim", STATE_DEADLINE, || {
+        pids_with_cmdline(&marker).first().copied()
+    })
+}
+
+fn spare_marker(d: &TestDaemon) -> String {
+    format!("__shim --spare {}", d.state_dir().join("shims").display())
+}
+
+/// The pid in the `shim.json` of objective `id`'s first attempt (while it runs).
+fn attempt_shim_pid(d: &TestDaemon, id: &str) -> u32 {
+    let dir = d.state_dir().join("shims").join(format!("att-{id}-0-1"));
+    let text = fs::read_to_string(dir.join("shim.json"))
+        .unwrap_or_else(|e| panic!("read {}/shim.json: {e}", dir.display()));
+    let v: Value = serde_json::from_str(&text).expect("shim.json is JSON");
+    v["pid"].as_u64().expect("shim.json has a pid") as u32
+}
+
+#[test]
+fn an_attempt_runs_under_the_spare_shim_and_a_new_spare_follows() {
+    let d = live_daemon();
+    let spare = spare_of(&d);
+    let agent = Counter::new(&d, 0);
+    let id = agent.submit(&d);
+    wait_more_output(&d, &id, 0);
+    assert_eq!(
+        attempt_shim_pid(&d, &id),
+        spare,
+        "the attempt did not go to the spare shim"
+    );
+    let marker = spare_marker(&d);
+    let next = poll_until("a new spare shim", STATE_DEADLINE, || {
+        pids_with_cmdline(&marker).into_iter().find(|p| *p != spare)
+    });
+    assert!(process_alive(next));
+    agent.stop();
+    let v = d.wait_ended(&id, STATE_DEADLINE);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(attempts(&v).len(), 1, "{v}");
+}
+
+#[test]
+fn a_killed_spare_shim_is_not_waited_for_the_attempt_starts_its_own() {
+    let d = live_daemon();
+    let spare = spare_of(&d);
+    sigkill(spare);
+    assert!(
+        wait_process_gone(spare, STATE_DEADLINE),
+        "the spare shim survived SIGKILL"
+    );
+    let id = d.submit(&["--retries", "0", "--", "true"], 0);
+    let v = d.wait_ended(&id, STATE_DEADLINE);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let next = spare_of(&d);
+    assert_ne!(next, spare, "no new spare after the killed one");
+}
+
+#[test]
+fn the_spare_shim_goes_when_orchd_stops_or_is_killed() {
+    let mut d = live_daemon();
+    let spare = spare_of(&d);
+    let status = d.stop();
+    assert!(status.success(), "orchd exited {status:?}");
+    assert!(
+        wait_process_gone(spare, Duration::from_secs(5)),
+        "the spare shim outlived a stopped orchd: {}",
+        proc_cmdline(spare)
+    );
+    d.launch();
+    let spare = spare_of(&d);
+    d.kill9();
+    assert!(
+        wait_process_gone(spare, Duration::from_secs(5)),
+        "the spare shim outlived orchd's kill -9: {}",
+        proc_cmdline(spare)
+    );
 }

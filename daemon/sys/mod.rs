@@ -34,7 +34,10 @@ pub use process::{
     in_attempt_tree, pidfd_open, process_start_ticks, processes_with_env, reap, run_as,
     session_members, signal_group, signal_process, usage_of, user_name, wait_exit,
 };
-pub use shim::{detach_fork, reexec, take_shim_listener};
+pub use shim::{
+    detach_fork, hand_over, receive_attempt, redirect_output, reexec, retire_spare, spare_pair,
+    take_shim_listener, take_spare_socket,
+};
 pub use spawn::{FdSpawn, SpawnSpec, spawn, spawn_with_fds};
 pub use watch::{Watch, WatchFlags, readable_fd};
 

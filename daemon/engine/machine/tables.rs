@@ -71,11 +71,11 @@ pub const RESET_PASSED_GRACE_MS: Millis = 10_000;
 impl RateLimit {
     /// The refusal an attempt that ended at `now` was under, given the reset it reported:
     ///
-    /// | reset                                      | refusal                     |
-    /// |--------------------------------------------|-----------------------------|
-    /// | ahead of `now`                             | wait until it               |
-    /// | passed less than `RESET_PASSED_GRACE_MS` ago | run again now (no wait)   |
-    /// | further back                               | none: an ordinary failure   |
+    /// | reset                                       | refusal                     |
+    /// |---------------------------------------------|-----------------------------|
+    /// | ahead of `now`                              | wait until it               |
+    /// | passed at most `RESET_PASSED_GRACE_MS` ago  | run again now (no wait)     |
+    /// | further back                                | none: an ordinary failure   |
     pub fn at_end(until_ms: Millis, now: Millis) -> Option<RateLimit> {
         if until_ms.saturating_add(RESET_PASSED_GRACE_MS) < now {
             return None;

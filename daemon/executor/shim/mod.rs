@@ -11,10 +11,11 @@ mod attend;
 pub mod process;
 pub mod wire;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
@@ -37,6 +38,49 @@ pub struct ShimExecutor {
     threads: Option<Threads>,
     prices: Arc<std::collections::BTreeMap<String, crate::config::Price>>,
     log_caps: (u64, u64),
+    spare: Arc<Spare>,
+}
+
+/// The shim orchd keeps started ahead of need (`orchd __shim --spare ROOT`, at most one):
+/// loading orchd's binary, detaching and starting the shim's runtime take longer than
+/// the rest of an attempt's start, and a spare has done them before the attempt comes.
+/// It holds nothing of orchd's but its end of a socket pair; it exits when orchd closes
+/// that (a stop, a crash, a re-execution), so it never outlives orchd.
+#[derive(Default)]
+struct Spare {
+    /// orchd's end of the ready spare's socket.
+    ready: Mutex<Option<OwnedFd>>,
+    /// A spare is being started (one at a time).
+    starting: AtomicBool,
+}
+
+impl Spare {
+    fn take(&self) -> Option<OwnedFd> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Starts a spare unless one is ready or starting. Blocks (it waits for the spare's
+    /// first process): call it on the blocking pool.
+    fn refill(&self, root: &Path) {
+        if self.starting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            match start_spare(root) {
+                Ok(fd) => {
+                    *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
+                }
+                // Attempts then start their own shim, as without a spare.
+                Err(e) => tracing::warn!(error = %e, "cannot start a spare shim"),
+            }
+        }
+        self.starting.store(false, Ordering::SeqCst);
+    }
 }
 
 impl ShimExecutor {
@@ -52,6 +96,23 @@ impl ShimExecutor {
             threads,
             prices: Arc::new(cfg.prices.clone()),
             log_caps: (cfg.logs.max_total_bytes.0, cfg.logs.user_bytes()),
+            spare: Arc::new(Spare::default()),
+        }
+    }
+
+    /// Starts a spare shim in the background (live restore on: before the first attempt).
+    pub fn prepare_spare(&self) {
+        let (spare, root) = (self.spare.clone(), self.root.clone());
+        tokio::task::spawn_blocking(move || spare.refill(&root));
+    }
+
+    /// Lets the spare shim go and waits (bounded) until it has exited, so that a stopped
+    /// orchd leaves no process of its own behind.
+    pub fn retire_spare(&self) {
+        if let Some(fd) = self.spare.take()
+            && !sys::retire_spare(fd, std::time::Duration::from_secs(2))
+        {
+            tracing::warn!("the spare shim did not exit within 2 s");
         }
     }
 
@@ -78,18 +139,23 @@ impl ShimExecutor {
         let (tx, rx) = mpsc::unbounded_channel();
         let root = self.root.clone();
         let cgroup = spec.prepared.cgroup.clone();
+        let spare = self.spare.clone();
         // Writing the shim's files and starting it (which waits until the shim's exec)
         // happen off the engine's thread; orders sent meanwhile wait in the channel.
         tokio::spawn(async move {
             let at = dir.clone();
-            let launched = tokio::task::spawn_blocking(move || launch(&root, &at, &shim))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-                .and_then(|c| {
-                    c.set_nonblocking(true)?;
-                    tokio::net::UnixStream::from_std(c)
-                });
+            let refill = (spare.clone(), root.clone());
+            let launched =
+                tokio::task::spawn_blocking(move || launch(&root, &at, &shim, spare.take()))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .and_then(|c| {
+                        c.set_nonblocking(true)?;
+                        tokio::net::UnixStream::from_std(c)
+                    });
+            // The next attempt's spare, started once this one's shim runs.
+            tokio::task::spawn_blocking(move || refill.0.refill(&refill.1));
             let conn = match launched {
                 Ok(c) => c,
                 Err(e) => {
@@ -202,13 +268,14 @@ impl ShimExecutor {
     }
 }
 
-/// Writes the attempt's directory, binds its socket, starts the shim (which forks
-/// away) and connects; the connection waits in the socket's backlog until the shim
-/// accepts it.
+/// Writes the attempt's directory, binds its socket, hands the attempt to the `spare`
+/// shim or (none, or it is gone) starts a shim (which forks away), and connects; the
+/// connection waits in the socket's backlog until the shim accepts it.
 fn launch(
     root: &Path,
     dir: &Path,
     spec: &ShimSpec,
+    spare: Option<OwnedFd>,
 ) -> std::io::Result<std::os::unix::net::UnixStream> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -219,6 +286,12 @@ fn launch(
     std::fs::File::create(dir.join(wire::JOURNAL))?;
     let listener = std::os::unix::net::UnixListener::bind(dir.join(wire::SOCK))?;
     let conn = std::os::unix::net::UnixStream::connect(dir.join(wire::SOCK))?;
+    if let Some(spare) = spare {
+        match sys::hand_over(&spare, dir, listener.as_raw_fd()) {
+            Ok(()) => return Ok(conn),
+            Err(e) => tracing::debug!(error = %e, "the spare shim is gone; starting a shim"),
+        }
+    }
     let log = std::fs::File::create(dir.join(wire::SHIM_LOG))?;
     let null = std::fs::File::open("/dev/null")?;
     // In a session of its own, with the listener as descriptor 3 and the umask orchd
@@ -244,6 +317,33 @@ fn launch(
         Err(e) => tracing::warn!(error = %e, "cannot reap the shim's first process"),
     });
     Ok(conn)
+}
+
+/// Starts a spare shim: `orchd __shim --spare ROOT` in a session of its own, with its end
+/// of a new socket pair as descriptor 3 and orchd's stderr; waits for its first process,
+/// which forks the spare and exits. Returns orchd's end.
+fn start_spare(root: &Path) -> std::io::Result<OwnedFd> {
+    let (ours, theirs) = sys::spare_pair()?;
+    let null = std::fs::File::open("/dev/null")?;
+    let argv = [
+        std::ffi::OsString::from("orchd-shim"),
+        SHIM_ARG.into(),
+        process::SPARE_ARG.into(),
+        root.as_os_str().to_owned(),
+    ];
+    let first = sys::spawn_with_fds(&sys::FdSpawn {
+        program: Path::new("/proc/self/exe"),
+        argv: &argv,
+        stdio: [null.as_raw_fd(), null.as_raw_fd(), 2],
+        fd3: theirs.as_raw_fd(),
+    })?;
+    drop((theirs, null));
+    match sys::wait_exit(first)? {
+        0 => Ok(ours),
+        code => Err(std::io::Error::other(format!(
+            "its first process exited with {code}"
+        ))),
+    }
 }
 
 /// The prices for orchd's parser of one attempt's journal.

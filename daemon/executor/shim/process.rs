@@ -29,14 +29,64 @@ pub fn main(dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match sys::detach_fork() {
-        Ok(true) => return ExitCode::SUCCESS,
-        Ok(false) => {}
+    if let Some(code) = detach() {
+        return code;
+    }
+    run(dir, listener)
+}
+
+/// `orchd __shim --spare ROOT`: a shim started before it is needed, so that an attempt
+/// does not wait for orchd's binary to be loaded. It detaches as a shim does, then waits
+/// for orchd to hand it an attempt (its directory and listener) and runs it as
+/// [`main`] would; when orchd closes its end instead (it stopped, crashed or re-executed
+/// itself), it exits. Until then its stderr is orchd's; from the hand-over on, its output
+/// goes to the attempt's `shim.log`.
+pub fn spare_main() -> ExitCode {
+    let control = match sys::take_spare_socket() {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("orchd __shim: cannot fork: {e}");
+            eprintln!("orchd __shim {SPARE_ARG}: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    if let Some(code) = detach() {
+        return code;
     }
+    let (dir, listener) = match sys::receive_attempt(&control) {
+        Ok(Some(attempt)) => attempt,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orchd __shim {SPARE_ARG}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    drop(control);
+    if let Err(e) = sys::redirect_output(&dir.join(wire::SHIM_LOG)) {
+        // It runs the attempt anyway; its own messages then go to orchd's stderr.
+        eprintln!(
+            "orchd __shim {SPARE_ARG}: cannot write {}: {e}",
+            dir.join(wire::SHIM_LOG).display()
+        );
+    }
+    run(&dir, listener)
+}
+
+/// The spare shim's argument (`orchd __shim --spare ROOT`).
+pub const SPARE_ARG: &str = "--spare";
+
+/// Forks so that the shim is nobody's child: `Some(exit code)` in the first process.
+fn detach() -> Option<ExitCode> {
+    match sys::detach_fork() {
+        Ok(true) => Some(ExitCode::SUCCESS),
+        Ok(false) => None,
+        Err(e) => {
+            eprintln!("orchd __shim: cannot fork: {e}");
+            Some(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run(dir: &Path, listener: std::os::unix::net::UnixListener) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
