@@ -33,6 +33,31 @@ pub struct Attend {
     /// The agent as recorded, for killing its tree if the shim dies.
     pub known: Option<Started>,
     pub leaf: Option<PathBuf>,
+    /// Run once the agent started (or the attempt is over): the next spare shim is
+    /// started then, not while this attempt is still starting.
+    pub once_started: Once,
+}
+
+/// A closure run once: by [`Once::run`], or when dropped.
+#[derive(Default)]
+pub struct Once(Option<Box<dyn FnOnce() + Send>>);
+
+impl Once {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Once {
+        Once(Some(Box::new(f)))
+    }
+
+    fn run(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for Once {
+    fn drop(&mut self) {
+        self.run();
+    }
 }
 
 /// A parser for the attempt's journal; `threads` is set only once the journal read
@@ -164,6 +189,7 @@ pub async fn attend(mut a: Attend) {
 }
 
 fn started_now(a: &mut Attend, s: Started) {
+    a.once_started.run();
     if a.report_started {
         a.report_started = false;
         let _ = a.facts.send(Fact::Started {

@@ -154,8 +154,11 @@ impl ShimExecutor {
                         c.set_nonblocking(true)?;
                         tokio::net::UnixStream::from_std(c)
                     });
-            // The next attempt's spare, started once this one's shim runs.
-            tokio::task::spawn_blocking(move || refill.0.refill(&refill.1));
+            // The next attempt's spare: started once this attempt's agent runs (on two
+            // cores, loading it beside this attempt's start would slow that down).
+            let once_started = attend::Once::new(move || {
+                tokio::task::spawn_blocking(move || refill.0.refill(&refill.1));
+            });
             let conn = match launched {
                 Ok(c) => c,
                 Err(e) => {
@@ -183,6 +186,7 @@ impl ShimExecutor {
                 report_started: true,
                 known: None,
                 leaf: cgroup,
+                once_started,
             })
             .await
         });
@@ -236,6 +240,7 @@ impl ShimExecutor {
                     report_started: a.pid.is_none(),
                     known,
                     leaf: self.leaf(a),
+                    once_started: attend::Once::default(),
                 }));
                 Some(Reattached::Attached(AttemptHandle::new(tx)))
             }

@@ -32,7 +32,10 @@ pub fn main(dir: &Path) -> ExitCode {
     if let Some(code) = detach() {
         return code;
     }
-    run(dir, listener)
+    let Some(runtime) = prepare() else {
+        return ExitCode::FAILURE;
+    };
+    run(runtime, dir, listener)
 }
 
 /// `orchd __shim --spare ROOT`: a shim started before it is needed, so that an attempt
@@ -52,6 +55,10 @@ pub fn spare_main() -> ExitCode {
     if let Some(code) = detach() {
         return code;
     }
+    // What does not depend on the attempt is done before it comes.
+    let Some(runtime) = prepare() else {
+        return ExitCode::FAILURE;
+    };
     let (dir, listener) = match sys::receive_attempt(&control) {
         Ok(Some(attempt)) => attempt,
         Ok(None) => return ExitCode::SUCCESS,
@@ -68,7 +75,7 @@ pub fn spare_main() -> ExitCode {
             dir.join(wire::SHIM_LOG).display()
         );
     }
-    run(&dir, listener)
+    run(runtime, &dir, listener)
 }
 
 /// The spare shim's argument (`orchd __shim --spare ROOT`).
@@ -86,7 +93,8 @@ fn detach() -> Option<ExitCode> {
     }
 }
 
-fn run(dir: &Path, listener: std::os::unix::net::UnixListener) -> ExitCode {
+/// The shim's logging (to its stderr, wherever that points when it writes) and runtime.
+fn prepare() -> Option<tokio::runtime::Runtime> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -94,16 +102,23 @@ fn run(dir: &Path, listener: std::os::unix::net::UnixListener) -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(r) => r,
+        Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the shim's runtime");
-            return ExitCode::FAILURE;
+            None
         }
-    };
+    }
+}
+
+fn run(
+    runtime: tokio::runtime::Runtime,
+    dir: &Path,
+    listener: std::os::unix::net::UnixListener,
+) -> ExitCode {
     match runtime.block_on(serve(dir, listener)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
