@@ -33,32 +33,52 @@ pub struct Attend {
     /// The agent as recorded, for killing its tree if the shim dies.
     pub known: Option<Started>,
     pub leaf: Option<PathBuf>,
-    /// Run once the agent started (or the attempt is over): the next spare shim is
-    /// started then, not while this attempt is still starting.
-    pub once_started: Once,
+    /// Run once the agent has run a little ([`SPARE_AFTER`]) or the attempt is over:
+    /// the next spare shim is started then, not while this attempt is starting.
+    pub once_started: OnceOrAtEnd,
 }
 
-/// A closure run once: by [`Once::run`], or when dropped.
-#[derive(Default)]
-pub struct Once(Option<Box<dyn FnOnce() + Send>>);
+/// A closure run once, by whichever of its clones calls [`Once::run`] first.
+#[derive(Clone, Default)]
+pub struct Once(std::sync::Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>);
 
 impl Once {
     pub fn new(f: impl FnOnce() + Send + 'static) -> Once {
-        Once(Some(Box::new(f)))
+        Once(std::sync::Arc::new(std::sync::Mutex::new(Some(Box::new(
+            f,
+        )))))
     }
 
-    fn run(&mut self) {
-        if let Some(f) = self.0.take() {
+    fn run(&self) {
+        let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = f {
             f();
         }
     }
-}
 
-impl Drop for Once {
-    fn drop(&mut self) {
-        self.run();
+    /// Runs it `after` from now, unless it ran before.
+    fn run_after(&self, after: std::time::Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            me.run();
+        });
     }
 }
+
+/// A [`Once`] that also runs when this handle is dropped (the attempt is over).
+#[derive(Default)]
+pub struct OnceOrAtEnd(pub Once);
+
+impl Drop for OnceOrAtEnd {
+    fn drop(&mut self) {
+        self.0.run();
+    }
+}
+
+/// How long an agent runs before the next spare shim is started (or until it ends, if
+/// sooner): on two cores, loading a spare beside a short attempt slows that attempt down.
+const SPARE_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A parser for the attempt's journal; `threads` is set only once the journal read
 /// before is replayed.
@@ -189,7 +209,7 @@ pub async fn attend(mut a: Attend) {
 }
 
 fn started_now(a: &mut Attend, s: Started) {
-    a.once_started.run();
+    a.once_started.0.run_after(SPARE_AFTER);
     if a.report_started {
         a.report_started = false;
         let _ = a.facts.send(Fact::Started {

@@ -154,11 +154,11 @@ impl ShimExecutor {
                         c.set_nonblocking(true)?;
                         tokio::net::UnixStream::from_std(c)
                     });
-            // The next attempt's spare: started once this attempt's agent runs (on two
-            // cores, loading it beside this attempt's start would slow that down).
-            let once_started = attend::Once::new(move || {
+            // The next attempt's spare: started once this attempt's agent has run a little
+            // or it is over (on two cores, loading a spare beside a short attempt slows it).
+            let once_started = attend::OnceOrAtEnd(attend::Once::new(move || {
                 tokio::task::spawn_blocking(move || refill.0.refill(&refill.1));
-            });
+            }));
             let conn = match launched {
                 Ok(c) => c,
                 Err(e) => {
@@ -240,7 +240,7 @@ impl ShimExecutor {
                     report_started: a.pid.is_none(),
                     known,
                     leaf: self.leaf(a),
-                    once_started: attend::Once::default(),
+                    once_started: attend::OnceOrAtEnd::default(),
                 }));
                 Some(Reattached::Attached(AttemptHandle::new(tx)))
             }
