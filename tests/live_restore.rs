@@ -599,3 +599,25 @@ fn the_spare_shim_goes_when_orchd_stops_or_is_killed() {
         proc_cmdline(spare)
     );
 }
+
+#[test]
+fn a_spare_shim_not_started_by_orchd_says_so_and_exits() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(ORCHD);
+    cmd.args(["__shim", "--spare", "/nonexistent/shims"]);
+    // SAFETY: only close(2) between fork and exec. Descriptor 3 is closed, whatever the
+    // test harness left there.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(3);
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run orchd __shim --spare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it exited 0: {stderr}");
+    assert!(
+        stderr.contains("no socket on descriptor 3") && stderr.contains("started by orchd only"),
+        "{stderr}"
+    );
+}

@@ -26,16 +26,7 @@ pub fn detach_fork() -> io::Result<bool> {
 /// on (the agent must not inherit it). Refuses a descriptor that is not a listening
 /// Unix socket.
 pub fn take_shim_listener() -> io::Result<std::os::unix::net::UnixListener> {
-    // SAFETY: fcntl on a plain descriptor number.
-    if unsafe { libc::fcntl(SHIM_LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "no listener on descriptor {SHIM_LISTENER_FD} ({}); a shim is started by orchd only",
-                io::Error::last_os_error()
-            ),
-        ));
-    }
+    keep_fd3_from_children("listener", "a shim")?;
     if socket_option(SHIM_LISTENER_FD, libc::SO_ACCEPTCONN).unwrap_or(0) == 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -45,6 +36,22 @@ pub fn take_shim_listener() -> io::Result<std::os::unix::net::UnixListener> {
     // SAFETY: the descriptor was handed to this process for this use alone and is
     // owned by the listener from here on.
     Ok(unsafe { std::os::unix::net::UnixListener::from_raw_fd(SHIM_LISTENER_FD) })
+}
+
+/// Makes [`SHIM_LISTENER_FD`] close-on-exec (the agent must not inherit it); an error
+/// naming `what` was expected there when there is no such descriptor.
+fn keep_fd3_from_children(what: &str, who: &str) -> io::Result<()> {
+    // SAFETY: fcntl on a plain descriptor number.
+    if unsafe { libc::fcntl(SHIM_LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no {what} on descriptor {SHIM_LISTENER_FD} ({}); {who} is started by orchd only",
+                io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A connected pair of sequenced-packet Unix sockets, both close-on-exec: orchd's end and
@@ -63,16 +70,7 @@ pub fn spare_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// In a spare shim: takes orchd's socket from [`SHIM_LISTENER_FD`], close-on-exec from now
 /// on. Refuses a descriptor that is not a sequenced-packet socket.
 pub fn take_spare_socket() -> io::Result<OwnedFd> {
-    // SAFETY: fcntl on a plain descriptor number.
-    if unsafe { libc::fcntl(SHIM_LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "no socket on descriptor {SHIM_LISTENER_FD} ({}); a spare shim is started by orchd only",
-                io::Error::last_os_error()
-            ),
-        ));
-    }
+    keep_fd3_from_children("socket", "a spare shim")?;
     if socket_option(SHIM_LISTENER_FD, libc::SO_TYPE) != Some(libc::SOCK_SEQPACKET) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -40,7 +40,9 @@ pub struct Attend {
 
 /// A closure run once, by whichever of its clones calls [`Once::run`] first.
 #[derive(Clone, Default)]
-pub struct Once(std::sync::Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>);
+pub struct Once(std::sync::Arc<std::sync::Mutex<Option<Task>>>);
+
+type Task = Box<dyn FnOnce() + Send>;
 
 impl Once {
     pub fn new(f: impl FnOnce() + Send + 'static) -> Once {
