@@ -339,6 +339,33 @@ mod tests {
     use super::*;
     use crate::runner::AgentLine;
 
+    #[test]
+    fn the_next_spare_is_started_once_whether_the_agent_runs_or_the_attempt_ends() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let runs = std::sync::Arc::new(AtomicU32::new(0));
+        let counter = || {
+            let r = runs.clone();
+            Once::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        // Started (the timer's clone runs it), then the attempt ends: once.
+        let at_end = OnceOrAtEnd(counter());
+        let timer = at_end.0.clone();
+        timer.run();
+        drop(at_end);
+        timer.run();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // The attempt ends before the agent ran long enough: at the end, once.
+        let at_end = OnceOrAtEnd(counter());
+        let timer = at_end.0.clone();
+        drop(at_end);
+        timer.run();
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        // Nothing to run (a re-attached attempt): nothing happens.
+        drop(OnceOrAtEnd::default());
+    }
+
     fn journal(dir: &Path, text: &str) -> PathBuf {
         let p = dir.join(wire::JOURNAL);
         std::fs::write(&p, text).expect("write");
