@@ -14,8 +14,8 @@ pub mod wire;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -48,38 +48,65 @@ pub struct ShimExecutor {
 /// that (a stop, a crash, a re-execution), so it never outlives orchd.
 #[derive(Default)]
 struct Spare {
-    /// orchd's end of the ready spare's socket.
-    ready: Mutex<Option<OwnedFd>>,
-    /// A spare is being started (one at a time).
-    starting: AtomicBool,
+    state: Mutex<SpareState>,
+    /// Signalled when a spare has been started (or failed to).
+    changed: Condvar,
 }
 
+#[derive(Default)]
+struct SpareState {
+    /// orchd's end of the ready spare's socket.
+    ready: Option<OwnedFd>,
+    /// A spare is being started (one at a time).
+    starting: bool,
+}
+
+/// How long an attempt waits for a spare that is being started (which is further along
+/// than a shim started now would be) before it starts a shim of its own.
+const SPARE_WAIT: Duration = Duration::from_millis(50);
+
 impl Spare {
-    fn take(&self) -> Option<OwnedFd> {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).take()
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ready spare, waiting up to `wait` for one being started. Blocks: call it on
+    /// the blocking pool.
+    fn take(&self, wait: Duration) -> Option<OwnedFd> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut s = self.lock();
+        while s.ready.is_none() && s.starting {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = match self.changed.wait_timeout(s, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        s.ready.take()
     }
 
     /// Starts a spare unless one is ready or starting. Blocks (it waits for the spare's
     /// first process): call it on the blocking pool.
     fn refill(&self, root: &Path) {
-        if self.starting.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        if self
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
         {
-            match start_spare(root) {
-                Ok(fd) => {
-                    *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(fd);
-                }
-                // Attempts then start their own shim, as without a spare.
-                Err(e) => tracing::warn!(error = %e, "cannot start a spare shim"),
+            let mut s = self.lock();
+            if s.starting || s.ready.is_some() {
+                return;
             }
+            s.starting = true;
         }
-        self.starting.store(false, Ordering::SeqCst);
+        let started = start_spare(root);
+        let mut s = self.lock();
+        s.starting = false;
+        match started {
+            Ok(fd) => s.ready = Some(fd),
+            // Attempts then start their own shim, as without a spare.
+            Err(e) => tracing::warn!(error = %e, "cannot start a spare shim"),
+        }
+        self.changed.notify_all();
     }
 }
 
@@ -109,8 +136,8 @@ impl ShimExecutor {
     /// Lets the spare shim go and waits (bounded) until it has exited, so that a stopped
     /// orchd leaves no process of its own behind.
     pub fn retire_spare(&self) {
-        if let Some(fd) = self.spare.take()
-            && !sys::retire_spare(fd, std::time::Duration::from_secs(2))
+        if let Some(fd) = self.spare.take(Duration::from_secs(2))
+            && !sys::retire_spare(fd, Duration::from_secs(2))
         {
             tracing::warn!("the spare shim did not exit within 2 s");
         }
@@ -145,15 +172,16 @@ impl ShimExecutor {
         tokio::spawn(async move {
             let at = dir.clone();
             let refill = (spare.clone(), root.clone());
-            let launched =
-                tokio::task::spawn_blocking(move || launch(&root, &at, &shim, spare.take()))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r)
-                    .and_then(|c| {
-                        c.set_nonblocking(true)?;
-                        tokio::net::UnixStream::from_std(c)
-                    });
+            let launched = tokio::task::spawn_blocking(move || {
+                launch(&root, &at, &shim, spare.take(SPARE_WAIT))
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .and_then(|c| {
+                c.set_nonblocking(true)?;
+                tokio::net::UnixStream::from_std(c)
+            });
             // The next attempt's spare: started once this attempt's agent has run a little
             // or it is over (on two cores, loading a spare beside a short attempt slows it).
             let once_started = attend::OnceOrAtEnd(attend::Once::new(move || {
