@@ -14,7 +14,7 @@ pub mod wire;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -49,47 +49,30 @@ pub struct ShimExecutor {
 #[derive(Default)]
 struct Spare {
     state: Mutex<SpareState>,
-    /// Signalled when a spare has been started (or failed to).
-    changed: Condvar,
 }
 
 #[derive(Default)]
 struct SpareState {
-    /// orchd's end of the ready spare's socket.
-    ready: Option<OwnedFd>,
+    /// orchd's end of the ready spare's socket, with the spare's number. Ready from its
+    /// exec on: an attempt handed over while it still loads waits in its socket.
+    ready: Option<(u64, OwnedFd)>,
     /// A spare is being started (one at a time).
     starting: bool,
+    /// Spares started so far.
+    count: u64,
 }
-
-/// How long an attempt waits for a spare that is being started (which is further along
-/// than a shim started now would be) before it starts a shim of its own.
-const SPARE_WAIT: Duration = Duration::from_millis(50);
 
 impl Spare {
     fn lock(&self) -> std::sync::MutexGuard<'_, SpareState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The ready spare, waiting up to `wait` for one being started. Blocks: call it on
-    /// the blocking pool.
-    fn take(&self, wait: Duration) -> Option<OwnedFd> {
-        let deadline = std::time::Instant::now() + wait;
-        let mut s = self.lock();
-        while s.ready.is_none() && s.starting {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            s = match self.changed.wait_timeout(s, left) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
-        }
-        s.ready.take()
+    fn take(&self) -> Option<OwnedFd> {
+        self.lock().ready.take().map(|(_, fd)| fd)
     }
 
-    /// Starts a spare unless one is ready or starting. Blocks (it waits for the spare's
-    /// first process): call it on the blocking pool.
+    /// Starts a spare unless one is ready or starting. Blocks (it reaps the spare's first
+    /// process): call it on the blocking pool.
     fn refill(&self, root: &Path) {
         {
             let mut s = self.lock();
@@ -98,15 +81,34 @@ impl Spare {
             }
             s.starting = true;
         }
-        let started = start_spare(root);
+        let (fd, first) = match start_spare(root) {
+            Ok(started) => started,
+            Err(e) => {
+                self.lock().starting = false;
+                // Attempts then start their own shim, as without a spare.
+                tracing::warn!(error = %e, "cannot start a spare shim");
+                return;
+            }
+        };
+        let number = {
+            let mut s = self.lock();
+            s.starting = false;
+            s.count += 1;
+            s.ready = Some((s.count, fd));
+            s.count
+        };
+        // Its first process forks the spare and exits; if it failed, the spare is not
+        // there (an attempt already handed to it ends as a shim that did not start).
+        let failed = match sys::wait_exit(first) {
+            Ok(0) => return,
+            Ok(code) => format!("its first process exited with {code}"),
+            Err(e) => format!("cannot reap its first process: {e}"),
+        };
+        tracing::warn!(error = %failed, "the spare shim did not start");
         let mut s = self.lock();
-        s.starting = false;
-        match started {
-            Ok(fd) => s.ready = Some(fd),
-            // Attempts then start their own shim, as without a spare.
-            Err(e) => tracing::warn!(error = %e, "cannot start a spare shim"),
+        if s.ready.as_ref().is_some_and(|(n, _)| *n == number) {
+            s.ready = None;
         }
-        self.changed.notify_all();
     }
 }
 
@@ -136,7 +138,7 @@ impl ShimExecutor {
     /// Lets the spare shim go and waits (bounded) until it has exited, so that a stopped
     /// orchd leaves no process of its own behind.
     pub fn retire_spare(&self) {
-        if let Some(fd) = self.spare.take(Duration::from_secs(2))
+        if let Some(fd) = self.spare.take()
             && !sys::retire_spare(fd, Duration::from_secs(2))
         {
             tracing::warn!("the spare shim did not exit within 2 s");
@@ -172,16 +174,15 @@ impl ShimExecutor {
         tokio::spawn(async move {
             let at = dir.clone();
             let refill = (spare.clone(), root.clone());
-            let launched = tokio::task::spawn_blocking(move || {
-                launch(&root, &at, &shim, spare.take(SPARE_WAIT))
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .and_then(|c| {
-                c.set_nonblocking(true)?;
-                tokio::net::UnixStream::from_std(c)
-            });
+            let launched =
+                tokio::task::spawn_blocking(move || launch(&root, &at, &shim, spare.take()))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .and_then(|c| {
+                        c.set_nonblocking(true)?;
+                        tokio::net::UnixStream::from_std(c)
+                    });
             // The next attempt's spare: started once this attempt's agent has run a little
             // or it is over (on two cores, loading a spare beside a short attempt slows it).
             let once_started = attend::OnceOrAtEnd(attend::Once::new(move || {
@@ -353,9 +354,9 @@ fn launch(
 }
 
 /// Starts a spare shim: `orchd __shim --spare ROOT` in a session of its own, with its end
-/// of a new socket pair as descriptor 3 and orchd's stderr; waits for its first process,
-/// which forks the spare and exits. Returns orchd's end.
-fn start_spare(root: &Path) -> std::io::Result<OwnedFd> {
+/// of a new socket pair as descriptor 3 and orchd's stderr. Returns orchd's end and the
+/// pid of its first process (which forks the spare and exits; the caller reaps it).
+fn start_spare(root: &Path) -> std::io::Result<(OwnedFd, u32)> {
     let (ours, theirs) = sys::spare_pair()?;
     let null = std::fs::File::open("/dev/null")?;
     let argv = [
@@ -370,13 +371,7 @@ fn start_spare(root: &Path) -> std::io::Result<OwnedFd> {
         stdio: [null.as_raw_fd(), null.as_raw_fd(), 2],
         fd3: theirs.as_raw_fd(),
     })?;
-    drop((theirs, null));
-    match sys::wait_exit(first)? {
-        0 => Ok(ours),
-        code => Err(std::io::Error::other(format!(
-            "its first process exited with {code}"
-        ))),
-    }
+    Ok((ours, first))
 }
 
 /// The prices for orchd's parser of one attempt's journal.
