@@ -328,20 +328,11 @@ fn launch(
     }
     let log = std::fs::File::create(dir.join(wire::SHIM_LOG))?;
     let null = std::fs::File::open("/dev/null")?;
-    // In a session of its own, with the listener as descriptor 3 and the umask orchd
-    // was started with (which it keeps for its agent and restricts for itself);
-    // started without copying orchd (`clone3`, as agents are).
-    let argv = [
-        std::ffi::OsString::from("orchd-shim"),
-        SHIM_ARG.into(),
-        dir.as_os_str().to_owned(),
-    ];
-    let first = sys::spawn_with_fds(&sys::FdSpawn {
-        program: Path::new("/proc/self/exe"),
-        argv: &argv,
-        stdio: [null.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
-        fd3: listener.as_raw_fd(),
-    })?;
+    let first = spawn_shim(
+        &[dir.as_os_str()],
+        [null.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
+        listener.as_raw_fd(),
+    )?;
     drop((listener, log, null));
     // The first process forks the shim and exits at once; it is reaped off the
     // engine's thread.
@@ -359,19 +350,34 @@ fn launch(
 fn start_spare(root: &Path) -> std::io::Result<(OwnedFd, u32)> {
     let (ours, theirs) = sys::spare_pair()?;
     let null = std::fs::File::open("/dev/null")?;
-    let argv = [
-        std::ffi::OsString::from("orchd-shim"),
-        SHIM_ARG.into(),
-        process::SPARE_ARG.into(),
-        root.as_os_str().to_owned(),
-    ];
-    let first = sys::spawn_with_fds(&sys::FdSpawn {
+    let first = spawn_shim(
+        &[process::SPARE_ARG.as_ref(), root.as_os_str()],
+        [null.as_raw_fd(), null.as_raw_fd(), 2],
+        theirs.as_raw_fd(),
+    )?;
+    Ok((ours, first))
+}
+
+/// Starts `orchd-shim __shim ARGS…` (`/proc/self/exe`): in a session of its own, with
+/// `fd3` as descriptor 3 and the umask orchd was started with (which it keeps for its
+/// agent and restricts for itself); started without copying orchd (`clone3`, as agents
+/// are). Returns the pid of its first process, which forks the shim and exits.
+fn spawn_shim(
+    args: &[&std::ffi::OsStr],
+    stdio: [std::os::fd::RawFd; 3],
+    fd3: std::os::fd::RawFd,
+) -> std::io::Result<u32> {
+    let argv: Vec<std::ffi::OsString> = ["orchd-shim".as_ref(), SHIM_ARG.as_ref()]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_os_string())
+        .collect();
+    sys::spawn_with_fds(&sys::FdSpawn {
         program: Path::new("/proc/self/exe"),
         argv: &argv,
-        stdio: [null.as_raw_fd(), null.as_raw_fd(), 2],
-        fd3: theirs.as_raw_fd(),
-    })?;
-    Ok((ours, first))
+        stdio,
+        fd3,
+    })
 }
 
 /// The prices for orchd's parser of one attempt's journal.
